@@ -1,0 +1,151 @@
+//! What a role asks its host to do: effects as data (DESIGN section 8). A role never sends,
+//! writes or delivers by itself; it appends [`Action`]s to an [`Outbox`] and the host (the
+//! simulator or the real node) carries them out.
+//!
+//! Durability is a value, not a convention: a role that must not acknowledge before its write
+//! is durable emits [`Action::Persist`] with a [`WriteId`], and sends the acknowledgement only
+//! when the host reports through `handle_durable` that every write up to that id is durable.
+
+use bytes::Bytes;
+
+use crate::ids::{Epoch, Mid, Pid, Seq};
+use crate::message::{Data, Message, Slot};
+
+/// A multicast channel of DESIGN section 7.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// Everyone: senders, members and every server.
+    Global,
+    /// The data servers.
+    Data,
+    /// The commit servers.
+    Commit,
+    /// The checkpoint servers.
+    Checkpoint,
+}
+
+/// Where a message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dest {
+    /// Every subscriber of a channel (the sender included, as with multicast loop-back).
+    Channel(Channel),
+    /// One process.
+    Pid(Pid),
+}
+
+/// Identifies a durable write within one run of one process. Ids grow by one per write, and
+/// a host confirms writes in id order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct WriteId(pub u64);
+
+/// What a role stores durably; replaying a process's records rebuilds its durable state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// Data server: a message it holds.
+    Data(Data),
+    /// Commit server: the epoch it promised.
+    Promise(Epoch),
+    /// Commit server: slots for consecutive numbers from `first` (each slot raises the promise
+    /// to its epoch, in the same write).
+    Slots {
+        /// The number of the first slot.
+        first: Seq,
+        /// The slots.
+        slots: Vec<Slot>,
+    },
+    /// Commit server: every number up to this one is known committed (built from `Commit`s
+    /// only). Nothing waits for this write: losing it costs only a refill from peers.
+    Committed(Seq),
+}
+
+/// One effect a role asks its host to carry out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send a message.
+    Send {
+        /// The destination.
+        to: Dest,
+        /// The message.
+        msg: Message,
+    },
+    /// Store a record durably, then call `handle_durable` with this id (or a later one).
+    Persist {
+        /// The write's id.
+        id: WriteId,
+        /// What to store.
+        record: Record,
+    },
+    /// Hand a message to the application, in sequence-number order.
+    Deliver {
+        /// Its number.
+        seq: Seq,
+        /// Its id.
+        mid: Mid,
+        /// Its bytes.
+        payload: Bytes,
+    },
+    /// Tell the application that a message it sent is committed.
+    Committed {
+        /// The message's id.
+        mid: Mid,
+        /// The number it got.
+        seq: Seq,
+    },
+    /// Tell the application that a message it sent can never be committed.
+    Expired {
+        /// The message's id.
+        mid: Mid,
+    },
+}
+
+/// The action list a process's roles append to, and the source of write ids.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    actions: Vec<Action>,
+    next_write: u64,
+}
+
+impl Outbox {
+    /// An empty outbox whose first write gets id 1.
+    pub fn new() -> Outbox {
+        Outbox { actions: Vec::new(), next_write: 1 }
+    }
+
+    /// Queues a message.
+    pub fn send(&mut self, to: Dest, msg: Message) {
+        self.actions.push(Action::Send { to, msg });
+    }
+
+    /// Queues a durable write and returns its id.
+    pub fn persist(&mut self, record: Record) -> WriteId {
+        let id = WriteId(self.next_write);
+        self.next_write += 1;
+        self.actions.push(Action::Persist { id, record });
+        id
+    }
+
+    /// Queues any other action.
+    pub fn push(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+
+    /// Takes every queued action, oldest first.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Action> {
+        self.actions.drain(..)
+    }
+
+    /// How many actions are queued (a mark for [`Outbox::since`]).
+    pub fn len(&self) -> usize {
+        self.actions.len()
+    }
+
+    /// The actions queued after `mark`.
+    pub fn since(&self, mark: usize) -> &[Action] {
+        &self.actions[mark.min(self.actions.len())..]
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}

@@ -1,0 +1,425 @@
+//! The client: a member that sends and delivers (DESIGN sections 2 and 4, steps 1 and 6).
+//!
+//! Receiving: it buffers data messages as they arrive, learns what each number holds from
+//! `Commit`s (or, for what it missed, from a commit server), and delivers number `s` once it
+//! knows `s`'s entry, holds its data, and has delivered `s - 1`; a `Noop` is skipped. Gaps are
+//! recovered by NACK: after a random delay it asks one commit server for missing entries and
+//! one data server for missing data, rotating on timeout.
+//!
+//! Sending: each message gets the next counter of this incarnation and the committed prefix
+//! the client knows as its timestamp; it is retransmitted unchanged until committed, or
+//! reported expired once the delivered prefix passes `ts + max_lifetime` without it. At most
+//! `sender_window` messages are in flight.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rustc_hash::FxHashMap;
+use thiserror::Error;
+
+use crate::action::{Action, Channel, Dest, Outbox};
+use crate::asker::Asker;
+use crate::config::{Config, Mutation};
+use crate::ids::{Digest, Epoch, Mid, Pid, Seq, SeqRange, Source, Time};
+use crate::message::{Assigned, Commit, Data, Entries, Entry, Fetch, Heartbeat, Message, QueryEntries};
+
+/// The buffer size below which expired data is never swept.
+const MIN_SWEEP: usize = 1024;
+
+/// Why a message could not be sent.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum SendError {
+    /// `sender_window` messages are uncommitted; wait for commits.
+    #[error("the send window is full ({0} messages in flight)")]
+    WindowFull(usize),
+}
+
+/// What the client knows a number holds.
+#[derive(Clone, Copy, Debug)]
+struct Known {
+    assigned: Assigned,
+    /// The payload digest, when a commit server told it.
+    digest: Option<Digest>,
+}
+
+/// The counters of one source that were delivered: all up to `floor`, and the ones in `above`.
+#[derive(Clone, Debug, Default)]
+struct DeliveredCounters {
+    floor: u64,
+    above: BTreeSet<u64>,
+}
+
+impl DeliveredCounters {
+    fn insert(&mut self, counter: u64) {
+        if counter == self.floor + 1 {
+            self.floor = counter;
+            while self.above.remove(&(self.floor + 1)) {
+                self.floor += 1;
+            }
+        } else if counter > self.floor {
+            self.above.insert(counter);
+        }
+    }
+
+    fn contains(&self, counter: u64) -> bool {
+        counter <= self.floor || self.above.contains(&counter)
+    }
+}
+
+/// A message this client sent that is not committed yet.
+#[derive(Clone, Debug)]
+struct Outgoing {
+    ts: Seq,
+    payload: Bytes,
+    sent_at: Time,
+}
+
+/// A member of the group that sends and delivers.
+#[derive(Debug)]
+pub struct Client {
+    cfg: Arc<Config>,
+    source: Source,
+    rng: Xoshiro256PlusPlus,
+    delivered: Seq,
+    known_committed: Seq,
+    /// What numbers `delivered + 1 ..` hold, as far as known.
+    window: VecDeque<Option<Known>>,
+    /// Data not yet delivered, with its timestamp.
+    buffer: FxHashMap<Mid, (Seq, Bytes)>,
+    buffer_bytes: usize,
+    /// The buffer size that triggers the next sweep of expired data.
+    sweep_at: usize,
+    delivered_mids: FxHashMap<Source, DeliveredCounters>,
+    entry_asker: Asker,
+    data_asker: Asker,
+    sequencer: Option<Pid>,
+    epoch: Epoch,
+    counter: u64,
+    outstanding: BTreeMap<u64, Outgoing>,
+    next_retransmit: Option<Time>,
+}
+
+impl Client {
+    /// A client of incarnation `source` that starts delivering at number 1.
+    pub fn new(cfg: Arc<Config>, source: Source, mut rng: Xoshiro256PlusPlus) -> Client {
+        let entry_asker = Asker::new(cfg.commit_servers.clone(), cfg.nack_delay_us, cfg.request_timeout_us, &mut rng);
+        let data_asker = Asker::new(cfg.data_servers.clone(), cfg.nack_delay_us, cfg.request_timeout_us, &mut rng);
+        Client {
+            cfg,
+            source,
+            rng,
+            delivered: Seq::ZERO,
+            known_committed: Seq::ZERO,
+            window: VecDeque::new(),
+            buffer: FxHashMap::default(),
+            buffer_bytes: 0,
+            sweep_at: MIN_SWEEP,
+            delivered_mids: FxHashMap::default(),
+            entry_asker,
+            data_asker,
+            sequencer: None,
+            epoch: Epoch::NONE,
+            counter: 0,
+            outstanding: BTreeMap::new(),
+            next_retransmit: None,
+        }
+    }
+
+    /// The highest number delivered (every number up to it was delivered or skipped).
+    pub fn delivered(&self) -> Seq {
+        self.delivered
+    }
+
+    /// The highest number this client heard to be committed.
+    pub fn known_committed(&self) -> Seq {
+        self.known_committed
+    }
+
+    /// How many sent messages are neither committed nor expired.
+    pub fn in_flight(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Sends `payload` to the group.
+    pub fn send(&mut self, now: Time, payload: Bytes, out: &mut Outbox) -> Result<Mid, SendError> {
+        if self.outstanding.len() >= self.cfg.sender_window {
+            return Err(SendError::WindowFull(self.outstanding.len()));
+        }
+        self.counter += 1;
+        let mid = Mid { source: self.source, counter: self.counter };
+        let ts = self.known_committed;
+        self.outstanding.insert(self.counter, Outgoing { ts, payload: payload.clone(), sent_at: now });
+        self.buffer_data(mid, ts, payload.clone());
+        out.send(Dest::Channel(Channel::Global), Message::Data(Data { mid, ts, payload }));
+        let due = now.plus_us(self.cfg.retransmit_us);
+        self.next_retransmit = Some(self.next_retransmit.map_or(due, |t| t.min(due)));
+        Ok(mid)
+    }
+
+    /// Buffers a data message until its number is known and due.
+    pub fn handle_data(&mut self, now: Time, data: &Data, out: &mut Outbox) {
+        let stale = data.ts.0 + self.cfg.max_lifetime <= self.delivered.0;
+        if stale || self.was_delivered(&data.mid) {
+            return;
+        }
+        if self.buffer_data(data.mid, data.ts, data.payload.clone()) {
+            self.data_asker.progress(now);
+            self.deliver(out);
+        }
+    }
+
+    fn was_delivered(&self, mid: &Mid) -> bool {
+        self.delivered_mids.get(&mid.source).is_some_and(|d| d.contains(mid.counter))
+    }
+
+    /// Buffers a payload within the byte cap; returns whether it was new.
+    fn buffer_data(&mut self, mid: Mid, ts: Seq, payload: Bytes) -> bool {
+        if self.buffer.contains_key(&mid) || self.buffer_bytes + payload.len() > self.cfg.member_buffer_bytes {
+            return false;
+        }
+        self.buffer_bytes += payload.len();
+        self.buffer.insert(mid, (ts, payload));
+        true
+    }
+
+    /// Learns the numbers a `Commit` announces.
+    pub fn handle_commit(&mut self, now: Time, commit: &Commit, out: &mut Outbox) {
+        let Some(range) = commit.range() else { return };
+        self.known_committed = self.known_committed.max(range.last);
+        for (i, assigned) in commit.entries.iter().enumerate() {
+            self.learn(commit.first.plus(i as u64), *assigned, None, out);
+        }
+        self.deliver(out);
+        self.note_gap(now);
+    }
+
+    /// Learns committed entries a commit server sent in answer to a query.
+    pub fn handle_entries(&mut self, now: Time, entries: &Entries, out: &mut Outbox) {
+        let mut news = false;
+        for (i, slot) in entries.slots.iter().enumerate() {
+            let seq = entries.first.plus(i as u64);
+            self.known_committed = self.known_committed.max(seq);
+            news |= self.learn(seq, slot.entry.assigned(), Some(slot.entry), out);
+        }
+        if news {
+            self.entry_asker.progress(now);
+        }
+        self.deliver(out);
+        self.note_gap(now);
+    }
+
+    /// Follows the sequencer: its epoch, its pid, how far it committed.
+    pub fn handle_heartbeat(&mut self, now: Time, hb: &Heartbeat) {
+        if hb.epoch >= self.epoch {
+            self.epoch = hb.epoch;
+            self.sequencer = Some(hb.sequencer);
+        }
+        self.known_committed = self.known_committed.max(hb.committed);
+        self.note_gap(now);
+    }
+
+    /// Records what `seq` holds; returns whether it was news. Reports this client's own
+    /// messages as committed.
+    fn learn(&mut self, seq: Seq, assigned: Assigned, entry: Option<Entry>, out: &mut Outbox) -> bool {
+        if let Assigned::Mid(mid) = assigned {
+            if mid.source == self.source && self.outstanding.remove(&mid.counter).is_some() {
+                out.push(Action::Committed { mid, seq });
+            }
+        }
+        let Some(offset) = seq.0.checked_sub(self.delivered.0 + 1) else { return false };
+        let limit = self.cfg.max_lifetime + self.cfg.sequencer_window as u64;
+        if offset >= limit {
+            return false;
+        }
+        let offset = offset as usize;
+        if self.window.len() <= offset {
+            self.window.resize(offset + 1, None);
+        }
+        let digest = match entry {
+            Some(Entry::Msg { digest, .. }) => Some(digest),
+            _ => None,
+        };
+        match &mut self.window[offset] {
+            Some(known) => {
+                let news = known.digest.is_none() && digest.is_some();
+                known.digest = known.digest.or(digest);
+                news
+            }
+            empty => {
+                *empty = Some(Known { assigned, digest });
+                true
+            }
+        }
+    }
+
+    /// Delivers every number that is due, in order.
+    fn deliver(&mut self, out: &mut Outbox) {
+        while let Some(Some(known)) = self.window.front().copied() {
+            let next = self.delivered.next();
+            if let Assigned::Mid(mid) = known.assigned {
+                let Some(payload) = self.take_verified(mid, known.digest) else { break };
+                self.delivered_mids.entry(mid.source).or_default().insert(mid.counter);
+                out.push(Action::Deliver { seq: next, mid, payload });
+            }
+            self.window.pop_front();
+            self.delivered = next;
+        }
+        self.expire_buffer();
+    }
+
+    /// Takes `mid`'s payload from the buffer if it matches the digest (when one is known); a
+    /// payload that does not match is dropped and fetched again.
+    fn take_verified(&mut self, mid: Mid, digest: Option<Digest>) -> Option<Bytes> {
+        let (_, payload) = self.buffer.remove(&mid)?;
+        self.buffer_bytes -= payload.len();
+        match digest {
+            Some(d) if Digest::of(&payload) != d => None,
+            _ => Some(payload),
+        }
+    }
+
+    /// Drops buffered data that can no longer be committed after the delivered prefix (a
+    /// message is numbered at most `max_lifetime` after its timestamp). Sweeps only when the
+    /// buffer has doubled since the last sweep, so the cost per message stays constant.
+    fn expire_buffer(&mut self) {
+        if self.buffer.len() < self.sweep_at {
+            return;
+        }
+        let delivered = self.delivered.0;
+        let lifetime = self.cfg.max_lifetime;
+        let mut bytes = 0;
+        self.buffer.retain(|_, (ts, payload)| {
+            let alive = ts.0 + lifetime > delivered;
+            bytes += if alive { payload.len() } else { 0 };
+            alive
+        });
+        self.buffer_bytes = bytes;
+        self.sweep_at = (2 * self.buffer.len()).max(MIN_SWEEP);
+    }
+
+    fn note_gap(&mut self, now: Time) {
+        if self.delivered < self.known_committed {
+            self.entry_asker.missing(now, &mut self.rng);
+            self.data_asker.missing(now, &mut self.rng);
+        }
+    }
+
+    /// Asks for what is missing, retransmits what is not committed, reports what expired.
+    pub fn handle_tick(&mut self, now: Time, out: &mut Outbox) {
+        if !self.cfg.mutated(Mutation::NoGapRecovery) {
+            self.ask_entries(now, out);
+            self.ask_data(now, out);
+        }
+        if self.next_retransmit.is_some_and(|t| now >= t) {
+            self.retransmit(now, out);
+        }
+    }
+
+    fn ask_entries(&mut self, now: Time, out: &mut Outbox) {
+        let ranges = self.missing_entries();
+        if ranges.is_empty() {
+            self.entry_asker.settled();
+            return;
+        }
+        if let Some(server) = self.entry_asker.due(now, self.sequencer) {
+            out.send(Dest::Pid(server), Message::QueryEntries(QueryEntries { ranges }));
+        }
+    }
+
+    /// Ranges of committed numbers whose entries are unknown, at most `nack_batch` numbers.
+    fn missing_entries(&self) -> Vec<SeqRange> {
+        let mut ranges: Vec<SeqRange> = Vec::new();
+        let mut budget = self.cfg.nack_batch as u64;
+        let last = self.known_committed.0.saturating_sub(self.delivered.0);
+        let limit = last.min(self.cfg.max_lifetime + self.cfg.sequencer_window as u64);
+        for offset in 0..limit {
+            if budget == 0 {
+                break;
+            }
+            if self.window.get(offset as usize).is_some_and(Option::is_some) {
+                continue;
+            }
+            let seq = self.delivered.plus(offset + 1);
+            budget -= 1;
+            match ranges.last_mut() {
+                Some(r) if r.last.next() == seq => r.last = seq,
+                _ => ranges.push(SeqRange { first: seq, last: seq }),
+            }
+        }
+        ranges
+    }
+
+    fn ask_data(&mut self, now: Time, out: &mut Outbox) {
+        let mids: Vec<Mid> = self
+            .window
+            .iter()
+            .filter_map(|k| match k {
+                Some(Known { assigned: Assigned::Mid(mid), .. }) if !self.buffer.contains_key(mid) => Some(*mid),
+                _ => None,
+            })
+            .take(self.cfg.nack_batch)
+            .collect();
+        if mids.is_empty() {
+            self.data_asker.settled();
+            return;
+        }
+        self.data_asker.missing(now, &mut self.rng);
+        if let Some(server) = self.data_asker.due(now, None) {
+            out.send(Dest::Pid(server), Message::Fetch(Fetch { mids }));
+        }
+    }
+
+    fn retransmit(&mut self, now: Time, out: &mut Outbox) {
+        let rto = self.cfg.retransmit_us;
+        let horizon = self.delivered.0;
+        let lifetime = self.cfg.max_lifetime;
+        let resend = !self.cfg.mutated(Mutation::NoRetransmission);
+        let mut expired = Vec::new();
+        for (&counter, o) in self.outstanding.iter_mut() {
+            if o.ts.0 + lifetime <= horizon {
+                expired.push(counter);
+            } else if resend && now.since_us(o.sent_at) >= rto {
+                o.sent_at = now;
+                let mid = Mid { source: self.source, counter };
+                out.send(
+                    Dest::Channel(Channel::Global),
+                    Message::Data(Data { mid, ts: o.ts, payload: o.payload.clone() }),
+                );
+            }
+        }
+        for counter in expired {
+            self.outstanding.remove(&counter);
+            out.push(Action::Expired { mid: Mid { source: self.source, counter } });
+        }
+        self.next_retransmit = self.outstanding.values().map(|o| o.sent_at.plus_us(rto)).min();
+    }
+
+    /// What holds up the next delivery, for diagnostics.
+    pub fn stalled_on(&self) -> String {
+        match self.window.front() {
+            None => format!("entry of {} unknown", self.delivered.next()),
+            Some(None) => format!("entry of {} unknown ({} known after it)", self.delivered.next(), self.window.len()),
+            Some(Some(k)) => format!(
+                "{:?} known, data held: {}",
+                k.assigned,
+                match k.assigned {
+                    Assigned::Mid(m) => self.buffer.contains_key(&m),
+                    Assigned::Noop => true,
+                }
+            ),
+        }
+    }
+
+    /// When this client next needs a tick.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        [self.entry_asker.deadline(), self.data_asker.deadline(), self.next_retransmit].into_iter().flatten().min()
+    }
+
+    /// Checks the client's invariants (debug builds and the simulator).
+    pub fn check_invariants(&self) {
+        debug_assert!(self.outstanding.len() <= self.cfg.sender_window);
+        debug_assert!(self.buffer_bytes <= self.cfg.member_buffer_bytes);
+    }
+}

@@ -1,0 +1,207 @@
+//! The data server (DESIGN sections 2 and 4, step 2).
+//!
+//! It stores every data message it hears durably, and only then asks the sequencer to number
+//! it with an `Order` (batched: one `Order` carries everything that one durable write covered).
+//! A sender's retransmission of a message it already holds, uncommitted, makes it ask again,
+//! so a lost `Order` costs one retransmission interval and no timer of its own. It serves the
+//! messages members missed (`Fetch`), and follows heartbeats to know where the sequencer is.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+
+use crate::action::{Dest, Outbox, Record, WriteId};
+use crate::config::Config;
+use crate::ids::{Digest, Epoch, Mid, Pid, Seq};
+use crate::message::{Assigned, Commit, Data, Fetch, Heartbeat, Message, Order, OrderItem};
+
+/// One message held.
+#[derive(Clone, Debug)]
+struct Held {
+    ts: Seq,
+    digest: Digest,
+    payload: Bytes,
+    durable: bool,
+    /// The number it was committed at, once a `Commit` said so.
+    committed: Option<Seq>,
+}
+
+/// A data server.
+#[derive(Debug)]
+pub struct DataServer {
+    cfg: Arc<Config>,
+    held: FxHashMap<Mid, Held>,
+    /// Writes not yet durable, oldest first.
+    unsynced: VecDeque<(WriteId, Mid)>,
+    /// Orders to send at the end of the current input.
+    orders: Vec<OrderItem>,
+    sequencer: Pid,
+    epoch: Epoch,
+}
+
+impl DataServer {
+    /// A data server holding nothing, that sends its orders to the first epoch's sequencer
+    /// until a heartbeat names another.
+    pub fn new(cfg: Arc<Config>) -> DataServer {
+        let sequencer = cfg.commit_servers[0];
+        DataServer {
+            cfg,
+            held: FxHashMap::default(),
+            unsynced: VecDeque::new(),
+            orders: Vec::new(),
+            sequencer,
+            epoch: Epoch::NONE,
+        }
+    }
+
+    /// Rebuilds a data server from its durable records, oldest first. What it holds is
+    /// ordered again when its senders retransmit.
+    pub fn recover<'a>(cfg: Arc<Config>, records: impl IntoIterator<Item = &'a Record>) -> DataServer {
+        let mut server = DataServer::new(cfg);
+        for record in records {
+            if let Record::Data(data) = record {
+                let held = Held {
+                    ts: data.ts,
+                    digest: Digest::of(&data.payload),
+                    payload: data.payload.clone(),
+                    durable: true,
+                    committed: None,
+                };
+                server.held.insert(data.mid, held);
+            }
+        }
+        server
+    }
+
+    /// How many messages this server holds.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether this server holds `mid`.
+    pub fn holds(&self, mid: &Mid) -> bool {
+        self.held.contains_key(mid)
+    }
+
+    /// Stores a new message durably; asks again for one it holds uncommitted.
+    pub fn handle_data(&mut self, data: &Data, out: &mut Outbox) {
+        match self.held.get(&data.mid) {
+            Some(h) if h.durable && h.committed.is_none() => {
+                self.orders.push(OrderItem { mid: data.mid, ts: h.ts, digest: h.digest });
+                self.flush_orders(out);
+            }
+            Some(_) => {}
+            None => {
+                let digest = Digest::of(&data.payload);
+                let id = out.persist(Record::Data(data.clone()));
+                self.unsynced.push_back((id, data.mid));
+                let held = Held { ts: data.ts, digest, payload: data.payload.clone(), durable: false, committed: None };
+                self.held.insert(data.mid, held);
+            }
+        }
+    }
+
+    /// The host made every write up to `upto` durable: order what it covered.
+    pub fn handle_durable(&mut self, upto: WriteId, out: &mut Outbox) {
+        while let Some(&(id, mid)) = self.unsynced.front() {
+            if id > upto {
+                break;
+            }
+            self.unsynced.pop_front();
+            if let Some(h) = self.held.get_mut(&mid) {
+                h.durable = true;
+                self.orders.push(OrderItem { mid, ts: h.ts, digest: h.digest });
+            }
+        }
+        self.flush_orders(out);
+    }
+
+    fn flush_orders(&mut self, out: &mut Outbox) {
+        for chunk in self.orders.chunks(self.cfg.batch_entries) {
+            out.send(Dest::Pid(self.sequencer), Message::Order(Order { items: chunk.to_vec() }));
+        }
+        self.orders.clear();
+    }
+
+    /// Notes which held messages are committed (they need no more orders).
+    pub fn handle_commit(&mut self, commit: &Commit) {
+        for (i, assigned) in commit.entries.iter().enumerate() {
+            if let Assigned::Mid(mid) = assigned {
+                if let Some(h) = self.held.get_mut(mid) {
+                    h.committed = Some(commit.first.plus(i as u64));
+                }
+            }
+        }
+    }
+
+    /// Follows the highest epoch's sequencer.
+    pub fn handle_heartbeat(&mut self, hb: &Heartbeat) {
+        if hb.epoch >= self.epoch {
+            self.epoch = hb.epoch;
+            self.sequencer = hb.sequencer;
+        }
+    }
+
+    /// Serves the messages a member asks for (those it holds).
+    pub fn handle_fetch(&self, from: Pid, fetch: &Fetch, out: &mut Outbox) {
+        for mid in fetch.mids.iter().take(self.cfg.nack_batch) {
+            if let Some(h) = self.held.get(mid) {
+                out.send(Dest::Pid(from), Message::Data(Data { mid: *mid, ts: h.ts, payload: h.payload.clone() }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::Action;
+    use crate::ids::{Incarnation, Source};
+
+    fn data(counter: u64) -> Data {
+        let mid = Mid { source: Source { pid: Pid(9), incarnation: Incarnation(1) }, counter };
+        Data { mid, ts: Seq(0), payload: Bytes::from(vec![counter as u8; 4]) }
+    }
+
+    fn orders(out: &mut Outbox) -> Vec<Order> {
+        out.drain()
+            .filter_map(|a| match a {
+                Action::Send { msg: Message::Order(o), .. } => Some(o),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn orders_only_after_the_write_is_durable_and_batches_them() {
+        let cfg = Arc::new(Config::new(vec![Pid(1)], vec![Pid(2)], vec![]));
+        let mut d = DataServer::new(cfg);
+        let mut out = Outbox::new();
+        for c in 1..=3 {
+            d.handle_data(&data(c), &mut out);
+        }
+        assert!(orders(&mut out).is_empty(), "no Order may overtake its write");
+        d.handle_durable(WriteId(3), &mut out);
+        let o = orders(&mut out);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].items.len(), 3);
+    }
+
+    #[test]
+    fn a_retransmission_orders_again_until_committed() {
+        let cfg = Arc::new(Config::new(vec![Pid(1)], vec![Pid(2)], vec![]));
+        let mut d = DataServer::new(cfg);
+        let mut out = Outbox::new();
+        d.handle_data(&data(1), &mut out);
+        d.handle_durable(WriteId(1), &mut out);
+        orders(&mut out);
+        d.handle_data(&data(1), &mut out);
+        assert_eq!(orders(&mut out).len(), 1);
+        let commit = Commit { epoch: Epoch::initial(), first: Seq(1), entries: vec![Assigned::Mid(data(1).mid)] };
+        d.handle_commit(&commit);
+        d.handle_data(&data(1), &mut out);
+        assert!(orders(&mut out).is_empty());
+    }
+}

@@ -1,0 +1,280 @@
+//! Protocol messages (DESIGN sections 4 and 7). Every batchable message carries a list or a
+//! range, never one message per number; many messages travel in one datagram (see
+//! [`crate::wire`]).
+
+use bytes::Bytes;
+
+use crate::ids::{Digest, Epoch, Mid, Pid, Seq, SeqRange};
+
+/// What a number is assigned to: a message, or nothing (a `Noop` filled in by recovery).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Assigned {
+    /// The message with this id.
+    Mid(Mid),
+    /// No message: members skip this number.
+    Noop,
+}
+
+/// An assignment as commit servers store it: the message with its payload digest, or `Noop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Entry {
+    /// A data message, identified by id and payload digest.
+    Msg {
+        /// The message id.
+        mid: Mid,
+        /// The digest of its payload, against which fetched data is checked.
+        digest: Digest,
+    },
+    /// No message at this number.
+    Noop,
+}
+
+impl Entry {
+    /// The entry without its digest, as `Commit` carries it.
+    pub fn assigned(&self) -> Assigned {
+        match *self {
+            Entry::Msg { mid, .. } => Assigned::Mid(mid),
+            Entry::Noop => Assigned::Noop,
+        }
+    }
+}
+
+/// An entry with the epoch under which it was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Slot {
+    /// The epoch of the `Assign` that stored this entry.
+    pub epoch: Epoch,
+    /// The entry.
+    pub entry: Entry,
+}
+
+/// A data message, sent by its sender on the global channel (and relayed, retransmitted or
+/// served by data servers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Data {
+    /// The message id.
+    pub mid: Mid,
+    /// The logical timestamp: the committed prefix the sender knew when it first sent it.
+    pub ts: Seq,
+    /// The application's bytes.
+    pub payload: Bytes,
+}
+
+/// One message a data server holds durably and asks the sequencer to number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderItem {
+    /// The message id.
+    pub mid: Mid,
+    /// The message's logical timestamp.
+    pub ts: Seq,
+    /// The digest of the payload the data server stored.
+    pub digest: Digest,
+}
+
+/// Data server → sequencer: "I hold these messages durably; number them".
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Order {
+    /// The messages, in the order the data server stored them.
+    pub items: Vec<OrderItem>,
+}
+
+/// Sequencer → commit servers: the entries for `first..first + entries.len()` under `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assign {
+    /// The sequencer's epoch.
+    pub epoch: Epoch,
+    /// The first number of the epoch: `Accepted::upto` counts from here.
+    pub epoch_first: Seq,
+    /// The number of the first entry.
+    pub first: Seq,
+    /// The entries, one per consecutive number.
+    pub entries: Vec<Entry>,
+}
+
+/// Commit server → sequencer: every number from the epoch's first through `upto` is durably
+/// stored at `epoch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The epoch the entries are stored at.
+    pub epoch: Epoch,
+    /// The highest number of the gap-free durable run.
+    pub upto: Seq,
+}
+
+/// Commit server → an old sequencer or candidate: "I have promised a higher epoch".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// The epoch this server has promised.
+    pub promised: Epoch,
+}
+
+/// Sequencer → everyone: the numbers `first..first + entries.len()` are committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// The epoch under which these numbers were committed.
+    pub epoch: Epoch,
+    /// The number of the first entry.
+    pub first: Seq,
+    /// What each consecutive number is assigned to.
+    pub entries: Vec<Assigned>,
+}
+
+impl Commit {
+    /// The numbers this commit covers (`None` when it has no entries).
+    pub fn range(&self) -> Option<SeqRange> {
+        let n = self.entries.len() as u64;
+        (n > 0).then(|| SeqRange { first: self.first, last: self.first.plus(n - 1) })
+    }
+}
+
+/// Sequencer → everyone, periodically: who sequences and how far the group has committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The sequencer's epoch.
+    pub epoch: Epoch,
+    /// The sequencer's process id (where `Order`s go).
+    pub sequencer: Pid,
+    /// Every number up to this one is committed.
+    pub committed: Seq,
+}
+
+/// Member → commit server: "which entries hold these (committed) numbers?"
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct QueryEntries {
+    /// The numbers asked for.
+    pub ranges: Vec<SeqRange>,
+}
+
+/// Commit server → member or peer: committed entries for consecutive numbers from `first`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entries {
+    /// The number of the first slot.
+    pub first: Seq,
+    /// The committed slots.
+    pub slots: Vec<Slot>,
+}
+
+/// Member → data server: "send me these messages".
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Fetch {
+    /// The message ids asked for.
+    pub mids: Vec<Mid>,
+}
+
+/// Member → checkpoint server: "send me these blocks of the checkpoint at `seq`".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchBlocks {
+    /// The checkpoint's number.
+    pub seq: Seq,
+    /// The indexes of the blocks asked for.
+    pub blocks: Vec<u32>,
+}
+
+/// Checkpoint server → member: one block of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// The checkpoint's number.
+    pub seq: Seq,
+    /// The block's index.
+    pub index: u32,
+    /// The block's digest.
+    pub digest: Digest,
+    /// The block's bytes.
+    pub bytes: Bytes,
+}
+
+/// Every protocol message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// See [`Data`].
+    Data(Data),
+    /// See [`Order`].
+    Order(Order),
+    /// See [`Assign`].
+    Assign(Assign),
+    /// See [`Accepted`].
+    Accepted(Accepted),
+    /// See [`Rejected`].
+    Rejected(Rejected),
+    /// See [`Commit`].
+    Commit(Commit),
+    /// See [`Heartbeat`].
+    Heartbeat(Heartbeat),
+    /// See [`QueryEntries`].
+    QueryEntries(QueryEntries),
+    /// See [`Entries`].
+    Entries(Entries),
+    /// See [`Fetch`].
+    Fetch(Fetch),
+    /// See [`FetchBlocks`].
+    FetchBlocks(FetchBlocks),
+    /// See [`Block`].
+    Block(Block),
+}
+
+/// The kind of a message, for counters and dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// [`Data`]
+    Data,
+    /// [`Order`]
+    Order,
+    /// [`Assign`]
+    Assign,
+    /// [`Accepted`]
+    Accepted,
+    /// [`Rejected`]
+    Rejected,
+    /// [`Commit`]
+    Commit,
+    /// [`Heartbeat`]
+    Heartbeat,
+    /// [`QueryEntries`]
+    QueryEntries,
+    /// [`Entries`]
+    Entries,
+    /// [`Fetch`]
+    Fetch,
+    /// [`FetchBlocks`]
+    FetchBlocks,
+    /// [`Block`]
+    Block,
+}
+
+impl Kind {
+    /// Every kind, in wire-tag order.
+    pub const ALL: [Kind; 12] = [
+        Kind::Data,
+        Kind::Order,
+        Kind::Assign,
+        Kind::Accepted,
+        Kind::Rejected,
+        Kind::Commit,
+        Kind::Heartbeat,
+        Kind::QueryEntries,
+        Kind::Entries,
+        Kind::Fetch,
+        Kind::FetchBlocks,
+        Kind::Block,
+    ];
+}
+
+impl Message {
+    /// The message's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Data(_) => Kind::Data,
+            Message::Order(_) => Kind::Order,
+            Message::Assign(_) => Kind::Assign,
+            Message::Accepted(_) => Kind::Accepted,
+            Message::Rejected(_) => Kind::Rejected,
+            Message::Commit(_) => Kind::Commit,
+            Message::Heartbeat(_) => Kind::Heartbeat,
+            Message::QueryEntries(_) => Kind::QueryEntries,
+            Message::Entries(_) => Kind::Entries,
+            Message::Fetch(_) => Kind::Fetch,
+            Message::FetchBlocks(_) => Kind::FetchBlocks,
+            Message::Block(_) => Kind::Block,
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The sequencer (DESIGN sections 2 and 4, steps 3 and 5).
+//!
+//! It counts the data servers' `Order`s per message; once `k_data` agree on a digest it numbers
+//! the message — unless it is already numbered, outside its lifetime, or older than the
+//! de-duplication history covers — and multicasts `Assign`s to the commit servers. Each commit
+//! server answers `Accepted{upto}` for the gap-free durable prefix of the epoch; when the
+//! `k_commit`-th highest `upto` moves, the sequencer announces `Commit` to the whole group.
+//! Its heartbeats carry the epoch, its pid, the committed prefix, and repeat the latest
+//! commits so that one lost `Commit` does not start a storm of queries.
+//!
+//! Its work per message is constant in the number of members: members never talk to it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::action::{Channel, Dest, Outbox};
+use crate::config::{Config, Mutation};
+use crate::ids::{Digest, Epoch, Mid, Pid, Seq, Time};
+use crate::message::{Accepted, Assign, Commit, Entry, Heartbeat, Message, Order, OrderItem, Rejected};
+
+/// The most messages waiting for enough `Order`s; beyond it new ones are ignored until data
+/// servers ask again (their senders retransmit).
+pub const MAX_PENDING_ORDERS: usize = 1 << 20;
+/// The most entries re-sent to one lagging commit server in one go.
+pub const MAX_RESEND_ENTRIES: usize = 8192;
+
+/// Votes for one message not yet numbered.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    ts: Seq,
+    /// Up to two distinct digests with the set of data-server ranks that reported each; a third
+    /// distinct digest is ignored (it can only come from a broken sender).
+    votes: [(Digest, u64); 2],
+}
+
+/// The sequencer of one epoch.
+#[derive(Debug)]
+pub struct Sequencer {
+    cfg: Arc<Config>,
+    me: Pid,
+    epoch: Epoch,
+    /// The first number of this epoch.
+    epoch_first: Seq,
+    /// The next number to assign.
+    next: Seq,
+    /// Every number up to this one is committed.
+    committed: Seq,
+    /// Entries of the numbers `log_base..next`: the de-duplication history (the last
+    /// `max_lifetime` numbers), the uncommitted window, and the recent commits heartbeats repeat.
+    log: VecDeque<Entry>,
+    log_base: Seq,
+    /// Where each message in `log` was numbered.
+    numbered: FxHashMap<Mid, Seq>,
+    pending: FxHashMap<Mid, Pending>,
+    /// Messages with `k_data` agreeing orders, waiting for room in the window.
+    ready: VecDeque<OrderItem>,
+    /// Per commit-server rank: the highest `upto` it accepted in this epoch.
+    acked: Vec<Seq>,
+    /// Per commit-server rank: when it last made progress or was sent entries again.
+    progress_at: Vec<Time>,
+    /// Entries numbered while handling the current input, multicast at its end.
+    unsent_from: Seq,
+    next_heartbeat: Time,
+    /// Which commit server answered with a higher promise (this sequencer is deposed).
+    deposed: Option<Epoch>,
+}
+
+impl Sequencer {
+    /// A sequencer for `epoch` whose first number is `epoch_first`, with every number below it
+    /// committed (the first epoch of a group starts at `Seq(1)`).
+    pub fn new(cfg: Arc<Config>, me: Pid, epoch: Epoch, epoch_first: Seq, now: Time) -> Sequencer {
+        let n = cfg.commit_servers.len();
+        let committed = epoch_first.minus(1);
+        Sequencer {
+            me,
+            epoch,
+            epoch_first,
+            next: epoch_first,
+            committed,
+            log: VecDeque::new(),
+            log_base: epoch_first,
+            numbered: FxHashMap::default(),
+            pending: FxHashMap::default(),
+            ready: VecDeque::new(),
+            acked: vec![committed; n],
+            progress_at: vec![now; n],
+            unsent_from: epoch_first,
+            next_heartbeat: now,
+            deposed: None,
+            cfg,
+        }
+    }
+
+    /// The epoch this sequencer runs.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Every number up to this one is committed.
+    pub fn committed(&self) -> Seq {
+        self.committed
+    }
+
+    /// The highest number assigned so far.
+    pub fn max_assigned(&self) -> Seq {
+        self.next.minus(1)
+    }
+
+    /// The higher epoch a commit server reported, if this sequencer has been deposed.
+    pub fn deposed(&self) -> Option<Epoch> {
+        self.deposed
+    }
+
+    /// Counts a data server's orders and numbers what has enough of them.
+    pub fn handle_order(&mut self, from: Pid, order: &Order, out: &mut Outbox) {
+        let Some(rank) = self.cfg.data_rank(from) else { return };
+        for item in &order.items {
+            self.vote(rank, item);
+        }
+        self.assign_ready(out);
+    }
+
+    fn vote(&mut self, rank: usize, item: &OrderItem) {
+        if self.numbered.contains_key(&item.mid) && !self.cfg.mutated(Mutation::NoDeduplication) {
+            return;
+        }
+        if !self.pending.contains_key(&item.mid) && self.pending.len() >= MAX_PENDING_ORDERS {
+            return;
+        }
+        let bit = 1u64 << rank;
+        let pending = self
+            .pending
+            .entry(item.mid)
+            .or_insert(Pending { ts: item.ts, votes: [(item.digest, 0), (Digest::default(), 0)] });
+        let Some(vote) = pending.votes.iter_mut().find(|(d, set)| *d == item.digest || *set == 0) else {
+            return;
+        };
+        vote.0 = item.digest;
+        vote.1 |= bit;
+        if vote.1.count_ones() as usize >= self.cfg.k_data {
+            let digest = vote.0;
+            let ts = pending.ts;
+            self.pending.remove(&item.mid);
+            self.ready.push_back(OrderItem { mid: item.mid, ts, digest });
+        }
+    }
+
+    /// Numbers ready messages while the window has room, then multicasts the new `Assign`s.
+    fn assign_ready(&mut self, out: &mut Outbox) {
+        while self.window_has_room() {
+            let Some(item) = self.ready.pop_front() else { break };
+            if self.admissible(&item) {
+                self.number(Entry::Msg { mid: item.mid, digest: item.digest });
+            }
+        }
+        self.flush_assigns(out);
+    }
+
+    fn window_has_room(&self) -> bool {
+        self.max_assigned().0 - self.committed.0 < self.cfg.sequencer_window as u64
+    }
+
+    /// The rules of DESIGN section 4, step 3: (a) not yet numbered, (b) inside its lifetime,
+    /// (c) the history covers every number after its timestamp.
+    fn admissible(&self, item: &OrderItem) -> bool {
+        let max_assigned = self.max_assigned();
+        let fresh = !self.numbered.contains_key(&item.mid) || self.cfg.mutated(Mutation::NoDeduplication);
+        let alive = item.ts.0 + self.cfg.max_lifetime > max_assigned.0 && item.ts <= max_assigned;
+        let covered = item.ts.next() >= self.log_base;
+        fresh && alive && covered
+    }
+
+    fn number(&mut self, entry: Entry) {
+        let seq = self.next;
+        if let Entry::Msg { mid, .. } = entry {
+            self.numbered.insert(mid, seq);
+        }
+        self.log.push_back(entry);
+        self.next = seq.next();
+    }
+
+    fn flush_assigns(&mut self, out: &mut Outbox) {
+        while self.unsent_from < self.next {
+            let assign = self.assign_from(self.unsent_from, self.cfg.batch_entries);
+            self.unsent_from = self.unsent_from.plus(assign.entries.len() as u64);
+            out.send(Dest::Channel(Channel::Commit), Message::Assign(assign));
+        }
+    }
+
+    /// An `Assign` of at most `limit` logged entries from `first`.
+    fn assign_from(&self, first: Seq, limit: usize) -> Assign {
+        let start = (first.0 - self.log_base.0) as usize;
+        let end = self.log.len().min(start + limit);
+        Assign {
+            epoch: self.epoch,
+            epoch_first: self.epoch_first,
+            first,
+            entries: self.log.range(start..end).copied().collect(),
+        }
+    }
+
+    /// Records a commit server's acceptance; commits what `k_commit` servers hold.
+    pub fn handle_accepted(&mut self, now: Time, from: Pid, accepted: &Accepted, out: &mut Outbox) {
+        let Some(rank) = self.cfg.commit_rank(from) else { return };
+        if accepted.epoch != self.epoch {
+            return;
+        }
+        let upto = accepted.upto.min(self.max_assigned());
+        if upto > self.acked[rank] {
+            self.acked[rank] = upto;
+            self.progress_at[rank] = now;
+        }
+        self.advance_commit(out);
+        if self.acked[rank] < self.max_assigned() && now.since_us(self.progress_at[rank]) >= self.cfg.assign_resend_us {
+            self.resend(now, rank, out);
+        }
+    }
+
+    /// A commit server has promised a higher epoch: this sequencer must stop.
+    pub fn handle_rejected(&mut self, rejected: &Rejected) {
+        if rejected.promised > self.epoch {
+            self.deposed = Some(self.deposed.map_or(rejected.promised, |e| e.max(rejected.promised)));
+        }
+    }
+
+    fn advance_commit(&mut self, out: &mut Outbox) {
+        let mut acked = self.acked.clone();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum = acked[self.cfg.k_commit - 1];
+        if quorum <= self.committed {
+            return;
+        }
+        let first = self.committed.next();
+        self.committed = quorum;
+        self.announce(first, quorum, out);
+        self.trim_log();
+        self.assign_ready(out);
+    }
+
+    /// Multicasts `Commit`s for the numbers `first..=last`.
+    fn announce(&self, first: Seq, last: Seq, out: &mut Outbox) {
+        let mut from = first;
+        while from <= last {
+            let n = (last.0 - from.0 + 1).min(self.cfg.batch_entries as u64) as usize;
+            out.send(Dest::Channel(Channel::Global), Message::Commit(self.commit_from(from, n)));
+            from = from.plus(n as u64);
+        }
+    }
+
+    fn commit_from(&self, first: Seq, n: usize) -> Commit {
+        let start = (first.0 - self.log_base.0) as usize;
+        Commit { epoch: self.epoch, first, entries: self.log.range(start..start + n).map(Entry::assigned).collect() }
+    }
+
+    /// Forgets entries older than both the de-duplication history and the recent commits.
+    fn trim_log(&mut self) {
+        let keep_from = self
+            .next
+            .minus(self.cfg.max_lifetime)
+            .min(self.committed.minus(self.cfg.heartbeat_recent as u64).next())
+            .max(Seq(1));
+        while self.log_base < keep_from {
+            if let Some(Entry::Msg { mid, .. }) = self.log.pop_front() {
+                if self.numbered.get(&mid) == Some(&self.log_base) {
+                    self.numbered.remove(&mid);
+                }
+            }
+            self.log_base = self.log_base.next();
+        }
+    }
+
+    /// Sends a lagging commit server the entries after its `upto` again.
+    fn resend(&mut self, now: Time, rank: usize, out: &mut Outbox) {
+        self.progress_at[rank] = now;
+        let mut from = self.acked[rank].next().max(self.log_base);
+        let mut budget = MAX_RESEND_ENTRIES;
+        while from < self.next && budget > 0 {
+            let assign = self.assign_from(from, self.cfg.batch_entries.min(budget));
+            let n = assign.entries.len();
+            out.send(Dest::Pid(self.cfg.commit_servers[rank]), Message::Assign(assign));
+            from = from.plus(n as u64);
+            budget -= n;
+        }
+    }
+
+    /// Heartbeats, re-sends to silent commit servers, and forgets orders that can never be
+    /// numbered.
+    pub fn handle_tick(&mut self, now: Time, out: &mut Outbox) {
+        if now >= self.next_heartbeat {
+            self.heartbeat(out);
+            self.next_heartbeat = now.plus_us(self.cfg.heartbeat_interval_us);
+            self.forget_expired_orders();
+        }
+        for rank in 0..self.acked.len() {
+            if self.acked[rank] < self.max_assigned()
+                && now.since_us(self.progress_at[rank]) >= self.cfg.assign_resend_us
+            {
+                self.resend(now, rank, out);
+            }
+        }
+    }
+
+    fn heartbeat(&self, out: &mut Outbox) {
+        let hb = Heartbeat { epoch: self.epoch, sequencer: self.me, committed: self.committed };
+        out.send(Dest::Channel(Channel::Global), Message::Heartbeat(hb));
+        let recent_first = self.committed.minus(self.cfg.heartbeat_recent as u64).next().max(self.log_base);
+        if recent_first <= self.committed {
+            self.announce(recent_first, self.committed, out);
+        }
+    }
+
+    fn forget_expired_orders(&mut self) {
+        let max_assigned = self.max_assigned().0;
+        let lifetime = self.cfg.max_lifetime;
+        self.pending.retain(|_, p| p.ts.0 + lifetime > max_assigned);
+    }
+
+    /// When this sequencer next needs a tick.
+    pub fn poll_timeout(&self) -> Time {
+        let lagging = (0..self.acked.len())
+            .filter(|&r| self.acked[r] < self.max_assigned())
+            .map(|r| self.progress_at[r].plus_us(self.cfg.assign_resend_us))
+            .min();
+        lagging.map_or(self.next_heartbeat, |t| t.min(self.next_heartbeat))
+    }
+
+    /// Checks the sequencer's invariants (debug builds and the simulator).
+    pub fn check_invariants(&self) {
+        debug_assert!(self.committed <= self.max_assigned());
+        debug_assert_eq!(self.log_base.0 + self.log.len() as u64, self.next.0);
+        debug_assert!(self.log_base <= self.committed.next().max(self.epoch_first));
+        debug_assert!(self.max_assigned().0 - self.committed.0 <= self.cfg.sequencer_window as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::Action;
+    use crate::ids::{Incarnation, Source};
+
+    fn cfg() -> Arc<Config> {
+        Arc::new(Config::new(vec![Pid(1), Pid(2), Pid(3)], vec![Pid(11), Pid(12), Pid(13)], vec![]))
+    }
+
+    fn mid(counter: u64) -> Mid {
+        Mid { source: Source { pid: Pid(100), incarnation: Incarnation(7) }, counter }
+    }
+
+    fn order(counters: std::ops::Range<u64>) -> Order {
+        Order {
+            items: counters.map(|c| OrderItem { mid: mid(c), ts: Seq(0), digest: Digest(u128::from(c)) }).collect(),
+        }
+    }
+
+    fn sends(out: &mut Outbox) -> Vec<(Dest, Message)> {
+        out.drain()
+            .filter_map(|a| match a {
+                Action::Send { to, msg } => Some((to, msg)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn numbers_a_message_once_k_data_servers_ordered_it() {
+        let mut s = Sequencer::new(cfg(), Pid(1), Epoch::initial(), Seq(1), Time(0));
+        let mut out = Outbox::new();
+        s.handle_order(Pid(11), &order(1..4), &mut out);
+        assert!(sends(&mut out).is_empty(), "one data server is not enough");
+        s.handle_order(Pid(11), &order(1..4), &mut out);
+        assert!(sends(&mut out).is_empty(), "the same data server twice is still one");
+        s.handle_order(Pid(12), &order(1..4), &mut out);
+        let sent = sends(&mut out);
+        assert_eq!(sent.len(), 1, "one batched Assign for three messages");
+        let Message::Assign(a) = &sent[0].1 else { panic!("expected Assign") };
+        assert_eq!((a.first, a.entries.len()), (Seq(1), 3));
+        s.handle_order(Pid(13), &order(1..4), &mut out);
+        assert!(sends(&mut out).is_empty(), "a late third order does not number again");
+    }
+
+    #[test]
+    fn commits_after_k_commit_acceptances_as_one_range() {
+        let mut s = Sequencer::new(cfg(), Pid(1), Epoch::initial(), Seq(1), Time(0));
+        let mut out = Outbox::new();
+        s.handle_order(Pid(11), &order(1..6), &mut out);
+        s.handle_order(Pid(12), &order(1..6), &mut out);
+        sends(&mut out);
+        let acc = |upto| Accepted { epoch: Epoch::initial(), upto: Seq(upto) };
+        s.handle_accepted(Time(1), Pid(1), &acc(5), &mut out);
+        assert!(sends(&mut out).is_empty());
+        s.handle_accepted(Time(1), Pid(2), &acc(3), &mut out);
+        let sent = sends(&mut out);
+        let Message::Commit(c) = &sent[0].1 else { panic!("expected Commit") };
+        assert_eq!((c.first, c.entries.len()), (Seq(1), 3));
+        assert_eq!(s.committed(), Seq(3));
+    }
+
+    #[test]
+    fn refuses_a_message_outside_its_lifetime() {
+        let mut c = (*cfg()).clone();
+        c.max_lifetime = 2;
+        let mut s = Sequencer::new(Arc::new(c), Pid(1), Epoch::initial(), Seq(1), Time(0));
+        let mut out = Outbox::new();
+        s.handle_order(Pid(11), &order(1..4), &mut out);
+        s.handle_order(Pid(12), &order(1..4), &mut out);
+        assert_eq!(s.max_assigned(), Seq(2), "ts 0 + lifetime 2 admits numbers 1 and 2 only");
+    }
+
+    #[test]
+    fn window_holds_back_numbering_until_commits() {
+        let mut c = (*cfg()).clone();
+        c.sequencer_window = 2;
+        let mut s = Sequencer::new(Arc::new(c), Pid(1), Epoch::initial(), Seq(1), Time(0));
+        let mut out = Outbox::new();
+        s.handle_order(Pid(11), &order(1..5), &mut out);
+        s.handle_order(Pid(12), &order(1..5), &mut out);
+        assert_eq!(s.max_assigned(), Seq(2));
+        for p in [Pid(1), Pid(2)] {
+            s.handle_accepted(Time(1), p, &Accepted { epoch: Epoch::initial(), upto: Seq(2) }, &mut out);
+        }
+        assert_eq!(s.max_assigned(), Seq(4));
+    }
+
+    #[test]
+    fn a_higher_promise_deposes() {
+        let mut s = Sequencer::new(cfg(), Pid(1), Epoch::initial(), Seq(1), Time(0));
+        s.handle_rejected(&Rejected { promised: Epoch::new(2, 1) });
+        assert_eq!(s.deposed(), Some(Epoch::new(2, 1)));
+    }
+}

@@ -1,0 +1,136 @@
+//! What a simulation run is made of. Every parameter not given here is drawn from the seed,
+//! so `(SimConfig, seed)` replays a run exactly.
+
+use rand::Rng;
+use rand_xoshiro::rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use sam_core::Mutation;
+use serde::Serialize;
+
+/// The shape of one run: group size, workload, faults.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SimConfig {
+    /// The seed every other random choice derives from.
+    pub seed: u64,
+    /// Members (client processes; servers are extra).
+    pub members: usize,
+    /// How many of the members send.
+    pub senders: usize,
+    /// Messages sent in all, spread over the senders.
+    pub messages: usize,
+    /// Payload size in bytes.
+    pub payload_bytes: usize,
+    /// Probability that a datagram is lost, per recipient.
+    pub loss: f64,
+    /// Probability that a datagram is delivered twice, per recipient.
+    pub dup: f64,
+    /// Probability that a datagram is held back (reordered), per recipient.
+    pub reorder: f64,
+    /// Whether partitions are made (and healed).
+    pub partitions: bool,
+    /// Whether data servers, commit servers (not the sequencer) and members crash and restart.
+    pub crashes: bool,
+    /// Commit servers.
+    pub n_commit: usize,
+    /// Acceptances needed to commit.
+    pub k_commit: usize,
+    /// Data servers.
+    pub n_data: usize,
+    /// Data servers that must hold a message before it is numbered.
+    pub k_data: usize,
+    /// The maximum logical lifetime.
+    pub max_lifetime: u64,
+    /// Messages per second offered by all senders together.
+    pub rate_per_s: u64,
+    /// Give up (a liveness violation) if the run is not quiescent by this simulated time.
+    pub max_time_us: u64,
+    /// Pass every datagram through the wire codec (encode and decode).
+    pub wire: bool,
+    /// A deliberately broken protocol variant (checker tests only).
+    #[serde(skip)]
+    pub mutation: Option<Mutation>,
+}
+
+impl SimConfig {
+    /// A fault-free run with the given seed and sizes, at DESIGN section 10's defaults.
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            members: 5,
+            senders: 2,
+            messages: 200,
+            payload_bytes: 32,
+            loss: 0.0,
+            dup: 0.0,
+            reorder: 0.0,
+            partitions: false,
+            crashes: false,
+            n_commit: 3,
+            k_commit: 2,
+            n_data: 3,
+            k_data: 2,
+            max_lifetime: 100_000,
+            rate_per_s: 20_000,
+            max_time_us: 120_000_000,
+            wire: false,
+            mutation: None,
+        }
+    }
+
+    /// A run whose every parameter is drawn from the seed: group size, workload, loss up to
+    /// 20%, duplication, reordering, partitions, crash/restart of servers and members, and now
+    /// and then a short lifetime so that messages expire.
+    pub fn mixed(seed: u64) -> SimConfig {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5eed_5eed_5eed_5eed);
+        let n_commit = rng.random_range(3..=5);
+        let n_data = rng.random_range(2..=4);
+        SimConfig {
+            members: rng.random_range(2..=8),
+            senders: rng.random_range(1..=3),
+            messages: rng.random_range(20..=300),
+            payload_bytes: rng.random_range(1..=200),
+            loss: rng.random_range(0.0..0.2),
+            dup: if rng.random_bool(0.5) { rng.random_range(0.0..0.1) } else { 0.0 },
+            reorder: if rng.random_bool(0.5) { rng.random_range(0.0..0.3) } else { 0.0 },
+            partitions: rng.random_bool(0.6),
+            crashes: rng.random_bool(0.6),
+            n_commit,
+            k_commit: rng.random_range(2..=n_commit.div_ceil(2).max(2)),
+            n_data,
+            k_data: rng.random_range(1..n_data),
+            max_lifetime: if rng.random_bool(0.2) { rng.random_range(30..=200) } else { 100_000 },
+            rate_per_s: rng.random_range(2_000..=40_000),
+            wire: true,
+            ..SimConfig::new(seed)
+        }
+    }
+
+    /// The flags of `sam sim` that replay this run.
+    pub fn replay_flags(&self) -> String {
+        let mut flags = format!(
+            "--seed {} --members {} --senders {} --messages {}",
+            self.seed, self.members, self.senders, self.messages
+        );
+        let defaults = SimConfig::new(self.seed);
+        let mut add = |cond: bool, s: String| {
+            if cond {
+                flags.push(' ');
+                flags.push_str(&s);
+            }
+        };
+        add(self.payload_bytes != defaults.payload_bytes, format!("--size {}", self.payload_bytes));
+        add(self.loss > 0.0, format!("--loss {}", self.loss));
+        add(self.dup > 0.0, format!("--dup {}", self.dup));
+        add(self.reorder > 0.0, format!("--reorder {}", self.reorder));
+        add(self.partitions, "--partitions".into());
+        add(self.crashes, "--crashes".into());
+        add(self.n_commit != defaults.n_commit, format!("--commit-servers {}", self.n_commit));
+        add(self.k_commit != defaults.k_commit, format!("--k-commit {}", self.k_commit));
+        add(self.n_data != defaults.n_data, format!("--data-servers {}", self.n_data));
+        add(self.k_data != defaults.k_data, format!("--k-data {}", self.k_data));
+        add(self.max_lifetime != defaults.max_lifetime, format!("--max-lifetime {}", self.max_lifetime));
+        add(self.rate_per_s != defaults.rate_per_s, format!("--rate {}", self.rate_per_s));
+        add(self.wire, "--wire".into());
+        flags
+    }
+}

@@ -1,0 +1,130 @@
+//! Counters and the summary of one run.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::check::Violation;
+use crate::config::SimConfig;
+
+/// The kinds of process a run counts separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum ProcKind {
+    /// The process running the sequencer (and a commit server).
+    Sequencer,
+    /// A commit server.
+    Commit,
+    /// A data server.
+    Data,
+    /// A member (client).
+    Member,
+}
+
+impl ProcKind {
+    /// Every kind, in report order.
+    pub const ALL: [ProcKind; 4] = [ProcKind::Sequencer, ProcKind::Commit, ProcKind::Data, ProcKind::Member];
+}
+
+/// Messages and datagrams one kind of process sent and received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Traffic {
+    /// Protocol messages sent.
+    pub msgs_sent: u64,
+    /// Protocol messages received.
+    pub msgs_received: u64,
+    /// Datagrams sent (a multicast counts once).
+    pub datagrams_sent: u64,
+    /// Datagrams received.
+    pub datagrams_received: u64,
+}
+
+/// Traffic of one kind of process per committed message, averaged over its processes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Rate {
+    /// The kind of process.
+    pub kind: ProcKind,
+    /// How many processes of the kind.
+    pub processes: usize,
+    /// Messages sent per committed message, per process.
+    pub sent_per_msg: f64,
+    /// Messages received per committed message, per process.
+    pub received_per_msg: f64,
+}
+
+/// The faults a run injected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FaultCounts {
+    /// Process crashes (each followed by a restart).
+    pub crashes: u64,
+    /// Partitions (each healed).
+    pub partitions: u64,
+}
+
+/// What one run did and whether every promise held.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The run's configuration (with its seed).
+    pub config: SimConfig,
+    /// Messages the senders sent.
+    pub sent: u64,
+    /// Numbers committed.
+    pub committed: u64,
+    /// Deliveries, over all members.
+    pub deliveries: u64,
+    /// Sends reported expired.
+    pub expired: u64,
+    /// Per process kind: traffic per committed message.
+    pub rates: Vec<Rate>,
+    /// The faults injected.
+    pub faults: FaultCounts,
+    /// Simulated time, in microseconds.
+    pub sim_time_us: u64,
+    /// Wall-clock time, in milliseconds.
+    pub wall_ms: u64,
+    /// Broken promises (empty when the run passed).
+    pub violations: Vec<Violation>,
+}
+
+impl Report {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The rate of one kind.
+    pub fn rate(&self, kind: ProcKind) -> Option<&Rate> {
+        self.rates.iter().find(|r| r.kind == kind)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        writeln!(
+            f,
+            "seed {}: {} members ({} senders), {} sent, {} committed, {} expired, {} deliveries",
+            c.seed, c.members, c.senders, self.sent, self.committed, self.expired, self.deliveries
+        )?;
+        writeln!(
+            f,
+            "  faults: loss {:.3}, dup {:.3}, reorder {:.3}, {} crashes, {} partitions",
+            c.loss, c.dup, c.reorder, self.faults.crashes, self.faults.partitions
+        )?;
+        writeln!(f, "  per committed message, per process:")?;
+        for r in &self.rates {
+            writeln!(
+                f,
+                "    {:<9} x{:<6} sent {:>8.3}  received {:>8.3}",
+                format!("{:?}", r.kind).to_lowercase(),
+                r.processes,
+                r.sent_per_msg,
+                r.received_per_msg
+            )?;
+        }
+        write!(f, "  simulated {:.3} s, wall {:.3} s", self.sim_time_us as f64 / 1e6, self.wall_ms as f64 / 1e3)?;
+        for v in &self.violations {
+            write!(f, "\n  VIOLATION {v}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,645 @@
+//! The event loop: processes running the protocol core, a seeded network between them, disks
+//! that lose unsynced writes on a crash, a workload, a fault schedule, and the checkers.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use rand::{Rng, RngCore};
+use rand_xoshiro::rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rustc_hash::{FxHashMap, FxHashSet};
+use sam_core::wire::{decode_frame, FramePacker};
+use sam_core::{
+    Action, Assigned, Channel, Config, Dest, Digest, Incarnation, Message, Mid, Pid, Process, Record, Roles, Seq, Time,
+    WriteId,
+};
+
+use crate::check::{Checker, Life, Outcome};
+use crate::config::SimConfig;
+use crate::network::{plan, Crashable, Fate, Fault, Network};
+use crate::report::{FaultCounts, ProcKind, Rate, Report, Traffic};
+
+/// The most protocol messages in one simulated datagram.
+const MAX_MSGS_PER_DATAGRAM: usize = 32;
+/// The datagram size used when datagrams pass through the wire codec.
+const WIRE_DATAGRAM_BYTES: usize = 64 * 1024;
+/// How often the run checks whether it is quiescent.
+const CHECK_EVERY_US: u64 = 5_000;
+/// How many messages a sender sends per workload tick at most.
+const BURST: u64 = 8;
+
+type Datagram = Rc<Vec<Message>>;
+
+#[derive(Debug)]
+enum Event {
+    Packet { to: usize, from: usize, msgs: Datagram },
+    Multicast { from: usize, channel: Channel, msgs: Datagram },
+    Wake { proc: usize, life: u32 },
+    Durable { proc: usize, life: u32, upto: WriteId },
+    SendTick { proc: usize, life: u32 },
+    Fault(Fault),
+    Restart { proc: usize },
+    Heal,
+    Check,
+}
+
+struct Scheduled {
+    at: Time,
+    order: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+/// A process's disk: durable records, and writes waiting for the next sync (lost on a crash).
+/// It indexes what is durable for the durability checker.
+#[derive(Debug, Default)]
+struct Disk {
+    durable: Vec<Record>,
+    pending: Vec<(WriteId, Record)>,
+    syncing: bool,
+    entries: FxHashMap<Seq, Assigned>,
+    mids: FxHashSet<Mid>,
+}
+
+impl Disk {
+    /// Makes the pending writes up to `upto` durable.
+    fn sync(&mut self, upto: WriteId) {
+        let n = self.pending.iter().take_while(|(id, _)| *id <= upto).count();
+        for (_, record) in self.pending.drain(..n) {
+            match &record {
+                Record::Slots { first, slots } => {
+                    for (i, slot) in slots.iter().enumerate() {
+                        self.entries.insert(first.plus(i as u64), slot.entry.assigned());
+                    }
+                }
+                Record::Data(data) => {
+                    self.mids.insert(data.mid);
+                }
+                Record::Promise(_) | Record::Committed(_) => {}
+            }
+            self.durable.push(record);
+        }
+    }
+}
+
+struct SimProc {
+    pid: Pid,
+    kind: ProcKind,
+    roles: Roles,
+    state: Option<Process>,
+    life: u32,
+    disk: Disk,
+    wake_at: Option<Time>,
+    /// Messages this process still has to send (senders only).
+    to_send: u64,
+    subscriptions: Vec<Channel>,
+}
+
+/// One simulation run.
+pub struct Simulation {
+    cfg: SimConfig,
+    core: Arc<Config>,
+    rng: Xoshiro256PlusPlus,
+    now: Time,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    order: u64,
+    procs: Vec<SimProc>,
+    by_pid: FxHashMap<Pid, usize>,
+    network: Network,
+    checker: Checker,
+    traffic: FxHashMap<ProcKind, Traffic>,
+    faults: FaultCounts,
+    fault_end: Time,
+    fsync_us: (u64, u64),
+    send_interval_us: u64,
+    sent: u64,
+    actions: Vec<Action>,
+    done: bool,
+}
+
+impl Simulation {
+    /// Builds the group, the workload and the fault schedule of `cfg`.
+    pub fn new(cfg: SimConfig) -> Simulation {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
+        let core = Arc::new(core_config(&cfg));
+        let network = Network::new(&cfg, &mut rng);
+        let fsync_lo = rng.random_range(100..=400);
+        let fsync_us = (fsync_lo, fsync_lo + rng.random_range(0..=400));
+        let per_sender_rate = (cfg.rate_per_s / cfg.senders.max(1) as u64).max(1);
+        let send_interval_us = (1_000_000 * BURST / per_sender_rate).max(1);
+        let mut sim = Simulation {
+            core,
+            rng,
+            now: Time(0),
+            queue: BinaryHeap::new(),
+            order: 0,
+            procs: Vec::new(),
+            by_pid: FxHashMap::default(),
+            network,
+            checker: Checker::new(),
+            traffic: FxHashMap::default(),
+            faults: FaultCounts::default(),
+            fault_end: Time(0),
+            fsync_us,
+            send_interval_us,
+            sent: 0,
+            actions: Vec::new(),
+            done: false,
+            cfg,
+        };
+        sim.build_group();
+        sim.plan_faults();
+        sim
+    }
+
+    /// Adds the servers first (their indexes come before every member's), then the members.
+    fn build_group(&mut self) {
+        let core = self.core.clone();
+        for (rank, pid) in core.commit_servers.iter().enumerate() {
+            let kind = if rank == 0 { ProcKind::Sequencer } else { ProcKind::Commit };
+            let roles = Roles { commit: true, ..Roles::default() };
+            self.add_proc(*pid, kind, roles, vec![Channel::Global, Channel::Commit]);
+        }
+        for pid in &core.data_servers {
+            let roles = Roles { data: true, ..Roles::default() };
+            self.add_proc(*pid, ProcKind::Data, roles, vec![Channel::Global, Channel::Data]);
+        }
+        let senders = self.cfg.senders.min(self.cfg.members);
+        for m in 0..self.cfg.members {
+            let roles = Roles { client: Some(Incarnation(self.rng.next_u64())), ..Roles::default() };
+            let idx = self.add_proc(Pid(1_000 + m as u64), ProcKind::Member, roles, vec![Channel::Global]);
+            if m < senders {
+                let share = self.cfg.messages / senders + usize::from(m < self.cfg.messages % senders);
+                self.procs[idx].to_send = share as u64;
+                let first = Time(self.rng.random_range(0..=self.send_interval_us));
+                self.schedule(first, Event::SendTick { proc: idx, life: 0 });
+            }
+        }
+        for idx in 0..self.procs.len() {
+            self.start_proc(idx);
+        }
+        self.schedule(Time(CHECK_EVERY_US), Event::Check);
+    }
+
+    fn add_proc(&mut self, pid: Pid, kind: ProcKind, roles: Roles, subscriptions: Vec<Channel>) -> usize {
+        let idx = self.procs.len();
+        self.by_pid.insert(pid, idx);
+        self.procs.push(SimProc {
+            pid,
+            kind,
+            roles,
+            state: None,
+            life: 0,
+            disk: Disk::default(),
+            wake_at: None,
+            to_send: 0,
+            subscriptions,
+        });
+        idx
+    }
+
+    fn start_proc(&mut self, idx: usize) {
+        let seed = self.rng.next_u64();
+        let p = &mut self.procs[idx];
+        if p.roles.client.is_some() && p.life > 0 {
+            p.roles.client = Some(Incarnation(seed.rotate_left(17)));
+        }
+        p.state = Some(Process::start(self.core.clone(), p.pid, p.roles, seed, self.now, &p.disk.durable));
+        self.after_step(idx);
+    }
+
+    fn plan_faults(&mut self) {
+        let workload_us = 1_000_000 * self.cfg.messages as u64 / self.cfg.rate_per_s.max(1);
+        let start = Time(5_000);
+        self.fault_end = start.plus_us(workload_us.max(300_000));
+        let k = (self.cfg.k_commit, self.cfg.k_data);
+        let limit = |n: usize, k: usize| (k - 1).min(n - k);
+        let of_kind = |kind: ProcKind| -> Vec<usize> {
+            self.procs.iter().enumerate().filter(|(_, p)| p.kind == kind).map(|(i, _)| i).collect()
+        };
+        let crashable = Crashable {
+            groups: vec![
+                (of_kind(ProcKind::Commit), limit(self.cfg.n_commit, k.0)),
+                (of_kind(ProcKind::Data), limit(self.cfg.n_data, k.1)),
+                (of_kind(ProcKind::Member), self.cfg.members / 2),
+            ],
+        };
+        let faults = plan(&self.cfg, self.procs.len(), &crashable, start, self.fault_end, &mut self.rng);
+        for (at, fault) in faults {
+            self.schedule(at, Event::Fault(fault));
+        }
+    }
+
+    fn schedule(&mut self, at: Time, event: Event) {
+        self.order += 1;
+        self.queue.push(Reverse(Scheduled { at, order: self.order, event }));
+    }
+
+    /// Runs to quiescence (or the time limit), then checks every promise.
+    pub fn run(mut self) -> Report {
+        let wall = Instant::now();
+        while let Some(Reverse(next)) = self.queue.pop() {
+            self.now = next.at;
+            self.dispatch(next.event);
+            if self.done {
+                break;
+            }
+        }
+        self.report(wall.elapsed().as_millis() as u64)
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
+            Event::Packet { to, from, msgs } => self.receive(to, from, &msgs),
+            Event::Multicast { from, channel, msgs } => self.fan_out(from, channel, msgs),
+            Event::Wake { proc, life } => self.wake(proc, life),
+            Event::Durable { proc, life, upto } => self.durable(proc, life, upto),
+            Event::SendTick { proc, life } => self.send_tick(proc, life),
+            Event::Fault(fault) => self.inject(fault),
+            Event::Restart { proc } => self.start_proc(proc),
+            Event::Heal => self.network.heal(),
+            Event::Check => self.check(),
+        }
+    }
+
+    fn receive(&mut self, to: usize, from: usize, msgs: &[Message]) {
+        let from_pid = self.procs[from].pid;
+        let p = &mut self.procs[to];
+        let Some(state) = p.state.as_mut() else { return };
+        let t = self.traffic.entry(p.kind).or_default();
+        t.datagrams_received += 1;
+        t.msgs_received += msgs.len() as u64;
+        for msg in msgs {
+            state.handle(self.now, from_pid, msg);
+        }
+        self.after_step(to);
+    }
+
+    fn fan_out(&mut self, from: usize, channel: Channel, msgs: Datagram) {
+        for to in 0..self.procs.len() {
+            if !self.procs[to].subscriptions.contains(&channel) {
+                continue;
+            }
+            match self.network.fate(from, to, 0, &mut self.rng) {
+                Fate::Lost => {}
+                Fate::Arrives { delay_us: 0, copies } => {
+                    self.receive(to, from, &msgs);
+                    if copies > 1 {
+                        self.schedule(self.now.plus_us(1), Event::Packet { to, from, msgs: msgs.clone() });
+                    }
+                }
+                Fate::Arrives { delay_us, copies } => {
+                    for _ in 0..copies {
+                        self.schedule(self.now.plus_us(delay_us), Event::Packet { to, from, msgs: msgs.clone() });
+                    }
+                }
+            }
+        }
+    }
+
+    fn wake(&mut self, proc: usize, life: u32) {
+        let p = &mut self.procs[proc];
+        if p.life != life || p.wake_at != Some(self.now) {
+            return;
+        }
+        p.wake_at = None;
+        if let Some(state) = p.state.as_mut() {
+            state.handle_tick(self.now);
+            self.after_step(proc);
+        }
+    }
+
+    fn durable(&mut self, proc: usize, life: u32, upto: WriteId) {
+        let p = &mut self.procs[proc];
+        if p.life != life {
+            return;
+        }
+        p.disk.sync(upto);
+        p.disk.syncing = false;
+        if let Some(state) = p.state.as_mut() {
+            state.handle_durable(upto);
+        }
+        self.start_sync(proc);
+        self.after_step(proc);
+    }
+
+    /// Starts a group commit covering every pending write, unless one is running.
+    fn start_sync(&mut self, proc: usize) {
+        let p = &mut self.procs[proc];
+        let Some(&(upto, _)) = p.disk.pending.last() else { return };
+        if p.disk.syncing {
+            return;
+        }
+        p.disk.syncing = true;
+        let life = p.life;
+        let took = self.rng.random_range(self.fsync_us.0..=self.fsync_us.1);
+        self.schedule(self.now.plus_us(took), Event::Durable { proc, life, upto });
+    }
+
+    fn send_tick(&mut self, proc: usize, life: u32) {
+        let p = &self.procs[proc];
+        if p.life != life || p.state.is_none() {
+            return;
+        }
+        let sender = (proc, life);
+        for _ in 0..BURST.min(self.procs[proc].to_send) {
+            let mut payload = vec![0u8; self.cfg.payload_bytes];
+            self.rng.fill_bytes(&mut payload);
+            let payload = Bytes::from(payload);
+            let digest = Digest::of(&payload);
+            let state = self.procs[proc].state.as_mut().expect("checked above");
+            let Ok(mid) = state.send(self.now, payload) else { break };
+            self.checker.on_sent(mid, digest, sender);
+            self.procs[proc].to_send -= 1;
+            self.sent += 1;
+        }
+        self.after_step(proc);
+        if self.procs[proc].to_send > 0 {
+            self.schedule(self.now.plus_us(self.send_interval_us), Event::SendTick { proc, life });
+        }
+    }
+
+    fn inject(&mut self, fault: Fault) {
+        match fault {
+            Fault::Crash { proc, down_us } => {
+                let p = &mut self.procs[proc];
+                if p.state.is_none() {
+                    return;
+                }
+                p.state = None;
+                p.life += 1;
+                p.disk.pending.clear();
+                p.disk.syncing = false;
+                p.wake_at = None;
+                let (life, sending) = (p.life, p.to_send > 0);
+                self.faults.crashes += 1;
+                self.schedule(self.now.plus_us(down_us), Event::Restart { proc });
+                if sending {
+                    self.schedule(self.now.plus_us(down_us + 1), Event::SendTick { proc, life });
+                }
+            }
+            Fault::Partition { sides, for_us } => {
+                if self.network.partitioned() {
+                    return;
+                }
+                self.network.partition(sides);
+                self.faults.partitions += 1;
+                self.schedule(self.now.plus_us(for_us), Event::Heal);
+            }
+        }
+    }
+
+    /// Carries out what a process's last step asked for.
+    fn after_step(&mut self, idx: usize) {
+        let Some(state) = self.procs[idx].state.as_mut() else { return };
+        self.actions.extend(state.drain_actions());
+        let life = (idx, self.procs[idx].life);
+        let mut outgoing: Vec<(Dest, Vec<Message>)> = Vec::new();
+        let mut actions = std::mem::take(&mut self.actions);
+        for action in actions.drain(..) {
+            match action {
+                Action::Send { to, msg } => {
+                    if let Message::Commit(c) = &msg {
+                        for (seq, mid) in self.checker.on_commit(self.now, c.first, &c.entries) {
+                            self.check_durable(seq, mid);
+                        }
+                    }
+                    match outgoing.iter_mut().find(|(d, _)| *d == to) {
+                        Some((_, msgs)) => msgs.push(msg),
+                        None => outgoing.push((to, vec![msg])),
+                    }
+                }
+                Action::Persist { id, record } => {
+                    self.procs[idx].disk.pending.push((id, record));
+                }
+                Action::Deliver { seq, mid, payload } => {
+                    self.checker.on_deliver(self.now, life, seq, mid, Digest::of(&payload));
+                }
+                Action::Committed { mid, seq } => self.checker.on_outcome(self.now, mid, Outcome::Committed(seq)),
+                Action::Expired { mid } => self.checker.on_outcome(self.now, mid, Outcome::Expired),
+            }
+        }
+        self.actions = actions;
+        self.start_sync(idx);
+        for (dest, msgs) in outgoing {
+            self.transmit(idx, dest, msgs);
+        }
+        self.reschedule_wake(idx);
+    }
+
+    /// Counts the disks that hold a newly committed message durably.
+    fn check_durable(&mut self, seq: Seq, mid: Mid) {
+        let servers = &self.procs[..self.core.commit_servers.len() + self.core.data_servers.len()];
+        let on_commit = servers.iter().filter(|p| p.disk.entries.get(&seq) == Some(&Assigned::Mid(mid))).count();
+        let on_data = servers.iter().filter(|p| p.disk.mids.contains(&mid)).count();
+        let k = (self.cfg.k_commit, self.cfg.k_data);
+        self.checker.on_durable_copies(self.now, seq, mid, (on_commit, on_data), k);
+    }
+
+    fn transmit(&mut self, from: usize, dest: Dest, msgs: Vec<Message>) {
+        let datagrams = self.datagrams(msgs);
+        for msgs in datagrams {
+            let t = self.traffic.entry(self.procs[from].kind).or_default();
+            t.datagrams_sent += 1;
+            t.msgs_sent += msgs.len() as u64;
+            let msgs = Rc::new(msgs);
+            match dest {
+                Dest::Channel(channel) => {
+                    let delay = self.network.multicast_delay(&mut self.rng);
+                    self.order += 1;
+                    let event = Event::Multicast { from, channel, msgs };
+                    self.queue.push(Reverse(Scheduled { at: self.now.plus_us(delay), order: self.order, event }));
+                }
+                Dest::Pid(pid) => {
+                    let Some(&to) = self.by_pid.get(&pid) else { continue };
+                    let common = self.network.multicast_delay(&mut self.rng);
+                    if let Fate::Arrives { delay_us, copies } = self.network.fate(from, to, common, &mut self.rng) {
+                        for _ in 0..copies {
+                            self.schedule(self.now.plus_us(delay_us), Event::Packet { to, from, msgs: msgs.clone() });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Splits messages into datagrams; with `wire` on, passes each through the codec.
+    fn datagrams(&self, msgs: Vec<Message>) -> Vec<Vec<Message>> {
+        if !self.cfg.wire {
+            let mut chunks = Vec::new();
+            let mut msgs = msgs.into_iter().peekable();
+            while msgs.peek().is_some() {
+                chunks.push(msgs.by_ref().take(MAX_MSGS_PER_DATAGRAM).collect());
+            }
+            return chunks;
+        }
+        let mut packer = FramePacker::new(WIRE_DATAGRAM_BYTES);
+        let mut frames = Vec::new();
+        for msg in &msgs {
+            frames.extend(packer.push(msg).expect("simulated messages fit a datagram"));
+        }
+        frames.extend(packer.finish());
+        let decoded: Vec<Vec<Message>> =
+            frames.iter().map(|f| decode_frame(f).expect("a frame the codec wrote decodes")).collect();
+        debug_assert_eq!(decoded.iter().flatten().cloned().collect::<Vec<_>>(), msgs);
+        decoded
+    }
+
+    fn reschedule_wake(&mut self, idx: usize) {
+        let p = &mut self.procs[idx];
+        let Some(at) = p.state.as_ref().and_then(Process::poll_timeout) else { return };
+        let at = at.max(self.now.plus_us(1));
+        if p.wake_at.is_some_and(|w| w <= at) {
+            return;
+        }
+        p.wake_at = Some(at);
+        let life = p.life;
+        self.schedule(at, Event::Wake { proc: idx, life });
+    }
+
+    fn check(&mut self) {
+        if self.now >= self.fault_end && self.quiescent() {
+            self.done = true;
+            return;
+        }
+        if self.now.0 >= self.cfg.max_time_us {
+            let why = self.lag_summary();
+            self.checker.liveness(self.now, why);
+            self.done = true;
+            return;
+        }
+        self.schedule(self.now.plus_us(CHECK_EVERY_US), Event::Check);
+    }
+
+    fn sequencer(&self) -> Option<&sam_core::Sequencer> {
+        self.procs.iter().filter_map(|p| p.state.as_ref()?.sequencer()).next()
+    }
+
+    fn quiescent(&self) -> bool {
+        let Some(seq) = self.sequencer() else { return false };
+        let settled = seq.max_assigned() == seq.committed();
+        let all_up = self.procs.iter().all(|p| p.state.is_some()) && !self.network.partitioned();
+        let members_done = self.procs.iter().all(|p| {
+            p.to_send == 0
+                && p.state
+                    .as_ref()
+                    .and_then(Process::client)
+                    .is_none_or(|c| c.in_flight() == 0 && c.delivered() == seq.committed())
+        });
+        settled && all_up && members_done
+    }
+
+    fn lag_summary(&self) -> String {
+        let committed = self.sequencer().map(|s| (s.committed(), s.max_assigned()));
+        let lagging: Vec<String> = self
+            .procs
+            .iter()
+            .filter_map(|p| {
+                let c = p.state.as_ref()?.client()?;
+                Some(format!(
+                    "{}: delivered {} known {} in flight {} to send {} ({}; wake {:?})",
+                    p.pid.0,
+                    c.delivered(),
+                    c.known_committed(),
+                    c.in_flight(),
+                    p.to_send,
+                    c.stalled_on(),
+                    p.wake_at
+                ))
+            })
+            .take(8)
+            .collect();
+        let servers: Vec<String> = self
+            .procs
+            .iter()
+            .filter_map(|p| Some(format!("{}: committed {}", p.pid.0, p.state.as_ref()?.commit_server()?.committed())))
+            .collect();
+        format!(
+            "not quiescent: sequencer (committed, assigned) {committed:?}; commit servers {}; members {}",
+            servers.join(", "),
+            lagging.join("; ")
+        )
+    }
+
+    fn report(mut self, wall_ms: u64) -> Report {
+        if self.done && self.checker.violations().is_empty() {
+            self.final_checks();
+        }
+        let committed = self.checker.committed();
+        let rates = ProcKind::ALL
+            .iter()
+            .map(|&kind| {
+                let n = self.procs.iter().filter(|p| p.kind == kind).count();
+                let t = self.traffic.get(&kind).copied().unwrap_or_default();
+                let per = |x: u64| if committed == 0 || n == 0 { 0.0 } else { x as f64 / committed as f64 / n as f64 };
+                Rate { kind, processes: n, sent_per_msg: per(t.msgs_sent), received_per_msg: per(t.msgs_received) }
+            })
+            .collect();
+        Report {
+            sent: self.sent,
+            committed,
+            deliveries: self.checker.deliveries(),
+            expired: self.checker.expired(),
+            rates,
+            faults: self.faults,
+            sim_time_us: self.now.0,
+            wall_ms,
+            violations: self.checker.violations().to_vec(),
+            config: self.cfg,
+        }
+    }
+
+    fn final_checks(&mut self) {
+        let live: Vec<Life> = self
+            .procs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.kind == ProcKind::Member)
+            .map(|(i, p)| (i, p.life))
+            .collect();
+        self.checker.check_atomicity(self.now, &live);
+        let live_senders: FxHashSet<Life> = live.into_iter().collect();
+        self.checker.check_validity(self.now, &live_senders);
+    }
+}
+
+/// The core configuration of a simulated group.
+fn core_config(cfg: &SimConfig) -> Config {
+    let commit = (1..=cfg.n_commit as u64).map(Pid).collect();
+    let data = (101..=100 + cfg.n_data as u64).map(Pid).collect();
+    #[allow(unused_mut)]
+    let mut core = Config::new(commit, data, Vec::new());
+    core.k_commit = cfg.k_commit;
+    core.k_data = cfg.k_data;
+    core.max_lifetime = cfg.max_lifetime;
+    #[cfg(feature = "mutations")]
+    {
+        core.mutation = cfg.mutation;
+    }
+    core
+}
+
+/// Runs one simulation.
+pub fn run(cfg: SimConfig) -> Report {
+    Simulation::new(cfg).run()
+}

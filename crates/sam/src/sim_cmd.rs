@@ -1,0 +1,281 @@
+//! `sam sim`: runs one seed or a range of seeds and reports, exiting non-zero on a violation.
+
+use std::io::{IsTerminal, Write};
+use std::ops::Range;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use sam_sim::{run, Report, SimConfig};
+
+/// Flags of `sam sim`.
+#[derive(Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Run this one seed.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Run every seed of a half-open range, e.g. `0..1000`.
+    #[arg(long, value_parser = parse_range)]
+    seeds: Option<Range<u64>>,
+    /// Draw every parameter (sizes, workload, faults) from the seed; other shape flags are ignored.
+    #[arg(long)]
+    mixed: bool,
+    /// Members (client processes; servers come in addition).
+    #[arg(long, default_value_t = 5)]
+    members: usize,
+    /// How many members send.
+    #[arg(long, default_value_t = 2)]
+    senders: usize,
+    /// Messages sent in all.
+    #[arg(long, default_value_t = 200)]
+    messages: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// Probability a datagram is lost, per recipient (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    loss: f64,
+    /// Probability a datagram is duplicated, per recipient (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    dup: f64,
+    /// Probability a datagram is held back and reordered, per recipient (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    reorder: f64,
+    /// Make partitions (which heal).
+    #[arg(long)]
+    partitions: bool,
+    /// Crash and restart data servers, commit servers (not the sequencer) and members.
+    #[arg(long)]
+    crashes: bool,
+    /// Commit servers.
+    #[arg(long, default_value_t = 3)]
+    commit_servers: usize,
+    /// Acceptances needed to commit.
+    #[arg(long, default_value_t = 2)]
+    k_commit: usize,
+    /// Data servers.
+    #[arg(long, default_value_t = 3)]
+    data_servers: usize,
+    /// Data servers that must hold a message before it is numbered.
+    #[arg(long, default_value_t = 2)]
+    k_data: usize,
+    /// Maximum logical lifetime of a message, in numbers.
+    #[arg(long, default_value_t = 100_000)]
+    max_lifetime: u64,
+    /// Messages per second offered by all senders together.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Pass every datagram through the wire codec.
+    #[arg(long)]
+    wire: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Parallel runs for --seeds (default: available cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+fn parse_range(s: &str) -> Result<Range<u64>, String> {
+    let (a, b) = s.split_once("..").ok_or_else(|| format!("expected A..B, got {s:?}"))?;
+    let a: u64 = a.trim().parse().map_err(|e| format!("bad start {a:?}: {e}"))?;
+    let b: u64 = b.trim().parse().map_err(|e| format!("bad end {b:?}: {e}"))?;
+    if a >= b {
+        return Err(format!("empty range {a}..{b}"));
+    }
+    Ok(a..b)
+}
+
+fn parse_probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!("{p} is not a probability between 0 and 1"));
+    }
+    Ok(p)
+}
+
+impl SimArgs {
+    fn config(&self, seed: u64) -> SimConfig {
+        if self.mixed {
+            return SimConfig::mixed(seed);
+        }
+        SimConfig {
+            members: self.members,
+            senders: self.senders,
+            messages: self.messages,
+            payload_bytes: self.size,
+            loss: self.loss,
+            dup: self.dup,
+            reorder: self.reorder,
+            partitions: self.partitions,
+            crashes: self.crashes,
+            n_commit: self.commit_servers,
+            k_commit: self.k_commit,
+            n_data: self.data_servers,
+            k_data: self.k_data,
+            max_lifetime: self.max_lifetime,
+            rate_per_s: self.rate,
+            wire: self.wire,
+            ..SimConfig::new(seed)
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.mixed {
+            return Ok(());
+        }
+        let kinds = [
+            ("commit-servers", self.commit_servers, "k-commit", self.k_commit),
+            ("data-servers", self.data_servers, "k-data", self.k_data),
+        ];
+        for (n_name, n, k_name, k) in kinds {
+            if k == 0 || k > n || n > 64 {
+                bail!("--{k_name} {k} must be between 1 and --{n_name} {n} (at most 64)");
+            }
+        }
+        if self.members == 0 {
+            bail!("--members must be at least 1");
+        }
+        if self.senders > self.members {
+            bail!("--senders {} exceeds --members {}", self.senders, self.members);
+        }
+        if self.rate == 0 || self.max_lifetime == 0 {
+            bail!("--rate and --max-lifetime must be positive");
+        }
+        Ok(())
+    }
+
+    fn replay(&self, report: &Report) -> String {
+        if self.mixed {
+            format!("sam sim --mixed --seed {}", report.config.seed)
+        } else {
+            format!("sam sim {}", report.config.replay_flags())
+        }
+    }
+}
+
+/// Runs `sam sim`.
+pub fn execute(args: SimArgs) -> Result<ExitCode> {
+    args.validate()?;
+    match args.seeds.clone() {
+        Some(range) => run_range(&args, range),
+        None => run_one(&args, args.seed.unwrap_or(0)),
+    }
+}
+
+fn run_one(args: &SimArgs, seed: u64) -> Result<ExitCode> {
+    let report = run(args.config(seed));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).context("encoding the report")?);
+    } else {
+        println!("{report}");
+    }
+    if report.passed() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("FAILED seed {}: replay with: {}", seed, args.replay(&report));
+    Ok(ExitCode::FAILURE)
+}
+
+fn run_range(args: &SimArgs, range: Range<u64>) -> Result<ExitCode> {
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let next = AtomicU64::new(range.start);
+    let reports: Mutex<Vec<Report>> = Mutex::new(Vec::new());
+    let total = range.end - range.start;
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= range.end {
+                    break;
+                }
+                let report = run(args.config(seed));
+                let mut all = reports.lock().expect("no thread panics holding the lock");
+                if !report.passed() {
+                    eprintln!("\nFAILED seed {seed}: replay with: {}", args.replay(&report));
+                }
+                all.push(report);
+                progress(all.len() as u64, total);
+            });
+        }
+    });
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let mut reports = reports.into_inner().expect("no thread panicked");
+    reports.sort_by_key(|r| r.config.seed);
+    let failed: Vec<u64> = reports.iter().filter(|r| !r.passed()).map(|r| r.config.seed).collect();
+    let summary = Summary::of(&reports);
+    if args.json {
+        let json =
+            serde_json::json!({ "seeds": total, "failed": failed, "summary": summary.to_json(), "reports": reports });
+        println!("{}", serde_json::to_string_pretty(&json).context("encoding the reports")?);
+    } else {
+        println!(
+            "{} seeds, {} failed{}",
+            total,
+            failed.len(),
+            if failed.is_empty() { String::new() } else { format!(": {failed:?}") }
+        );
+        println!("{summary}");
+    }
+    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Shows how many seeds are done: a rewritten line on a terminal, a line per tenth otherwise.
+fn progress(done: u64, total: u64) {
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(err, "\r{done}/{total} seeds");
+        let _ = err.flush();
+    } else if done.is_multiple_of((total / 10).max(1)) || done == total {
+        let _ = writeln!(err, "{done}/{total} seeds");
+    }
+}
+
+/// Totals over many runs.
+struct Summary {
+    sent: u64,
+    committed: u64,
+    expired: u64,
+    deliveries: u64,
+    crashes: u64,
+    partitions: u64,
+    sim_s: f64,
+    wall_s: f64,
+}
+
+impl Summary {
+    fn of(reports: &[Report]) -> Summary {
+        Summary {
+            sent: reports.iter().map(|r| r.sent).sum(),
+            committed: reports.iter().map(|r| r.committed).sum(),
+            expired: reports.iter().map(|r| r.expired).sum(),
+            deliveries: reports.iter().map(|r| r.deliveries).sum(),
+            crashes: reports.iter().map(|r| r.faults.crashes).sum(),
+            partitions: reports.iter().map(|r| r.faults.partitions).sum(),
+            sim_s: reports.iter().map(|r| r.sim_time_us as f64 / 1e6).sum(),
+            wall_s: reports.iter().map(|r| r.wall_ms as f64 / 1e3).sum(),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sent": self.sent, "committed": self.committed, "expired": self.expired,
+            "deliveries": self.deliveries, "crashes": self.crashes, "partitions": self.partitions,
+            "simulated_s": self.sim_s, "wall_s": self.wall_s,
+        })
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sent {}, committed {}, expired {}, deliveries {}, crashes {}, partitions {}, simulated {:.1} s, wall {:.1} s (summed over runs)",
+            self.sent, self.committed, self.expired, self.deliveries, self.crashes, self.partitions, self.sim_s, self.wall_s
+        )
+    }
+}
