@@ -40,7 +40,7 @@ impl Asker {
 
     /// Something is missing: start the random delay unless a question is already planned.
     pub(crate) fn missing(&mut self, now: Time, rng: &mut Xoshiro256PlusPlus) {
-        if self.state == State::Idle {
+        if self.state == State::Idle && !self.targets.is_empty() {
             let jitter = if self.delay_us == 0 { 0 } else { rng.next_u64() % self.delay_us };
             self.state = State::Delayed(now.plus_us(jitter));
         }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rand_xoshiro::Xoshiro256PlusPlus;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use thiserror::Error;
 
 use crate::action::{Action, Channel, Dest, Outbox};
@@ -27,6 +27,18 @@ use crate::message::{Assigned, Commit, Data, Entries, Entry, Fetch, Heartbeat, M
 
 /// The buffer size below which expired data is never swept.
 const MIN_SWEEP: usize = 1024;
+/// What one buffered message costs beyond its payload, so that empty payloads are bounded too.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// The most delivered counters of one source remembered above its gap-free floor.
+const MAX_COUNTERS_ABOVE: usize = 4096;
+/// The most sources whose delivered counters a member remembers; beyond it the memory is
+/// cleared (the cost: a late duplicate is buffered until its lifetime passes).
+const MAX_TRACKED_SOURCES: usize = 1 << 16;
+
+/// The bytes a buffered payload is charged.
+fn charge(payload: &Bytes) -> usize {
+    payload.len() + ENTRY_OVERHEAD_BYTES
+}
 
 /// Why a message could not be sent.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
@@ -52,13 +64,16 @@ struct DeliveredCounters {
 }
 
 impl DeliveredCounters {
+    /// Records `counter`. A counter that never comes (an expired send) holds the floor down,
+    /// so at most [`MAX_COUNTERS_ABOVE`] are kept above it: forgetting a delivery is safe (a
+    /// late duplicate is buffered until its lifetime passes), claiming one never is.
     fn insert(&mut self, counter: u64) {
-        if counter == self.floor + 1 {
+        if counter == self.floor.saturating_add(1) {
             self.floor = counter;
-            while self.above.remove(&(self.floor + 1)) {
+            while self.above.remove(&self.floor.saturating_add(1)) {
                 self.floor += 1;
             }
-        } else if counter > self.floor {
+        } else if counter > self.floor && self.above.len() < MAX_COUNTERS_ABOVE {
             self.above.insert(counter);
         }
     }
@@ -71,7 +86,10 @@ impl DeliveredCounters {
 /// A message this client sent that is not committed yet.
 #[derive(Clone, Debug)]
 struct Outgoing {
-    ts: Seq,
+    /// The timestamp; `None` while the message waits for the first heartbeat (DESIGN section
+    /// 3: a sender takes `ts` from what it heard, and a guess of 0 would expire at once in an
+    /// old group).
+    ts: Option<Seq>,
     payload: Bytes,
     sent_at: Time,
 }
@@ -91,6 +109,8 @@ pub struct Client {
     buffer_bytes: usize,
     /// The buffer size that triggers the next sweep of expired data.
     sweep_at: usize,
+    /// The mids of the last `Fetch`, admitted to the buffer even when it is full.
+    fetching: FxHashSet<Mid>,
     delivered_mids: FxHashMap<Source, DeliveredCounters>,
     entry_asker: Asker,
     data_asker: Asker,
@@ -116,6 +136,7 @@ impl Client {
             buffer: FxHashMap::default(),
             buffer_bytes: 0,
             sweep_at: MIN_SWEEP,
+            fetching: FxHashSet::default(),
             delivered_mids: FxHashMap::default(),
             entry_asker,
             data_asker,
@@ -142,25 +163,38 @@ impl Client {
         self.outstanding.len()
     }
 
-    /// Sends `payload` to the group.
+    /// Sends `payload` to the group. Before the first heartbeat the message is held, and goes
+    /// out when the heartbeat gives it a timestamp.
     pub fn send(&mut self, now: Time, payload: Bytes, out: &mut Outbox) -> Result<Mid, SendError> {
         if self.outstanding.len() >= self.cfg.sender_window {
             return Err(SendError::WindowFull(self.outstanding.len()));
         }
         self.counter += 1;
         let mid = Mid { source: self.source, counter: self.counter };
+        self.outstanding.insert(self.counter, Outgoing { ts: None, payload, sent_at: now });
+        if self.epoch != Epoch::NONE {
+            self.transmit_first(now, self.counter, out);
+        }
+        Ok(mid)
+    }
+
+    /// Gives a held message its timestamp and sends it for the first time.
+    fn transmit_first(&mut self, now: Time, counter: u64, out: &mut Outbox) {
         let ts = self.known_committed;
-        self.outstanding.insert(self.counter, Outgoing { ts, payload: payload.clone(), sent_at: now });
+        let Some(o) = self.outstanding.get_mut(&counter) else { return };
+        o.ts = Some(ts);
+        o.sent_at = now;
+        let payload = o.payload.clone();
+        let mid = Mid { source: self.source, counter };
         self.buffer_data(mid, ts, payload.clone());
         out.send(Dest::Channel(Channel::Global), Message::Data(Data { mid, ts, payload }));
         let due = now.plus_us(self.cfg.retransmit_us);
         self.next_retransmit = Some(self.next_retransmit.map_or(due, |t| t.min(due)));
-        Ok(mid)
     }
 
     /// Buffers a data message until its number is known and due.
     pub fn handle_data(&mut self, now: Time, data: &Data, out: &mut Outbox) {
-        let stale = data.ts.0 + self.cfg.max_lifetime <= self.delivered.0;
+        let stale = self.cfg.lifetime_end(data.ts) <= self.delivered;
         if stale || self.was_delivered(&data.mid) {
             return;
         }
@@ -175,11 +209,15 @@ impl Client {
     }
 
     /// Buffers a payload within the byte cap; returns whether it was new.
+    /// Data this member asked a data server for is admitted even over the cap (a `Fetch` asks
+    /// for at most `nack_batch` messages), so a full buffer can never stall delivery.
     fn buffer_data(&mut self, mid: Mid, ts: Seq, payload: Bytes) -> bool {
-        if self.buffer.contains_key(&mid) || self.buffer_bytes + payload.len() > self.cfg.member_buffer_bytes {
+        let fetched = self.fetching.remove(&mid);
+        let full = self.buffer_bytes + charge(&payload) > self.cfg.member_buffer_bytes;
+        if self.buffer.contains_key(&mid) || (full && !fetched) {
             return false;
         }
-        self.buffer_bytes += payload.len();
+        self.buffer_bytes += charge(&payload);
         self.buffer.insert(mid, (ts, payload));
         true
     }
@@ -210,13 +248,21 @@ impl Client {
         self.note_gap(now);
     }
 
-    /// Follows the sequencer: its epoch, its pid, how far it committed.
-    pub fn handle_heartbeat(&mut self, now: Time, hb: &Heartbeat) {
+    /// Follows the sequencer: its epoch, its pid, how far it committed. The first heartbeat
+    /// releases the messages held for a timestamp.
+    pub fn handle_heartbeat(&mut self, now: Time, hb: &Heartbeat, out: &mut Outbox) {
+        let first = self.epoch == Epoch::NONE;
         if hb.epoch >= self.epoch {
             self.epoch = hb.epoch;
             self.sequencer = Some(hb.sequencer);
         }
         self.known_committed = self.known_committed.max(hb.committed);
+        if first {
+            let held: Vec<u64> = self.outstanding.iter().filter(|(_, o)| o.ts.is_none()).map(|(c, _)| *c).collect();
+            for counter in held {
+                self.transmit_first(now, counter, out);
+            }
+        }
         self.note_gap(now);
     }
 
@@ -260,7 +306,7 @@ impl Client {
             let next = self.delivered.next();
             if let Assigned::Mid(mid) = known.assigned {
                 let Some(payload) = self.take_verified(mid, known.digest) else { break };
-                self.delivered_mids.entry(mid.source).or_default().insert(mid.counter);
+                self.remember_delivered(mid);
                 out.push(Action::Deliver { seq: next, mid, payload });
             }
             self.window.pop_front();
@@ -269,11 +315,18 @@ impl Client {
         self.expire_buffer();
     }
 
+    fn remember_delivered(&mut self, mid: Mid) {
+        if self.delivered_mids.len() >= MAX_TRACKED_SOURCES && !self.delivered_mids.contains_key(&mid.source) {
+            self.delivered_mids.clear();
+        }
+        self.delivered_mids.entry(mid.source).or_default().insert(mid.counter);
+    }
+
     /// Takes `mid`'s payload from the buffer if it matches the digest (when one is known); a
     /// payload that does not match is dropped and fetched again.
     fn take_verified(&mut self, mid: Mid, digest: Option<Digest>) -> Option<Bytes> {
         let (_, payload) = self.buffer.remove(&mid)?;
-        self.buffer_bytes -= payload.len();
+        self.buffer_bytes = self.buffer_bytes.saturating_sub(charge(&payload));
         match digest {
             Some(d) if Digest::of(&payload) != d => None,
             _ => Some(payload),
@@ -287,12 +340,12 @@ impl Client {
         if self.buffer.len() < self.sweep_at {
             return;
         }
-        let delivered = self.delivered.0;
-        let lifetime = self.cfg.max_lifetime;
+        let delivered = self.delivered;
+        let cfg = &self.cfg;
         let mut bytes = 0;
         self.buffer.retain(|_, (ts, payload)| {
-            let alive = ts.0 + lifetime > delivered;
-            bytes += if alive { payload.len() } else { 0 };
+            let alive = cfg.lifetime_end(*ts) > delivered;
+            bytes += if alive { charge(payload) } else { 0 };
             alive
         });
         self.buffer_bytes = bytes;
@@ -367,33 +420,34 @@ impl Client {
         }
         self.data_asker.missing(now, &mut self.rng);
         if let Some(server) = self.data_asker.due(now, None) {
+            self.fetching.clear();
+            self.fetching.extend(mids.iter().copied());
             out.send(Dest::Pid(server), Message::Fetch(Fetch { mids }));
         }
     }
 
     fn retransmit(&mut self, now: Time, out: &mut Outbox) {
         let rto = self.cfg.retransmit_us;
-        let horizon = self.delivered.0;
-        let lifetime = self.cfg.max_lifetime;
+        let horizon = self.delivered;
+        let cfg = &self.cfg;
         let resend = !self.cfg.mutated(Mutation::NoRetransmission);
         let mut expired = Vec::new();
         for (&counter, o) in self.outstanding.iter_mut() {
-            if o.ts.0 + lifetime <= horizon {
+            let Some(ts) = o.ts else { continue };
+            if cfg.lifetime_end(ts) <= horizon {
                 expired.push(counter);
             } else if resend && now.since_us(o.sent_at) >= rto {
                 o.sent_at = now;
                 let mid = Mid { source: self.source, counter };
-                out.send(
-                    Dest::Channel(Channel::Global),
-                    Message::Data(Data { mid, ts: o.ts, payload: o.payload.clone() }),
-                );
+                out.send(Dest::Channel(Channel::Global), Message::Data(Data { mid, ts, payload: o.payload.clone() }));
             }
         }
         for counter in expired {
             self.outstanding.remove(&counter);
             out.push(Action::Expired { mid: Mid { source: self.source, counter } });
         }
-        self.next_retransmit = self.outstanding.values().map(|o| o.sent_at.plus_us(rto)).min();
+        self.next_retransmit =
+            self.outstanding.values().filter(|o| o.ts.is_some()).map(|o| o.sent_at.plus_us(rto)).min();
     }
 
     /// What holds up the next delivery, for diagnostics.
@@ -420,6 +474,6 @@ impl Client {
     /// Checks the client's invariants (debug builds and the simulator).
     pub fn check_invariants(&self) {
         debug_assert!(self.outstanding.len() <= self.cfg.sender_window);
-        debug_assert!(self.buffer_bytes <= self.cfg.member_buffer_bytes);
+        debug_assert!(self.delivered <= self.known_committed);
     }
 }

@@ -20,6 +20,10 @@ use crate::config::{Config, Mutation};
 use crate::ids::{Epoch, Pid, Seq, SeqRange, Time};
 use crate::message::{Accepted, Assign, Assigned, Commit, Entries, Heartbeat, Message, QueryEntries, Rejected, Slot};
 
+/// The most `Accepted` replies waiting for their writes; the oldest is dropped beyond it (the
+/// sequencer asks again).
+pub const MAX_OWED_REPLIES: usize = 1 << 16;
+
 /// One stored number.
 #[derive(Clone, Copy, Debug)]
 struct Stored {
@@ -194,7 +198,12 @@ impl CommitServer {
             other => other,
         };
         match write {
-            Some(id) if !self.cfg.mutated(Mutation::AcceptBeforeDurable) => self.owed.push_back((id, from)),
+            Some(id) if !self.cfg.mutated(Mutation::AcceptBeforeDurable) => {
+                if self.owed.len() >= MAX_OWED_REPLIES {
+                    self.owed.pop_front();
+                }
+                self.owed.push_back((id, from));
+            }
             Some(id) => {
                 self.durable = self.durable.max(id);
                 self.advance_accepted();
@@ -213,9 +222,14 @@ impl CommitServer {
         let mut last_write = None;
         for (i, slot) in slots.enumerate() {
             let seq = first.plus(i as u64);
+            // An entry is replaced only by one of a higher epoch: a sequencer numbers each
+            // number once per epoch, so a same-epoch difference is refused, never adopted. A
+            // committed entry is final: a higher epoch can only propose it again.
             let keep = seq < self.base
                 || seq > limit
-                || self.stored(seq).is_some_and(|s| s.slot.epoch > slot.epoch || s.slot == slot);
+                || self
+                    .stored(seq)
+                    .is_some_and(|s| s.slot.epoch >= slot.epoch || (s.committed && s.slot.entry != slot.entry));
             if keep {
                 last_write = self.write_run(run_first, &mut run, out).or(last_write);
                 run_first = seq.next();
@@ -334,7 +348,7 @@ impl CommitServer {
     /// the `Commit` said: a peer that holds the slot but missed the `Commit` can then mark it.
     pub fn handle_query(&self, from: Pid, query: &QueryEntries, out: &mut Outbox) {
         let mut budget = self.cfg.nack_batch;
-        for range in &query.ranges {
+        for range in query.ranges.iter().filter(|r| !r.is_empty()) {
             let range = SeqRange { first: range.first, last: range.last.min(range.first.plus(budget as u64 - 1)) };
             budget -= range.len() as usize;
             self.answer_entries(from, range, out);
@@ -409,7 +423,7 @@ impl CommitServer {
     /// Marks `seq` committed if this server holds the peer's entry; returns whether the peer's
     /// slot must be stored instead (nothing here, or an older epoch).
     fn refill(&mut self, seq: Seq, slot: &Slot) -> bool {
-        if seq < self.base || seq <= self.committed {
+        if seq < self.base || seq <= self.committed || seq > self.committed.plus(self.slot_limit()) {
             return false;
         }
         match self.stored_mut(seq) {

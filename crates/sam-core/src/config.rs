@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-use crate::ids::Pid;
+use crate::ids::{Pid, Seq};
 
 /// Deliberately broken protocol variants. Test-only: they can be switched on only with the
 /// `mutations` feature, so that tests can show each checker catches the bug it is meant to catch.
@@ -100,6 +100,16 @@ pub enum ConfigError {
         /// The config key.
         key: &'static str,
     },
+    /// A value is above its limit.
+    #[error("{key} = {value} is above the limit {max}")]
+    TooLarge {
+        /// The config key.
+        key: &'static str,
+        /// Its value.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
     /// There are more servers of one kind than a bitset of votes can count.
     #[error("{kind} has {n} servers; at most {max} are supported")]
     TooManyServers {
@@ -111,6 +121,11 @@ pub enum ConfigError {
         max: usize,
     },
 }
+
+/// The largest `max_lifetime`: roles keep up to this many numbers of history.
+pub const MAX_LIFETIME: u64 = 1 << 32;
+/// The largest sender or sequencer window.
+pub const MAX_WINDOW: u64 = 1 << 24;
 
 /// The most servers of one kind (votes are counted in a 64-bit set).
 pub const MAX_SERVERS_PER_KIND: usize = 64;
@@ -166,10 +181,24 @@ impl Config {
             ("batch_entries", self.batch_entries as u64),
             ("member_buffer_bytes", self.member_buffer_bytes as u64),
         ];
-        match positive.iter().find(|(_, v)| *v == 0) {
-            Some((key, _)) => Err(ConfigError::Zero { key }),
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Zero { key });
+        }
+        let bounded = [
+            ("max_lifetime", self.max_lifetime, MAX_LIFETIME),
+            ("sequencer_window", self.sequencer_window as u64, MAX_WINDOW),
+            ("sender_window", self.sender_window as u64, MAX_WINDOW),
+        ];
+        match bounded.iter().find(|(_, v, max)| v > max) {
+            Some(&(key, value, max)) => Err(ConfigError::TooLarge { key, value, max }),
             None => Ok(()),
         }
+    }
+
+    /// The last number a message with timestamp `ts` may be assigned: every assignment lies in
+    /// `(ts, ts + max_lifetime]` (saturating: timestamps come from the network).
+    pub fn lifetime_end(&self, ts: Seq) -> Seq {
+        ts.plus(self.max_lifetime)
     }
 
     /// The rank of `pid` among the commit servers.

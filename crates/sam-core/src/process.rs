@@ -156,7 +156,7 @@ impl Process {
                     d.handle_heartbeat(m);
                 }
                 if let Some(c) = &mut self.client {
-                    c.handle_heartbeat(now, m);
+                    c.handle_heartbeat(now, m, out);
                 }
             }
             Message::QueryEntries(m) => {

@@ -13,15 +13,15 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::action::{Channel, Dest, Outbox};
-use crate::config::{Config, Mutation};
+use crate::config::{Config, Mutation, MAX_SERVERS_PER_KIND};
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq, Time};
 use crate::message::{Accepted, Assign, Commit, Entry, Heartbeat, Message, Order, OrderItem, Rejected};
 
-/// The most messages waiting for enough `Order`s; beyond it new ones are ignored until data
-/// servers ask again (their senders retransmit).
+/// The most messages waiting for enough `Order`s or for room in the window; beyond it new
+/// ones are ignored until data servers ask again (their senders retransmit).
 pub const MAX_PENDING_ORDERS: usize = 1 << 20;
 /// The most entries re-sent to one lagging commit server in one go.
 pub const MAX_RESEND_ENTRIES: usize = 8192;
@@ -56,6 +56,8 @@ pub struct Sequencer {
     pending: FxHashMap<Mid, Pending>,
     /// Messages with `k_data` agreeing orders, waiting for room in the window.
     ready: VecDeque<OrderItem>,
+    /// The mids in `ready`, so that repeated orders do not queue a message twice.
+    queued: FxHashSet<Mid>,
     /// Per commit-server rank: the highest `upto` it accepted in this epoch.
     acked: Vec<Seq>,
     /// Per commit-server rank: when it last made progress or was sent entries again.
@@ -84,6 +86,7 @@ impl Sequencer {
             numbered: FxHashMap::default(),
             pending: FxHashMap::default(),
             ready: VecDeque::new(),
+            queued: FxHashSet::default(),
             acked: vec![committed; n],
             progress_at: vec![now; n],
             unsent_from: epoch_first,
@@ -123,10 +126,11 @@ impl Sequencer {
     }
 
     fn vote(&mut self, rank: usize, item: &OrderItem) {
-        if self.numbered.contains_key(&item.mid) && !self.cfg.mutated(Mutation::NoDeduplication) {
+        let known = self.numbered.contains_key(&item.mid) || self.queued.contains(&item.mid);
+        if known && !self.cfg.mutated(Mutation::NoDeduplication) {
             return;
         }
-        if !self.pending.contains_key(&item.mid) && self.pending.len() >= MAX_PENDING_ORDERS {
+        if !self.pending.contains_key(&item.mid) && self.pending.len() + self.ready.len() >= MAX_PENDING_ORDERS {
             return;
         }
         let bit = 1u64 << rank;
@@ -143,6 +147,7 @@ impl Sequencer {
             let digest = vote.0;
             let ts = pending.ts;
             self.pending.remove(&item.mid);
+            self.queued.insert(item.mid);
             self.ready.push_back(OrderItem { mid: item.mid, ts, digest });
         }
     }
@@ -151,6 +156,7 @@ impl Sequencer {
     fn assign_ready(&mut self, out: &mut Outbox) {
         while self.window_has_room() {
             let Some(item) = self.ready.pop_front() else { break };
+            self.queued.remove(&item.mid);
             if self.admissible(&item) {
                 self.number(Entry::Msg { mid: item.mid, digest: item.digest });
             }
@@ -167,7 +173,7 @@ impl Sequencer {
     fn admissible(&self, item: &OrderItem) -> bool {
         let max_assigned = self.max_assigned();
         let fresh = !self.numbered.contains_key(&item.mid) || self.cfg.mutated(Mutation::NoDeduplication);
-        let alive = item.ts.0 + self.cfg.max_lifetime > max_assigned.0 && item.ts <= max_assigned;
+        let alive = self.cfg.lifetime_end(item.ts) > max_assigned && item.ts <= max_assigned;
         let covered = item.ts.next() >= self.log_base;
         fresh && alive && covered
     }
@@ -226,9 +232,7 @@ impl Sequencer {
     }
 
     fn advance_commit(&mut self, out: &mut Outbox) {
-        let mut acked = self.acked.clone();
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum = acked[self.cfg.k_commit - 1];
+        let quorum = kth_highest(&self.acked, self.cfg.k_commit);
         if quorum <= self.committed {
             return;
         }
@@ -312,9 +316,9 @@ impl Sequencer {
     }
 
     fn forget_expired_orders(&mut self) {
-        let max_assigned = self.max_assigned().0;
-        let lifetime = self.cfg.max_lifetime;
-        self.pending.retain(|_, p| p.ts.0 + lifetime > max_assigned);
+        let max_assigned = self.max_assigned();
+        let cfg = &self.cfg;
+        self.pending.retain(|_, p| cfg.lifetime_end(p.ts) > max_assigned);
     }
 
     /// When this sequencer next needs a tick.
@@ -333,6 +337,15 @@ impl Sequencer {
         debug_assert!(self.log_base <= self.committed.next().max(self.epoch_first));
         debug_assert!(self.max_assigned().0 - self.committed.0 <= self.cfg.sequencer_window as u64);
     }
+}
+
+/// The `k`-th highest of `values` (1-based): the number that `k` servers have all accepted.
+fn kth_highest(values: &[Seq], k: usize) -> Seq {
+    let mut sorted = [Seq::ZERO; MAX_SERVERS_PER_KIND];
+    let sorted = &mut sorted[..values.len()];
+    sorted.copy_from_slice(values);
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    sorted[k - 1]
 }
 
 #[cfg(test)]

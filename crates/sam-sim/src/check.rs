@@ -6,7 +6,7 @@
 use std::fmt;
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use sam_core::{Assigned, Digest, Mid, Seq, Time};
+use sam_core::{Assigned, Digest, Mid, Seq, Slot, Time};
 use serde::Serialize;
 
 /// Which promise a violation breaks.
@@ -160,6 +160,22 @@ impl Checker {
         }
     }
 
+    /// A commit server answered a query with these committed slots: each must be what the
+    /// number was committed to.
+    pub fn on_entries_served(&mut self, at: Time, first: Seq, slots: &[Slot]) {
+        for (i, slot) in slots.iter().enumerate() {
+            let seq = first.plus(i as u64);
+            let assigned = slot.entry.assigned();
+            match self.reference(seq) {
+                Some((known, _)) if known == assigned => {}
+                other => {
+                    let detail = format!("a commit server served {assigned:?} at {seq}, committed to {other:?}");
+                    self.violate(Promise::TotalOrder, at, detail);
+                }
+            }
+        }
+    }
+
     /// Member `life` delivered `mid` at `seq` with a payload of `digest`.
     pub fn on_deliver(&mut self, at: Time, life: Life, seq: Seq, mid: Mid, digest: Digest) {
         self.deliveries += 1;
@@ -248,7 +264,8 @@ impl Checker {
     /// anyone is told"). Disks never lose durable writes, so this holds ever after.
     pub fn on_durable_copies(&mut self, at: Time, seq: Seq, mid: Mid, copies: (usize, usize), k: (usize, usize)) {
         if copies.0 < k.0 || copies.1 < k.1 {
-            let detail = format!("{mid} committed at {seq} while durable on {} commit and {} data servers", copies.0, copies.1);
+            let detail =
+                format!("{mid} committed at {seq} while durable on {} commit and {} data servers", copies.0, copies.1);
             self.violate(Promise::Durability, at, detail);
         }
     }

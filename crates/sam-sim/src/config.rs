@@ -42,6 +42,14 @@ pub struct SimConfig {
     pub max_lifetime: u64,
     /// Messages per second offered by all senders together.
     pub rate_per_s: u64,
+    /// A sender's window of uncommitted messages.
+    pub sender_window: usize,
+    /// The sequencer's window of assigned but uncommitted numbers.
+    pub sequencer_window: usize,
+    /// The bytes of uncommitted data a member buffers.
+    pub member_buffer_bytes: usize,
+    /// The longest partition, in microseconds.
+    pub partition_max_us: u64,
     /// Give up (a liveness violation) if the run is not quiescent by this simulated time.
     pub max_time_us: u64,
     /// Pass every datagram through the wire codec (encode and decode).
@@ -71,6 +79,10 @@ impl SimConfig {
             k_data: 2,
             max_lifetime: 100_000,
             rate_per_s: 20_000,
+            sender_window: 4_096,
+            sequencer_window: 65_536,
+            member_buffer_bytes: 64 << 20,
+            partition_max_us: 600_000,
             max_time_us: 120_000_000,
             wire: false,
             mutation: None,
@@ -100,6 +112,9 @@ impl SimConfig {
             k_data: rng.random_range(1..n_data),
             max_lifetime: if rng.random_bool(0.2) { rng.random_range(30..=200) } else { 100_000 },
             rate_per_s: rng.random_range(2_000..=40_000),
+            sender_window: if rng.random_bool(0.2) { rng.random_range(1..=16) } else { 4_096 },
+            sequencer_window: if rng.random_bool(0.2) { rng.random_range(1..=32) } else { 65_536 },
+            member_buffer_bytes: if rng.random_bool(0.2) { rng.random_range(1..=8_192) } else { 64 << 20 },
             wire: true,
             ..SimConfig::new(seed)
         }
@@ -130,6 +145,15 @@ impl SimConfig {
         add(self.k_data != defaults.k_data, format!("--k-data {}", self.k_data));
         add(self.max_lifetime != defaults.max_lifetime, format!("--max-lifetime {}", self.max_lifetime));
         add(self.rate_per_s != defaults.rate_per_s, format!("--rate {}", self.rate_per_s));
+        add(self.sender_window != defaults.sender_window, format!("--window {}", self.sender_window));
+        add(
+            self.sequencer_window != defaults.sequencer_window,
+            format!("--sequencer-window {}", self.sequencer_window),
+        );
+        add(
+            self.member_buffer_bytes != defaults.member_buffer_bytes,
+            format!("--member-buffer {}", self.member_buffer_bytes),
+        );
         add(self.wire, "--wire".into());
         flags
     }

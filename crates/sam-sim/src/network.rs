@@ -136,7 +136,7 @@ pub fn plan(
     if cfg.partitions {
         let mut t = start.0 + rng.random_range(0..span / 2 + 1);
         while t < end.0 {
-            let for_us = rng.random_range(5_000..=150_000);
+            let for_us = rng.random_range(5_000..=cfg.partition_max_us.max(5_000));
             let sides = (0..processes).map(|_| rng.random_bool(0.5)).collect();
             faults.push((Time(t), Fault::Partition { sides, for_us }));
             t += for_us + rng.random_range(10_000..=200_000);

@@ -419,10 +419,14 @@ impl Simulation {
         for action in actions.drain(..) {
             match action {
                 Action::Send { to, msg } => {
-                    if let Message::Commit(c) = &msg {
-                        for (seq, mid) in self.checker.on_commit(self.now, c.first, &c.entries) {
-                            self.check_durable(seq, mid);
+                    match &msg {
+                        Message::Commit(c) => {
+                            for (seq, mid) in self.checker.on_commit(self.now, c.first, &c.entries) {
+                                self.check_durable(seq, mid);
+                            }
                         }
+                        Message::Entries(e) => self.checker.on_entries_served(self.now, e.first, &e.slots),
+                        _ => {}
                     }
                     match outgoing.iter_mut().find(|(d, _)| *d == to) {
                         Some((_, msgs)) => msgs.push(msg),
@@ -537,7 +541,12 @@ impl Simulation {
 
     fn quiescent(&self) -> bool {
         let Some(seq) = self.sequencer() else { return false };
-        let settled = seq.max_assigned() == seq.committed();
+        let settled = seq.max_assigned() == seq.committed()
+            && self
+                .procs
+                .iter()
+                .filter_map(|p| p.state.as_ref()?.commit_server())
+                .all(|c| c.committed() == seq.committed());
         let all_up = self.procs.iter().all(|p| p.state.is_some()) && !self.network.partitioned();
         let members_done = self.procs.iter().all(|p| {
             p.to_send == 0
@@ -632,6 +641,9 @@ fn core_config(cfg: &SimConfig) -> Config {
     core.k_commit = cfg.k_commit;
     core.k_data = cfg.k_data;
     core.max_lifetime = cfg.max_lifetime;
+    core.sender_window = cfg.sender_window;
+    core.sequencer_window = cfg.sequencer_window;
+    core.member_buffer_bytes = cfg.member_buffer_bytes;
     #[cfg(feature = "mutations")]
     {
         core.mutation = cfg.mutation;

@@ -128,13 +128,21 @@ fn durability_catches_commit_servers_that_accept_before_their_write_is_durable()
 
 #[test]
 fn atomicity_catches_members_that_never_recover_gaps() {
-    let promises = broken(Mutation::NoGapRecovery, |seed| SimConfig { loss: 0.05, max_time_us: 5_000_000, ..SimConfig::new(seed) });
+    let promises = broken(Mutation::NoGapRecovery, |seed| SimConfig {
+        loss: 0.05,
+        max_time_us: 5_000_000,
+        ..SimConfig::new(seed)
+    });
     assert!(promises.contains(&Promise::Atomicity) || promises.contains(&Promise::Liveness), "{promises:?}");
 }
 
 #[test]
 fn validity_catches_senders_that_never_retransmit() {
-    let promises = broken(Mutation::NoRetransmission, |seed| SimConfig { loss: 0.2, max_time_us: 5_000_000, ..SimConfig::new(seed) });
+    let promises = broken(Mutation::NoRetransmission, |seed| SimConfig {
+        loss: 0.2,
+        max_time_us: 5_000_000,
+        ..SimConfig::new(seed)
+    });
     assert!(promises.contains(&Promise::Validity) || promises.contains(&Promise::Liveness), "{promises:?}");
 }
 

@@ -37,21 +37,47 @@ fn every_promise_holds_over_1000_seeds_of_mixed_faults() {
 }
 
 fn heavy_loss(seed: u64) -> SimConfig {
-    SimConfig { loss: 0.2, dup: 0.05, reorder: 0.2, crashes: true, partitions: true, members: 6, senders: 3, messages: 300, ..SimConfig::new(seed) }
+    SimConfig {
+        loss: 0.2,
+        dup: 0.05,
+        reorder: 0.2,
+        crashes: true,
+        partitions: true,
+        members: 6,
+        senders: 3,
+        messages: 300,
+        ..SimConfig::new(seed)
+    }
 }
 
 #[test]
 fn total_order_and_atomicity_survive_20_percent_loss_with_crashes_and_partitions() {
-    run_seeds(0..60, heavy_loss, "--loss 0.2 --dup 0.05 --reorder 0.2 --crashes --partitions --members 6 --senders 3 --messages 300");
+    run_seeds(
+        0..60,
+        heavy_loss,
+        "--loss 0.2 --dup 0.05 --reorder 0.2 --crashes --partitions --members 6 --senders 3 --messages 300",
+    );
 }
 
 fn short_lifetime(seed: u64) -> SimConfig {
-    SimConfig { max_lifetime: 40, loss: 0.1, partitions: true, members: 4, senders: 2, messages: 300, ..SimConfig::new(seed) }
+    SimConfig {
+        max_lifetime: 40,
+        loss: 0.1,
+        partitions: true,
+        members: 4,
+        senders: 2,
+        messages: 300,
+        ..SimConfig::new(seed)
+    }
 }
 
 #[test]
 fn validity_every_send_is_committed_or_reported_expired_with_a_short_lifetime() {
-    let reports = run_seeds(0..60, short_lifetime, "--max-lifetime 40 --loss 0.1 --partitions --members 4 --senders 2 --messages 300");
+    let reports = run_seeds(
+        0..60,
+        short_lifetime,
+        "--max-lifetime 40 --loss 0.1 --partitions --members 4 --senders 2 --messages 300",
+    );
     assert!(reports.iter().map(|r| r.expired).sum::<u64>() > 0, "partitions with a short lifetime make sends expire");
 }
 
@@ -67,7 +93,8 @@ fn a_fault_free_run_delivers_everything_to_everyone() {
 fn a_run_replays_exactly_from_its_seed() {
     let a = run(heavy_loss(7));
     let b = run(heavy_loss(7));
-    let key = |r: &Report| (r.sent, r.committed, r.deliveries, r.expired, r.sim_time_us, r.faults, format!("{:?}", r.rates));
+    let key =
+        |r: &Report| (r.sent, r.committed, r.deliveries, r.expired, r.sim_time_us, r.faults, format!("{:?}", r.rates));
     assert_eq!(key(&a), key(&b));
 }
 

@@ -67,6 +67,15 @@ pub struct SimArgs {
     /// Messages per second offered by all senders together.
     #[arg(long, default_value_t = 20_000)]
     rate: u64,
+    /// A sender's window of uncommitted messages.
+    #[arg(long, default_value_t = 4_096)]
+    window: usize,
+    /// The sequencer's window of assigned but uncommitted numbers.
+    #[arg(long, default_value_t = 65_536)]
+    sequencer_window: usize,
+    /// Bytes of uncommitted data a member buffers.
+    #[arg(long, default_value_t = 64 << 20)]
+    member_buffer: usize,
     /// Pass every datagram through the wire codec.
     #[arg(long)]
     wire: bool,
@@ -117,6 +126,9 @@ impl SimArgs {
             k_data: self.k_data,
             max_lifetime: self.max_lifetime,
             rate_per_s: self.rate,
+            sender_window: self.window,
+            sequencer_window: self.sequencer_window,
+            member_buffer_bytes: self.member_buffer,
             wire: self.wire,
             ..SimConfig::new(seed)
         }
@@ -141,8 +153,12 @@ impl SimArgs {
         if self.senders > self.members {
             bail!("--senders {} exceeds --members {}", self.senders, self.members);
         }
-        if self.rate == 0 || self.max_lifetime == 0 {
-            bail!("--rate and --max-lifetime must be positive");
+        let positive = [("rate", self.rate), ("max-lifetime", self.max_lifetime), ("window", self.window as u64)];
+        let positive = positive
+            .into_iter()
+            .chain([("sequencer-window", self.sequencer_window as u64), ("member-buffer", self.member_buffer as u64)]);
+        if let Some((name, _)) = positive.into_iter().find(|(_, v)| *v == 0) {
+            bail!("--{name} must be positive");
         }
         Ok(())
     }
