@@ -18,7 +18,10 @@ use crate::action::{Dest, Outbox, Record, WriteId};
 use crate::asker::Asker;
 use crate::config::{Config, Mutation};
 use crate::ids::{Epoch, Pid, Seq, SeqRange, Time};
-use crate::message::{Accepted, Assign, Assigned, Commit, Entries, Heartbeat, Message, QueryEntries, Rejected, Slot};
+use crate::message::{
+    Accepted, Assign, Assigned, Commit, Entries, Entry, Heartbeat, Message, Prepare, Promise, PromisedSlot,
+    QueryEntries, Rejected, Slot,
+};
 
 /// The most `Accepted` replies waiting for their writes; the oldest is dropped beyond it (the
 /// sequencer asks again).
@@ -64,14 +67,29 @@ pub struct CommitServer {
     committed_stored: Seq,
     next_committed_write: Time,
     sequencer: Option<Pid>,
+    /// This server's rank among the commit servers.
+    rank: usize,
+    /// When a heartbeat of an epoch at least the promise last arrived, or when this server
+    /// started, stood for election, or restarted.
+    quiet_since: Time,
+    /// Whether a sequencer was ever heard (or the server restarted): a fresh group's servers
+    /// stand at once by rank, a running group's wait `failure_timeout` first.
+    heard_any: bool,
+    /// The highest round seen in any epoch.
+    round_seen: u64,
+    /// After a lost ballot, no new candidacy before this time.
+    backoff_until: Time,
+    /// `Promise`s owed once the promise write is durable: write, candidate, `from_seq`.
+    owed_promises: VecDeque<(WriteId, Pid, Seq)>,
     asker: Asker,
     rng: Xoshiro256PlusPlus,
 }
 
 impl CommitServer {
-    /// A commit server with nothing stored.
-    pub fn new(cfg: Arc<Config>, me: Pid, mut rng: Xoshiro256PlusPlus) -> CommitServer {
+    /// A commit server with nothing stored, started at `now`.
+    pub fn new(cfg: Arc<Config>, me: Pid, mut rng: Xoshiro256PlusPlus, now: Time) -> CommitServer {
         let peers = cfg.commit_servers.iter().copied().filter(|p| *p != me).collect();
+        let rank = cfg.commit_rank(me).unwrap_or(0);
         let asker = Asker::new(peers, cfg.nack_delay_us, cfg.request_timeout_us, &mut rng);
         CommitServer {
             promised: Epoch::NONE,
@@ -86,23 +104,34 @@ impl CommitServer {
             committed_stored: Seq::ZERO,
             next_committed_write: Time(0),
             sequencer: None,
+            rank,
+            quiet_since: now,
+            heard_any: false,
+            round_seen: 0,
+            backoff_until: now,
+            owed_promises: VecDeque::new(),
             asker,
             rng,
             cfg,
         }
     }
 
-    /// Rebuilds a commit server from its durable records, oldest first.
+    /// Rebuilds a commit server from its durable records, oldest first. A server that had
+    /// records waits a whole `failure_timeout` before it stands, so that a restart does not
+    /// challenge a healthy sequencer.
     pub fn recover<'a>(
         cfg: Arc<Config>,
         me: Pid,
         rng: Xoshiro256PlusPlus,
         records: impl IntoIterator<Item = &'a Record>,
+        now: Time,
     ) -> CommitServer {
-        let mut server = CommitServer::new(cfg, me, rng);
+        let mut server = CommitServer::new(cfg, me, rng, now);
         for record in records {
+            server.heard_any = true;
             server.replay(record);
         }
+        server.round_seen = server.promised.round();
         server.advance_committed();
         server.committed_stored = server.committed;
         server
@@ -181,7 +210,7 @@ impl CommitServer {
 
     /// Stores an `Assign` of an epoch at least the promise; acknowledges once durable.
     pub fn handle_assign(&mut self, from: Pid, assign: &Assign, out: &mut Outbox) {
-        if assign.epoch < self.promised {
+        if assign.epoch < self.promised && !self.cfg.mutated(Mutation::AcceptOldEpoch) {
             out.send(Dest::Pid(from), Message::Rejected(Rejected { promised: self.promised }));
             return;
         }
@@ -292,6 +321,11 @@ impl CommitServer {
         for pid in to {
             self.reply_accepted(pid, out);
         }
+        while self.owed_promises.front().is_some_and(|(id, _, _)| *id <= upto) {
+            if let Some((_, candidate, from_seq)) = self.owed_promises.pop_front() {
+                self.send_promise(candidate, from_seq, out);
+            }
+        }
     }
 
     /// Marks the numbers a `Commit` announces as committed where this server holds the same
@@ -317,12 +351,113 @@ impl CommitServer {
     }
 
     /// Follows the sequencer's heartbeat: who sequences, how far it committed.
+    /// Heartbeats of epochs below the promise are ignored (DESIGN section 6): a deposed
+    /// sequencer must not look alive.
     pub fn handle_heartbeat(&mut self, now: Time, hb: &Heartbeat) {
-        if hb.epoch >= self.promised {
-            self.sequencer = Some(hb.sequencer);
+        self.round_seen = self.round_seen.max(hb.epoch.round());
+        if hb.epoch < self.promised {
+            return;
         }
+        self.sequencer = Some(hb.sequencer);
+        self.quiet_since = now;
+        self.heard_any = true;
         self.known_committed = self.known_committed.max(hb.committed);
         self.note_gap(now);
+    }
+
+    /// Whether this server has missed the sequencer's heartbeats for `failure_timeout` (or
+    /// never heard one): the pre-vote condition for granting a `Prepare`.
+    fn misses_sequencer(&self, now: Time) -> bool {
+        !self.heard_any || now.since_us(self.quiet_since) >= self.cfg.failure_timeout_us
+    }
+
+    /// Grants a `Prepare` of an epoch above the promise when this server, too, misses the
+    /// sequencer: a durable promise, then `Promise` with what it stores from `from_seq` on.
+    /// Anything else is answered `Rejected{promised}`. A candidate asking again for the epoch
+    /// already promised gets the promise again.
+    pub fn handle_prepare(&mut self, now: Time, from: Pid, prepare: &Prepare, out: &mut Outbox) {
+        self.round_seen = self.round_seen.max(prepare.epoch.round());
+        let candidate = self.cfg.commit_rank(from) == Some(usize::from(prepare.epoch.rank()));
+        if prepare.epoch == self.promised && candidate {
+            if !self.owed_promises.iter().any(|(_, pid, _)| *pid == from) {
+                self.send_promise(from, prepare.from_seq, out);
+            }
+            return;
+        }
+        if prepare.epoch <= self.promised || !candidate || !self.misses_sequencer(now) {
+            out.send(Dest::Pid(from), Message::Rejected(Rejected { promised: self.promised }));
+            return;
+        }
+        self.promised = prepare.epoch;
+        self.sequencer = None;
+        let id = out.persist(Record::Promise(prepare.epoch));
+        self.owed_promises.retain(|(_, pid, _)| *pid != from);
+        self.owed_promises.push_back((id, from, prepare.from_seq));
+    }
+
+    /// Sends the promise of the current epoch: every stored slot from `from_seq` on, in parts
+    /// of at most `batch_entries` numbers.
+    fn send_promise(&self, to: Pid, from_seq: Seq, out: &mut Outbox) {
+        let highest = self.highest_stored();
+        let mut first = from_seq.max(self.base);
+        loop {
+            let last = first.plus(self.cfg.batch_entries as u64 - 1).min(highest.max(first));
+            let slots = SeqRange { first, last }
+                .iter()
+                .filter_map(|seq| Some(PromisedSlot { seq, slot: self.stored(seq)?.slot }))
+                .collect();
+            let part = Promise { epoch: self.promised, first, last, highest, slots };
+            out.send(Dest::Pid(to), Message::Promise(part));
+            if last >= highest {
+                break;
+            }
+            first = last.next();
+        }
+    }
+
+    /// The highest number with a stored slot (below `base` when none).
+    fn highest_stored(&self) -> Seq {
+        let stored = self.slots.iter().rposition(Option::is_some);
+        stored.map_or(self.base.minus(1), |i| self.base.plus(i as u64))
+    }
+
+    /// When this server will stand for election if it hears no heartbeat before.
+    pub fn candidacy_at(&self) -> Time {
+        let patience = if self.heard_any { self.cfg.failure_timeout_us } else { 0 };
+        self.quiet_since.plus_us(patience + self.stagger_us()).max(self.backoff_until)
+    }
+
+    /// The delay by rank that keeps candidates from colliding.
+    fn stagger_us(&self) -> u64 {
+        self.rank as u64 * self.cfg.heartbeat_interval_us * 5
+    }
+
+    /// This server's ballot was lost (a higher epoch, or no quorum in time): it waits before
+    /// standing again, longer by rank, so that duelling candidates settle.
+    pub fn ballot_lost(&mut self, now: Time) {
+        self.backoff_until = now.plus_us(self.cfg.failure_timeout_us / 2 + self.stagger_us());
+    }
+
+    /// Whether this server should stand for election now, and for which epoch: it has missed
+    /// heartbeats for `failure_timeout` (at a fresh group's start, at once), plus a delay by
+    /// rank so that candidates rarely collide (when they do, the higher epoch wins).
+    pub fn candidacy(&mut self, now: Time) -> Option<Epoch> {
+        if now < self.candidacy_at() {
+            return None;
+        }
+        self.round_seen += 1;
+        Some(Epoch::new(self.round_seen, self.rank as u16))
+    }
+
+    /// What a new sequencer needs from this server's committed entries below `from_seq`: the
+    /// last `max_lifetime` of them (fewer when older ones are gone).
+    pub fn takeover_history(&self, from_seq: Seq) -> (Seq, Vec<Entry>) {
+        let first = from_seq.minus(self.cfg.max_lifetime).max(self.base).max(Seq(1));
+        let entries = SeqRange { first, last: from_seq.minus(1) }
+            .iter()
+            .map(|seq| self.committed_entry(seq).map_or(Entry::Noop, |s| s.entry))
+            .collect();
+        (first, entries)
     }
 
     fn advance_committed(&mut self) {

@@ -17,6 +17,12 @@ pub enum Mutation {
     NoDeduplication,
     /// Senders never retransmit.
     NoRetransmission,
+    /// A candidate takes office with `n_commit - k_commit` promises, one too few.
+    PromiseTooFew,
+    /// A candidate recovers each number's entry of the lowest epoch instead of the highest.
+    KeepLowestEpoch,
+    /// Commit servers accept `Assign`s of epochs below their promise (no fencing).
+    AcceptOldEpoch,
 }
 
 /// The configuration every role of one group shares.

@@ -136,11 +136,19 @@ impl DataServer {
         }
     }
 
-    /// Follows the highest epoch's sequencer.
-    pub fn handle_heartbeat(&mut self, hb: &Heartbeat) {
-        if hb.epoch >= self.epoch {
-            self.epoch = hb.epoch;
-            self.sequencer = hb.sequencer;
+    /// Follows the highest epoch's sequencer. A new sequencer gets every held, uncommitted
+    /// message ordered again (DESIGN section 6): the orders its predecessor counted are lost.
+    pub fn handle_heartbeat(&mut self, hb: &Heartbeat, out: &mut Outbox) {
+        if hb.epoch < self.epoch {
+            return;
+        }
+        let new_sequencer = hb.epoch > self.epoch;
+        self.epoch = hb.epoch;
+        self.sequencer = hb.sequencer;
+        if new_sequencer {
+            let pending = self.held.iter().filter(|(_, h)| h.durable && h.committed.is_none());
+            self.orders.extend(pending.map(|(mid, h)| OrderItem { mid: *mid, ts: h.ts, digest: h.digest }));
+            self.flush_orders(out);
         }
     }
 

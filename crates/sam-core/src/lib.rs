@@ -22,22 +22,24 @@
 //!    (`Order`, `Accepted`) come out only then, so none can overtake its write.
 //! 4. **Restart.** After a crash, replay the durable [`Record`]s into [`Process::start`].
 //!
+//! A fresh group's commit server of rank 0 stands for election at its first tick:
+//!
 //! ```
 //! use std::sync::Arc;
-//! use sam_core::{Config, Pid, Process, Roles, Time};
+//! use sam_core::{Action, Config, Message, Pid, Process, Roles, Time};
 //!
-//! let cfg = Arc::new(Config::new(vec![Pid(1)], vec![Pid(1)], vec![]));
-//! # let mut cfg = (*cfg).clone(); cfg.k_commit = 1; cfg.k_data = 1; let cfg = Arc::new(cfg);
+//! let mut cfg = Config::new(vec![Pid(1), Pid(2), Pid(3)], vec![Pid(1), Pid(2), Pid(3)], vec![]);
 //! let roles = Roles { commit: true, data: true, ..Roles::default() };
-//! let mut server = Process::start(cfg, Pid(1), roles, 7, Time(0), &[]);
-//! server.handle_tick(Time(0));
-//! let first_heartbeat = server.drain_actions().count();
-//! assert!(first_heartbeat > 0);
+//! let mut server = Process::start(Arc::new(cfg), Pid(1), roles, 7, Time(0), &[]);
+//! server.handle_tick(server.poll_timeout().unwrap());
+//! let stands = server.drain_actions().any(|a| matches!(a, Action::Send { msg: Message::Prepare(_), .. }));
+//! assert!(stands);
 //! ```
 #![deny(missing_docs)]
 
 pub mod action;
 mod asker;
+pub mod ballot;
 pub mod checkpoint_server;
 pub mod client;
 pub mod commit_server;

@@ -183,6 +183,41 @@ pub struct Block {
     pub bytes: Bytes,
 }
 
+/// Candidate → commit servers: "promise me `epoch`, and tell me what you hold from
+/// `from_seq` on" (DESIGN section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prepare {
+    /// The candidate's epoch.
+    pub epoch: Epoch,
+    /// The candidate's committed prefix plus one.
+    pub from_seq: Seq,
+}
+
+/// One stored slot reported in a [`Promise`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PromisedSlot {
+    /// Its number.
+    pub seq: Seq,
+    /// The slot with its epoch.
+    pub slot: Slot,
+}
+
+/// Commit server → candidate: a durable promise of `epoch`, with the slots it stores in
+/// `first..=last` (one part; a promise covers `from_seq..=highest` in one or more parts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Promise {
+    /// The epoch promised.
+    pub epoch: Epoch,
+    /// The first number this part covers.
+    pub first: Seq,
+    /// The last number this part covers.
+    pub last: Seq,
+    /// The highest number the server stores (below `from_seq` when it stores none above).
+    pub highest: Seq,
+    /// The stored slots in `first..=last`, in number order; numbers not listed hold nothing.
+    pub slots: Vec<PromisedSlot>,
+}
+
 /// Every protocol message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -210,6 +245,10 @@ pub enum Message {
     FetchBlocks(FetchBlocks),
     /// See [`Block`].
     Block(Block),
+    /// See [`Prepare`].
+    Prepare(Prepare),
+    /// See [`Promise`].
+    Promise(Promise),
 }
 
 /// The kind of a message, for counters and dispatch.
@@ -239,11 +278,15 @@ pub enum Kind {
     FetchBlocks,
     /// [`Block`]
     Block,
+    /// [`Prepare`]
+    Prepare,
+    /// [`Promise`]
+    Promise,
 }
 
 impl Kind {
     /// Every kind, in wire-tag order.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Data,
         Kind::Order,
         Kind::Assign,
@@ -256,6 +299,8 @@ impl Kind {
         Kind::Fetch,
         Kind::FetchBlocks,
         Kind::Block,
+        Kind::Prepare,
+        Kind::Promise,
     ];
 }
 
@@ -275,6 +320,8 @@ impl Message {
             Message::Fetch(_) => Kind::Fetch,
             Message::FetchBlocks(_) => Kind::FetchBlocks,
             Message::Block(_) => Kind::Block,
+            Message::Prepare(_) => Kind::Prepare,
+            Message::Promise(_) => Kind::Promise,
         }
     }
 }

@@ -1,6 +1,11 @@
 //! One process: the roles it holds, fed by one host (DESIGN section 2: "one process may hold
 //! several"). It routes each input to the roles that handle it and collects their actions in
 //! one [`Outbox`], so that write ids are ordered per process as a host's log orders them.
+//!
+//! It also runs the commit server's path to office (DESIGN section 6): when the commit server
+//! misses heartbeats it stands, the process runs the [`Ballot`], and with enough promises it
+//! starts a [`Sequencer`] on the recovered range; a sequencer that learns of a higher epoch
+//! steps down.
 
 use std::sync::Arc;
 
@@ -8,18 +13,21 @@ use bytes::Bytes;
 use rand_xoshiro::rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use rustc_hash::FxHashSet;
+
 use crate::action::{Action, Outbox, Record, WriteId};
+use crate::ballot::{Ballot, Verdict};
 use crate::checkpoint_server::CheckpointServer;
 use crate::client::{Client, SendError};
 use crate::commit_server::CommitServer;
 use crate::config::Config;
 use crate::data_server::DataServer;
-use crate::ids::{Epoch, Incarnation, Mid, Pid, Seq, Source, Time};
-use crate::message::Message;
-use crate::sequencer::Sequencer;
+use crate::ids::{Epoch, Incarnation, Mid, Pid, Source, Time};
+use crate::message::{Entry, Message};
+use crate::sequencer::{Sequencer, Takeover};
 
-/// Which roles a process holds. The sequencer is not chosen: the commit server of rank 0 runs
-/// the first epoch when the group starts.
+/// Which roles a process holds. The sequencer is not chosen: commit servers elect it (at a
+/// fresh group's start, the commit server of rank 0 stands first).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Roles {
     /// A commit server (its pid must be in `Config::commit_servers`).
@@ -36,7 +44,9 @@ pub struct Roles {
 #[derive(Debug)]
 pub struct Process {
     pid: Pid,
+    cfg: Arc<Config>,
     sequencer: Option<Sequencer>,
+    ballot: Option<Ballot>,
     commit: Option<CommitServer>,
     data: Option<DataServer>,
     checkpoint: Option<CheckpointServer>,
@@ -47,21 +57,19 @@ pub struct Process {
 impl Process {
     /// Starts a process from its durable `records` (empty on first start). `seed` seeds the
     /// roles' random choices (NACK jitter, server rotation), so a run replays exactly.
-    ///
-    /// The commit server of rank 0 starts the first epoch's sequencer when it starts with no
-    /// records; a restarted one does not (taking over needs the ballot of DESIGN section 6).
     pub fn start(cfg: Arc<Config>, pid: Pid, roles: Roles, seed: u64, now: Time, records: &[Record]) -> Process {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let mut fork = || Xoshiro256PlusPlus::from_rng(&mut rng);
-        let first_sequencer = roles.commit && cfg.commit_rank(pid) == Some(0) && records.is_empty();
         Process {
             pid,
-            sequencer: first_sequencer.then(|| Sequencer::new(cfg.clone(), pid, Epoch::initial(), Seq(1), now)),
-            commit: roles.commit.then(|| CommitServer::recover(cfg.clone(), pid, fork(), records)),
+            sequencer: None,
+            ballot: None,
+            commit: roles.commit.then(|| CommitServer::recover(cfg.clone(), pid, fork(), records, now)),
             data: roles.data.then(|| DataServer::recover(cfg.clone(), records)),
             checkpoint: roles.checkpoint.then(CheckpointServer::new),
             client: roles.client.map(|incarnation| Client::new(cfg.clone(), Source { pid, incarnation }, fork())),
             out: Outbox::new(),
+            cfg,
         }
     }
 
@@ -129,13 +137,27 @@ impl Process {
                 if let Some(s) = &mut self.sequencer {
                     let mark = out.len();
                     s.handle_accepted(now, from, m, out);
-                    self.commit_locally(now, mark);
+                    self.tell_own_commit_server(now, mark);
                 }
             }
             Message::Rejected(m) => {
                 if let Some(s) = &mut self.sequencer {
                     s.handle_rejected(m);
                 }
+                if let Some(b) = &mut self.ballot {
+                    b.handle_rejected(m);
+                }
+            }
+            Message::Prepare(m) => {
+                if let Some(c) = &mut self.commit {
+                    c.handle_prepare(now, from, m, out);
+                }
+            }
+            Message::Promise(m) => {
+                if let (Some(b), Some(rank)) = (&mut self.ballot, self.cfg.commit_rank(from)) {
+                    b.handle_promise(rank, m);
+                }
+                self.try_take_office(now);
             }
             Message::Commit(m) => {
                 if let Some(c) = &mut self.commit {
@@ -149,11 +171,14 @@ impl Process {
                 }
             }
             Message::Heartbeat(m) => {
+                if self.sequencer.as_ref().is_some_and(|s| m.epoch > s.epoch()) {
+                    self.sequencer = None;
+                }
                 if let Some(c) = &mut self.commit {
                     c.handle_heartbeat(now, m);
                 }
                 if let Some(d) = &mut self.data {
-                    d.handle_heartbeat(m);
+                    d.handle_heartbeat(m, out);
                 }
                 if let Some(c) = &mut self.client {
                     c.handle_heartbeat(now, m, out);
@@ -184,34 +209,100 @@ impl Process {
             }
             Message::Block(_) => {}
         }
+        self.step_down_if_deposed();
         self.check_invariants();
     }
 
-    /// Shows the co-located commit server the `Commit`s its sequencer just announced: the
-    /// global channel may lose them, and when every commit server has missed one, the
-    /// sequencer's own is where the others refill it from.
-    fn commit_locally(&mut self, now: Time, mark: usize) {
+    /// Shows the co-located commit server the `Commit`s and heartbeats its sequencer just
+    /// sent: the global channel may lose them, and when every commit server has missed a
+    /// `Commit`, the sequencer's own is where the others refill it from; a commit server that
+    /// missed its own sequencer's heartbeats would grant a rival's `Prepare`.
+    fn tell_own_commit_server(&mut self, now: Time, mark: usize) {
         let Some(c) = &mut self.commit else { return };
         for action in self.out.since(mark) {
-            if let Action::Send { msg: Message::Commit(commit), .. } = action {
-                c.handle_commit(now, commit);
+            match action {
+                Action::Send { msg: Message::Commit(commit), .. } => c.handle_commit(now, commit),
+                Action::Send { msg: Message::Heartbeat(hb), .. } => c.handle_heartbeat(now, hb),
+                _ => {}
             }
         }
     }
 
-    /// Lets every role act on its timers.
+    /// Lets every role act on its timers, and runs the path to office.
     pub fn handle_tick(&mut self, now: Time) {
-        let out = &mut self.out;
+        let mark = self.out.len();
         if let Some(s) = &mut self.sequencer {
-            s.handle_tick(now, out);
+            s.handle_tick(now, &mut self.out);
         }
+        self.tell_own_commit_server(now, mark);
+        let out = &mut self.out;
         if let Some(c) = &mut self.commit {
             c.handle_tick(now, out);
         }
         if let Some(c) = &mut self.client {
             c.handle_tick(now, out);
         }
+        self.run_ballot(now);
         self.check_invariants();
+    }
+
+    /// Starts a ballot when the commit server stands; ends a lost one.
+    fn run_ballot(&mut self, now: Time) {
+        if let Some(b) = &mut self.ballot {
+            if b.handle_tick(now, &mut self.out) == Verdict::Lost {
+                self.ballot = None;
+                if let Some(c) = &mut self.commit {
+                    c.ballot_lost(now);
+                }
+            }
+            return;
+        }
+        if self.sequencer.is_some() {
+            return;
+        }
+        let Some(c) = &mut self.commit else { return };
+        if let Some(epoch) = c.candidacy(now) {
+            let from_seq = c.committed().next();
+            self.ballot = Some(Ballot::start(self.cfg.clone(), epoch, from_seq, now, &mut self.out));
+        }
+    }
+
+    /// With enough promises, takes office: a sequencer for the ballot's epoch that re-proposes
+    /// the recovered range.
+    fn try_take_office(&mut self, now: Time) {
+        let (Some(b), Some(c)) = (&self.ballot, &mut self.commit) else { return };
+        if c.promised() > b.epoch() {
+            self.ballot = None;
+            c.ballot_lost(now);
+            return;
+        }
+        if !b.has_quorum() {
+            return;
+        }
+        let (history_first, history) = c.takeover_history(b.from_seq());
+        let committed_below: FxHashSet<Mid> = history
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Msg { mid, .. } => Some(*mid),
+                Entry::Noop => None,
+            })
+            .collect();
+        let Some(recovered) = b.recovered(&committed_below) else { return };
+        let takeover = Takeover { from_seq: b.from_seq(), history_first, history, recovered };
+        let mut sequencer = Sequencer::take_office(self.cfg.clone(), self.pid, b.epoch(), takeover, now);
+        sequencer.flush(&mut self.out);
+        self.sequencer = Some(sequencer);
+        self.ballot = None;
+    }
+
+    /// A sequencer whose commit server promised a higher epoch, or that was told it is
+    /// deposed, stops at once: it can no longer commit anything.
+    fn step_down_if_deposed(&mut self) {
+        let Some(s) = &self.sequencer else { return };
+        let promised = self.commit.as_ref().map_or(Epoch::NONE, CommitServer::promised);
+        if s.deposed().is_some() || promised > s.epoch() {
+            self.sequencer = None;
+        }
     }
 
     /// The host made every write up to `upto` durable.
@@ -228,9 +319,12 @@ impl Process {
 
     /// When the process next needs [`Process::handle_tick`] (`None`: only inputs wake it).
     pub fn poll_timeout(&self) -> Option<Time> {
+        let idle = self.sequencer.is_none() && self.ballot.is_none();
         let timers = [
             self.sequencer.as_ref().map(Sequencer::poll_timeout),
+            self.ballot.as_ref().map(Ballot::poll_timeout),
             self.commit.as_ref().and_then(CommitServer::poll_timeout),
+            self.commit.as_ref().filter(|_| idle).map(CommitServer::candidacy_at),
             self.client.as_ref().and_then(Client::poll_timeout),
         ];
         timers.into_iter().flatten().min()

@@ -26,6 +26,19 @@ pub const MAX_PENDING_ORDERS: usize = 1 << 20;
 /// The most entries re-sent to one lagging commit server in one go.
 pub const MAX_RESEND_ENTRIES: usize = 8192;
 
+/// What a new sequencer starts from (DESIGN section 6).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Takeover {
+    /// The first number of the epoch: every number below it is committed.
+    pub from_seq: Seq,
+    /// The number of `history[0]`.
+    pub history_first: Seq,
+    /// Committed entries just below `from_seq` (the last `max_lifetime` of them, or fewer).
+    pub history: Vec<Entry>,
+    /// The entries to re-propose from `from_seq` on.
+    pub recovered: Vec<Entry>,
+}
+
 /// Votes for one message not yet numbered.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
@@ -43,6 +56,8 @@ pub struct Sequencer {
     epoch: Epoch,
     /// The first number of this epoch.
     epoch_first: Seq,
+    /// The last number of the range recovered at takeover (which may exceed the window).
+    recovered_last: Seq,
     /// The next number to assign.
     next: Seq,
     /// Every number up to this one is committed.
@@ -71,29 +86,56 @@ pub struct Sequencer {
 
 impl Sequencer {
     /// A sequencer for `epoch` whose first number is `epoch_first`, with every number below it
-    /// committed (the first epoch of a group starts at `Seq(1)`).
+    /// committed and no history (a group's very first epoch starts so at `Seq(1)`).
     pub fn new(cfg: Arc<Config>, me: Pid, epoch: Epoch, epoch_first: Seq, now: Time) -> Sequencer {
+        let takeover =
+            Takeover { from_seq: epoch_first, history_first: epoch_first, history: Vec::new(), recovered: Vec::new() };
+        Sequencer::take_office(cfg, me, epoch, takeover, now)
+    }
+
+    /// The sequencer of `epoch` after its ballot (DESIGN section 6): it knows the committed
+    /// `history` below `from_seq` for de-duplication, and re-proposes the `recovered` range
+    /// from `from_seq` under its epoch before numbering anything new. Call
+    /// [`Sequencer::flush`] to send the re-proposals.
+    pub fn take_office(cfg: Arc<Config>, me: Pid, epoch: Epoch, takeover: Takeover, now: Time) -> Sequencer {
         let n = cfg.commit_servers.len();
-        let committed = epoch_first.minus(1);
+        let from_seq = takeover.from_seq;
+        debug_assert_eq!(takeover.history_first.plus(takeover.history.len() as u64), from_seq);
+        let committed = from_seq.minus(1);
+        let log: VecDeque<Entry> = takeover.history.into_iter().chain(takeover.recovered).collect();
+        let numbered = log
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e {
+                Entry::Msg { mid, .. } => Some((*mid, takeover.history_first.plus(i as u64))),
+                Entry::Noop => None,
+            })
+            .collect();
         Sequencer {
             me,
             epoch,
-            epoch_first,
-            next: epoch_first,
+            epoch_first: from_seq,
+            recovered_last: takeover.history_first.plus(log.len() as u64).minus(1),
+            next: takeover.history_first.plus(log.len() as u64),
             committed,
-            log: VecDeque::new(),
-            log_base: epoch_first,
-            numbered: FxHashMap::default(),
+            log,
+            log_base: takeover.history_first,
+            numbered,
             pending: FxHashMap::default(),
             ready: VecDeque::new(),
             queued: FxHashSet::default(),
             acked: vec![committed; n],
             progress_at: vec![now; n],
-            unsent_from: epoch_first,
+            unsent_from: from_seq,
             next_heartbeat: now,
             deposed: None,
             cfg,
         }
+    }
+
+    /// Sends the `Assign`s of numbers not sent yet (the recovered range after a takeover).
+    pub fn flush(&mut self, out: &mut Outbox) {
+        self.flush_assigns(out);
     }
 
     /// The epoch this sequencer runs.
@@ -335,7 +377,11 @@ impl Sequencer {
         debug_assert!(self.committed <= self.max_assigned());
         debug_assert_eq!(self.log_base.0 + self.log.len() as u64, self.next.0);
         debug_assert!(self.log_base <= self.committed.next().max(self.epoch_first));
-        debug_assert!(self.max_assigned().0 - self.committed.0 <= self.cfg.sequencer_window as u64);
+        let window = self.max_assigned().0 - self.committed.0 <= self.cfg.sequencer_window as u64;
+        debug_assert!(
+            window || self.max_assigned() <= self.recovered_last,
+            "only a recovered range exceeds the window"
+        );
     }
 }
 

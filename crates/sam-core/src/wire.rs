@@ -37,7 +37,7 @@
 //! | length   | varint: the number of bytes of the fields that follow               |
 //! | fields   | exactly `length` bytes, laid out according to the kind (below)      |
 //!
-//! A decoder rejects an unknown kind (12 or above), a length running past the end of the body,
+//! A decoder rejects an unknown kind (14 or above), a length running past the end of the body,
 //! fields that need more than `length` bytes, and fields that leave some of the `length` bytes
 //! unread. The length lets a reader skip a message, but this version has no optional fields: a
 //! version 1 decoder rejects every message it cannot fully read.
@@ -88,6 +88,9 @@
 //! * [`OrderItem`] \[18\]: tag `1` + mid, or tag `2` (tag `0` is an error); then `ts` (varint)
 //!   and `digest` (16 bytes).
 //! * [`Slot`] \[2\]: `epoch` (varint), then the entry, tagged as for [`Entry`].
+//! * [`PromisedSlot`] \[3\]: the distance of `seq` from the previous element's `seq` (from
+//!   `first` for the first element) as a varint, then the [`Slot`]. A decoder rejects a `seq`
+//!   that overflows 64 bits.
 //!
 //! Other list elements: [`SeqRange`] \[2\], block index (u32 varint) \[1\].
 //!
@@ -109,6 +112,8 @@
 //! | 9   | [`Fetch`]            | `mids` (list of [`Mid`], tagged)                                                                     |
 //! | 10  | [`FetchBlocks`]      | `seq` (varint), `blocks` (list of u32 varints)                                                       |
 //! | 11  | [`Block`]            | `seq` (varint), `index` (u32 varint), `digest` (16 bytes), `bytes` (bytes)                           |
+//! | 12  | [`Prepare`]          | `epoch` (varint), `from_seq` (varint)                                                                |
+//! | 13  | [`Promise`]          | `epoch` (varint), `first`..`last` (as a [`SeqRange`]), `highest` (varint), `slots` (list of [`PromisedSlot`]) |
 //!
 //! # Example
 //!
@@ -141,7 +146,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::ids::{Digest, Epoch, Incarnation, Mid, Pid, Seq, SeqRange, Source};
 use crate::message::{
     Accepted, Assign, Assigned, Block, Commit, Data, Entries, Entry, Fetch, FetchBlocks, Heartbeat, Kind, Message,
-    Order, OrderItem, QueryEntries, Rejected, Slot,
+    Order, OrderItem, Prepare, Promise, PromisedSlot, QueryEntries, Rejected, Slot,
 };
 
 /// The first two bytes of every frame.
@@ -326,7 +331,7 @@ fn varint_len(v: u64) -> usize {
 
 /// The wire tag of a kind: its index in [`Kind::ALL`].
 fn kind_tag(kind: Kind) -> u8 {
-    // `Kind::ALL` has 12 entries and lists every kind, so the search always succeeds.
+    // `Kind::ALL` lists every kind, so the search always succeeds.
     Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0) as u8
 }
 
@@ -462,6 +467,24 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
             s.varint(u64::from(b.index));
             put_digest(s, b.digest);
             put_bytes(s, &b.bytes);
+        }
+        Message::Prepare(p) => {
+            s.varint(p.epoch.0);
+            s.varint(p.from_seq.0);
+        }
+        Message::Promise(p) => {
+            s.varint(p.epoch.0);
+            put_range(s, &SeqRange { first: p.first, last: p.last });
+            s.varint(p.highest.0);
+            put_len(s, p.slots.len());
+            let mut prev_seq = p.first;
+            let mut prev = None;
+            for ps in &p.slots {
+                s.varint(ps.seq.0.wrapping_sub(prev_seq.0));
+                prev_seq = ps.seq;
+                s.varint(ps.slot.epoch.0);
+                put_entry(s, &mut prev, &ps.slot.entry);
+            }
         }
     }
 }
@@ -835,6 +858,22 @@ impl<'a> Reader<'a> {
                 digest: self.digest()?,
                 bytes: self.bytes()?,
             }),
+            Kind::Prepare => Message::Prepare(Prepare { epoch: self.epoch()?, from_seq: self.seq()? }),
+            Kind::Promise => {
+                let epoch = self.epoch()?;
+                let range = self.range()?;
+                let highest = self.seq()?;
+                let mut prev_seq = range.first;
+                let mut prev = None;
+                let slots = self.list(3, |r| {
+                    let delta = r.varint()?;
+                    let seq =
+                        prev_seq.0.checked_add(delta).ok_or(DecodeError::BadRange { first: prev_seq.0, delta })?;
+                    prev_seq = Seq(seq);
+                    Ok(PromisedSlot { seq: Seq(seq), slot: Slot { epoch: r.epoch()?, entry: r.entry(&mut prev)? } })
+                })?;
+                Message::Promise(Promise { epoch, first: range.first, last: range.last, highest, slots })
+            }
         })
     }
 
@@ -1053,8 +1092,31 @@ mod tests {
             .prop_map(|(seq, index, digest, bytes)| Message::Block(Block { seq, index, digest, bytes }))
     }
 
+    fn arb_prepare() -> impl Strategy<Value = Message> {
+        (arb_epoch(), arb_seq()).prop_map(|(epoch, from_seq)| Message::Prepare(Prepare { epoch, from_seq }))
+    }
+
+    fn arb_promise() -> impl Strategy<Value = Message> {
+        (arb_epoch(), arb_range(), arb_seq(), arb_entries(), vec((0..5u64, arb_epoch()), 40)).prop_map(
+            |(epoch, range, highest, entries, gaps)| {
+                let mut seq = range.first;
+                let slots = entries
+                    .into_iter()
+                    .zip(gaps)
+                    .map_while(|(entry, (gap, e))| {
+                        seq = Seq(seq.0.checked_add(gap)?);
+                        Some(PromisedSlot { seq, slot: Slot { epoch: e, entry } })
+                    })
+                    .collect();
+                Message::Promise(Promise { epoch, first: range.first, last: range.last, highest, slots })
+            },
+        )
+    }
+
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
+            arb_prepare(),
+            arb_promise(),
             arb_data(),
             arb_order(),
             arb_assign(),
@@ -1143,6 +1205,8 @@ mod tests {
         round_trip_fetch => arb_fetch();
         round_trip_fetch_blocks => arb_fetch_blocks();
         round_trip_block => arb_block();
+        round_trip_prepare => arb_prepare();
+        round_trip_promise => arb_promise();
     }
 
     proptest! {
@@ -1426,7 +1490,7 @@ mod tests {
     #[test]
     fn body_errors() {
         let body = |b: &[u8]| decode_body(&Bytes::copy_from_slice(b));
-        assert_eq!(body(&[12, 0]), Err(DecodeError::UnknownKind(12)));
+        assert_eq!(body(&[14, 0]), Err(DecodeError::UnknownKind(14)));
         assert_eq!(body(&[255]), Err(DecodeError::UnknownKind(255)));
         // Length past the end of the body.
         assert_eq!(body(&[4, 2, 1]), Err(DecodeError::Truncated));

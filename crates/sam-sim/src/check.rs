@@ -22,6 +22,9 @@ pub enum Promise {
     Validity,
     /// Every committed number is held by `k` servers of each kind.
     Durability,
+    /// A deposed sequencer never gathers `k_commit` acceptances after the promises that
+    /// deposed it.
+    Fencing,
     /// The run reached quiescence in time.
     Liveness,
 }
@@ -268,6 +271,11 @@ impl Checker {
                 format!("{mid} committed at {seq} while durable on {} commit and {} data servers", copies.0, copies.1);
             self.violate(Promise::Durability, at, detail);
         }
+    }
+
+    /// A deposed sequencer gathered acceptances after the promises that deposed it.
+    pub fn fencing(&mut self, at: Time, detail: String) {
+        self.violate(Promise::Fencing, at, detail);
     }
 
     /// The run did not reach quiescence.

@@ -30,6 +30,8 @@ pub struct SimConfig {
     pub partitions: bool,
     /// Whether data servers, commit servers (not the sequencer) and members crash and restart.
     pub crashes: bool,
+    /// Whether the sequencer is crashed (also during recovery) and isolated by partitions.
+    pub crash_sequencer: bool,
     /// Commit servers.
     pub n_commit: usize,
     /// Acceptances needed to commit.
@@ -73,6 +75,7 @@ impl SimConfig {
             reorder: 0.0,
             partitions: false,
             crashes: false,
+            crash_sequencer: false,
             n_commit: 3,
             k_commit: 2,
             n_data: 3,
@@ -106,6 +109,7 @@ impl SimConfig {
             reorder: if rng.random_bool(0.5) { rng.random_range(0.0..0.3) } else { 0.0 },
             partitions: rng.random_bool(0.6),
             crashes: rng.random_bool(0.6),
+            crash_sequencer: false,
             n_commit,
             k_commit: rng.random_range(2..=n_commit.div_ceil(2).max(2)),
             n_data,
@@ -118,6 +122,12 @@ impl SimConfig {
             wire: true,
             ..SimConfig::new(seed)
         }
+    }
+
+    /// A mixed run (see [`SimConfig::mixed`]) in which the sequencer also crashes, also during
+    /// recovery, and is cut off as a zombie while the rest elect a new one.
+    pub fn failover(seed: u64) -> SimConfig {
+        SimConfig { crash_sequencer: true, ..SimConfig::mixed(seed) }
     }
 
     /// The flags of `sam sim` that replay this run.
@@ -139,6 +149,7 @@ impl SimConfig {
         add(self.reorder > 0.0, format!("--reorder {}", self.reorder));
         add(self.partitions, "--partitions".into());
         add(self.crashes, "--crashes".into());
+        add(self.crash_sequencer, "--crash-sequencer".into());
         add(self.n_commit != defaults.n_commit, format!("--commit-servers {}", self.n_commit));
         add(self.k_commit != defaults.k_commit, format!("--k-commit {}", self.k_commit));
         add(self.n_data != defaults.n_data, format!("--data-servers {}", self.n_data));

@@ -99,6 +99,20 @@ pub enum Fault {
         /// How long it stays down.
         down_us: u64,
     },
+    /// Crash whichever process runs the sequencer now, and restart it `down_us` later.
+    CrashSequencer {
+        /// How long it stays down.
+        down_us: u64,
+    },
+    /// Cut the sequencer's process off, with the processes marked in `minority` (never
+    /// enough commit servers to elect or accept), for `for_us`: the rest elect a new one
+    /// while the old one keeps running as a zombie.
+    IsolateSequencer {
+        /// Processes that go with the sequencer (if it is one of them, it simply stays).
+        minority: Vec<bool>,
+        /// How long the partition lasts.
+        for_us: u64,
+    },
     /// Cut the group into two sides for `for_us`.
     Partition {
         /// Side of each process.
@@ -131,6 +145,24 @@ pub fn plan(
     if cfg.crashes {
         for (group, max_down) in &crashable.groups {
             plan_crashes(group, *max_down, start, span, rng, &mut faults);
+        }
+    }
+    if cfg.crash_sequencer {
+        let mut t = start.0 + rng.random_range(0..span / 3 + 1);
+        while t < end.0 {
+            let fault = if rng.random_bool(0.5) {
+                Fault::CrashSequencer { down_us: rng.random_range(2_000..=1_500_000) }
+            } else {
+                let minority = (0..processes).map(|_| rng.random_bool(0.3)).collect();
+                Fault::IsolateSequencer { minority, for_us: rng.random_range(100_000..=2_000_000) }
+            };
+            faults.push((Time(t), fault));
+            // Now and then a second fault hits during the recovery from the first.
+            t += if rng.random_bool(0.2) {
+                rng.random_range(1_000..=600_000)
+            } else {
+                rng.random_range(600_000..=3_000_000)
+            };
         }
     }
     if cfg.partitions {

@@ -83,6 +83,9 @@ pub struct Report {
     pub wall_ms: u64,
     /// Broken promises (empty when the run passed).
     pub violations: Vec<Violation>,
+    /// Failover times in microseconds: sequencer crash or isolation to the first commit of a
+    /// new epoch.
+    pub failovers_us: Vec<u64>,
 }
 
 impl Report {
@@ -120,6 +123,10 @@ impl fmt::Display for Report {
                 r.sent_per_msg,
                 r.received_per_msg
             )?;
+        }
+        if !self.failovers_us.is_empty() {
+            let ms: Vec<String> = self.failovers_us.iter().map(|us| format!("{:.1}", *us as f64 / 1e3)).collect();
+            writeln!(f, "  failovers (ms, fault to first commit of a new epoch): {}", ms.join(", "))?;
         }
         write!(f, "  simulated {:.3} s, wall {:.3} s", self.sim_time_us as f64 / 1e6, self.wall_ms as f64 / 1e3)?;
         for v in &self.violations {

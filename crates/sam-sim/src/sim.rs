@@ -14,8 +14,8 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rustc_hash::{FxHashMap, FxHashSet};
 use sam_core::wire::{decode_frame, FramePacker};
 use sam_core::{
-    Action, Assigned, Channel, Config, Dest, Digest, Incarnation, Message, Mid, Pid, Process, Record, Roles, Seq, Time,
-    WriteId,
+    Action, Assigned, Channel, Config, Dest, Digest, Epoch, Incarnation, Message, Mid, Pid, Process, Record, Roles,
+    Seq, Sequencer, Time, WriteId,
 };
 
 use crate::check::{Checker, Life, Outcome};
@@ -82,14 +82,17 @@ struct Disk {
 }
 
 impl Disk {
-    /// Makes the pending writes up to `upto` durable.
-    fn sync(&mut self, upto: WriteId) {
+    /// Makes the pending writes up to `upto` durable; returns the slots that became durable
+    /// (the acceptances the fencing checker counts).
+    fn sync(&mut self, upto: WriteId) -> Vec<(Epoch, Seq)> {
         let n = self.pending.iter().take_while(|(id, _)| *id <= upto).count();
+        let mut accepted = Vec::new();
         for (_, record) in self.pending.drain(..n) {
             match &record {
                 Record::Slots { first, slots } => {
                     for (i, slot) in slots.iter().enumerate() {
                         self.entries.insert(first.plus(i as u64), slot.entry.assigned());
+                        accepted.push((slot.epoch, first.plus(i as u64)));
                     }
                 }
                 Record::Data(data) => {
@@ -99,6 +102,7 @@ impl Disk {
             }
             self.durable.push(record);
         }
+        accepted
     }
 }
 
@@ -135,6 +139,14 @@ pub struct Simulation {
     sent: u64,
     actions: Vec<Action>,
     done: bool,
+    /// When each server durably accepted each `(epoch, number)`.
+    acceptances: FxHashMap<(Epoch, Seq), Vec<(usize, Time)>>,
+    /// Ballots won: the epoch and when its sequencer took office.
+    offices: Vec<(Epoch, Time)>,
+    /// The sequencer fault being recovered from: when, and the epoch then.
+    failover_from: Option<(Time, Epoch)>,
+    /// Failover times: fault to first commit of a new epoch.
+    failovers_us: Vec<u64>,
 }
 
 impl Simulation {
@@ -165,6 +177,10 @@ impl Simulation {
             sent: 0,
             actions: Vec::new(),
             done: false,
+            acceptances: FxHashMap::default(),
+            offices: Vec::new(),
+            failover_from: None,
+            failovers_us: Vec::new(),
             cfg,
         };
         sim.build_group();
@@ -237,9 +253,13 @@ impl Simulation {
         let of_kind = |kind: ProcKind| -> Vec<usize> {
             self.procs.iter().enumerate().filter(|(_, p)| p.kind == kind).map(|(i, _)| i).collect()
         };
+        let mut commit = of_kind(ProcKind::Commit);
+        if self.cfg.crash_sequencer {
+            commit.extend(of_kind(ProcKind::Sequencer));
+        }
         let crashable = Crashable {
             groups: vec![
-                (of_kind(ProcKind::Commit), limit(self.cfg.n_commit, k.0)),
+                (commit, limit(self.cfg.n_commit, k.0)),
                 (of_kind(ProcKind::Data), limit(self.cfg.n_data, k.1)),
                 (of_kind(ProcKind::Member), self.cfg.members / 2),
             ],
@@ -334,8 +354,15 @@ impl Simulation {
         if p.life != life {
             return;
         }
-        p.disk.sync(upto);
+        let accepted = p.disk.sync(upto);
         p.disk.syncing = false;
+        for key in accepted {
+            let times = self.acceptances.entry(key).or_default();
+            if !times.iter().any(|(server, _)| *server == proc) {
+                times.push((proc, self.now));
+            }
+        }
+        let p = &mut self.procs[proc];
         if let Some(state) = p.state.as_mut() {
             state.handle_durable(upto);
         }
@@ -381,6 +408,30 @@ impl Simulation {
 
     fn inject(&mut self, fault: Fault) {
         match fault {
+            Fault::CrashSequencer { down_us } => {
+                if let Some(proc) = self.sequencer_proc() {
+                    self.note_sequencer_fault();
+                    self.inject(Fault::Crash { proc, down_us });
+                }
+            }
+            Fault::IsolateSequencer { mut minority, for_us } => {
+                let Some(proc) = self.sequencer_proc() else { return };
+                if self.network.partitioned() {
+                    return;
+                }
+                // The minority holds at most `k_commit - 1` commit servers, the sequencer's
+                // included: too few to accept anything, and the rest can still elect.
+                minority[proc] = true;
+                let mut room = self.cfg.k_commit.saturating_sub(2);
+                for (i, p) in self.procs.iter().enumerate() {
+                    if i != proc && matches!(p.kind, ProcKind::Commit | ProcKind::Sequencer) && minority[i] {
+                        minority[i] = room > 0;
+                        room = room.saturating_sub(1);
+                    }
+                }
+                self.note_sequencer_fault();
+                self.inject(Fault::Partition { sides: minority, for_us });
+            }
             Fault::Crash { proc, down_us } => {
                 let p = &mut self.procs[proc];
                 if p.state.is_none() {
@@ -424,6 +475,7 @@ impl Simulation {
                             for (seq, mid) in self.checker.on_commit(self.now, c.first, &c.entries) {
                                 self.check_durable(seq, mid);
                             }
+                            self.on_announce(c.epoch, c.first, c.entries.len());
                         }
                         Message::Entries(e) => self.checker.on_entries_served(self.now, e.first, &e.slots),
                         _ => {}
@@ -444,6 +496,7 @@ impl Simulation {
             }
         }
         self.actions = actions;
+        self.note_office(idx);
         self.start_sync(idx);
         for (dest, msgs) in outgoing {
             self.transmit(idx, dest, msgs);
@@ -535,12 +588,68 @@ impl Simulation {
         self.schedule(self.now.plus_us(CHECK_EVERY_US), Event::Check);
     }
 
+    /// The live sequencer of the highest epoch.
     fn sequencer(&self) -> Option<&sam_core::Sequencer> {
-        self.procs.iter().filter_map(|p| p.state.as_ref()?.sequencer()).next()
+        self.procs.iter().filter_map(|p| p.state.as_ref()?.sequencer()).max_by_key(|s| s.epoch())
+    }
+
+    /// The process running the live sequencer of the highest epoch.
+    fn sequencer_proc(&self) -> Option<usize> {
+        let epoch = self.sequencer()?.epoch();
+        self.procs
+            .iter()
+            .position(|p| p.state.as_ref().and_then(Process::sequencer).is_some_and(|s| s.epoch() == epoch))
+    }
+
+    /// Starts a failover measurement, unless one is running (a fault during recovery counts
+    /// from the first fault).
+    fn note_sequencer_fault(&mut self) {
+        if self.failover_from.is_none() {
+            if let Some(epoch) = self.sequencer().map(Sequencer::epoch) {
+                self.failover_from = Some((self.now, epoch));
+            }
+        }
+    }
+
+    /// Follows announcements: the first commit of a newer epoch ends a failover, and a
+    /// deposed sequencer's numbers must not have gathered `k_commit` acceptances after the
+    /// promises that deposed it (fencing).
+    fn on_announce(&mut self, epoch: Epoch, first: Seq, n: usize) {
+        if let Some((since, old)) = self.failover_from {
+            if epoch > old {
+                self.failovers_us.push(self.now.since_us(since));
+                self.failover_from = None;
+            }
+        }
+        let Some(&(_, deposed_at)) = self.offices.iter().filter(|(e, _)| *e > epoch).min_by_key(|(_, t)| *t) else {
+            return;
+        };
+        for seq in (0..n as u64).map(|i| first.plus(i)) {
+            let late =
+                self.acceptances.get(&(epoch, seq)).map_or(0, |t| t.iter().filter(|(_, at)| *at > deposed_at).count());
+            if late >= self.cfg.k_commit {
+                let detail = format!("epoch {epoch} committed {seq} with {late} acceptances after it was deposed");
+                self.checker.fencing(self.now, detail);
+            }
+        }
+    }
+
+    /// Records a sequencer that just took office.
+    fn note_office(&mut self, idx: usize) {
+        let Some(epoch) = self.procs[idx].state.as_ref().and_then(Process::sequencer).map(Sequencer::epoch) else {
+            return;
+        };
+        if !self.offices.iter().any(|(e, _)| *e == epoch) {
+            self.offices.push((epoch, self.now));
+        }
     }
 
     fn quiescent(&self) -> bool {
         let Some(seq) = self.sequencer() else { return false };
+        let sequencers = self.procs.iter().filter(|p| p.state.as_ref().and_then(Process::sequencer).is_some()).count();
+        if sequencers != 1 {
+            return false;
+        }
         let settled = seq.max_assigned() == seq.committed()
             && self
                 .procs
@@ -614,6 +723,7 @@ impl Simulation {
             sim_time_us: self.now.0,
             wall_ms,
             violations: self.checker.violations().to_vec(),
+            failovers_us: self.failovers_us,
             config: self.cfg,
         }
     }

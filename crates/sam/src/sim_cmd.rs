@@ -49,6 +49,10 @@ pub struct SimArgs {
     /// Crash and restart data servers, commit servers (not the sequencer) and members.
     #[arg(long)]
     crashes: bool,
+    /// Crash the sequencer (also during recovery) and cut it off as a zombie; with --mixed,
+    /// add this to the drawn faults. Reports failover times.
+    #[arg(long)]
+    crash_sequencer: bool,
     /// Commit servers.
     #[arg(long, default_value_t = 3)]
     commit_servers: usize,
@@ -108,7 +112,7 @@ fn parse_probability(s: &str) -> Result<f64, String> {
 impl SimArgs {
     fn config(&self, seed: u64) -> SimConfig {
         if self.mixed {
-            return SimConfig::mixed(seed);
+            return SimConfig { crash_sequencer: self.crash_sequencer, ..SimConfig::mixed(seed) };
         }
         SimConfig {
             members: self.members,
@@ -120,6 +124,7 @@ impl SimArgs {
             reorder: self.reorder,
             partitions: self.partitions,
             crashes: self.crashes,
+            crash_sequencer: self.crash_sequencer,
             n_commit: self.commit_servers,
             k_commit: self.k_commit,
             n_data: self.data_servers,
@@ -165,7 +170,8 @@ impl SimArgs {
 
     fn replay(&self, report: &Report) -> String {
         if self.mixed {
-            format!("sam sim --mixed --seed {}", report.config.seed)
+            let flag = if self.crash_sequencer { " --crash-sequencer" } else { "" };
+            format!("sam sim --mixed{flag} --seed {}", report.config.seed)
         } else {
             format!("sam sim {}", report.config.replay_flags())
         }
@@ -229,12 +235,10 @@ fn run_range(args: &SimArgs, range: Range<u64>) -> Result<ExitCode> {
             serde_json::json!({ "seeds": total, "failed": failed, "summary": summary.to_json(), "reports": reports });
         println!("{}", serde_json::to_string_pretty(&json).context("encoding the reports")?);
     } else {
-        println!(
-            "{} seeds, {} failed{}",
-            total,
-            failed.len(),
-            if failed.is_empty() { String::new() } else { format!(": {failed:?}") }
-        );
+        let shown: Vec<String> = failed.iter().take(20).map(u64::to_string).collect();
+        let more = if failed.len() > 20 { format!(" and {} more", failed.len() - 20) } else { String::new() };
+        let list = if failed.is_empty() { String::new() } else { format!(": {}{more}", shown.join(", ")) };
+        println!("{} seeds, {} failed{list}", total, failed.len());
         println!("{summary}");
     }
     Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
