@@ -19,4 +19,4 @@ pub mod sim;
 pub use check::{Checker, Promise, Violation};
 pub use config::SimConfig;
 pub use report::{ProcKind, Report};
-pub use sim::{run, Simulation};
+pub use sim::{run, run_many, Simulation};

@@ -765,3 +765,31 @@ fn core_config(cfg: &SimConfig) -> Config {
 pub fn run(cfg: SimConfig) -> Report {
     Simulation::new(cfg).run()
 }
+
+/// Runs the configurations `make(seed)` of every seed on `jobs` threads, calling `done` after
+/// each run; returns the reports in seed order.
+pub fn run_many(
+    seeds: std::ops::Range<u64>,
+    jobs: usize,
+    make: impl Fn(u64) -> SimConfig + Sync,
+    done: impl Fn(&Report) + Sync,
+) -> Vec<Report> {
+    let next = std::sync::atomic::AtomicU64::new(seeds.start);
+    let reports = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if seed >= seeds.end {
+                    break;
+                }
+                let report = run(make(seed));
+                done(&report);
+                reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(report);
+            });
+        }
+    });
+    let mut reports = reports.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    reports.sort_by_key(|r| r.config.seed);
+    reports
+}

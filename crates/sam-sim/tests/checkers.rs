@@ -2,8 +2,11 @@
 //! broken protocol variant (the `mutations` feature, test-only).
 
 use sam_core::{Assigned, Digest, Incarnation, Mid, Mutation, Pid, Seq, Source, Time};
+mod common;
+
+use common::broken;
 use sam_sim::check::{Checker, Outcome};
-use sam_sim::{run, Promise, SimConfig};
+use sam_sim::{Promise, SimConfig};
 
 fn mid(counter: u64) -> Mid {
     Mid { source: Source { pid: Pid(1000), incarnation: Incarnation(1) }, counter }
@@ -107,17 +110,6 @@ fn durability_catches_a_commit_announced_before_k_copies_are_durable() {
     assert!(c.violations().is_empty());
     c.on_durable_copies(Time(3), Seq(2), mid(2), (2, 1), (2, 2));
     assert_eq!(promises(&c), vec![Promise::Durability], "mid 2's data is on one disk only");
-}
-
-/// Runs seeds of a broken variant until one fails, and returns the promises it broke.
-fn broken(mutation: Mutation, make: impl Fn(u64) -> SimConfig) -> Vec<Promise> {
-    for seed in 0..200 {
-        let r = run(SimConfig { mutation: Some(mutation), ..make(seed) });
-        if !r.passed() {
-            return r.violations.iter().map(|v| v.promise).collect();
-        }
-    }
-    panic!("no seed of {mutation:?} broke a promise");
 }
 
 #[test]

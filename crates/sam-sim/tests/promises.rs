@@ -1,28 +1,10 @@
 //! The promises of DESIGN section 1, checked by the simulator over many seeds with mixed
 //! faults (DESIGN section 8: "the simulator is how the hard cases are tested").
 
-use sam_sim::{run, ProcKind, Report, SimConfig};
+mod common;
 
-/// Runs seeds `range` of `make` on all cores and fails with the replay command of every seed
-/// that broke a promise.
-fn run_seeds(range: std::ops::Range<u64>, make: fn(u64) -> SimConfig, replay: &str) -> Vec<Report> {
-    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let seeds: Vec<u64> = range.collect();
-    let reports: Vec<Report> = std::thread::scope(|s| {
-        let handles: Vec<_> = seeds
-            .chunks(seeds.len().div_ceil(jobs))
-            .map(|chunk| s.spawn(move || chunk.iter().map(|&seed| run(make(seed))).collect::<Vec<_>>()))
-            .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("a simulation panicked")).collect()
-    });
-    let failed: Vec<String> = reports
-        .iter()
-        .filter(|r| !r.passed())
-        .map(|r| format!("{r}\n  replay: cargo run --release -- sim {replay} --seed {}", r.config.seed))
-        .collect();
-    assert!(failed.is_empty(), "{} seeds failed:\n{}", failed.len(), failed.join("\n"));
-    reports
-}
+use common::run_seeds;
+use sam_sim::{run, ProcKind, Report, SimConfig};
 
 #[test]
 fn every_promise_holds_over_1000_seeds_of_mixed_faults() {

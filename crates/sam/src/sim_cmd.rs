@@ -4,11 +4,10 @@ use std::io::{IsTerminal, Write};
 use std::ops::Range;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use sam_sim::{run, Report, SimConfig};
+use sam_sim::{run, run_many, Report, SimConfig};
 
 /// Flags of `sam sim`.
 #[derive(Args, Debug, Clone)]
@@ -202,32 +201,23 @@ fn run_one(args: &SimArgs, seed: u64) -> Result<ExitCode> {
 }
 
 fn run_range(args: &SimArgs, range: Range<u64>) -> Result<ExitCode> {
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    let next = AtomicU64::new(range.start);
-    let reports: Mutex<Vec<Report>> = Mutex::new(Vec::new());
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let total = range.end - range.start;
-    std::thread::scope(|s| {
-        for _ in 0..jobs {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= range.end {
-                    break;
-                }
-                let report = run(args.config(seed));
-                let mut all = reports.lock().expect("no thread panics holding the lock");
-                if !report.passed() {
-                    eprintln!("\nFAILED seed {seed}: replay with: {}", args.replay(&report));
-                }
-                all.push(report);
-                progress(all.len() as u64, total);
-            });
-        }
-    });
+    let finished = AtomicU64::new(0);
+    let reports = run_many(
+        range,
+        jobs,
+        |seed| args.config(seed),
+        |report| {
+            if !report.passed() {
+                eprintln!("\nFAILED seed {}: replay with: {}", report.config.seed, args.replay(report));
+            }
+            progress(finished.fetch_add(1, Ordering::Relaxed) + 1, total);
+        },
+    );
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
-    let mut reports = reports.into_inner().expect("no thread panicked");
-    reports.sort_by_key(|r| r.config.seed);
     let failed: Vec<u64> = reports.iter().filter(|r| !r.passed()).map(|r| r.config.seed).collect();
     let summary = Summary::of(&reports);
     if args.json {
@@ -265,6 +255,8 @@ struct Summary {
     partitions: u64,
     sim_s: f64,
     wall_s: f64,
+    /// Failover times over all runs, sorted, in microseconds.
+    failovers_us: Vec<u64>,
 }
 
 impl Summary {
@@ -278,7 +270,19 @@ impl Summary {
             partitions: reports.iter().map(|r| r.faults.partitions).sum(),
             sim_s: reports.iter().map(|r| r.sim_time_us as f64 / 1e6).sum(),
             wall_s: reports.iter().map(|r| r.wall_ms as f64 / 1e3).sum(),
+            failovers_us: {
+                let mut all: Vec<u64> = reports.iter().flat_map(|r| r.failovers_us.iter().copied()).collect();
+                all.sort_unstable();
+                all
+            },
         }
+    }
+
+    /// The `q`-quantile of the failover times in milliseconds (nearest rank).
+    fn failover_ms(&self, q: f64) -> Option<f64> {
+        let n = self.failovers_us.len();
+        let rank = ((q * n as f64).ceil() as usize).clamp(1, n.max(1)) - 1;
+        self.failovers_us.get(rank).map(|us| *us as f64 / 1e3)
     }
 
     fn to_json(&self) -> serde_json::Value {
@@ -286,6 +290,8 @@ impl Summary {
             "sent": self.sent, "committed": self.committed, "expired": self.expired,
             "deliveries": self.deliveries, "crashes": self.crashes, "partitions": self.partitions,
             "simulated_s": self.sim_s, "wall_s": self.wall_s,
+            "failovers": self.failovers_us.len(), "failover_p50_ms": self.failover_ms(0.5),
+            "failover_p99_ms": self.failover_ms(0.99), "failover_max_ms": self.failover_ms(1.0),
         })
     }
 }
@@ -296,6 +302,13 @@ impl std::fmt::Display for Summary {
             f,
             "sent {}, committed {}, expired {}, deliveries {}, crashes {}, partitions {}, simulated {:.1} s, wall {:.1} s (summed over runs)",
             self.sent, self.committed, self.expired, self.deliveries, self.crashes, self.partitions, self.sim_s, self.wall_s
-        )
+        )?;
+        if let (Some(p50), Some(p99), Some(max)) =
+            (self.failover_ms(0.5), self.failover_ms(0.99), self.failover_ms(1.0))
+        {
+            let n = self.failovers_us.len();
+            write!(f, "\nfailover (fault to first commit of a new epoch, simulated): {n} failovers, p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms")?;
+        }
+        Ok(())
     }
 }
