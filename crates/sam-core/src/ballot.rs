@@ -158,15 +158,20 @@ impl Ballot {
         self.promises.iter().flatten().filter(|p| p.complete(self.from_seq)).collect()
     }
 
-    /// Whether enough complete promises arrived.
-    pub fn has_quorum(&self) -> bool {
-        self.complete().len() >= self.quorum().max(1)
+    /// Whether enough complete promises arrived, the candidate's own among them. Its own
+    /// promise is durable before it arrives, so a candidate that took office with an epoch
+    /// can never stand with that epoch again after a restart (the round it recovers from its
+    /// promise is at least as high).
+    pub fn has_quorum(&self, own_rank: usize) -> bool {
+        let own = self.promises.get(own_rank).and_then(Option::as_ref).is_some_and(|p| p.complete(self.from_seq));
+        own && self.complete().len() >= self.quorum().max(1)
     }
 
-    /// The recovered range from `from_seq`, once enough complete promises arrived.
-    /// `committed_below` holds the mids committed in the history below `from_seq`.
-    pub fn recovered(&self, committed_below: &FxHashSet<Mid>) -> Option<Vec<Entry>> {
-        if !self.has_quorum() {
+    /// The recovered range from `from_seq`, once enough complete promises arrived (see
+    /// [`Ballot::has_quorum`]). `committed_below` holds the mids committed in the history below
+    /// `from_seq`.
+    pub fn recovered(&self, own_rank: usize, committed_below: &FxHashSet<Mid>) -> Option<Vec<Entry>> {
+        if !self.has_quorum(own_rank) {
             return None;
         }
         let complete = self.complete();
@@ -238,10 +243,12 @@ mod tests {
     fn takes_the_highest_epoch_fills_noops_and_needs_n_minus_k_plus_1_promises() {
         let epoch = Epoch::new(3, 1);
         let mut b = Ballot::start(cfg(), epoch, Seq(5), Time(0), &mut Outbox::new());
-        b.handle_promise(0, &promise(epoch, 7, &[(5, 1, msg(1)), (7, 1, msg(3))]));
-        assert_eq!(b.recovered(&FxHashSet::default()), None, "one promise of the two needed");
         b.handle_promise(2, &promise(epoch, 6, &[(5, 2, msg(2))]));
-        let got = b.recovered(&FxHashSet::default()).expect("two promises");
+        assert_eq!(b.recovered(0, &FxHashSet::default()), None, "one promise of the two needed");
+        b.handle_promise(1, &promise(epoch, 7, &[(5, 1, msg(1)), (7, 1, msg(3))]));
+        assert_eq!(b.recovered(0, &FxHashSet::default()), None, "two, but not the candidate's own");
+        b.handle_promise(0, &promise(epoch, 5, &[]));
+        let got = b.recovered(0, &FxHashSet::default()).expect("three promises, its own among them");
         assert_eq!(got, vec![msg(2), Entry::Noop, msg(3)]);
     }
 
@@ -269,7 +276,7 @@ mod tests {
         part.last = Seq(10);
         b.handle_promise(0, &part);
         b.handle_promise(1, &promise(epoch, 4, &[]));
-        assert_eq!(b.recovered(&FxHashSet::default()), None, "rank 0 covered only 5..=10 of 5..=900");
+        assert_eq!(b.recovered(0, &FxHashSet::default()), None, "rank 0 covered only 5..=10 of 5..=900");
         b.handle_rejected(&Rejected { promised: Epoch::new(4, 0) });
         assert_eq!(b.handle_tick(Time(1), &mut Outbox::new()), Verdict::Lost);
     }

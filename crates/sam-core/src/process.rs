@@ -276,7 +276,8 @@ impl Process {
             c.ballot_lost(now);
             return;
         }
-        if !b.has_quorum() {
+        let own_rank = self.cfg.commit_rank(self.pid).unwrap_or(0);
+        if !b.has_quorum(own_rank) {
             return;
         }
         let (history_first, history) = c.takeover_history(b.from_seq());
@@ -287,7 +288,7 @@ impl Process {
                 Entry::Noop => None,
             })
             .collect();
-        let Some(recovered) = b.recovered(&committed_below) else { return };
+        let Some(recovered) = b.recovered(own_rank, &committed_below) else { return };
         let takeover = Takeover { from_seq: b.from_seq(), history_first, history, recovered };
         let mut sequencer = Sequencer::take_office(self.cfg.clone(), self.pid, b.epoch(), takeover, now);
         sequencer.flush(&mut self.out);
