@@ -49,6 +49,7 @@ pub mod ids;
 pub mod message;
 pub mod process;
 pub mod sequencer;
+pub mod state_machine;
 pub mod wire;
 
 pub use action::{Action, Channel, Dest, Outbox, Record, WriteId};
@@ -61,3 +62,4 @@ pub use ids::{Digest, Epoch, Incarnation, Mid, Pid, Seq, SeqRange, Source, Time}
 pub use message::{Assigned, Entry, Message, Slot};
 pub use process::{Process, Roles};
 pub use sequencer::Sequencer;
+pub use state_machine::{KvOp, KvTable, RestoreError, StateMachine};

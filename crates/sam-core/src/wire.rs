@@ -270,7 +270,7 @@ pub enum EncodeError {
 
 /// Where encoded bytes go: a buffer, or a counter that only measures. Encoding is written once,
 /// generically, so that measured and written lengths can never disagree.
-trait Sink {
+pub(crate) trait Sink {
     /// Appends bytes.
     fn put(&mut self, bytes: &[u8]);
 
@@ -339,7 +339,7 @@ fn put_len<S: Sink>(s: &mut S, len: usize) {
     s.varint(len as u64);
 }
 
-fn put_bytes<S: Sink>(s: &mut S, bytes: &[u8]) {
+pub(crate) fn put_bytes<S: Sink>(s: &mut S, bytes: &[u8]) {
     put_len(s, bytes.len());
     s.put(bytes);
 }
@@ -635,18 +635,18 @@ impl FramePacker {
 // ---------------------------------------------------------------------------------------------
 
 /// A cursor over `src[pos..end]`. Invariant: `pos <= end <= src.len()`.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     src: &'a Bytes,
     pos: usize,
     end: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(src: &'a Bytes) -> Self {
+    pub(crate) fn new(src: &'a Bytes) -> Self {
         Reader { src, pos: 0, end: src.len() }
     }
 
-    fn remaining(&self) -> usize {
+    pub(crate) fn remaining(&self) -> usize {
         self.end.saturating_sub(self.pos)
     }
 
@@ -675,12 +675,12 @@ impl<'a> Reader<'a> {
         self.slice(N)?.try_into().map_err(|_| DecodeError::Truncated)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         let [b] = self.array::<1>()?;
         Ok(b)
     }
 
-    fn varint(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for i in 0..MAX_VARINT_LEN {
             let b = self.u8()?;
@@ -712,7 +712,7 @@ impl<'a> Reader<'a> {
 
     /// A list count, checked against the remaining bytes: each element takes at least
     /// `min_elem` (≥ 1) bytes.
-    fn count(&mut self, min_elem: usize) -> Result<usize, DecodeError> {
+    pub(crate) fn count(&mut self, min_elem: usize) -> Result<usize, DecodeError> {
         let count = self.varint()?;
         let remaining = self.remaining();
         let fits = remaining / min_elem.max(1);
@@ -720,7 +720,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next `n` bytes as a zero-copy slice of the source.
-    fn bytes(&mut self) -> Result<Bytes, DecodeError> {
+    pub(crate) fn bytes(&mut self) -> Result<Bytes, DecodeError> {
         let n = self.len()?;
         let r = self.take(n)?;
         Ok(self.src.slice(r))
