@@ -3,7 +3,8 @@
 //! The candidate multicasts `Prepare{epoch, from_seq}` and collects `Promise`s (each a durable
 //! promise, with the slots the promiser stores from `from_seq` on, possibly in several parts).
 //! With `n_commit - k_commit + 1` complete promises — a set that intersects every set of
-//! `k_commit` acceptances — it builds the recovered range: for each number the entry of the
+//! `k_commit` acceptances — its own among them (asked for last, so that a candidate cut off on
+//! its own never raises its own promise), it builds the recovered range: for each number the entry of the
 //! highest epoch; a mid already committed below `from_seq`, or appearing at several numbers
 //! except its highest-epoch occurrence, becomes `Noop`; numbers nobody reported become `Noop`.
 //! The new [`Sequencer`](crate::Sequencer) then re-proposes that range under its epoch.
@@ -61,6 +62,8 @@ pub struct Ballot {
     /// Per commit-server rank.
     promises: Vec<Option<Promised>>,
     lost: bool,
+    /// Whether the candidate's own commit server was asked to promise.
+    own_asked: bool,
 }
 
 impl Ballot {
@@ -74,6 +77,7 @@ impl Ballot {
             next_prepare: now.plus_us(cfg.request_timeout_us),
             promises: vec![None; n],
             lost: false,
+            own_asked: false,
             cfg,
         };
         out.send(Dest::Channel(Channel::Commit), ballot.prepare());
@@ -156,6 +160,26 @@ impl Ballot {
 
     fn complete(&self) -> Vec<&Promised> {
         self.promises.iter().flatten().filter(|p| p.complete(self.from_seq)).collect()
+    }
+
+    /// The candidate's own `Prepare`, when its own commit server should now promise: once the
+    /// peers' complete promises make a quorum with it (so a candidate cut off on its own
+    /// never raises its own promise). Returned once.
+    pub fn own_prepare(&mut self, own_rank: usize) -> Option<Prepare> {
+        let peers = self.complete_ranks().filter(|r| *r != own_rank).count();
+        if self.own_asked || peers + 1 < self.quorum().max(1) {
+            return None;
+        }
+        self.own_asked = true;
+        Some(Prepare { epoch: self.epoch, from_seq: self.from_seq })
+    }
+
+    fn complete_ranks(&self) -> impl Iterator<Item = usize> + '_ {
+        self.promises
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.as_ref().is_some_and(|p| p.complete(self.from_seq)))
+            .map(|(r, _)| r)
     }
 
     /// Whether enough complete promises arrived, the candidate's own among them. Its own

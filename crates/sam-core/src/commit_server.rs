@@ -70,10 +70,10 @@ pub struct CommitServer {
     /// This server's rank among the commit servers.
     rank: usize,
     /// When a heartbeat of an epoch at least the promise last arrived, or when this server
-    /// started, stood for election, or restarted.
+    /// started or restarted.
     quiet_since: Time,
-    /// Whether a sequencer was ever heard (or the server restarted): a fresh group's servers
-    /// stand at once by rank, a running group's wait `failure_timeout` first.
+    /// Whether a sequencer was ever heard, or the server restarted with records: a fresh
+    /// group's servers stand at once by rank, a running group's wait `failure_timeout` first.
     heard_any: bool,
     /// The highest round seen in any epoch.
     round_seen: u64,
@@ -210,6 +210,7 @@ impl CommitServer {
 
     /// Stores an `Assign` of an epoch at least the promise; acknowledges once durable.
     pub fn handle_assign(&mut self, from: Pid, assign: &Assign, out: &mut Outbox) {
+        self.note_epoch(assign.epoch);
         if assign.epoch < self.promised && !self.cfg.mutated(Mutation::AcceptOldEpoch) {
             out.send(Dest::Pid(from), Message::Rejected(Rejected { promised: self.promised }));
             return;
@@ -374,9 +375,11 @@ impl CommitServer {
     /// Grants a `Prepare` of an epoch above the promise when this server, too, misses the
     /// sequencer: a durable promise, then `Promise` with what it stores from `from_seq` on.
     /// Anything else is answered `Rejected{promised}`. A candidate asking again for the epoch
-    /// already promised gets the promise again.
+    /// already promised gets the promise again. This server's own candidate's `Prepare` is
+    /// left for [`CommitServer::promise_own`]: a server cut off on its own must not raise its
+    /// promise, or it would depose a healthy sequencer when the partition heals.
     pub fn handle_prepare(&mut self, now: Time, from: Pid, prepare: &Prepare, out: &mut Outbox) {
-        self.round_seen = self.round_seen.max(prepare.epoch.round());
+        self.note_epoch(prepare.epoch);
         let candidate = self.cfg.commit_rank(from) == Some(usize::from(prepare.epoch.rank()));
         if prepare.epoch == self.promised && candidate {
             if !self.owed_promises.iter().any(|(_, pid, _)| *pid == from) {
@@ -384,10 +387,25 @@ impl CommitServer {
             }
             return;
         }
+        if candidate && usize::from(prepare.epoch.rank()) == self.rank && prepare.epoch > self.promised {
+            return;
+        }
         if prepare.epoch <= self.promised || !candidate || !self.misses_sequencer(now) {
             out.send(Dest::Pid(from), Message::Rejected(Rejected { promised: self.promised }));
             return;
         }
+        self.grant(from, prepare, out);
+    }
+
+    /// Promises this server's own candidate's epoch, once enough peers granted theirs.
+    pub fn promise_own(&mut self, now: Time, me: Pid, prepare: &Prepare, out: &mut Outbox) {
+        if prepare.epoch > self.promised && self.misses_sequencer(now) {
+            self.grant(me, prepare, out);
+        }
+    }
+
+    /// Raises the promise durably; the `Promise` goes out once the write is durable.
+    fn grant(&mut self, from: Pid, prepare: &Prepare, out: &mut Outbox) {
         self.promised = prepare.epoch;
         self.sequencer = None;
         let id = out.persist(Record::Promise(prepare.epoch));
@@ -445,8 +463,14 @@ impl CommitServer {
         if now < self.candidacy_at() {
             return None;
         }
-        self.round_seen += 1;
+        self.round_seen = self.round_seen.max(self.promised.round()) + 1;
         Some(Epoch::new(self.round_seen, self.rank as u16))
+    }
+
+    /// Notes an epoch seen anywhere (a `Prepare`, an `Assign`, a `Rejected`), so that this
+    /// server's next candidacy picks a higher one.
+    pub fn note_epoch(&mut self, epoch: Epoch) {
+        self.round_seen = self.round_seen.max(epoch.round());
     }
 
     /// What a new sequencer needs from this server's committed entries below `from_seq`: the

@@ -141,6 +141,9 @@ impl Process {
                 }
             }
             Message::Rejected(m) => {
+                if let Some(c) = &mut self.commit {
+                    c.note_epoch(m.promised);
+                }
                 if let Some(s) = &mut self.sequencer {
                     s.handle_rejected(m);
                 }
@@ -264,6 +267,7 @@ impl Process {
         if let Some(epoch) = c.candidacy(now) {
             let from_seq = c.committed().next();
             self.ballot = Some(Ballot::start(self.cfg.clone(), epoch, from_seq, now, &mut self.out));
+            self.try_take_office(now);
         }
     }
 
@@ -271,12 +275,17 @@ impl Process {
     /// the recovered range.
     fn try_take_office(&mut self, now: Time) {
         let (Some(b), Some(c)) = (&self.ballot, &mut self.commit) else { return };
-        if c.promised() > b.epoch() {
+        let epoch = b.epoch();
+        if c.promised() > epoch {
             self.ballot = None;
             c.ballot_lost(now);
             return;
         }
         let own_rank = self.cfg.commit_rank(self.pid).unwrap_or(0);
+        if let Some(prepare) = self.ballot.as_mut().and_then(|b| b.own_prepare(own_rank)) {
+            c.promise_own(now, self.pid, &prepare, &mut self.out);
+        }
+        let Some(b) = &self.ballot else { return };
         if !b.has_quorum(own_rank) {
             return;
         }
@@ -348,5 +357,44 @@ impl Process {
                 c.check_invariants();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Heartbeat;
+
+    fn prepares(p: &mut Process) -> Vec<Message> {
+        p.drain_actions()
+            .filter_map(|a| match a {
+                Action::Send { msg: msg @ Message::Prepare(_), .. } => Some(msg),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// DESIGN section 6, pre-vote: a commit server cut off on its own stands for election, but
+    /// never raises its own promise, so it cannot depose a healthy sequencer when it returns.
+    #[test]
+    fn a_candidate_cut_off_on_its_own_never_raises_its_own_promise() {
+        let cfg = Arc::new(Config::new(vec![Pid(1), Pid(2), Pid(3)], vec![Pid(4)], vec![]));
+        let mut p = Process::start(cfg, Pid(2), Roles { commit: true, ..Roles::default() }, 1, Time(0), &[]);
+        let hb = Heartbeat { epoch: Epoch::initial(), sequencer: Pid(1), committed: crate::ids::Seq::ZERO };
+        p.handle(Time(0), Pid(1), &Message::Heartbeat(hb));
+        let mut sent = Vec::new();
+        let mut now = Time(0);
+        for _ in 0..100 {
+            now = now.plus_us(50_000);
+            p.handle_tick(now);
+            for prepare in prepares(&mut p) {
+                p.handle(now, Pid(2), &prepare);
+                sent.push(prepare);
+            }
+            p.handle_durable(WriteId(u64::MAX));
+            prepares(&mut p);
+        }
+        assert!(!sent.is_empty(), "it stood for election");
+        assert_eq!(p.commit_server().map(CommitServer::promised), Some(Epoch::NONE));
     }
 }

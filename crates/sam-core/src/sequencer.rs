@@ -80,7 +80,7 @@ pub struct Sequencer {
     /// Entries numbered while handling the current input, multicast at its end.
     unsent_from: Seq,
     next_heartbeat: Time,
-    /// Which commit server answered with a higher promise (this sequencer is deposed).
+    /// The higher epoch a commit server promised, once one said so (this sequencer is deposed).
     deposed: Option<Epoch>,
 }
 

@@ -147,6 +147,9 @@ pub struct Simulation {
     failover_from: Option<(Time, Epoch)>,
     /// Failover times: fault to first commit of a new epoch.
     failovers_us: Vec<u64>,
+    /// When set, the next sequencer to take office crashes within an fsync or two, for this
+    /// long: a crash in the middle of recovery.
+    crash_next_office: Option<u64>,
 }
 
 impl Simulation {
@@ -181,6 +184,7 @@ impl Simulation {
             offices: Vec::new(),
             failover_from: None,
             failovers_us: Vec::new(),
+            crash_next_office: None,
             cfg,
         };
         sim.build_group();
@@ -602,8 +606,12 @@ impl Simulation {
     }
 
     /// Starts a failover measurement, unless one is running (a fault during recovery counts
-    /// from the first fault).
+    /// from the first fault); now and then arranges for the successor to crash as it takes
+    /// office.
     fn note_sequencer_fault(&mut self) {
+        if self.rng.random_bool(0.3) {
+            self.crash_next_office = Some(self.rng.random_range(1_000..=300_000));
+        }
         if self.failover_from.is_none() {
             if let Some(epoch) = self.sequencer().map(Sequencer::epoch) {
                 self.failover_from = Some((self.now, epoch));
@@ -641,6 +649,10 @@ impl Simulation {
         };
         if !self.offices.iter().any(|(e, _)| *e == epoch) {
             self.offices.push((epoch, self.now));
+            if let Some(down_us) = self.crash_next_office.take() {
+                let at = self.now.plus_us(self.rng.random_range(0..=2_000));
+                self.schedule(at, Event::Fault(Fault::Crash { proc: idx, down_us }));
+            }
         }
     }
 
