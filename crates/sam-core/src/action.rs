@@ -53,6 +53,9 @@ pub enum Record {
         /// The slots.
         slots: Vec<Slot>,
     },
+    /// Commit server: its storage was lost and it is rejoining; until a later `Promise`
+    /// record, a restart must keep rejoining (DESIGN section 6).
+    StorageLost,
     /// Commit server: every number up to this one is known committed (built from `Commit`s
     /// only). Nothing waits for this write: losing it costs only a refill from peers.
     Committed(Seq),

@@ -37,6 +37,18 @@ struct Stored {
     committed: bool,
 }
 
+/// A commit server whose storage was lost, on its way back (DESIGN section 6, safety): it
+/// copies its peers' promises, then takes no part in ballots or acceptances until a ballot of
+/// an epoch above every promise it copied has finished, and takes that epoch as its promise.
+/// Copying alone is not enough: a vote it cast and forgot may still be in flight.
+#[derive(Clone, Debug)]
+struct Rejoining {
+    /// The promises copied so far, per commit-server rank.
+    copied: Vec<Option<Epoch>>,
+    /// When to ask the peers that have not answered again.
+    next_ask: Time,
+}
+
 /// The epoch whose `Assign`s this server currently acknowledges.
 #[derive(Clone, Copy, Debug)]
 struct Acceptance {
@@ -79,6 +91,8 @@ pub struct CommitServer {
     round_seen: u64,
     /// After a lost ballot, no new candidacy before this time.
     backoff_until: Time,
+    /// Set while this server rejoins after losing its storage.
+    rejoining: Option<Rejoining>,
     /// `Promise`s owed once the promise write is durable: write, candidate, `from_seq`.
     owed_promises: VecDeque<(WriteId, Pid, Seq)>,
     asker: Asker,
@@ -109,6 +123,7 @@ impl CommitServer {
             heard_any: false,
             round_seen: 0,
             backoff_until: now,
+            rejoining: None,
             owed_promises: VecDeque::new(),
             asker,
             rng,
@@ -139,7 +154,11 @@ impl CommitServer {
 
     fn replay(&mut self, record: &Record) {
         match record {
-            Record::Promise(epoch) => self.promised = self.promised.max(*epoch),
+            Record::Promise(epoch) => {
+                self.promised = self.promised.max(*epoch);
+                self.rejoining = None;
+            }
+            Record::StorageLost => self.start_rejoining(self.quiet_since),
             Record::Slots { first, slots } => {
                 for (i, slot) in slots.iter().enumerate() {
                     self.promised = self.promised.max(slot.epoch);
@@ -161,6 +180,75 @@ impl CommitServer {
             }
             Record::Data(_) => {}
         }
+    }
+
+    /// A commit server that lost its storage: it rejoins by the rule of DESIGN section 6 before
+    /// it votes again (see [`CommitServer::is_rejoining`]).
+    /// It records that it is rejoining, so that a crash before it rejoins cannot make it look
+    /// like a fresh server.
+    pub fn after_storage_loss(
+        cfg: Arc<Config>,
+        me: Pid,
+        rng: Xoshiro256PlusPlus,
+        now: Time,
+        out: &mut Outbox,
+    ) -> CommitServer {
+        let mut server = CommitServer::new(cfg, me, rng, now);
+        server.start_rejoining(now);
+        out.persist(Record::StorageLost);
+        server
+    }
+
+    fn start_rejoining(&mut self, now: Time) {
+        self.heard_any = true;
+        let n = self.cfg.commit_servers.len();
+        self.rejoining = Some(Rejoining { copied: vec![None; n], next_ask: now });
+    }
+
+    /// Whether this server is still rejoining after losing its storage (it does not vote).
+    pub fn is_rejoining(&self) -> bool {
+        self.rejoining.is_some()
+    }
+
+    /// Asks the peers that have not told their promise yet: a `Prepare` of no epoch is
+    /// answered `Rejected{promised}` by every server and changes nothing.
+    fn ask_promises(&mut self, now: Time, out: &mut Outbox) {
+        let Some(r) = &mut self.rejoining else { return };
+        if now < r.next_ask {
+            return;
+        }
+        r.next_ask = now.plus_us(self.cfg.request_timeout_us);
+        let ask = Message::Prepare(Prepare { epoch: Epoch::NONE, from_seq: Seq::ZERO });
+        for (rank, pid) in self.cfg.commit_servers.iter().enumerate() {
+            if rank != self.rank && r.copied[rank].is_none() {
+                out.send(Dest::Pid(*pid), ask.clone());
+            }
+        }
+    }
+
+    /// A peer told its promise (a `Rejected`): a rejoining server copies it.
+    pub fn handle_rejected(&mut self, from: Pid, rejected: &Rejected) {
+        self.note_epoch(rejected.promised);
+        let rank = self.cfg.commit_rank(from);
+        if let (Some(r), Some(rank)) = (&mut self.rejoining, rank) {
+            r.copied[rank] = Some(r.copied[rank].map_or(rejected.promised, |e| e.max(rejected.promised)));
+        }
+    }
+
+    /// A rejoining server that copied `n_commit - k_commit + 1` promises and now hears the
+    /// sequencer of a higher epoch — a ballot it took no part in has finished — takes that
+    /// epoch as its durable promise and votes again.
+    fn rejoin(&mut self, epoch: Epoch, out: &mut Outbox) {
+        let Some(r) = &self.rejoining else { return };
+        let copied: Vec<Epoch> = r.copied.iter().flatten().copied().collect();
+        let needed = self.cfg.commit_servers.len() - self.cfg.k_commit + 1;
+        let others = needed.min(self.cfg.commit_servers.len() - 1);
+        if copied.len() < others || copied.iter().any(|e| *e >= epoch) {
+            return;
+        }
+        self.rejoining = None;
+        self.promised = epoch;
+        out.persist(Record::Promise(epoch));
     }
 
     /// The epoch this server has promised.
@@ -211,6 +299,9 @@ impl CommitServer {
     /// Stores an `Assign` of an epoch at least the promise; acknowledges once durable.
     pub fn handle_assign(&mut self, from: Pid, assign: &Assign, out: &mut Outbox) {
         self.note_epoch(assign.epoch);
+        if self.rejoining.is_some() {
+            return;
+        }
         if assign.epoch < self.promised && !self.cfg.mutated(Mutation::AcceptOldEpoch) {
             out.send(Dest::Pid(from), Message::Rejected(Rejected { promised: self.promised }));
             return;
@@ -353,12 +444,16 @@ impl CommitServer {
 
     /// Follows the sequencer's heartbeat: who sequences, how far it committed.
     /// Heartbeats of epochs below the promise are ignored (DESIGN section 6): a deposed
-    /// sequencer must not look alive.
-    pub fn handle_heartbeat(&mut self, now: Time, hb: &Heartbeat) {
+    /// sequencer must not look alive. Its sender is told `Rejected{promised}`, so that a
+    /// sequencer with nothing to assign, which would never hear `Rejected` for an `Assign`,
+    /// still steps down and lets a ballot finish.
+    pub fn handle_heartbeat(&mut self, now: Time, hb: &Heartbeat, out: &mut Outbox) {
         self.round_seen = self.round_seen.max(hb.epoch.round());
         if hb.epoch < self.promised {
+            out.send(Dest::Pid(hb.sequencer), Message::Rejected(Rejected { promised: self.promised }));
             return;
         }
+        self.rejoin(hb.epoch, out);
         self.sequencer = Some(hb.sequencer);
         self.quiet_since = now;
         self.heard_any = true;
@@ -380,6 +475,9 @@ impl CommitServer {
     /// promise, or it would depose a healthy sequencer when the partition heals.
     pub fn handle_prepare(&mut self, now: Time, from: Pid, prepare: &Prepare, out: &mut Outbox) {
         self.note_epoch(prepare.epoch);
+        if self.rejoining.is_some() {
+            return;
+        }
         let candidate = self.cfg.commit_rank(from) == Some(usize::from(prepare.epoch.rank()));
         if prepare.epoch == self.promised && candidate {
             if !self.owed_promises.iter().any(|(_, pid, _)| *pid == from) {
@@ -399,7 +497,7 @@ impl CommitServer {
 
     /// Promises this server's own candidate's epoch, once enough peers granted theirs.
     pub fn promise_own(&mut self, now: Time, me: Pid, prepare: &Prepare, out: &mut Outbox) {
-        if prepare.epoch > self.promised && self.misses_sequencer(now) {
+        if prepare.epoch > self.promised && self.misses_sequencer(now) && self.rejoining.is_none() {
             self.grant(me, prepare, out);
         }
     }
@@ -460,7 +558,7 @@ impl CommitServer {
     /// heartbeats for `failure_timeout` (at a fresh group's start, at once), plus a delay by
     /// rank so that candidates rarely collide (when they do, the higher epoch wins).
     pub fn candidacy(&mut self, now: Time) -> Option<Epoch> {
-        if now < self.candidacy_at() {
+        if now < self.candidacy_at() || self.rejoining.is_some() {
             return None;
         }
         self.round_seen = self.round_seen.max(self.promised.round()) + 1;
@@ -608,6 +706,7 @@ impl CommitServer {
 
     /// Asks a peer for missed committed entries, and records the committed prefix now and then.
     pub fn handle_tick(&mut self, now: Time, out: &mut Outbox) {
+        self.ask_promises(now, out);
         self.note_gap(now);
         if let Some(peer) = self.asker.due(now, self.sequencer) {
             let first = self.committed.next();
@@ -624,7 +723,8 @@ impl CommitServer {
     /// When this server next needs a tick.
     pub fn poll_timeout(&self) -> Option<Time> {
         let record = (self.committed > self.committed_stored).then_some(self.next_committed_write);
-        [self.asker.deadline(), record].into_iter().flatten().min()
+        let rejoin = self.rejoining.as_ref().map(|r| r.next_ask);
+        [self.asker.deadline(), record, rejoin].into_iter().flatten().min()
     }
 
     /// Checks the commit server's invariants (debug builds and the simulator).
@@ -634,5 +734,85 @@ impl CommitServer {
         if let Some(acc) = self.acceptance {
             debug_assert!(acc.epoch <= self.promised);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::action::Action;
+    use rand_xoshiro::rand_core::SeedableRng;
+
+    fn cfg() -> Arc<Config> {
+        Arc::new(Config::new(vec![Pid(1), Pid(2), Pid(3)], vec![Pid(4)], vec![]))
+    }
+
+    fn rng() -> Xoshiro256PlusPlus {
+        Xoshiro256PlusPlus::seed_from_u64(1)
+    }
+
+    fn hb(epoch: Epoch, sequencer: u64) -> Heartbeat {
+        Heartbeat { epoch, sequencer: Pid(sequencer), committed: Seq::ZERO }
+    }
+
+    fn votes(out: &mut Outbox) -> usize {
+        out.drain()
+            .filter(|a| matches!(a, Action::Send { msg: Message::Accepted(_) | Message::Promise(_), .. }))
+            .count()
+    }
+
+    /// DESIGN section 6 (safety): a server whose storage is lost copies its peers' promises and
+    /// takes no part in ballots or acceptances until a ballot above all of them has finished;
+    /// a crash before that keeps it rejoining.
+    #[test]
+    fn a_server_that_lost_its_storage_votes_only_after_a_ballot_above_every_promise_it_copied() {
+        let mut out = Outbox::new();
+        let mut s = CommitServer::after_storage_loss(cfg(), Pid(2), rng(), Time(0), &mut out);
+        assert!(out.drain().any(|a| matches!(a, Action::Persist { record: Record::StorageLost, .. })));
+        let old = Epoch::initial();
+        let assign = Assign { epoch: old, epoch_first: Seq(1), first: Seq(1), entries: vec![Entry::Noop] };
+        s.handle_assign(Pid(1), &assign, &mut out);
+        s.handle_prepare(Time(1), Pid(3), &Prepare { epoch: Epoch::new(2, 2), from_seq: Seq(1) }, &mut out);
+        s.handle_durable(WriteId(u64::MAX), &mut out);
+        assert_eq!(votes(&mut out), 0, "no vote while rejoining");
+        s.handle_rejected(Pid(1), &Rejected { promised: old });
+        s.handle_rejected(Pid(3), &Rejected { promised: old });
+        s.handle_heartbeat(Time(2), &hb(old, 1), &mut out);
+        assert!(s.is_rejoining(), "a ballot at a copied promise is not enough");
+        s.handle_heartbeat(Time(3), &hb(Epoch::new(2, 2), 3), &mut out);
+        assert!(!s.is_rejoining());
+        assert_eq!(s.promised(), Epoch::new(2, 2));
+        let lost = [Record::StorageLost];
+        assert!(CommitServer::recover(cfg(), Pid(2), rng(), &lost, Time(4)).is_rejoining());
+        let rejoined = [Record::StorageLost, Record::Promise(Epoch::new(2, 2))];
+        assert!(!CommitServer::recover(cfg(), Pid(2), rng(), &rejoined, Time(4)).is_rejoining());
+    }
+
+    /// DESIGN section 4, step 4: an entry is replaced only by one of a higher epoch.
+    #[test]
+    fn an_assign_of_an_older_epoch_is_rejected_and_a_same_epoch_change_refused() {
+        let mut out = Outbox::new();
+        let mut s = CommitServer::new(cfg(), Pid(2), rng(), Time(0));
+        let e2 = Epoch::new(2, 0);
+        let mid = |c| Entry::Msg {
+            mid: crate::ids::Mid { source: crate::ids::Source::default(), counter: c },
+            digest: crate::ids::Digest(0),
+        };
+        s.handle_assign(
+            Pid(1),
+            &Assign { epoch: e2, epoch_first: Seq(1), first: Seq(1), entries: vec![mid(1)] },
+            &mut out,
+        );
+        s.handle_assign(
+            Pid(1),
+            &Assign { epoch: e2, epoch_first: Seq(1), first: Seq(1), entries: vec![mid(2)] },
+            &mut out,
+        );
+        let old = Assign { epoch: Epoch::initial(), epoch_first: Seq(1), first: Seq(1), entries: vec![mid(3)] };
+        s.handle_assign(Pid(1), &old, &mut out);
+        assert!(out.drain().any(
+            |a| matches!(a, Action::Send { msg: Message::Rejected(Rejected { promised }), .. } if promised == e2)
+        ));
+        assert_eq!(s.stored(Seq(1)).map(|st| st.slot.entry), Some(mid(1)));
     }
 }

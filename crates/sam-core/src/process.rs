@@ -73,6 +73,17 @@ impl Process {
         }
     }
 
+    /// Starts a process whose storage was lost or found corrupt: its commit server rejoins by
+    /// the rule of DESIGN section 6 (copy the peers' promises, vote again only after a ballot
+    /// above them all has finished), its other roles start empty.
+    pub fn start_after_storage_loss(cfg: Arc<Config>, pid: Pid, roles: Roles, seed: u64, now: Time) -> Process {
+        let mut process = Process::start(cfg.clone(), pid, roles, seed, now, &[]);
+        let rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x1057);
+        let out = &mut process.out;
+        process.commit = roles.commit.then(|| CommitServer::after_storage_loss(cfg, pid, rng, now, out));
+        process
+    }
+
     /// This process's id.
     pub fn pid(&self) -> Pid {
         self.pid
@@ -142,7 +153,7 @@ impl Process {
             }
             Message::Rejected(m) => {
                 if let Some(c) = &mut self.commit {
-                    c.note_epoch(m.promised);
+                    c.handle_rejected(from, m);
                 }
                 if let Some(s) = &mut self.sequencer {
                     s.handle_rejected(m);
@@ -178,7 +189,7 @@ impl Process {
                     self.sequencer = None;
                 }
                 if let Some(c) = &mut self.commit {
-                    c.handle_heartbeat(now, m);
+                    c.handle_heartbeat(now, m, out);
                 }
                 if let Some(d) = &mut self.data {
                     d.handle_heartbeat(m, out);
@@ -222,12 +233,16 @@ impl Process {
     /// missed its own sequencer's heartbeats would grant a rival's `Prepare`.
     fn tell_own_commit_server(&mut self, now: Time, mark: usize) {
         let Some(c) = &mut self.commit else { return };
+        let mut heartbeat = None;
         for action in self.out.since(mark) {
             match action {
                 Action::Send { msg: Message::Commit(commit), .. } => c.handle_commit(now, commit),
-                Action::Send { msg: Message::Heartbeat(hb), .. } => c.handle_heartbeat(now, hb),
+                Action::Send { msg: Message::Heartbeat(hb), .. } => heartbeat = Some(*hb),
                 _ => {}
             }
+        }
+        if let Some(hb) = heartbeat {
+            c.handle_heartbeat(now, &hb, &mut self.out);
         }
     }
 

@@ -32,6 +32,9 @@ pub struct SimConfig {
     pub crashes: bool,
     /// Whether the sequencer is crashed (also during recovery) and isolated by partitions.
     pub crash_sequencer: bool,
+    /// Whether a commit server's crash sometimes also loses its storage (it then rejoins by
+    /// the rule of DESIGN section 6).
+    pub wipes: bool,
     /// Commit servers.
     pub n_commit: usize,
     /// Acceptances needed to commit.
@@ -76,6 +79,7 @@ impl SimConfig {
             partitions: false,
             crashes: false,
             crash_sequencer: false,
+            wipes: false,
             n_commit: 3,
             k_commit: 2,
             n_data: 3,
@@ -110,6 +114,7 @@ impl SimConfig {
             partitions: rng.random_bool(0.6),
             crashes: rng.random_bool(0.6),
             crash_sequencer: false,
+            wipes: false,
             n_commit,
             k_commit: rng.random_range(2..=n_commit.div_ceil(2).max(2)),
             n_data,
@@ -127,7 +132,7 @@ impl SimConfig {
     /// A mixed run (see [`SimConfig::mixed`]) in which the sequencer also crashes, also during
     /// recovery, and is cut off as a zombie while the rest elect a new one.
     pub fn failover(seed: u64) -> SimConfig {
-        SimConfig { crash_sequencer: true, ..SimConfig::mixed(seed) }
+        SimConfig { crash_sequencer: true, wipes: true, ..SimConfig::mixed(seed) }
     }
 
     /// The flags of `sam sim` that replay this run.
@@ -150,6 +155,7 @@ impl SimConfig {
         add(self.partitions, "--partitions".into());
         add(self.crashes, "--crashes".into());
         add(self.crash_sequencer, "--crash-sequencer".into());
+        add(self.wipes, "--wipes".into());
         add(self.n_commit != defaults.n_commit, format!("--commit-servers {}", self.n_commit));
         add(self.k_commit != defaults.k_commit, format!("--k-commit {}", self.k_commit));
         add(self.n_data != defaults.n_data, format!("--data-servers {}", self.n_data));

@@ -58,6 +58,8 @@ pub struct FaultCounts {
     pub crashes: u64,
     /// Partitions (each healed).
     pub partitions: u64,
+    /// Crashes of commit servers that also lost their storage.
+    pub wipes: u64,
 }
 
 /// What one run did and whether every promise held.
@@ -110,8 +112,8 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  faults: loss {:.3}, dup {:.3}, reorder {:.3}, {} crashes, {} partitions",
-            c.loss, c.dup, c.reorder, self.faults.crashes, self.faults.partitions
+            "  faults: loss {:.3}, dup {:.3}, reorder {:.3}, {} crashes ({} with storage lost), {} partitions",
+            c.loss, c.dup, c.reorder, self.faults.crashes, self.faults.wipes, self.faults.partitions
         )?;
         writeln!(f, "  per committed message, per process:")?;
         for r in &self.rates {

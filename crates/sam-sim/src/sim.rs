@@ -98,7 +98,7 @@ impl Disk {
                 Record::Data(data) => {
                     self.mids.insert(data.mid);
                 }
-                Record::Promise(_) | Record::Committed(_) => {}
+                Record::Promise(_) | Record::Committed(_) | Record::StorageLost => {}
             }
             self.durable.push(record);
         }
@@ -116,6 +116,8 @@ struct SimProc {
     wake_at: Option<Time>,
     /// Messages this process still has to send (senders only).
     to_send: u64,
+    /// Its storage was wiped in its last crash: it restarts by the rejoin rule.
+    wiped: bool,
     subscriptions: Vec<Channel>,
 }
 
@@ -233,6 +235,7 @@ impl Simulation {
             disk: Disk::default(),
             wake_at: None,
             to_send: 0,
+            wiped: false,
             subscriptions,
         });
         idx
@@ -244,7 +247,14 @@ impl Simulation {
         if p.roles.client.is_some() && p.life > 0 {
             p.roles.client = Some(Incarnation(seed.rotate_left(17)));
         }
-        p.state = Some(Process::start(self.core.clone(), p.pid, p.roles, seed, self.now, &p.disk.durable));
+        // A wiped server comes back as lost until its marker is durable; after that its
+        // records say so.
+        p.wiped &= p.disk.durable.is_empty();
+        p.state = Some(if p.wiped {
+            Process::start_after_storage_loss(self.core.clone(), p.pid, p.roles, seed, self.now)
+        } else {
+            Process::start(self.core.clone(), p.pid, p.roles, seed, self.now, &p.disk.durable)
+        });
         self.after_step(idx);
     }
 
@@ -446,6 +456,16 @@ impl Simulation {
                 p.disk.pending.clear();
                 p.disk.syncing = false;
                 p.wake_at = None;
+                let commit = matches!(p.kind, ProcKind::Commit | ProcKind::Sequencer);
+                if commit && self.cfg.wipes && self.may_wipe(proc) && self.rng.random_bool(0.25) {
+                    // The durable index stays: what was durable before the loss counted when
+                    // it was acknowledged (a lost disk is one failure of its kind).
+                    let p = &mut self.procs[proc];
+                    p.disk.durable.clear();
+                    p.wiped = true;
+                    self.faults.wipes += 1;
+                }
+                let p = &self.procs[proc];
                 let (life, sending) = (p.life, p.to_send > 0);
                 self.faults.crashes += 1;
                 self.schedule(self.now.plus_us(down_us), Event::Restart { proc });
@@ -506,6 +526,19 @@ impl Simulation {
             self.transmit(idx, dest, msgs);
         }
         self.reschedule_wake(idx);
+    }
+
+    /// Whether a commit server may lose its storage now: only when every other commit server
+    /// is up and voting. A wiped server votes again only after a ballot it takes no part in,
+    /// so more than `k_commit - 1` of them would stop elections for good.
+    fn may_wipe(&self, proc: usize) -> bool {
+        self.cfg.k_commit >= 2
+            && self
+                .procs
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| *i != proc && matches!(p.kind, ProcKind::Commit | ProcKind::Sequencer))
+                .all(|(_, p)| p.state.as_ref().and_then(Process::commit_server).is_some_and(|c| !c.is_rejoining()))
     }
 
     /// Counts the disks that hold a newly committed message durably.
@@ -702,10 +735,30 @@ impl Simulation {
         let servers: Vec<String> = self
             .procs
             .iter()
-            .filter_map(|p| Some(format!("{}: committed {}", p.pid.0, p.state.as_ref()?.commit_server()?.committed())))
+            .filter_map(|p| {
+                let c = p.state.as_ref()?.commit_server()?;
+                Some(format!(
+                    "{}: committed {}{}",
+                    p.pid.0,
+                    c.committed(),
+                    if c.is_rejoining() { " (rejoining)" } else { "" }
+                ))
+            })
+            .collect();
+        let sequencers: Vec<String> = self
+            .procs
+            .iter()
+            .filter_map(|p| Some(format!("{}@{}", p.pid.0, p.state.as_ref()?.sequencer()?.epoch())))
+            .collect();
+        let promises: Vec<String> = self
+            .procs
+            .iter()
+            .filter_map(|p| Some(format!("{}:{}", p.pid.0, p.state.as_ref()?.commit_server()?.promised())))
             .collect();
         format!(
-            "not quiescent: sequencer (committed, assigned) {committed:?}; commit servers {}; members {}",
+            "not quiescent: sequencers {} (promises {}); sequencer (committed, assigned) {committed:?}; commit servers {}; members {}",
+            sequencers.join(" "),
+            promises.join(" "),
             servers.join(", "),
             lagging.join("; ")
         )

@@ -15,16 +15,17 @@ fn long_failover(seed: u64) -> SimConfig {
 
 #[test]
 fn total_order_survives_sequencer_crashes_and_zombies_over_500_seeds() {
-    let reports = run_seeds(0..500, SimConfig::failover, "--mixed --crash-sequencer");
+    let reports = run_seeds(0..500, SimConfig::failover, "--mixed --crash-sequencer --wipes");
     let failovers: usize = reports.iter().map(|r| r.failovers_us.len()).sum();
     assert!(failovers > 100, "sequencer faults happened and were recovered from: {failovers}");
 }
 
 #[test]
 fn every_promise_holds_through_repeated_failovers_in_long_runs() {
-    let reports = run_seeds(1_000..1_060, long_failover, "--mixed --crash-sequencer --messages 2000 --rate 1000");
+    let reports =
+        run_seeds(1_000..1_060, long_failover, "--mixed --crash-sequencer --wipes --messages 2000 --rate 1000");
     let failovers: Vec<u64> = reports.iter().flat_map(|r| r.failovers_us.iter().copied()).collect();
-    assert!(failovers.len() > 60, "at least one failover per run on average: {}", failovers.len());
+    assert!(failovers.len() >= 60, "at least one failover per run on average: {}", failovers.len());
     let slow = failovers.iter().filter(|us| **us > 5_000_000).count();
     assert_eq!(slow, 0, "no failover took more than 5 s of simulated time: {failovers:?}");
 }

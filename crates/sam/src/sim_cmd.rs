@@ -52,6 +52,10 @@ pub struct SimArgs {
     /// add this to the drawn faults. Reports failover times.
     #[arg(long)]
     crash_sequencer: bool,
+    /// Let a commit server's crash sometimes also lose its storage (it rejoins by the rule of
+    /// DESIGN section 6); with --mixed, add this to the drawn faults.
+    #[arg(long)]
+    wipes: bool,
     /// Commit servers.
     #[arg(long, default_value_t = 3)]
     commit_servers: usize,
@@ -111,7 +115,7 @@ fn parse_probability(s: &str) -> Result<f64, String> {
 impl SimArgs {
     fn config(&self, seed: u64) -> SimConfig {
         if self.mixed {
-            return SimConfig { crash_sequencer: self.crash_sequencer, ..SimConfig::mixed(seed) };
+            return SimConfig { crash_sequencer: self.crash_sequencer, wipes: self.wipes, ..SimConfig::mixed(seed) };
         }
         SimConfig {
             members: self.members,
@@ -124,6 +128,7 @@ impl SimArgs {
             partitions: self.partitions,
             crashes: self.crashes,
             crash_sequencer: self.crash_sequencer,
+            wipes: self.wipes,
             n_commit: self.commit_servers,
             k_commit: self.k_commit,
             n_data: self.data_servers,
@@ -170,7 +175,8 @@ impl SimArgs {
     fn replay(&self, report: &Report) -> String {
         if self.mixed {
             let flag = if self.crash_sequencer { " --crash-sequencer" } else { "" };
-            format!("sam sim --mixed{flag} --seed {}", report.config.seed)
+            let wipes = if self.wipes { " --wipes" } else { "" };
+            format!("sam sim --mixed{flag}{wipes} --seed {}", report.config.seed)
         } else {
             format!("sam sim {}", report.config.replay_flags())
         }
