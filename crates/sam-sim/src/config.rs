@@ -28,7 +28,8 @@ pub struct SimConfig {
     pub reorder: f64,
     /// Whether partitions are made (and healed).
     pub partitions: bool,
-    /// Whether data servers, commit servers (not the sequencer) and members crash and restart.
+    /// Whether data servers, commit servers (the first sequencer's process only with
+    /// `crash_sequencer`) and members crash and restart.
     pub crashes: bool,
     /// Whether the sequencer is crashed (also during recovery) and isolated by partitions.
     pub crash_sequencer: bool,

@@ -45,7 +45,8 @@ pub struct SimArgs {
     /// Make partitions (which heal).
     #[arg(long)]
     partitions: bool,
-    /// Crash and restart data servers, commit servers (not the sequencer) and members.
+    /// Crash and restart data servers, commit servers (the first sequencer's process only with
+    /// --crash-sequencer) and members.
     #[arg(long)]
     crashes: bool,
     /// Crash the sequencer (also during recovery) and cut it off as a zombie; with --mixed,
