@@ -2,9 +2,11 @@
 //!
 //! The candidate multicasts `Prepare{epoch, from_seq}` and collects `Promise`s (each a durable
 //! promise, with the slots the promiser stores from `from_seq` on, possibly in several parts).
-//! With `n_commit - k_commit + 1` complete promises — a set that intersects every set of
-//! `k_commit` acceptances — its own among them (asked for last, so that a candidate cut off on
-//! its own never raises its own promise), it builds the recovered range: for each number the entry of the
+//! The candidate's own promise comes first: its `Prepare` goes out only once its own commit
+//! server's promise is durable, so a server that lost its storage and copies promises sees the
+//! candidate's epoch (the model check finds a counterexample otherwise). With
+//! `n_commit - k_commit + 1` complete promises — a set that intersects every set of
+//! `k_commit` acceptances — its own among them, it builds the recovered range: for each number the entry of the
 //! highest epoch; a mid already committed below `from_seq`, or appearing at several numbers
 //! except its highest-epoch occurrence, becomes `Noop`; numbers nobody reported become `Noop`.
 //! The new [`Sequencer`](crate::Sequencer) then re-proposes that range under its epoch.
@@ -62,30 +64,43 @@ pub struct Ballot {
     /// Per commit-server rank.
     promises: Vec<Option<Promised>>,
     lost: bool,
-    /// Whether the candidate's own commit server was asked to promise.
-    own_asked: bool,
+    /// Whether the `Prepare` went out (after the candidate's own durable promise).
+    announced: bool,
 }
 
 impl Ballot {
-    /// Starts a ballot for `epoch` and multicasts its `Prepare`.
-    pub fn start(cfg: Arc<Config>, epoch: Epoch, from_seq: Seq, now: Time, out: &mut Outbox) -> Ballot {
+    /// Starts a ballot for `epoch`; its `Prepare` waits for [`Ballot::announce`].
+    pub fn start(cfg: Arc<Config>, epoch: Epoch, from_seq: Seq, now: Time) -> Ballot {
         let n = cfg.commit_servers.len();
-        let ballot = Ballot {
+        Ballot {
             epoch,
             from_seq,
             deadline: now.plus_us(cfg.failure_timeout_us),
             next_prepare: now.plus_us(cfg.request_timeout_us),
             promises: vec![None; n],
             lost: false,
-            own_asked: false,
+            announced: false,
             cfg,
-        };
-        out.send(Dest::Channel(Channel::Commit), ballot.prepare());
-        ballot
+        }
     }
 
-    fn prepare(&self) -> Message {
-        Message::Prepare(Prepare { epoch: self.epoch, from_seq: self.from_seq })
+    /// The `Prepare` of this ballot.
+    pub fn prepare(&self) -> Prepare {
+        Prepare { epoch: self.epoch, from_seq: self.from_seq }
+    }
+
+    /// Multicasts the `Prepare`, once the candidate's own promise is durable.
+    pub fn announce(&mut self, now: Time, out: &mut Outbox) {
+        if !self.announced {
+            self.announced = true;
+            self.next_prepare = now.plus_us(self.cfg.request_timeout_us);
+            out.send(Dest::Channel(Channel::Commit), Message::Prepare(self.prepare()));
+        }
+    }
+
+    /// Whether the `Prepare` went out.
+    pub fn announced(&self) -> bool {
+        self.announced
     }
 
     /// The epoch this ballot is for.
@@ -127,11 +142,11 @@ impl Ballot {
             self.lost = true;
             return Verdict::Lost;
         }
-        if now >= self.next_prepare {
+        if self.announced && now >= self.next_prepare {
             self.next_prepare = now.plus_us(self.cfg.request_timeout_us);
             for (rank, pid) in self.cfg.commit_servers.iter().enumerate() {
                 if !self.promises[rank].as_ref().is_some_and(|p| p.complete(self.from_seq)) {
-                    out.send(Dest::Pid(*pid), self.prepare());
+                    out.send(Dest::Pid(*pid), Message::Prepare(self.prepare()));
                 }
             }
         }
@@ -160,26 +175,6 @@ impl Ballot {
 
     fn complete(&self) -> Vec<&Promised> {
         self.promises.iter().flatten().filter(|p| p.complete(self.from_seq)).collect()
-    }
-
-    /// The candidate's own `Prepare`, when its own commit server should now promise: once the
-    /// peers' complete promises make a quorum with it (so a candidate cut off on its own
-    /// never raises its own promise). Returned once.
-    pub fn own_prepare(&mut self, own_rank: usize) -> Option<Prepare> {
-        let peers = self.complete_ranks().filter(|r| *r != own_rank).count();
-        if self.own_asked || peers + 1 < self.quorum().max(1) {
-            return None;
-        }
-        self.own_asked = true;
-        Some(Prepare { epoch: self.epoch, from_seq: self.from_seq })
-    }
-
-    fn complete_ranks(&self) -> impl Iterator<Item = usize> + '_ {
-        self.promises
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.as_ref().is_some_and(|p| p.complete(self.from_seq)))
-            .map(|(r, _)| r)
     }
 
     /// Whether enough complete promises arrived, the candidate's own among them. Its own
@@ -266,7 +261,7 @@ mod tests {
     #[test]
     fn takes_the_highest_epoch_fills_noops_and_needs_n_minus_k_plus_1_promises() {
         let epoch = Epoch::new(3, 1);
-        let mut b = Ballot::start(cfg(), epoch, Seq(5), Time(0), &mut Outbox::new());
+        let mut b = Ballot::start(cfg(), epoch, Seq(5), Time(0));
         b.handle_promise(2, &promise(epoch, 6, &[(5, 2, msg(2))]));
         assert_eq!(b.recovered(0, &FxHashSet::default()), None, "one promise of the two needed");
         b.handle_promise(1, &promise(epoch, 7, &[(5, 1, msg(1)), (7, 1, msg(3))]));
@@ -295,7 +290,7 @@ mod tests {
     #[test]
     fn an_incomplete_promise_does_not_count_and_a_higher_promise_loses_the_ballot() {
         let epoch = Epoch::new(3, 1);
-        let mut b = Ballot::start(cfg(), epoch, Seq(5), Time(0), &mut Outbox::new());
+        let mut b = Ballot::start(cfg(), epoch, Seq(5), Time(0));
         let mut part = promise(epoch, 900, &[]);
         part.last = Seq(10);
         b.handle_promise(0, &part);

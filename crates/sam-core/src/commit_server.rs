@@ -93,6 +93,8 @@ pub struct CommitServer {
     backoff_until: Time,
     /// Set while this server rejoins after losing its storage.
     rejoining: Option<Rejoining>,
+    /// The write of the current promise.
+    promise_write: WriteId,
     /// `Promise`s owed once the promise write is durable: write, candidate, `from_seq`.
     owed_promises: VecDeque<(WriteId, Pid, Seq)>,
     asker: Asker,
@@ -124,6 +126,7 @@ impl CommitServer {
             round_seen: 0,
             backoff_until: now,
             rejoining: None,
+            promise_write: WriteId(0),
             owed_promises: VecDeque::new(),
             asker,
             rng,
@@ -248,7 +251,7 @@ impl CommitServer {
         }
         self.rejoining = None;
         self.promised = epoch;
-        out.persist(Record::Promise(epoch));
+        self.promise_write = out.persist(Record::Promise(epoch));
     }
 
     /// The epoch this server has promised.
@@ -470,9 +473,8 @@ impl CommitServer {
     /// Grants a `Prepare` of an epoch above the promise when this server, too, misses the
     /// sequencer: a durable promise, then `Promise` with what it stores from `from_seq` on.
     /// Anything else is answered `Rejected{promised}`. A candidate asking again for the epoch
-    /// already promised gets the promise again. This server's own candidate's `Prepare` is
-    /// left for [`CommitServer::promise_own`]: a server cut off on its own must not raise its
-    /// promise, or it would depose a healthy sequencer when the partition heals.
+    /// already promised gets the promise again. This server's own candidate promised through
+    /// [`CommitServer::promise_own`] before its `Prepare` went out.
     pub fn handle_prepare(&mut self, now: Time, from: Pid, prepare: &Prepare, out: &mut Outbox) {
         self.note_epoch(prepare.epoch);
         if self.rejoining.is_some() {
@@ -485,9 +487,6 @@ impl CommitServer {
             }
             return;
         }
-        if candidate && usize::from(prepare.epoch.rank()) == self.rank && prepare.epoch > self.promised {
-            return;
-        }
         if prepare.epoch <= self.promised || !candidate || !self.misses_sequencer(now) {
             out.send(Dest::Pid(from), Message::Rejected(Rejected { promised: self.promised }));
             return;
@@ -495,11 +494,17 @@ impl CommitServer {
         self.grant(from, prepare, out);
     }
 
-    /// Promises this server's own candidate's epoch, once enough peers granted theirs.
+    /// Promises this server's own candidate's epoch, first of all: the candidate's `Prepare`
+    /// goes out only once this promise is durable ([`CommitServer::promised_durably`]).
     pub fn promise_own(&mut self, now: Time, me: Pid, prepare: &Prepare, out: &mut Outbox) {
         if prepare.epoch > self.promised && self.misses_sequencer(now) && self.rejoining.is_none() {
             self.grant(me, prepare, out);
         }
+    }
+
+    /// Whether the current promise is durable.
+    pub fn promised_durably(&self) -> bool {
+        self.promise_write <= self.durable
     }
 
     /// Raises the promise durably; the `Promise` goes out once the write is durable.
@@ -507,6 +512,7 @@ impl CommitServer {
         self.promised = prepare.epoch;
         self.sequencer = None;
         let id = out.persist(Record::Promise(prepare.epoch));
+        self.promise_write = id;
         self.owed_promises.retain(|(_, pid, _)| *pid != from);
         self.owed_promises.push_back((id, from, prepare.from_seq));
     }

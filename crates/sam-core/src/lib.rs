@@ -22,16 +22,22 @@
 //!    (`Order`, `Accepted`) come out only then, so none can overtake its write.
 //! 4. **Restart.** After a crash, replay the durable [`Record`]s into [`Process::start`].
 //!
-//! A fresh group's commit server of rank 0 stands for election at its first tick:
+//! A fresh group's commit server of rank 0 stands for election at its first tick: it writes
+//! its own promise, and once the host reports that write durable, multicasts its `Prepare`:
 //!
 //! ```
 //! use std::sync::Arc;
 //! use sam_core::{Action, Config, Message, Pid, Process, Roles, Time};
 //!
-//! let mut cfg = Config::new(vec![Pid(1), Pid(2), Pid(3)], vec![Pid(1), Pid(2), Pid(3)], vec![]);
+//! let cfg = Config::new(vec![Pid(1), Pid(2), Pid(3)], vec![Pid(1), Pid(2), Pid(3)], vec![]);
 //! let roles = Roles { commit: true, data: true, ..Roles::default() };
 //! let mut server = Process::start(Arc::new(cfg), Pid(1), roles, 7, Time(0), &[]);
 //! server.handle_tick(server.poll_timeout().unwrap());
+//! let write = server.drain_actions().find_map(|a| match a {
+//!     Action::Persist { id, .. } => Some(id),
+//!     _ => None,
+//! });
+//! server.handle_durable(Time(300), write.unwrap());
 //! let stands = server.drain_actions().any(|a| matches!(a, Action::Send { msg: Message::Prepare(_), .. }));
 //! assert!(stands);
 //! ```

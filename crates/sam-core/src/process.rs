@@ -280,9 +280,17 @@ impl Process {
         }
         let Some(c) = &mut self.commit else { return };
         if let Some(epoch) = c.candidacy(now) {
-            let from_seq = c.committed().next();
-            self.ballot = Some(Ballot::start(self.cfg.clone(), epoch, from_seq, now, &mut self.out));
-            self.try_take_office(now);
+            let ballot = Ballot::start(self.cfg.clone(), epoch, c.committed().next(), now);
+            c.promise_own(now, self.pid, &ballot.prepare(), &mut self.out);
+            self.ballot = Some(ballot);
+        }
+    }
+
+    /// Sends the ballot's `Prepare` once the candidate's own promise is durable.
+    fn announce_ballot(&mut self, now: Time) {
+        let (Some(b), Some(c)) = (&mut self.ballot, &self.commit) else { return };
+        if !b.announced() && c.promised() == b.epoch() && c.promised_durably() {
+            b.announce(now, &mut self.out);
         }
     }
 
@@ -297,10 +305,6 @@ impl Process {
             return;
         }
         let own_rank = self.cfg.commit_rank(self.pid).unwrap_or(0);
-        if let Some(prepare) = self.ballot.as_mut().and_then(|b| b.own_prepare(own_rank)) {
-            c.promise_own(now, self.pid, &prepare, &mut self.out);
-        }
-        let Some(b) = &self.ballot else { return };
         if !b.has_quorum(own_rank) {
             return;
         }
@@ -331,7 +335,7 @@ impl Process {
     }
 
     /// The host made every write up to `upto` durable.
-    pub fn handle_durable(&mut self, upto: WriteId) {
+    pub fn handle_durable(&mut self, now: Time, upto: WriteId) {
         let out = &mut self.out;
         if let Some(c) = &mut self.commit {
             c.handle_durable(upto, out);
@@ -339,6 +343,7 @@ impl Process {
         if let Some(d) = &mut self.data {
             d.handle_durable(upto, out);
         }
+        self.announce_ballot(now);
         self.check_invariants();
     }
 
@@ -378,7 +383,6 @@ impl Process {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Heartbeat;
 
     fn prepares(p: &mut Process) -> Vec<Message> {
         p.drain_actions()
@@ -389,27 +393,22 @@ mod tests {
             .collect()
     }
 
-    /// DESIGN section 6, pre-vote: a commit server cut off on its own stands for election, but
-    /// never raises its own promise, so it cannot depose a healthy sequencer when it returns.
+    /// DESIGN section 6 as model-checked: a candidate's `Prepare` goes out only once its own
+    /// promise of that epoch is durable, so a server that lost its storage and copies the
+    /// promises sees the candidate's epoch.
     #[test]
-    fn a_candidate_cut_off_on_its_own_never_raises_its_own_promise() {
+    fn a_candidates_prepare_waits_for_its_own_durable_promise() {
         let cfg = Arc::new(Config::new(vec![Pid(1), Pid(2), Pid(3)], vec![Pid(4)], vec![]));
-        let mut p = Process::start(cfg, Pid(2), Roles { commit: true, ..Roles::default() }, 1, Time(0), &[]);
-        let hb = Heartbeat { epoch: Epoch::initial(), sequencer: Pid(1), committed: crate::ids::Seq::ZERO };
-        p.handle(Time(0), Pid(1), &Message::Heartbeat(hb));
-        let mut sent = Vec::new();
-        let mut now = Time(0);
-        for _ in 0..100 {
-            now = now.plus_us(50_000);
-            p.handle_tick(now);
-            for prepare in prepares(&mut p) {
-                p.handle(now, Pid(2), &prepare);
-                sent.push(prepare);
-            }
-            p.handle_durable(WriteId(u64::MAX));
-            prepares(&mut p);
-        }
-        assert!(!sent.is_empty(), "it stood for election");
-        assert_eq!(p.commit_server().map(CommitServer::promised), Some(Epoch::NONE));
+        let mut p = Process::start(cfg, Pid(1), Roles { commit: true, ..Roles::default() }, 1, Time(0), &[]);
+        p.handle_tick(Time(0));
+        let actions: Vec<Action> = p.drain_actions().collect();
+        assert!(actions.iter().any(|a| matches!(a, Action::Persist { record: Record::Promise(_), .. })));
+        assert!(
+            prepares(&mut p).is_empty()
+                && !actions.iter().any(|a| matches!(a, Action::Send { msg: Message::Prepare(_), .. }))
+        );
+        p.handle_durable(Time(1), WriteId(1));
+        assert_eq!(prepares(&mut p).len(), 1, "the Prepare goes out once the promise is durable");
+        assert_eq!(p.commit_server().map(CommitServer::promised), Some(Epoch::initial()));
     }
 }

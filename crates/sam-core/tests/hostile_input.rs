@@ -116,7 +116,7 @@ proptest! {
             p.handle(now, Pid(*from), msg);
             if i % 3 == 0 {
                 p.handle_tick(now);
-                p.handle_durable(sam_core::WriteId(u64::MAX));
+                p.handle_durable(now, sam_core::WriteId(u64::MAX));
             }
             let actions = p.drain_actions().count();
             prop_assert!(actions < 100_000, "{actions} actions from one message");

@@ -378,7 +378,7 @@ impl Simulation {
         }
         let p = &mut self.procs[proc];
         if let Some(state) = p.state.as_mut() {
-            state.handle_durable(upto);
+            state.handle_durable(self.now, upto);
         }
         self.start_sync(proc);
         self.after_step(proc);

@@ -1,5 +1,6 @@
 //! `sam`: the command line of SAM, Scalable Atomic Multicast.
 
+mod model_cmd;
 mod sim_cmd;
 
 use clap::{Parser, Subcommand};
@@ -16,12 +17,16 @@ struct Cli {
 enum Command {
     /// Run the deterministic simulator: a whole group under seeded faults, with every promise checked.
     Sim(sim_cmd::SimArgs),
+    /// Model-check sequencer failover exhaustively (3 commit servers, k_commit = 2, 2 mids,
+    /// 3 numbers, 3 ballots, a lossy network, one storage loss) and print the states explored.
+    Model(model_cmd::ModelArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::execute(args),
+        Command::Model(args) => model_cmd::execute(args),
     };
     match result {
         Ok(code) => code,
