@@ -2,8 +2,11 @@
 //!
 //! The candidate multicasts `Prepare{epoch, from_seq}` and collects `Promise`s (each a durable
 //! promise, with the slots the promiser stores from `from_seq` on, possibly in several parts).
-//! The candidate's own promise comes first: its `Prepare` goes out only once its own commit
-//! server's promise is durable, so a server that lost its storage and copies promises sees the
+//! A ballot starts with a pre-vote that changes nothing durable: only when `n_commit -
+//! k_commit + 1` servers (itself included) answer that they, too, miss the sequencer does the
+//! candidate promise its own epoch — so a candidate cut off on its own never raises a promise
+//! and cannot depose a healthy sequencer when it returns. Its own promise comes before any
+//! other: its `Prepare` goes out only once that promise is durable, so a server that lost its storage and copies promises sees the
 //! candidate's epoch (the model check finds a counterexample otherwise). With
 //! `n_commit - k_commit + 1` complete promises — a set that intersects every set of
 //! `k_commit` acceptances — its own among them, it builds the recovered range: for each number the entry of the
@@ -17,9 +20,9 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::action::{Channel, Dest, Outbox};
-use crate::config::{Config, Mutation};
+use crate::config::{Config, Mutation, MAX_SERVERS_PER_KIND};
 use crate::ids::{Epoch, Mid, Seq, SeqRange, Time};
-use crate::message::{Entry, Message, Prepare, Promise, Rejected, Slot};
+use crate::message::{Entry, Message, PreVote, PreVoteGranted, Prepare, Promise, Rejected, Slot};
 
 /// What one commit server promised so far.
 #[derive(Clone, Debug, Default)]
@@ -64,8 +67,20 @@ pub struct Ballot {
     /// Per commit-server rank.
     promises: Vec<Option<Promised>>,
     lost: bool,
-    /// Whether the `Prepare` went out (after the candidate's own durable promise).
-    announced: bool,
+    phase: Phase,
+    /// The ranks that granted the pre-vote.
+    pre_votes: u64,
+}
+
+/// Where a ballot stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Asking whether enough servers miss the sequencer too.
+    PreVoting,
+    /// The candidate's own promise is being written.
+    Promising,
+    /// The `Prepare` went out; collecting promises.
+    Announced,
 }
 
 impl Ballot {
@@ -79,9 +94,29 @@ impl Ballot {
             next_prepare: now.plus_us(cfg.request_timeout_us),
             promises: vec![None; n],
             lost: false,
-            announced: false,
+            phase: Phase::PreVoting,
+            pre_votes: 0,
             cfg,
         }
+    }
+
+    /// The pre-vote question of this ballot.
+    pub fn pre_vote(&self) -> Message {
+        Message::PreVote(PreVote { epoch: self.epoch })
+    }
+
+    /// A commit server granted the pre-vote; returns whether the candidate should now promise
+    /// its own epoch (once: the pre-vote has just passed, counting itself).
+    pub fn handle_pre_vote_granted(&mut self, rank: usize, granted: &PreVoteGranted, own_rank: usize) -> bool {
+        if granted.epoch != self.epoch || rank >= MAX_SERVERS_PER_KIND || self.phase != Phase::PreVoting {
+            return false;
+        }
+        self.pre_votes |= 1 << rank | 1 << own_rank.min(MAX_SERVERS_PER_KIND - 1);
+        if (self.pre_votes.count_ones() as usize) < self.quorum().max(1) {
+            return false;
+        }
+        self.phase = Phase::Promising;
+        true
     }
 
     /// The `Prepare` of this ballot.
@@ -91,16 +126,16 @@ impl Ballot {
 
     /// Multicasts the `Prepare`, once the candidate's own promise is durable.
     pub fn announce(&mut self, now: Time, out: &mut Outbox) {
-        if !self.announced {
-            self.announced = true;
+        if self.phase == Phase::Promising {
+            self.phase = Phase::Announced;
             self.next_prepare = now.plus_us(self.cfg.request_timeout_us);
             out.send(Dest::Channel(Channel::Commit), Message::Prepare(self.prepare()));
         }
     }
 
-    /// Whether the `Prepare` went out.
-    pub fn announced(&self) -> bool {
-        self.announced
+    /// Whether the candidate's own promise is being written (the `Prepare` waits for it).
+    pub fn awaits_own_promise(&self) -> bool {
+        self.phase == Phase::Promising
     }
 
     /// The epoch this ballot is for.
@@ -142,11 +177,18 @@ impl Ballot {
             self.lost = true;
             return Verdict::Lost;
         }
-        if self.announced && now >= self.next_prepare {
-            self.next_prepare = now.plus_us(self.cfg.request_timeout_us);
-            for (rank, pid) in self.cfg.commit_servers.iter().enumerate() {
-                if !self.promises[rank].as_ref().is_some_and(|p| p.complete(self.from_seq)) {
-                    out.send(Dest::Pid(*pid), Message::Prepare(self.prepare()));
+        if now < self.next_prepare {
+            return Verdict::Open;
+        }
+        self.next_prepare = now.plus_us(self.cfg.request_timeout_us);
+        match self.phase {
+            Phase::PreVoting => out.send(Dest::Channel(Channel::Commit), self.pre_vote()),
+            Phase::Promising => {}
+            Phase::Announced => {
+                for (rank, pid) in self.cfg.commit_servers.iter().enumerate() {
+                    if !self.promises[rank].as_ref().is_some_and(|p| p.complete(self.from_seq)) {
+                        out.send(Dest::Pid(*pid), Message::Prepare(self.prepare()));
+                    }
                 }
             }
         }

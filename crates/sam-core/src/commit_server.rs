@@ -19,8 +19,8 @@ use crate::asker::Asker;
 use crate::config::{Config, Mutation};
 use crate::ids::{Epoch, Pid, Seq, SeqRange, Time};
 use crate::message::{
-    Accepted, Assign, Assigned, Commit, Entries, Entry, Heartbeat, Message, Prepare, Promise, PromisedSlot,
-    QueryEntries, Rejected, Slot,
+    Accepted, Assign, Assigned, Commit, Entries, Entry, Heartbeat, Message, PreVote, PreVoteGranted, Prepare, Promise,
+    PromisedSlot, QueryEntries, Rejected, Slot,
 };
 
 /// The most `Accepted` replies waiting for their writes; the oldest is dropped beyond it (the
@@ -239,9 +239,14 @@ impl CommitServer {
     }
 
     /// A rejoining server that copied `n_commit - k_commit + 1` promises and now hears the
-    /// sequencer of a higher epoch — a ballot it took no part in has finished — takes that
-    /// epoch as its durable promise and votes again.
-    fn rejoin(&mut self, epoch: Epoch, out: &mut Outbox) {
+    /// sequencer of a higher epoch — a ballot it took no part in has finished — and has copied
+    /// the committed entries up to that heartbeat's prefix again (refilled from its peers)
+    /// takes that epoch as its durable promise and votes again. Without the copies, losing
+    /// another server's storage could lose entries that only the two of them held.
+    fn rejoin(&mut self, epoch: Epoch, committed: Seq, out: &mut Outbox) {
+        if self.committed < committed {
+            return;
+        }
         let Some(r) = &self.rejoining else { return };
         let copied: Vec<Epoch> = r.copied.iter().flatten().copied().collect();
         let needed = self.cfg.commit_servers.len() - self.cfg.k_commit + 1;
@@ -456,7 +461,8 @@ impl CommitServer {
             out.send(Dest::Pid(hb.sequencer), Message::Rejected(Rejected { promised: self.promised }));
             return;
         }
-        self.rejoin(hb.epoch, out);
+        self.known_committed = self.known_committed.max(hb.committed);
+        self.rejoin(hb.epoch, hb.committed, out);
         self.sequencer = Some(hb.sequencer);
         self.quiet_since = now;
         self.heard_any = true;
@@ -505,6 +511,22 @@ impl CommitServer {
     /// Whether the current promise is durable.
     pub fn promised_durably(&self) -> bool {
         self.promise_write <= self.durable
+    }
+
+    /// Answers a pre-vote: granted when the epoch is above the promise and this server, too,
+    /// misses the sequencer. Nothing durable changes either way.
+    pub fn handle_pre_vote(&mut self, now: Time, from: Pid, pre_vote: &PreVote, out: &mut Outbox) {
+        self.note_epoch(pre_vote.epoch);
+        if self.rejoining.is_some() {
+            return;
+        }
+        let candidate = self.cfg.commit_rank(from) == Some(usize::from(pre_vote.epoch.rank()));
+        let reply = if candidate && pre_vote.epoch > self.promised && self.misses_sequencer(now) {
+            Message::PreVoteGranted(PreVoteGranted { epoch: pre_vote.epoch })
+        } else {
+            Message::Rejected(Rejected { promised: self.promised })
+        };
+        out.send(Dest::Pid(from), reply);
     }
 
     /// Raises the promise durably; the `Promise` goes out once the write is durable.
@@ -785,6 +807,9 @@ mod tests {
         s.handle_rejected(Pid(3), &Rejected { promised: old });
         s.handle_heartbeat(Time(2), &hb(old, 1), &mut out);
         assert!(s.is_rejoining(), "a ballot at a copied promise is not enough");
+        let ahead = Heartbeat { committed: Seq(5), ..hb(Epoch::new(2, 2), 3) };
+        s.handle_heartbeat(Time(3), &ahead, &mut out);
+        assert!(s.is_rejoining(), "not before it copied the committed entries again");
         s.handle_heartbeat(Time(3), &hb(Epoch::new(2, 2), 3), &mut out);
         assert!(!s.is_rejoining());
         assert_eq!(s.promised(), Epoch::new(2, 2));

@@ -22,8 +22,8 @@
 //!    (`Order`, `Accepted`) come out only then, so none can overtake its write.
 //! 4. **Restart.** After a crash, replay the durable [`Record`]s into [`Process::start`].
 //!
-//! A fresh group's commit server of rank 0 stands for election at its first tick: it writes
-//! its own promise, and once the host reports that write durable, multicasts its `Prepare`:
+//! A fresh group's commit server of rank 0 stands for election at its first tick, starting
+//! with a pre-vote that changes nothing durable:
 //!
 //! ```
 //! use std::sync::Arc;
@@ -33,12 +33,7 @@
 //! let roles = Roles { commit: true, data: true, ..Roles::default() };
 //! let mut server = Process::start(Arc::new(cfg), Pid(1), roles, 7, Time(0), &[]);
 //! server.handle_tick(server.poll_timeout().unwrap());
-//! let write = server.drain_actions().find_map(|a| match a {
-//!     Action::Persist { id, .. } => Some(id),
-//!     _ => None,
-//! });
-//! server.handle_durable(Time(300), write.unwrap());
-//! let stands = server.drain_actions().any(|a| matches!(a, Action::Send { msg: Message::Prepare(_), .. }));
+//! let stands = server.drain_actions().any(|a| matches!(a, Action::Send { msg: Message::PreVote(_), .. }));
 //! assert!(stands);
 //! ```
 #![deny(missing_docs)]

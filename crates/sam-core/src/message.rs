@@ -193,6 +193,21 @@ pub struct Prepare {
     pub from_seq: Seq,
 }
 
+/// Candidate → commit servers, before its ballot: "would you grant `epoch`?" Answering
+/// changes nothing durable, so a candidate cut off on its own never raises a promise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreVote {
+    /// The epoch the candidate would stand with.
+    pub epoch: Epoch,
+}
+
+/// Commit server → candidate: "I miss the sequencer too, and my promise is below `epoch`".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreVoteGranted {
+    /// The epoch asked about.
+    pub epoch: Epoch,
+}
+
 /// One stored slot reported in a [`Promise`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PromisedSlot {
@@ -249,6 +264,10 @@ pub enum Message {
     Prepare(Prepare),
     /// See [`Promise`].
     Promise(Promise),
+    /// See [`PreVote`].
+    PreVote(PreVote),
+    /// See [`PreVoteGranted`].
+    PreVoteGranted(PreVoteGranted),
 }
 
 /// The kind of a message, for counters and dispatch.
@@ -282,11 +301,15 @@ pub enum Kind {
     Prepare,
     /// [`Promise`]
     Promise,
+    /// [`PreVote`]
+    PreVote,
+    /// [`PreVoteGranted`]
+    PreVoteGranted,
 }
 
 impl Kind {
     /// Every kind, in wire-tag order.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Data,
         Kind::Order,
         Kind::Assign,
@@ -301,6 +324,8 @@ impl Kind {
         Kind::Block,
         Kind::Prepare,
         Kind::Promise,
+        Kind::PreVote,
+        Kind::PreVoteGranted,
     ];
 }
 
@@ -322,6 +347,8 @@ impl Message {
             Message::Block(_) => Kind::Block,
             Message::Prepare(_) => Kind::Prepare,
             Message::Promise(_) => Kind::Promise,
+            Message::PreVote(_) => Kind::PreVote,
+            Message::PreVoteGranted(_) => Kind::PreVoteGranted,
         }
     }
 }

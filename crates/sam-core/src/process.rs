@@ -15,7 +15,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use rustc_hash::FxHashSet;
 
-use crate::action::{Action, Outbox, Record, WriteId};
+use crate::action::{Action, Channel, Dest, Outbox, Record, WriteId};
 use crate::ballot::{Ballot, Verdict};
 use crate::checkpoint_server::CheckpointServer;
 use crate::client::{Client, SendError};
@@ -23,7 +23,7 @@ use crate::commit_server::CommitServer;
 use crate::config::Config;
 use crate::data_server::DataServer;
 use crate::ids::{Epoch, Incarnation, Mid, Pid, Source, Time};
-use crate::message::{Entry, Message};
+use crate::message::{Entry, Message, PreVoteGranted};
 use crate::sequencer::{Sequencer, Takeover};
 
 /// Which roles a process holds. The sequencer is not chosen: commit servers elect it (at a
@@ -167,6 +167,12 @@ impl Process {
                     c.handle_prepare(now, from, m, out);
                 }
             }
+            Message::PreVote(m) => {
+                if let Some(c) = &mut self.commit {
+                    c.handle_pre_vote(now, from, m, out);
+                }
+            }
+            Message::PreVoteGranted(m) => self.handle_pre_vote_granted(now, from, m),
             Message::Promise(m) => {
                 if let (Some(b), Some(rank)) = (&mut self.ballot, self.cfg.commit_rank(from)) {
                     b.handle_promise(rank, m);
@@ -281,15 +287,28 @@ impl Process {
         let Some(c) = &mut self.commit else { return };
         if let Some(epoch) = c.candidacy(now) {
             let ballot = Ballot::start(self.cfg.clone(), epoch, c.committed().next(), now);
-            c.promise_own(now, self.pid, &ballot.prepare(), &mut self.out);
+            self.out.send(Dest::Channel(Channel::Commit), ballot.pre_vote());
             self.ballot = Some(ballot);
+        }
+    }
+
+    /// A pre-vote grant: once enough servers miss the sequencer, the candidate promises its
+    /// own epoch (its `Prepare` follows when that promise is durable).
+    fn handle_pre_vote_granted(&mut self, now: Time, from: Pid, granted: &PreVoteGranted) {
+        let (Some(b), Some(c), Some(rank)) = (&mut self.ballot, &mut self.commit, self.cfg.commit_rank(from)) else {
+            return;
+        };
+        let own_rank = self.cfg.commit_rank(self.pid).unwrap_or(0);
+        if b.handle_pre_vote_granted(rank, granted, own_rank) {
+            c.promise_own(now, self.pid, &b.prepare(), &mut self.out);
+            self.announce_ballot(now);
         }
     }
 
     /// Sends the ballot's `Prepare` once the candidate's own promise is durable.
     fn announce_ballot(&mut self, now: Time) {
         let (Some(b), Some(c)) = (&mut self.ballot, &self.commit) else { return };
-        if !b.announced() && c.promised() == b.epoch() && c.promised_durably() {
+        if b.awaits_own_promise() && c.promised() == b.epoch() && c.promised_durably() {
             b.announce(now, &mut self.out);
         }
     }
@@ -393,22 +412,56 @@ mod tests {
             .collect()
     }
 
-    /// DESIGN section 6 as model-checked: a candidate's `Prepare` goes out only once its own
-    /// promise of that epoch is durable, so a server that lost its storage and copies the
-    /// promises sees the candidate's epoch.
+    fn group() -> Arc<Config> {
+        Arc::new(Config::new(vec![Pid(1), Pid(2), Pid(3)], vec![Pid(4)], vec![]))
+    }
+
+    /// DESIGN section 6 as model-checked: after a pre-vote passes, a candidate's `Prepare`
+    /// goes out only once its own promise of that epoch is durable, so a server that lost its
+    /// storage and copies the promises sees the candidate's epoch.
     #[test]
-    fn a_candidates_prepare_waits_for_its_own_durable_promise() {
-        let cfg = Arc::new(Config::new(vec![Pid(1), Pid(2), Pid(3)], vec![Pid(4)], vec![]));
-        let mut p = Process::start(cfg, Pid(1), Roles { commit: true, ..Roles::default() }, 1, Time(0), &[]);
+    fn a_candidates_prepare_waits_for_a_pre_vote_and_its_own_durable_promise() {
+        let mut p = Process::start(group(), Pid(1), Roles { commit: true, ..Roles::default() }, 1, Time(0), &[]);
         p.handle_tick(Time(0));
+        let asked = p.drain_actions().any(|a| matches!(a, Action::Send { msg: Message::PreVote(_), .. }));
+        assert!(asked, "a fresh rank 0 stands at once, with a pre-vote");
+        let granted = Message::PreVoteGranted(PreVoteGranted { epoch: Epoch::initial() });
+        p.handle(Time(1), Pid(2), &granted);
         let actions: Vec<Action> = p.drain_actions().collect();
         assert!(actions.iter().any(|a| matches!(a, Action::Persist { record: Record::Promise(_), .. })));
-        assert!(
-            prepares(&mut p).is_empty()
-                && !actions.iter().any(|a| matches!(a, Action::Send { msg: Message::Prepare(_), .. }))
-        );
-        p.handle_durable(Time(1), WriteId(1));
+        assert!(!actions.iter().any(|a| matches!(a, Action::Send { msg: Message::Prepare(_), .. })));
+        p.handle_durable(Time(2), WriteId(1));
         assert_eq!(prepares(&mut p).len(), 1, "the Prepare goes out once the promise is durable");
-        assert_eq!(p.commit_server().map(CommitServer::promised), Some(Epoch::initial()));
+    }
+
+    /// DESIGN section 6, pre-vote: a commit server cut off on its own stands for election, but
+    /// never raises its promise, so it cannot depose a healthy sequencer when it returns.
+    #[test]
+    fn a_candidate_cut_off_on_its_own_never_raises_its_promise() {
+        let mut p = Process::start(group(), Pid(2), Roles { commit: true, ..Roles::default() }, 1, Time(0), &[]);
+        let hb =
+            crate::message::Heartbeat { epoch: Epoch::initial(), sequencer: Pid(1), committed: crate::ids::Seq::ZERO };
+        p.handle(Time(0), Pid(1), &Message::Heartbeat(hb));
+        let mut asked = 0;
+        let mut now = Time(0);
+        for _ in 0..100 {
+            now = now.plus_us(50_000);
+            p.handle_tick(now);
+            let own: Vec<Message> = p
+                .drain_actions()
+                .filter_map(|a| match a {
+                    Action::Send { msg: msg @ Message::PreVote(_), .. } => Some(msg),
+                    _ => None,
+                })
+                .collect();
+            for msg in own {
+                asked += 1;
+                p.handle(now, Pid(2), &msg);
+            }
+            p.handle_durable(now, WriteId(u64::MAX));
+            p.drain_actions().count();
+        }
+        assert!(asked > 0, "it stood for election");
+        assert_eq!(p.commit_server().map(CommitServer::promised), Some(Epoch::NONE));
     }
 }

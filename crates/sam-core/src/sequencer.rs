@@ -348,7 +348,13 @@ impl Sequencer {
         }
     }
 
+    /// Heartbeats start only once the recovered range is committed: a heartbeat of a new
+    /// epoch tells a server that lost its storage that the ballot it sat out has finished,
+    /// so every number it may have accepted and lost is held by `k_commit` others again.
     fn heartbeat(&self, out: &mut Outbox) {
+        if self.committed < self.recovered_last {
+            return;
+        }
         let hb = Heartbeat { epoch: self.epoch, sequencer: self.me, committed: self.committed };
         out.send(Dest::Channel(Channel::Global), Message::Heartbeat(hb));
         let recent_first = self.committed.minus(self.cfg.heartbeat_recent as u64).next().max(self.log_base);

@@ -37,7 +37,7 @@
 //! | length   | varint: the number of bytes of the fields that follow               |
 //! | fields   | exactly `length` bytes, laid out according to the kind (below)      |
 //!
-//! A decoder rejects an unknown kind (14 or above), a length running past the end of the body,
+//! A decoder rejects an unknown kind (16 or above), a length running past the end of the body,
 //! fields that need more than `length` bytes, and fields that leave some of the `length` bytes
 //! unread. The length lets a reader skip a message, but this version has no optional fields: a
 //! version 1 decoder rejects every message it cannot fully read.
@@ -114,6 +114,8 @@
 //! | 11  | [`Block`]            | `seq` (varint), `index` (u32 varint), `digest` (16 bytes), `bytes` (bytes)                           |
 //! | 12  | [`Prepare`]          | `epoch` (varint), `from_seq` (varint)                                                                |
 //! | 13  | [`Promise`]          | `epoch` (varint), `first`..`last` (as a [`SeqRange`]), `highest` (varint), `slots` (list of [`PromisedSlot`]) |
+//! | 14  | [`PreVote`]          | `epoch` (varint)                                                                                     |
+//! | 15  | [`PreVoteGranted`]   | `epoch` (varint)                                                                                     |
 //!
 //! # Example
 //!
@@ -146,7 +148,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::ids::{Digest, Epoch, Incarnation, Mid, Pid, Seq, SeqRange, Source};
 use crate::message::{
     Accepted, Assign, Assigned, Block, Commit, Data, Entries, Entry, Fetch, FetchBlocks, Heartbeat, Kind, Message,
-    Order, OrderItem, Prepare, Promise, PromisedSlot, QueryEntries, Rejected, Slot,
+    Order, OrderItem, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected, Slot,
 };
 
 /// The first two bytes of every frame.
@@ -472,6 +474,8 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
             s.varint(p.epoch.0);
             s.varint(p.from_seq.0);
         }
+        Message::PreVote(p) => s.varint(p.epoch.0),
+        Message::PreVoteGranted(p) => s.varint(p.epoch.0),
         Message::Promise(p) => {
             s.varint(p.epoch.0);
             put_range(s, &SeqRange { first: p.first, last: p.last });
@@ -859,6 +863,8 @@ impl<'a> Reader<'a> {
                 bytes: self.bytes()?,
             }),
             Kind::Prepare => Message::Prepare(Prepare { epoch: self.epoch()?, from_seq: self.seq()? }),
+            Kind::PreVote => Message::PreVote(PreVote { epoch: self.epoch()? }),
+            Kind::PreVoteGranted => Message::PreVoteGranted(PreVoteGranted { epoch: self.epoch()? }),
             Kind::Promise => {
                 let epoch = self.epoch()?;
                 let range = self.range()?;
@@ -1113,8 +1119,16 @@ mod tests {
         )
     }
 
+    fn arb_pre_vote() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            arb_epoch().prop_map(|epoch| Message::PreVote(PreVote { epoch })),
+            arb_epoch().prop_map(|epoch| Message::PreVoteGranted(PreVoteGranted { epoch })),
+        ]
+    }
+
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
+            arb_pre_vote(),
             arb_prepare(),
             arb_promise(),
             arb_data(),
@@ -1207,6 +1221,7 @@ mod tests {
         round_trip_block => arb_block();
         round_trip_prepare => arb_prepare();
         round_trip_promise => arb_promise();
+        round_trip_pre_vote => arb_pre_vote();
     }
 
     proptest! {
@@ -1490,7 +1505,7 @@ mod tests {
     #[test]
     fn body_errors() {
         let body = |b: &[u8]| decode_body(&Bytes::copy_from_slice(b));
-        assert_eq!(body(&[14, 0]), Err(DecodeError::UnknownKind(14)));
+        assert_eq!(body(&[16, 0]), Err(DecodeError::UnknownKind(16)));
         assert_eq!(body(&[255]), Err(DecodeError::UnknownKind(255)));
         // Length past the end of the body.
         assert_eq!(body(&[4, 2, 1]), Err(DecodeError::Truncated));

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use sam_core::message::{
-    Accepted, Assign, Block, Commit, Data, Entries, Fetch, FetchBlocks, Heartbeat, Order, OrderItem, Prepare, Promise,
-    PromisedSlot, QueryEntries, Rejected,
+    Accepted, Assign, Block, Commit, Data, Entries, Fetch, FetchBlocks, Heartbeat, Order, OrderItem, PreVote,
+    PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected,
 };
 use sam_core::{
     Assigned, Config, Digest, Entry, Epoch, Incarnation, Message, Mid, Pid, Process, Roles, Seq, SeqRange, Slot,
@@ -84,6 +84,8 @@ fn message() -> impl Strategy<Value = Message> {
             bytes: Bytes::new()
         })),
         (epoch(), seq()).prop_map(|(epoch, from_seq)| Message::Prepare(Prepare { epoch, from_seq })),
+        epoch().prop_map(|epoch| Message::PreVote(PreVote { epoch })),
+        epoch().prop_map(|epoch| Message::PreVoteGranted(PreVoteGranted { epoch })),
         (epoch(), seq(), seq(), seq(), prop::collection::vec((seq(), epoch(), entry()), 0..20)).prop_map(
             |(epoch, first, last, highest, s)| Message::Promise(Promise {
                 epoch,
