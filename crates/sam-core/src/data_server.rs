@@ -75,16 +75,6 @@ impl DataServer {
         server
     }
 
-    /// How many messages this server holds.
-    pub fn held(&self) -> usize {
-        self.held.len()
-    }
-
-    /// Whether this server holds `mid`.
-    pub fn holds(&self, mid: &Mid) -> bool {
-        self.held.contains_key(mid)
-    }
-
     /// Stores a new message durably; asks again for one it holds uncommitted.
     pub fn handle_data(&mut self, data: &Data, out: &mut Outbox) {
         match self.held.get(&data.mid) {

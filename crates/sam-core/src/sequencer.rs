@@ -357,7 +357,9 @@ impl Sequencer {
         }
         let hb = Heartbeat { epoch: self.epoch, sequencer: self.me, committed: self.committed };
         out.send(Dest::Channel(Channel::Global), Message::Heartbeat(hb));
-        let recent_first = self.committed.minus(self.cfg.heartbeat_recent as u64).next().max(self.log_base);
+        // Only this epoch's own commits are repeated: the history below `epoch_first` serves
+        // de-duplication and was announced by earlier sequencers.
+        let recent_first = self.committed.minus(self.cfg.heartbeat_recent as u64).next().max(self.epoch_first);
         if recent_first <= self.committed {
             self.announce(recent_first, self.committed, out);
         }

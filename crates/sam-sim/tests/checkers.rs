@@ -114,32 +114,36 @@ fn durability_catches_a_commit_announced_before_k_copies_are_durable() {
 
 #[test]
 fn durability_catches_commit_servers_that_accept_before_their_write_is_durable() {
-    let promises = broken(Mutation::AcceptBeforeDurable, SimConfig::new);
+    let promises = broken(Mutation::AcceptBeforeDurable, SimConfig::new, &[Promise::Durability]);
     assert!(promises.contains(&Promise::Durability), "{promises:?}");
 }
 
 #[test]
 fn atomicity_catches_members_that_never_recover_gaps() {
-    let promises = broken(Mutation::NoGapRecovery, |seed| SimConfig {
-        loss: 0.05,
-        max_time_us: 5_000_000,
-        ..SimConfig::new(seed)
-    });
+    let promises = broken(
+        Mutation::NoGapRecovery,
+        |seed| SimConfig { loss: 0.05, max_time_us: 5_000_000, ..SimConfig::new(seed) },
+        &[Promise::Atomicity, Promise::Liveness],
+    );
     assert!(promises.contains(&Promise::Atomicity) || promises.contains(&Promise::Liveness), "{promises:?}");
 }
 
 #[test]
 fn validity_catches_senders_that_never_retransmit() {
-    let promises = broken(Mutation::NoRetransmission, |seed| SimConfig {
-        loss: 0.2,
-        max_time_us: 5_000_000,
-        ..SimConfig::new(seed)
-    });
+    let promises = broken(
+        Mutation::NoRetransmission,
+        |seed| SimConfig { loss: 0.2, max_time_us: 5_000_000, ..SimConfig::new(seed) },
+        &[Promise::Validity, Promise::Liveness],
+    );
     assert!(promises.contains(&Promise::Validity) || promises.contains(&Promise::Liveness), "{promises:?}");
 }
 
 #[test]
 fn integrity_catches_a_sequencer_that_does_not_deduplicate() {
-    let promises = broken(Mutation::NoDeduplication, |seed| SimConfig { dup: 0.3, loss: 0.1, ..SimConfig::new(seed) });
+    let promises = broken(
+        Mutation::NoDeduplication,
+        |seed| SimConfig { dup: 0.3, loss: 0.1, ..SimConfig::new(seed) },
+        &[Promise::Integrity],
+    );
     assert!(promises.contains(&Promise::Integrity), "{promises:?}");
 }

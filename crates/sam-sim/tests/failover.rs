@@ -32,12 +32,12 @@ fn every_promise_holds_through_repeated_failovers_in_long_runs() {
 
 #[test]
 fn fencing_catches_commit_servers_that_accept_a_deposed_epoch() {
-    let promises = broken(Mutation::AcceptOldEpoch, long_failover);
+    let promises = broken(Mutation::AcceptOldEpoch, long_failover, &[Promise::Fencing]);
     assert!(promises.contains(&Promise::Fencing), "{promises:?}");
 }
 
 #[test]
 fn total_order_catches_a_candidate_that_takes_office_with_one_promise_too_few() {
-    let promises = broken(Mutation::PromiseTooFew, long_failover);
+    let promises = broken(Mutation::PromiseTooFew, long_failover, &[Promise::TotalOrder, Promise::Integrity]);
     assert!(promises.iter().any(|p| matches!(p, Promise::TotalOrder | Promise::Integrity)), "{promises:?}");
 }
