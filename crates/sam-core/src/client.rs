@@ -23,7 +23,7 @@ use crate::action::{Action, Channel, Dest, Outbox};
 use crate::asker::Asker;
 use crate::config::{Config, Mutation};
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq, SeqRange, Source, Time};
-use crate::message::{Assigned, Commit, Data, Entries, Entry, Fetch, Heartbeat, Message, QueryEntries};
+use crate::message::{Assigned, Commit, Data, Entries, Fetch, Heartbeat, Message, QueryEntries};
 
 /// The buffer size below which expired data is never swept.
 const MIN_SWEEP: usize = 1024;
@@ -239,7 +239,7 @@ impl Client {
         for (i, slot) in entries.slots.iter().enumerate() {
             let seq = entries.first.plus(i as u64);
             self.known_committed = self.known_committed.max(seq);
-            news |= self.learn(seq, slot.entry.assigned(), Some(slot.entry), out);
+            news |= self.learn(seq, slot.entry.assigned(), slot.entry.digest(), out);
         }
         if news {
             self.entry_asker.progress(now);
@@ -268,7 +268,7 @@ impl Client {
 
     /// Records what `seq` holds; returns whether it was news. Reports this client's own
     /// messages as committed.
-    fn learn(&mut self, seq: Seq, assigned: Assigned, entry: Option<Entry>, out: &mut Outbox) -> bool {
+    fn learn(&mut self, seq: Seq, assigned: Assigned, digest: Option<Digest>, out: &mut Outbox) -> bool {
         if let Assigned::Mid(mid) = assigned {
             if mid.source == self.source && self.outstanding.remove(&mid.counter).is_some() {
                 out.push(Action::Committed { mid, seq });
@@ -283,10 +283,6 @@ impl Client {
         if self.window.len() <= offset {
             self.window.resize(offset + 1, None);
         }
-        let digest = match entry {
-            Some(Entry::Msg { digest, .. }) => Some(digest),
-            _ => None,
-        };
         match &mut self.window[offset] {
             Some(known) => {
                 let news = known.digest.is_none() && digest.is_some();

@@ -259,6 +259,11 @@ impl CommitServer {
         self.promise_write = out.persist(Record::Promise(epoch));
     }
 
+    /// The answer to anything of an epoch this server will not serve: its promise.
+    fn rejection(&self) -> Message {
+        Message::Rejected(Rejected { promised: self.promised })
+    }
+
     /// The epoch this server has promised.
     pub fn promised(&self) -> Epoch {
         self.promised
@@ -311,7 +316,7 @@ impl CommitServer {
             return;
         }
         if assign.epoch < self.promised && !self.cfg.mutated(Mutation::AcceptOldEpoch) {
-            out.send(Dest::Pid(from), Message::Rejected(Rejected { promised: self.promised }));
+            out.send(Dest::Pid(from), self.rejection());
             return;
         }
         if self.acceptance.is_none_or(|a| a.epoch != assign.epoch) {
@@ -458,7 +463,7 @@ impl CommitServer {
     pub fn handle_heartbeat(&mut self, now: Time, hb: &Heartbeat, out: &mut Outbox) {
         self.round_seen = self.round_seen.max(hb.epoch.round());
         if hb.epoch < self.promised {
-            out.send(Dest::Pid(hb.sequencer), Message::Rejected(Rejected { promised: self.promised }));
+            out.send(Dest::Pid(hb.sequencer), self.rejection());
             return;
         }
         self.known_committed = self.known_committed.max(hb.committed);
@@ -494,7 +499,7 @@ impl CommitServer {
             return;
         }
         if prepare.epoch <= self.promised || !candidate || !self.misses_sequencer(now) {
-            out.send(Dest::Pid(from), Message::Rejected(Rejected { promised: self.promised }));
+            out.send(Dest::Pid(from), self.rejection());
             return;
         }
         self.grant(from, prepare, out);
@@ -524,7 +529,7 @@ impl CommitServer {
         let reply = if candidate && pre_vote.epoch > self.promised && self.misses_sequencer(now) {
             Message::PreVoteGranted(PreVoteGranted { epoch: pre_vote.epoch })
         } else {
-            Message::Rejected(Rejected { promised: self.promised })
+            self.rejection()
         };
         out.send(Dest::Pid(from), reply);
     }

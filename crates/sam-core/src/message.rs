@@ -30,6 +30,14 @@ pub enum Entry {
 }
 
 impl Entry {
+    /// The payload digest, for a message.
+    pub fn digest(&self) -> Option<Digest> {
+        match *self {
+            Entry::Msg { digest, .. } => Some(digest),
+            Entry::Noop => None,
+        }
+    }
+
     /// The entry without its digest, as `Commit` carries it.
     pub fn assigned(&self) -> Assigned {
         match *self {
