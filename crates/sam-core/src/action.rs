@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use crate::ids::{Epoch, Mid, Pid, Seq};
+use crate::ids::{Digest, Epoch, Mid, Pid, Seq};
 use crate::message::{Data, Message, Slot};
 
 /// A multicast channel of DESIGN section 7.
@@ -59,6 +59,16 @@ pub enum Record {
     /// Commit server: every number up to this one is known committed (built from `Commit`s
     /// only). Nothing waits for this write: losing it costs only a refill from peers.
     Committed(Seq),
+    /// Commit server: every number up to this one is committed and forgotten (covered by a
+    /// checkpoint and older than the de-duplication history); earlier slots are garbage.
+    Floor(Seq),
+    /// Checkpoint server: the snapshot of the replicated state after every number up to `seq`.
+    Checkpoint {
+        /// The checkpoint's number.
+        seq: Seq,
+        /// The snapshot.
+        snapshot: Bytes,
+    },
 }
 
 /// One effect a role asks its host to carry out.
@@ -98,6 +108,35 @@ pub enum Action {
     Expired {
         /// The message's id.
         mid: Mid,
+    },
+    /// Tell the application that the fate of a message it sent cannot be learned: it may or
+    /// may not have been committed at a number this member skipped when it caught up from a
+    /// checkpoint, in a part of the log that is gone (the replicated state shows it).
+    OutcomeUnknown {
+        /// The message's id.
+        mid: Mid,
+    },
+    /// The member's state was replaced by the checkpoint at `seq` (it caught up, or its own
+    /// state diverged): deliveries continue at `seq + 1`. The state machine, if the process
+    /// runs one, is already restored; `snapshot` is for an application that keeps its own.
+    Restored {
+        /// The checkpoint's number.
+        seq: Seq,
+        /// The snapshot restored.
+        snapshot: Bytes,
+    },
+    /// An error for the operator: a checkpoint server's snapshot at `seq` has a digest that
+    /// differs from another's (the state machine is not deterministic, or a replica is
+    /// corrupt). Such a checkpoint is never advertised.
+    CheckpointMismatch {
+        /// The checkpoint's number.
+        seq: Seq,
+        /// The server whose digest disagrees.
+        server: Pid,
+        /// Its digest.
+        digest: Digest,
+        /// The digest it disagrees with (another server's, or the advertised one).
+        expected: Digest,
     },
 }
 

@@ -13,6 +13,10 @@
 //! highest epoch; a mid already committed below `from_seq`, or appearing at several numbers
 //! except its highest-epoch occurrence, becomes `Noop`; numbers nobody reported become `Noop`.
 //! The new [`Sequencer`](crate::Sequencer) then re-proposes that range under its epoch.
+//!
+//! A promiser that garbage-collected (DESIGN section 5) reports its floor: every number up to
+//! it is committed and covered by a checkpoint. The range then starts after the highest floor
+//! of the promises used, since nothing below it may be proposed again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,15 +32,17 @@ use crate::message::{Entry, Message, PreVote, PreVoteGranted, Prepare, Promise, 
 #[derive(Clone, Debug, Default)]
 struct Promised {
     highest: Seq,
+    /// Every number up to this one is committed and forgotten by the promiser.
+    floor: Seq,
     /// The parts received, `first -> last`.
     parts: BTreeMap<Seq, Seq>,
     slots: BTreeMap<Seq, Slot>,
 }
 
 impl Promised {
-    /// Whether the parts cover every number from `from_seq` through `highest`.
+    /// Whether the parts cover every number from `from_seq` (or the floor) through `highest`.
     fn complete(&self, from_seq: Seq) -> bool {
-        let mut covered = from_seq.minus(1);
+        let mut covered = from_seq.minus(1).max(self.floor);
         for (&first, &last) in &self.parts {
             if first > covered.next() {
                 break;
@@ -143,9 +149,15 @@ impl Ballot {
         self.epoch
     }
 
-    /// The first number the ballot recovers.
+    /// The first number the ballot asks about: the candidate's committed prefix plus one.
     pub fn from_seq(&self) -> Seq {
         self.from_seq
+    }
+
+    /// The first number the recovered range starts at: `from_seq`, or above the highest floor
+    /// of the complete promises.
+    pub fn recovery_start(&self) -> Seq {
+        self.complete().iter().map(|p| p.floor.next()).fold(self.from_seq, Seq::max)
     }
 
     /// Takes one part of a commit server's promise.
@@ -156,6 +168,7 @@ impl Ballot {
         let Some(slot) = self.promises.get_mut(rank) else { return };
         let p = slot.get_or_insert_with(Promised::default);
         p.highest = p.highest.max(promise.highest);
+        p.floor = p.floor.max(promise.floor);
         p.parts.insert(promise.first, promise.last);
         let from_seq = self.from_seq;
         let range = SeqRange { first: promise.first, last: promise.last };
@@ -238,7 +251,7 @@ impl Ballot {
         let complete = self.complete();
         let highest = complete.iter().map(|p| p.highest).max().unwrap_or(Seq::ZERO);
         let mut entries: Vec<Slot> = Vec::new();
-        let mut seq = self.from_seq;
+        let mut seq = self.recovery_start();
         while seq <= highest {
             let reported = complete.iter().filter_map(|p| p.slots.get(&seq));
             let best = if self.cfg.mutated(Mutation::KeepLowestEpoch) {
@@ -297,7 +310,7 @@ mod tests {
             .iter()
             .map(|&(s, e, entry)| PromisedSlot { seq: Seq(s), slot: Slot { epoch: Epoch(e), entry } })
             .collect();
-        Promise { epoch, first: Seq(5), last: Seq(highest.max(5)), highest: Seq(highest), slots }
+        Promise { epoch, first: Seq(5), last: Seq(highest.max(5)), highest: Seq(highest), floor: Seq::ZERO, slots }
     }
 
     #[test]

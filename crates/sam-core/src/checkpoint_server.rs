@@ -1,18 +1,24 @@
-//! The checkpoint server, serving side (DESIGN section 5).
+//! The checkpoint server (DESIGN section 5).
 //!
-//! It keeps the snapshots it was given in fixed-size blocks, each with its digest, and serves
-//! any block on request, so that a member catching up fetches a checkpoint block by block,
-//! spread over the checkpoint servers, and no server blocks while serving. It keeps the
-//! previous checkpoint too, so a fetch is not lost when a newer one arrives mid-way. Making
-//! snapshots and reporting them to the sequencer builds on this (checkpoint issue).
+//! A checkpoint server is a member whose state machine is snapshotted at every multiple of
+//! `checkpoint_every` (its client role takes the snapshots as it delivers). This role stores
+//! each snapshot durably in fixed-size blocks, each with its digest, reports it to the
+//! sequencer once it is durable, and serves any block on request, so that a member catching up
+//! fetches a checkpoint block by block, spread over the checkpoint servers, and no server
+//! blocks while serving. It keeps the previous checkpoint too, so a fetch is not lost when a
+//! newer one is advertised mid-way.
+//!
+//! When the sequencer advertises a checkpoint whose digest differs from this server's at the
+//! same number, this server's state has diverged: it raises the error, drops its checkpoints
+//! from that number on, and its member restores from the advertised one.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::action::{Dest, Outbox};
-use crate::ids::{Digest, Pid, Seq};
-use crate::message::{Block, FetchBlocks, Message};
+use crate::action::{Action, Dest, Outbox, Record, WriteId};
+use crate::ids::{Digest, Pid, Seq, Time};
+use crate::message::{Block, CheckpointInfo, FetchBlocks, Heartbeat, Message};
 
 /// The size of a checkpoint block (the last one may be shorter).
 pub const BLOCK_BYTES: usize = 16 * 1024;
@@ -43,18 +49,50 @@ impl Checkpoint {
             .collect();
         Checkpoint { seq, size: snapshot.len() as u64, digest: Digest::of(&snapshot), blocks }
     }
+
+    /// What a report or an advertisement says about this checkpoint.
+    pub fn info(&self) -> CheckpointInfo {
+        CheckpointInfo { seq: self.seq, size: self.size, blocks: self.blocks.len() as u32, digest: self.digest }
+    }
+}
+
+/// What an advertised checkpoint means to this server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to do.
+    Agrees,
+    /// This server's checkpoint at the advertised number differs: its state has diverged and
+    /// must be restored from the advertised checkpoint.
+    Diverged(CheckpointInfo),
 }
 
 /// A checkpoint server's store of checkpoints and its block service.
 #[derive(Debug, Default)]
 pub struct CheckpointServer {
     kept: VecDeque<Checkpoint>,
+    /// Checkpoints written but not durable yet.
+    writing: VecDeque<(WriteId, Checkpoint)>,
+    /// The highest checkpoint advertised, as heard in heartbeats.
+    advertised: Option<CheckpointInfo>,
+    sequencer: Option<Pid>,
+    next_report: Time,
 }
 
 impl CheckpointServer {
     /// A server with no checkpoint yet.
     pub fn new() -> CheckpointServer {
         CheckpointServer::default()
+    }
+
+    /// Rebuilds the server from its durable records: the checkpoints it stored.
+    pub fn recover<'a>(records: impl IntoIterator<Item = &'a Record>) -> CheckpointServer {
+        let mut server = CheckpointServer::new();
+        for record in records {
+            if let Record::Checkpoint { seq, snapshot } = record {
+                server.install(Checkpoint::new(*seq, snapshot.clone()));
+            }
+        }
+        server
     }
 
     /// Keeps a new checkpoint, forgetting all but the latest [`KEPT_CHECKPOINTS`].
@@ -73,6 +111,71 @@ impl CheckpointServer {
         self.kept.back()
     }
 
+    /// The checkpoints kept, oldest first.
+    pub fn kept(&self) -> impl Iterator<Item = &Checkpoint> {
+        self.kept.iter()
+    }
+
+    /// Stores the snapshot taken at `seq` durably; it is kept and reported once durable.
+    pub fn take(&mut self, seq: Seq, snapshot: Bytes, out: &mut Outbox) {
+        let id = out.persist(Record::Checkpoint { seq, snapshot: snapshot.clone() });
+        self.writing.push_back((id, Checkpoint::new(seq, snapshot)));
+    }
+
+    /// The host made every write up to `upto` durable: keep and report what it covered.
+    pub fn handle_durable(&mut self, now: Time, upto: WriteId, out: &mut Outbox) {
+        let mut stored = false;
+        while self.writing.front().is_some_and(|(id, _)| *id <= upto) {
+            if let Some((_, checkpoint)) = self.writing.pop_front() {
+                self.install(checkpoint);
+                stored = true;
+            }
+        }
+        if stored {
+            self.next_report = now;
+            self.report(now, out);
+        }
+    }
+
+    /// Follows the sequencer and its advertised checkpoint: reports the latest checkpoint
+    /// until it is advertised (a new sequencer hears it again), and checks this server's
+    /// checkpoint at the advertised number against it.
+    pub fn handle_heartbeat(&mut self, now: Time, me: Pid, hb: &Heartbeat, out: &mut Outbox) -> Verdict {
+        self.sequencer = Some(hb.sequencer);
+        let verdict = hb.checkpoint.map_or(Verdict::Agrees, |c| self.check(me, c, out));
+        if hb.checkpoint.is_some_and(|c| self.advertised.is_none_or(|a| c.seq > a.seq)) {
+            self.advertised = hb.checkpoint;
+        }
+        if hb.checkpoint.is_none_or(|c| self.latest().is_some_and(|l| l.seq > c.seq)) {
+            self.report(now, out);
+        }
+        verdict
+    }
+
+    /// Compares the advertised checkpoint with this server's at the same number.
+    fn check(&mut self, me: Pid, advertised: CheckpointInfo, out: &mut Outbox) -> Verdict {
+        let Some(own) = self.kept.iter().find(|c| c.seq == advertised.seq) else { return Verdict::Agrees };
+        if own.digest == advertised.digest {
+            return Verdict::Agrees;
+        }
+        let digest = own.digest;
+        out.push(Action::CheckpointMismatch { seq: advertised.seq, server: me, digest, expected: advertised.digest });
+        self.kept.retain(|c| c.seq < advertised.seq);
+        self.writing.clear();
+        Verdict::Diverged(advertised)
+    }
+
+    /// Reports the latest checkpoint to the sequencer, at most once per heartbeat interval's
+    /// worth of heartbeats (every `REPORT_EVERY_US`).
+    fn report(&mut self, now: Time, out: &mut Outbox) {
+        let (Some(latest), Some(sequencer)) = (self.latest(), self.sequencer) else { return };
+        if now < self.next_report || self.advertised.is_some_and(|a| a.seq >= latest.seq) {
+            return;
+        }
+        out.send(Dest::Pid(sequencer), Message::CheckpointReport(latest.info()));
+        self.next_report = now.plus_us(REPORT_EVERY_US);
+    }
+
     /// Serves the requested blocks of a kept checkpoint; asks for unknown ones go unanswered
     /// and the member asks another server.
     pub fn handle_fetch_blocks(&self, from: Pid, fetch: &FetchBlocks, out: &mut Outbox) {
@@ -85,6 +188,9 @@ impl CheckpointServer {
         }
     }
 }
+
+/// How often a server repeats the report of a checkpoint not yet advertised.
+const REPORT_EVERY_US: u64 = 100_000;
 
 #[cfg(test)]
 mod tests {

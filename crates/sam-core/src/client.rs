@@ -10,6 +10,15 @@
 //! the client knows as its timestamp; it is retransmitted unchanged until committed, or
 //! reported expired once the delivered prefix passes `ts + max_lifetime` without it. At most
 //! `sender_window` messages are in flight.
+//!
+//! Replicated state (DESIGN section 5): a client may run a [`StateMachine`], applying each
+//! delivery to it; a checkpoint server's client also snapshots it at every checkpoint number.
+//! A client that is far behind, or whose missing log is gone (a commit server answers
+//! `Forgotten`, or no data server has the data any more), catches up from the advertised
+//! checkpoint ([`crate::catch_up`]), then goes on from the next number with the ordinary NACK
+//! recovery. Before it skips numbers it learns their entries where it can, so that its own
+//! sends among them are reported committed; a send whose fate lies in a part of the log that
+//! is gone is reported [`Action::OutcomeUnknown`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -21,9 +30,13 @@ use thiserror::Error;
 
 use crate::action::{Action, Channel, Dest, Outbox};
 use crate::asker::Asker;
+use crate::catch_up::CatchUp;
 use crate::config::{Config, Mutation};
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq, SeqRange, Source, Time};
-use crate::message::{Assigned, Commit, Data, Entries, Fetch, Heartbeat, Message, QueryEntries};
+use crate::message::{
+    Assigned, Block, CheckpointInfo, Commit, Data, Entries, Fetch, Forgotten, Heartbeat, Message, QueryEntries,
+};
+use crate::state_machine::StateMachine;
 
 /// The buffer size below which expired data is never swept.
 const MIN_SWEEP: usize = 1024;
@@ -94,6 +107,15 @@ struct Outgoing {
     sent_at: Time,
 }
 
+/// The member's state machine.
+struct Replica(Box<dyn StateMachine + Send>);
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Replica(applied {})", self.0.applied())
+    }
+}
+
 /// A member of the group that sends and delivers.
 #[derive(Debug)]
 pub struct Client {
@@ -119,6 +141,26 @@ pub struct Client {
     counter: u64,
     outstanding: BTreeMap<u64, Outgoing>,
     next_retransmit: Option<Time>,
+    replica: Option<Replica>,
+    /// Whether this client snapshots its state machine at checkpoint numbers.
+    takes_checkpoints: bool,
+    /// Snapshots taken and not yet collected by the checkpoint server role.
+    snapshots: Vec<(Seq, Bytes)>,
+    /// The highest advertised checkpoint heard of.
+    checkpoint: Option<CheckpointInfo>,
+    /// The highest number a commit server said it forgot.
+    forgotten: Seq,
+    catch_up: Option<CatchUp>,
+    /// Whether the catch-up under way restores an earlier state than delivered (this client's
+    /// own state diverged).
+    rewind: bool,
+    /// How many entries at the front of `window` are known (a hint that saves rescanning).
+    known_prefix: usize,
+    /// The number whose data the last fetches asked for first, and the ranks of the data
+    /// servers asked for it.
+    front_fetches: (Seq, u64),
+    /// Blocks fetched over every catch-up, and catch-ups completed.
+    caught_up: (u64, u64),
 }
 
 impl Client {
@@ -145,7 +187,44 @@ impl Client {
             counter: 0,
             outstanding: BTreeMap::new(),
             next_retransmit: None,
+            replica: None,
+            takes_checkpoints: false,
+            snapshots: Vec::new(),
+            checkpoint: None,
+            forgotten: Seq::ZERO,
+            catch_up: None,
+            rewind: false,
+            known_prefix: 0,
+            front_fetches: (Seq::ZERO, 0),
+            caught_up: (0, 0),
         }
+    }
+
+    /// Runs `machine` on this client's deliveries; with `takes_checkpoints`, snapshots it at
+    /// every checkpoint number (a checkpoint server's member).
+    pub fn attach(&mut self, machine: Box<dyn StateMachine + Send>, takes_checkpoints: bool) {
+        self.replica = Some(Replica(machine));
+        self.takes_checkpoints = takes_checkpoints;
+    }
+
+    /// The state machine this client runs, if any.
+    pub fn state_machine(&self) -> Option<&dyn StateMachine> {
+        self.replica.as_ref().map(|r| &*r.0 as &dyn StateMachine)
+    }
+
+    /// Takes the snapshots made at checkpoint numbers since the last call.
+    pub fn take_snapshots(&mut self) -> Vec<(Seq, Bytes)> {
+        std::mem::take(&mut self.snapshots)
+    }
+
+    /// Blocks fetched over every catch-up so far, and how many catch-ups completed.
+    pub fn caught_up(&self) -> (u64, u64) {
+        self.caught_up
+    }
+
+    /// Whether a catch-up from a checkpoint is under way.
+    pub fn is_catching_up(&self) -> bool {
+        self.catch_up.is_some()
     }
 
     /// The highest number delivered (every number up to it was delivered or skipped).
@@ -257,6 +336,8 @@ impl Client {
             self.sequencer = Some(hb.sequencer);
         }
         self.known_committed = self.known_committed.max(hb.committed);
+        self.note_checkpoint(hb.checkpoint);
+        self.maybe_catch_up(now);
         if first {
             let held: Vec<u64> = self.outstanding.iter().filter(|(_, o)| o.ts.is_none()).map(|(c, _)| *c).collect();
             for counter in held {
@@ -303,12 +384,182 @@ impl Client {
             if let Assigned::Mid(mid) = known.assigned {
                 let Some(payload) = self.take_verified(mid, known.digest) else { break };
                 self.remember_delivered(mid);
+                if let Some(r) = &mut self.replica {
+                    r.0.apply(next, &payload);
+                }
                 out.push(Action::Deliver { seq: next, mid, payload });
             }
             self.window.pop_front();
+            self.known_prefix = self.known_prefix.saturating_sub(1);
             self.delivered = next;
+            self.snapshot_if_due(next);
         }
         self.expire_buffer();
+    }
+
+    fn snapshot_if_due(&mut self, seq: Seq) {
+        if !self.takes_checkpoints || !self.cfg.is_checkpoint(seq) {
+            return;
+        }
+        if let Some(r) = &self.replica {
+            self.snapshots.push((seq, r.0.snapshot()));
+        }
+    }
+
+    fn note_checkpoint(&mut self, checkpoint: Option<CheckpointInfo>) {
+        if checkpoint.is_some_and(|c| self.checkpoint.is_none_or(|known| c.seq > known.seq)) {
+            self.checkpoint = checkpoint;
+        }
+    }
+
+    /// A commit server forgot numbers this client asked for: the log there is gone, and the
+    /// client catches up from the checkpoint that covers it.
+    pub fn handle_forgotten(&mut self, now: Time, forgotten: &Forgotten) {
+        if forgotten.floor > self.known_committed {
+            return;
+        }
+        self.forgotten = self.forgotten.max(forgotten.floor);
+        self.note_checkpoint(forgotten.checkpoint);
+        self.maybe_catch_up(now);
+    }
+
+    /// Starts catching up from the advertised checkpoint when this client is more than
+    /// `catch_up_after` numbers behind, or the log it needs is gone.
+    fn maybe_catch_up(&mut self, now: Time) {
+        let Some(c) = self.checkpoint.filter(|c| c.seq > self.delivered) else { return };
+        if let Some(fetch) = &self.catch_up {
+            // Servers keep two checkpoints: a fetch that stalls while a newer one is
+            // advertised moves to the newer one.
+            if fetch.checkpoint().seq >= c.seq || !fetch.stalled() {
+                return;
+            }
+            self.caught_up.0 += fetch.fetched();
+        }
+        let behind = self.known_committed.0.saturating_sub(self.delivered.0);
+        let log_gone = self.forgotten > self.delivered || self.data_gone();
+        if behind > self.cfg.catch_up_after || log_gone {
+            self.start_catch_up(now, c);
+        }
+    }
+
+    fn start_catch_up(&mut self, now: Time, checkpoint: CheckpointInfo) {
+        let servers = self.cfg.checkpoint_servers.clone();
+        self.catch_up = CatchUp::start(checkpoint, servers, now, self.cfg.request_timeout_us);
+    }
+
+    /// Whether every data server was asked for the data of the next number, at or below the
+    /// advertised checkpoint, and none sent it: they dropped it under a checkpoint.
+    fn data_gone(&self) -> bool {
+        let (seq, asked) = self.front_fetches;
+        let all = self.cfg.data_servers.len().min(64);
+        let checkpoint = self.checkpoint.map_or(Seq::ZERO, |c| c.seq);
+        seq == self.delivered.next() && seq <= checkpoint && asked.count_ones() as usize >= all
+    }
+
+    /// Restores the state from `checkpoint` whatever this client delivered (its own state
+    /// diverged from the agreed one): deliveries start again after it.
+    pub fn restore_from(&mut self, now: Time, checkpoint: CheckpointInfo) {
+        self.note_checkpoint(Some(checkpoint));
+        self.rewind = true;
+        self.start_catch_up(now, checkpoint);
+    }
+
+    /// Restores a snapshot this process holds itself (a checkpoint server's own checkpoint,
+    /// at restart): deliveries continue after `seq`.
+    pub fn restore_local(&mut self, now: Time, seq: Seq, snapshot: Bytes, out: &mut Outbox) {
+        if let Some(r) = &mut self.replica {
+            if r.0.restore(&snapshot).is_err() {
+                return;
+            }
+        }
+        self.jump(now, seq, snapshot, out);
+    }
+
+    /// Takes a block of the checkpoint being fetched.
+    pub fn handle_block(&mut self, now: Time, block: &Block, out: &mut Outbox) {
+        if let Some(c) = &mut self.catch_up {
+            c.handle_block(now, block);
+        }
+        self.finish_catch_up(now, out);
+    }
+
+    /// Once the snapshot is complete and this client's own sends in the numbers it skips are
+    /// resolved (or their log is gone), restores it and goes on from the next number.
+    fn finish_catch_up(&mut self, now: Time, out: &mut Outbox) {
+        let Some(c) = &self.catch_up else { return };
+        if c.checkpoint().seq <= self.delivered && !self.rewind {
+            // Delivery went past the checkpoint meanwhile: nothing to restore.
+            self.caught_up.0 += c.fetched();
+            self.catch_up = None;
+            return;
+        }
+        let (Some(snapshot), checkpoint) = (c.ready().cloned(), c.checkpoint()) else { return };
+        let skipped_known = self.entries_known_through(checkpoint.seq);
+        let log_gone = self.forgotten > self.delivered
+            || checkpoint.seq.0 - self.delivered.0.min(checkpoint.seq.0) > self.window_limit();
+        if !skipped_known && !log_gone && self.sends_before(checkpoint.seq).next().is_some() {
+            return;
+        }
+        if let Some(r) = &mut self.replica {
+            if r.0.restore(&snapshot).is_err() {
+                self.catch_up = None;
+                return;
+            }
+        }
+        self.caught_up = (self.caught_up.0 + c.fetched(), self.caught_up.1 + 1);
+        self.catch_up = None;
+        self.rewind = false;
+        if !skipped_known {
+            self.report_unknown(checkpoint.seq, out);
+        }
+        self.jump(now, checkpoint.seq, snapshot, out);
+    }
+
+    /// Whether the entries of every number from the next to deliver through `seq` are known.
+    fn entries_known_through(&self, seq: Seq) -> bool {
+        let n = seq.0.saturating_sub(self.delivered.0) as usize;
+        self.window.len() >= n && self.window.iter().take(n).all(Option::is_some)
+    }
+
+    /// The most numbers ahead of the delivered prefix whose entries this client keeps.
+    fn window_limit(&self) -> u64 {
+        self.cfg.max_lifetime + self.cfg.sequencer_window as u64
+    }
+
+    /// The counters of this client's sends in flight that may have been numbered at or below
+    /// `seq` (their timestamp is below it).
+    fn sends_before(&self, seq: Seq) -> impl Iterator<Item = u64> + '_ {
+        self.outstanding.iter().filter(move |(_, o)| o.ts.is_some_and(|ts| ts < seq)).map(|(c, _)| *c)
+    }
+
+    /// Reports the sends whose fate lies in skipped numbers nobody can tell any more.
+    fn report_unknown(&mut self, seq: Seq, out: &mut Outbox) {
+        let unknown: Vec<u64> = self.sends_before(seq).collect();
+        for counter in unknown {
+            self.outstanding.remove(&counter);
+            out.push(Action::OutcomeUnknown { mid: Mid { source: self.source, counter } });
+        }
+    }
+
+    /// Moves the delivered prefix to `seq`, the number of the state just restored.
+    fn jump(&mut self, now: Time, seq: Seq, snapshot: Bytes, out: &mut Outbox) {
+        self.known_prefix = 0;
+        if seq >= self.delivered {
+            let skip = (seq.0 - self.delivered.0) as usize;
+            if skip >= self.window.len() {
+                self.window.clear();
+            } else {
+                self.window.drain(..skip);
+            }
+        } else {
+            self.window.clear();
+            self.delivered_mids.clear();
+        }
+        self.delivered = seq;
+        self.known_committed = self.known_committed.max(seq);
+        out.push(Action::Restored { seq, snapshot });
+        self.deliver(out);
+        self.note_gap(now);
     }
 
     fn remember_delivered(&mut self, mid: Mid) {
@@ -357,9 +608,16 @@ impl Client {
 
     /// Asks for what is missing, retransmits what is not committed, reports what expired.
     pub fn handle_tick(&mut self, now: Time, out: &mut Outbox) {
+        if let Some(c) = &mut self.catch_up {
+            c.handle_tick(now, out);
+            self.maybe_catch_up(now);
+            self.finish_catch_up(now, out);
+        }
         if !self.cfg.mutated(Mutation::NoGapRecovery) {
             self.ask_entries(now, out);
-            self.ask_data(now, out);
+            if self.catch_up.is_none() {
+                self.ask_data(now, out);
+            }
         }
         if self.next_retransmit.is_some_and(|t| now >= t) {
             self.retransmit(now, out);
@@ -367,23 +625,26 @@ impl Client {
     }
 
     fn ask_entries(&mut self, now: Time, out: &mut Outbox) {
-        let ranges = self.missing_entries();
-        if ranges.is_empty() {
+        while self.window.get(self.known_prefix).is_some_and(Option::is_some) {
+            self.known_prefix += 1;
+        }
+        let last = self.known_committed.0.saturating_sub(self.delivered.0).min(self.window_limit());
+        if self.known_prefix as u64 >= last {
             self.entry_asker.settled();
             return;
         }
         if let Some(server) = self.entry_asker.due(now, self.sequencer) {
+            let ranges = self.missing_entries(last);
             out.send(Dest::Pid(server), Message::QueryEntries(QueryEntries { ranges }));
         }
     }
 
-    /// Ranges of committed numbers whose entries are unknown, at most `nack_batch` numbers.
-    fn missing_entries(&self) -> Vec<SeqRange> {
+    /// Ranges of committed numbers whose entries are unknown, up to `last` numbers ahead of the
+    /// delivered prefix and at most `nack_batch` of them.
+    fn missing_entries(&self, last: u64) -> Vec<SeqRange> {
         let mut ranges: Vec<SeqRange> = Vec::new();
         let mut budget = self.cfg.nack_batch as u64;
-        let last = self.known_committed.0.saturating_sub(self.delivered.0);
-        let limit = last.min(self.cfg.max_lifetime + self.cfg.sequencer_window as u64);
-        for offset in 0..limit {
+        for offset in self.known_prefix as u64..last {
             if budget == 0 {
                 break;
             }
@@ -400,7 +661,19 @@ impl Client {
         ranges
     }
 
+    /// Asks a data server for missing data when delivery waits for it (the front's entry is
+    /// known and its data is not), with the other missing data after it in the same batch.
     fn ask_data(&mut self, now: Time, out: &mut Outbox) {
+        let blocked = match self.window.front() {
+            Some(Some(Known { assigned: Assigned::Mid(mid), .. })) => !self.buffer.contains_key(mid),
+            _ => false,
+        };
+        if !blocked {
+            self.data_asker.settled();
+            return;
+        }
+        self.data_asker.missing(now, &mut self.rng);
+        let Some(server) = self.data_asker.due(now, None) else { return };
         let mids: Vec<Mid> = self
             .window
             .iter()
@@ -410,16 +683,20 @@ impl Client {
             })
             .take(self.cfg.nack_batch)
             .collect();
-        if mids.is_empty() {
-            self.data_asker.settled();
-            return;
-        }
-        self.data_asker.missing(now, &mut self.rng);
-        if let Some(server) = self.data_asker.due(now, None) {
-            self.fetching.clear();
-            self.fetching.extend(mids.iter().copied());
-            out.send(Dest::Pid(server), Message::Fetch(Fetch { mids }));
-        }
+        self.fetching.clear();
+        self.fetching.extend(mids.iter().copied());
+        out.send(Dest::Pid(server), Message::Fetch(Fetch { mids }));
+        self.count_front_fetch(now, self.delivered.next(), server);
+    }
+
+    /// Notes which data servers were asked for the data of `front`.
+    fn count_front_fetch(&mut self, now: Time, front: Seq, server: Pid) {
+        let bit = self.cfg.data_rank(server).filter(|r| *r < 64).map_or(0, |r| 1u64 << r);
+        self.front_fetches = match self.front_fetches {
+            (seq, asked) if seq == front => (seq, asked | bit),
+            _ => (front, bit),
+        };
+        self.maybe_catch_up(now);
     }
 
     fn retransmit(&mut self, now: Time, out: &mut Outbox) {
@@ -464,7 +741,11 @@ impl Client {
 
     /// When this client next needs a tick.
     pub fn poll_timeout(&self) -> Option<Time> {
-        [self.entry_asker.deadline(), self.data_asker.deadline(), self.next_retransmit].into_iter().flatten().min()
+        let catch_up = self.catch_up.as_ref().and_then(CatchUp::deadline);
+        [self.entry_asker.deadline(), self.data_asker.deadline(), self.next_retransmit, catch_up]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Checks the client's invariants (debug builds and the simulator).

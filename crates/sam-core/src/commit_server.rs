@@ -8,6 +8,11 @@
 //! It learns what is committed from `Commit`s (or from peers' committed entries), never from
 //! what it merely stored, and answers members' queries for committed numbers only. Like a
 //! member it recovers the committed entries it missed, asking its peers.
+//!
+//! Garbage collection (DESIGN section 5): it forgets the entries at or below the advertised
+//! checkpoint but keeps the last `max_lifetime` committed ones, the de-duplication history a
+//! next sequencer needs. Asked for a forgotten number it answers `Forgotten`, so a member
+//! catches up from the checkpoint and a lagging peer skips ahead.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -19,8 +24,8 @@ use crate::asker::Asker;
 use crate::config::{Config, Mutation};
 use crate::ids::{Epoch, Pid, Seq, SeqRange, Time};
 use crate::message::{
-    Accepted, Assign, Assigned, Commit, Entries, Entry, Heartbeat, Message, PreVote, PreVoteGranted, Prepare, Promise,
-    PromisedSlot, QueryEntries, Rejected, Slot,
+    Accepted, Assign, Assigned, CheckpointInfo, Commit, Entries, Entry, Forgotten, Heartbeat, Message, PreVote,
+    PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected, Slot,
 };
 
 /// The most `Accepted` replies waiting for their writes; the oldest is dropped beyond it (the
@@ -97,6 +102,8 @@ pub struct CommitServer {
     promise_write: WriteId,
     /// `Promise`s owed once the promise write is durable: write, candidate, `from_seq`.
     owed_promises: VecDeque<(WriteId, Pid, Seq)>,
+    /// The highest checkpoint advertised, as far as this server heard.
+    checkpoint: Option<CheckpointInfo>,
     asker: Asker,
     rng: Xoshiro256PlusPlus,
 }
@@ -128,6 +135,7 @@ impl CommitServer {
             rejoining: None,
             promise_write: WriteId(0),
             owed_promises: VecDeque::new(),
+            checkpoint: None,
             asker,
             rng,
             cfg,
@@ -181,7 +189,8 @@ impl CommitServer {
                 self.committed = self.committed.max(*upto);
                 self.known_committed = self.known_committed.max(*upto);
             }
-            Record::Data(_) => {}
+            Record::Floor(floor) => self.forget_through(*floor),
+            Record::Data(_) | Record::Checkpoint { .. } => {}
         }
     }
 
@@ -391,10 +400,11 @@ impl CommitServer {
 
     fn advance_accepted(&mut self) {
         let Some(mut acc) = self.acceptance else { return };
-        loop {
+        // Numbers below the base are committed and forgotten: a re-proposal can only repeat them.
+        acc.upto = acc.upto.max(self.floor());
+        while acc.upto < Seq(u64::MAX) {
             let seq = acc.upto.next();
-            let ok =
-                seq < self.base || self.stored(seq).is_some_and(|s| s.slot.epoch == acc.epoch && self.is_durable(s));
+            let ok = self.stored(seq).is_some_and(|s| s.slot.epoch == acc.epoch && self.is_durable(s));
             if !ok {
                 break;
             }
@@ -467,6 +477,7 @@ impl CommitServer {
             return;
         }
         self.known_committed = self.known_committed.max(hb.committed);
+        self.note_checkpoint(hb.checkpoint);
         self.rejoin(hb.epoch, hb.committed, out);
         self.sequencer = Some(hb.sequencer);
         self.quiet_since = now;
@@ -555,7 +566,7 @@ impl CommitServer {
                 .iter()
                 .filter_map(|seq| Some(PromisedSlot { seq, slot: self.stored(seq)?.slot }))
                 .collect();
-            let part = Promise { epoch: self.promised, first, last, highest, slots };
+            let part = Promise { epoch: self.promised, first, last, highest, floor: self.floor(), slots };
             out.send(Dest::Pid(to), Message::Promise(part));
             if last >= highest {
                 break;
@@ -605,18 +616,91 @@ impl CommitServer {
     }
 
     /// What a new sequencer needs from this server's committed entries below `from_seq`: the
-    /// last `max_lifetime` of them (fewer when older ones are gone).
+    /// last `max_lifetime` of them, or the shorter run of them it knows that ends at
+    /// `from_seq - 1` (none when its committed prefix ends lower: a ballot may start above it
+    /// when the promisers forgot what lies between). A shorter history is safe: the sequencer
+    /// refuses messages older than its history covers.
     pub fn takeover_history(&self, from_seq: Seq) -> (Seq, Vec<Entry>) {
-        let first = from_seq.minus(self.cfg.max_lifetime).max(self.base).max(Seq(1));
+        let lowest = from_seq.minus(self.cfg.max_lifetime).max(Seq(1));
+        let mut first = from_seq;
+        while first > lowest {
+            match self.committed_entry(first.minus(1)) {
+                Some(_) if first.minus(1) <= self.committed => first = first.minus(1),
+                _ => break,
+            }
+        }
         let entries = SeqRange { first, last: from_seq.minus(1) }
             .iter()
-            .map(|seq| self.committed_entry(seq).map_or(Entry::Noop, |s| s.entry))
+            .filter_map(|seq| self.committed_entry(seq).map(|s| s.entry))
             .collect();
         (first, entries)
     }
 
+    /// The advertised checkpoint this server knows.
+    pub fn checkpoint(&self) -> Option<CheckpointInfo> {
+        self.checkpoint
+    }
+
+    fn note_checkpoint(&mut self, checkpoint: Option<CheckpointInfo>) {
+        if checkpoint.is_some_and(|c| self.checkpoint.is_none_or(|known| c.seq > known.seq)) {
+            self.checkpoint = checkpoint;
+        }
+    }
+
+    /// Every number up to this one is committed and forgotten here.
+    pub fn floor(&self) -> Seq {
+        self.base.minus(1)
+    }
+
+    /// How many numbers this server holds slots for (for resource checks).
+    pub fn held(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Forgets the entries that the advertised checkpoint covers and that are older than the
+    /// de-duplication history (DESIGN section 5).
+    fn collect_garbage(&mut self, out: &mut Outbox) {
+        let Some(checkpoint) = self.checkpoint else { return };
+        let floor = checkpoint.seq.min(self.committed.minus(self.cfg.max_lifetime));
+        if floor >= self.base {
+            self.forget_through(floor);
+            out.persist(Record::Floor(floor));
+        }
+    }
+
+    /// Drops every slot up to `floor`, which is committed: the committed prefix reaches it.
+    fn forget_through(&mut self, floor: Seq) {
+        if floor < self.base {
+            return;
+        }
+        let dropped = (floor.0 - self.base.0).saturating_add(1).min(self.slots.len() as u64);
+        self.slots.drain(..dropped as usize);
+        self.base = floor.next();
+        self.committed = self.committed.max(floor);
+        self.known_committed = self.known_committed.max(floor);
+        self.committed_stored = self.committed_stored.max(floor);
+        self.notices = self.notices.split_off(&floor.next());
+        self.advance_committed();
+    }
+
+    /// A peer forgot numbers this server has not refilled yet: they are committed and covered
+    /// by a checkpoint, so it skips them (after a heartbeat showed the group that far, so that a
+    /// stray message cannot move it).
+    pub fn handle_forgotten(&mut self, from: Pid, forgotten: &Forgotten, out: &mut Outbox) {
+        let bogus = forgotten.floor > self.known_committed || forgotten.floor == Seq(u64::MAX);
+        if self.cfg.commit_rank(from).is_none() || bogus {
+            return;
+        }
+        self.note_checkpoint(forgotten.checkpoint);
+        if forgotten.floor > self.committed {
+            self.forget_through(forgotten.floor);
+            out.persist(Record::Floor(forgotten.floor));
+            self.advance_accepted();
+        }
+    }
+
     fn advance_committed(&mut self) {
-        while self.stored(self.committed.next()).is_some_and(|s| s.committed) {
+        while self.committed < Seq(u64::MAX) && self.stored(self.committed.next()).is_some_and(|s| s.committed) {
             self.committed = self.committed.next();
         }
         while self.notices.first_key_value().is_some_and(|(s, _)| *s <= self.committed) {
@@ -636,10 +720,16 @@ impl CommitServer {
     /// Answers a query with the committed entries it covers, in runs of consecutive numbers.
     /// For numbers it knows committed from a `Commit` but holds no slot for, it repeats what
     /// the `Commit` said: a peer that holds the slot but missed the `Commit` can then mark it.
+    /// Numbers this server forgot are answered once with `Forgotten`.
     pub fn handle_query(&self, from: Pid, query: &QueryEntries, out: &mut Outbox) {
+        if query.ranges.iter().any(|r| !r.is_empty() && r.first < self.base) {
+            let forgotten = Forgotten { floor: self.floor(), checkpoint: self.checkpoint };
+            out.send(Dest::Pid(from), Message::Forgotten(forgotten));
+        }
         let mut budget = self.cfg.nack_batch;
-        for range in query.ranges.iter().filter(|r| !r.is_empty()) {
-            let range = SeqRange { first: range.first, last: range.last.min(range.first.plus(budget as u64 - 1)) };
+        for range in query.ranges.iter().filter(|r| !r.is_empty() && r.last >= self.base) {
+            let first = range.first.max(self.base);
+            let range = SeqRange { first, last: range.last.min(first.plus(budget as u64 - 1)) };
             budget -= range.len() as usize;
             self.answer_entries(from, range, out);
             self.answer_notices(from, range, out);
@@ -750,6 +840,7 @@ impl CommitServer {
             out.persist(Record::Committed(self.committed));
             self.committed_stored = self.committed;
             self.next_committed_write = now.plus_us(self.cfg.heartbeat_interval_us);
+            self.collect_garbage(out);
         }
     }
 
@@ -785,7 +876,7 @@ mod tests {
     }
 
     fn hb(epoch: Epoch, sequencer: u64) -> Heartbeat {
-        Heartbeat { epoch, sequencer: Pid(sequencer), committed: Seq::ZERO }
+        Heartbeat { epoch, sequencer: Pid(sequencer), committed: Seq::ZERO, checkpoint: None }
     }
 
     fn votes(out: &mut Outbox) -> usize {
@@ -822,6 +913,40 @@ mod tests {
         assert!(CommitServer::recover(cfg(), Pid(2), rng(), &lost, Time(4)).is_rejoining());
         let rejoined = [Record::StorageLost, Record::Promise(Epoch::new(2, 2))];
         assert!(!CommitServer::recover(cfg(), Pid(2), rng(), &rejoined, Time(4)).is_rejoining());
+    }
+
+    /// DESIGN section 5: entries covered by the checkpoint and older than `max_lifetime` are
+    /// forgotten; a query for them is answered `Forgotten`, and a lagging peer skips to it.
+    #[test]
+    fn forgets_under_the_checkpoint_keeps_the_lifetime_and_a_peer_skips_ahead() {
+        let mut c = (*cfg()).clone();
+        c.max_lifetime = 4;
+        let cfg = Arc::new(c);
+        let mut out = Outbox::new();
+        let mut s = CommitServer::new(cfg.clone(), Pid(2), rng(), Time(0));
+        let e = Epoch::initial();
+        let entries = vec![Entry::Noop; 10];
+        s.handle_assign(Pid(1), &Assign { epoch: e, epoch_first: Seq(1), first: Seq(1), entries }, &mut out);
+        s.handle_commit(Time(1), &Commit { epoch: e, first: Seq(1), entries: vec![Assigned::Noop; 10] });
+        let checkpoint = CheckpointInfo { seq: Seq(8), size: 0, blocks: 0, digest: crate::ids::Digest(0) };
+        s.handle_heartbeat(Time(2), &Heartbeat { checkpoint: Some(checkpoint), ..hb(e, 1) }, &mut out);
+        s.handle_tick(Time(3), &mut out);
+        assert_eq!(s.floor(), Seq(6), "the last max_lifetime entries stay: 10 - 4");
+        assert!(out.drain().any(|a| matches!(a, Action::Persist { record: Record::Floor(Seq(6)), .. })));
+        s.handle_query(Pid(9), &QueryEntries { ranges: vec![SeqRange { first: Seq(3), last: Seq(8) }] }, &mut out);
+        let answers: Vec<Message> = out
+            .drain()
+            .filter_map(|a| match a {
+                Action::Send { msg, .. } => Some(msg),
+                _ => None,
+            })
+            .collect();
+        assert!(matches!(answers[0], Message::Forgotten(Forgotten { floor: Seq(6), .. })), "{answers:?}");
+        assert!(matches!(&answers[1], Message::Entries(e) if e.first == Seq(7) && e.slots.len() == 2));
+        let mut peer = CommitServer::new(cfg, Pid(3), rng(), Time(0));
+        peer.handle_heartbeat(Time(2), &Heartbeat { committed: Seq(10), ..hb(e, 1) }, &mut out);
+        peer.handle_forgotten(Pid(2), &Forgotten { floor: Seq(6), checkpoint: Some(checkpoint) }, &mut out);
+        assert_eq!((peer.committed(), peer.floor()), (Seq(6), Seq(6)));
     }
 
     /// DESIGN section 4, step 4: an entry is replaced only by one of a higher epoch.

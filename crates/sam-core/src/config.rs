@@ -66,6 +66,13 @@ pub struct Config {
     pub heartbeat_recent: usize,
     /// The bytes of uncommitted data a member buffers before it drops and fetches later.
     pub member_buffer_bytes: usize,
+    /// Checkpoints fall at the multiples of this number (DESIGN section 5).
+    pub checkpoint_every: u64,
+    /// A member more than this many numbers behind the committed prefix catches up from the
+    /// advertised checkpoint rather than from the log (it also does when the log it needs is
+    /// gone). Two checkpoint intervals by default: a member that caught up, and lags by the
+    /// interval that passed meanwhile, goes on from the log.
+    pub catch_up_after: u64,
     /// A broken variant of the protocol, for checker tests only.
     #[cfg(feature = "mutations")]
     pub mutation: Option<Mutation>,
@@ -159,6 +166,8 @@ impl Config {
             batch_entries: 512,
             heartbeat_recent: 64,
             member_buffer_bytes: 64 << 20,
+            checkpoint_every: 50_000,
+            catch_up_after: 100_000,
             #[cfg(feature = "mutations")]
             mutation: None,
         }
@@ -186,6 +195,8 @@ impl Config {
             ("nack_batch", self.nack_batch as u64),
             ("batch_entries", self.batch_entries as u64),
             ("member_buffer_bytes", self.member_buffer_bytes as u64),
+            ("checkpoint_every", self.checkpoint_every),
+            ("catch_up_after", self.catch_up_after),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Zero { key });
@@ -215,6 +226,16 @@ impl Config {
     /// The rank of `pid` among the data servers.
     pub fn data_rank(&self, pid: Pid) -> Option<usize> {
         self.data_servers.iter().position(|p| *p == pid)
+    }
+
+    /// The rank of `pid` among the checkpoint servers.
+    pub fn checkpoint_rank(&self, pid: Pid) -> Option<usize> {
+        self.checkpoint_servers.iter().position(|p| *p == pid)
+    }
+
+    /// Whether `seq` is a checkpoint number.
+    pub fn is_checkpoint(&self, seq: Seq) -> bool {
+        seq.0 > 0 && seq.0.is_multiple_of(self.checkpoint_every)
     }
 
     /// Whether a broken variant is switched on (always false without the `mutations` feature).

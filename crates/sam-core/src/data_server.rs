@@ -5,6 +5,13 @@
 //! A sender's retransmission of a message it already holds, uncommitted, makes it ask again,
 //! so a lost `Order` costs one retransmission interval and no timer of its own. It serves the
 //! messages members missed (`Fetch`), and follows heartbeats to know where the sequencer is.
+//!
+//! Garbage collection (DESIGN section 5): once a checkpoint is advertised, it drops every
+//! message committed at or below the checkpoint before it, `c`, and every message whose
+//! lifetime ends at or below `c` (never committed, or committed where this server missed the
+//! `Commit`: either way at or below `c`). A message whose lifetime ends later may still be
+//! numbered, so it stays. Keeping the last interval spares members that lag a little behind
+//! the newest checkpoint a catch-up: they recover from the log.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -39,6 +46,9 @@ pub struct DataServer {
     orders: Vec<OrderItem>,
     sequencer: Pid,
     epoch: Epoch,
+    /// The two highest advertised checkpoints heard of: the one before the latest, and the
+    /// latest.
+    checkpoints: (Seq, Seq),
 }
 
 impl DataServer {
@@ -53,7 +63,18 @@ impl DataServer {
             orders: Vec::new(),
             sequencer,
             epoch: Epoch::NONE,
+            checkpoints: (Seq::ZERO, Seq::ZERO),
         }
+    }
+
+    /// Whether this server holds `mid` (a host's store may drop the others).
+    pub fn holds(&self, mid: &Mid) -> bool {
+        self.held.contains_key(mid)
+    }
+
+    /// How many messages this server holds (for resource checks).
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     /// Rebuilds a data server from its durable records, oldest first. What it holds is
@@ -129,6 +150,10 @@ impl DataServer {
     /// Follows the highest epoch's sequencer. A new sequencer gets every held, uncommitted
     /// message ordered again (DESIGN section 6): the orders its predecessor counted are lost.
     pub fn handle_heartbeat(&mut self, hb: &Heartbeat, out: &mut Outbox) {
+        if let Some(c) = hb.checkpoint.filter(|c| c.seq > self.checkpoints.1) {
+            self.checkpoints = (self.checkpoints.1, c.seq);
+            self.collect_garbage();
+        }
         if hb.epoch < self.epoch {
             return;
         }
@@ -140,6 +165,13 @@ impl DataServer {
             self.orders.extend(pending.map(|(mid, h)| OrderItem { mid: *mid, ts: h.ts, digest: h.digest }));
             self.flush_orders(out);
         }
+    }
+
+    /// Drops what the checkpoint before the latest covers; a write not yet durable stays until
+    /// it is.
+    fn collect_garbage(&mut self) {
+        let (cfg, checkpoint) = (&self.cfg, self.checkpoints.0);
+        self.held.retain(|_, h| !h.durable || h.committed.unwrap_or(cfg.lifetime_end(h.ts)) > checkpoint);
     }
 
     /// Serves the messages a member asks for (those it holds).

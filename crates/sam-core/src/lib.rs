@@ -41,6 +41,7 @@
 pub mod action;
 mod asker;
 pub mod ballot;
+mod catch_up;
 pub mod checkpoint_server;
 pub mod client;
 pub mod commit_server;
@@ -60,7 +61,7 @@ pub use commit_server::CommitServer;
 pub use config::{Config, ConfigError, Mutation};
 pub use data_server::DataServer;
 pub use ids::{Digest, Epoch, Incarnation, Mid, Pid, Seq, SeqRange, Source, Time};
-pub use message::{Assigned, Entry, Message, Slot};
+pub use message::{Assigned, CheckpointInfo, Entry, Message, Slot};
 pub use process::{Process, Roles};
 pub use sequencer::Sequencer;
 pub use state_machine::{KvOp, KvTable, RestoreError, StateMachine};

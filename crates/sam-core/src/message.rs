@@ -144,6 +144,32 @@ pub struct Heartbeat {
     pub sequencer: Pid,
     /// Every number up to this one is committed.
     pub committed: Seq,
+    /// The advertised checkpoint: `k_checkpoint` checkpoint servers reported it alike.
+    pub checkpoint: Option<CheckpointInfo>,
+}
+
+/// A checkpoint as reported and advertised (DESIGN section 5): the snapshot of the replicated
+/// state after every number up to `seq`, in `blocks` blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CheckpointInfo {
+    /// Every number up to this one is reflected (a multiple of `checkpoint_every`).
+    pub seq: Seq,
+    /// The snapshot's size in bytes.
+    pub size: u64,
+    /// How many blocks it is stored in.
+    pub blocks: u32,
+    /// The digest of the whole snapshot.
+    pub digest: Digest,
+}
+
+/// Commit server → asker: "every number up to `floor` is committed and no longer kept here";
+/// a member behind it catches up from `checkpoint`, a commit server skips to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The highest number forgotten.
+    pub floor: Seq,
+    /// The advertised checkpoint the server knows, which covers `floor`.
+    pub checkpoint: Option<CheckpointInfo>,
 }
 
 /// Member → commit server: "which entries hold these (committed) numbers?"
@@ -237,6 +263,9 @@ pub struct Promise {
     pub last: Seq,
     /// The highest number the server stores (below `from_seq` when it stores none above).
     pub highest: Seq,
+    /// Every number up to this one is committed and forgotten by the server (garbage
+    /// collected under a checkpoint): the candidate recovers from `floor + 1` at the earliest.
+    pub floor: Seq,
     /// The stored slots in `first..=last`, in number order; numbers not listed hold nothing.
     pub slots: Vec<PromisedSlot>,
 }
@@ -276,6 +305,10 @@ pub enum Message {
     PreVote(PreVote),
     /// See [`PreVoteGranted`].
     PreVoteGranted(PreVoteGranted),
+    /// Checkpoint server → sequencer: a checkpoint it made and holds durably.
+    CheckpointReport(CheckpointInfo),
+    /// See [`Forgotten`].
+    Forgotten(Forgotten),
 }
 
 /// The kind of a message, for counters and dispatch.
@@ -313,11 +346,15 @@ pub enum Kind {
     PreVote,
     /// [`PreVoteGranted`]
     PreVoteGranted,
+    /// [`Message::CheckpointReport`]
+    CheckpointReport,
+    /// [`Forgotten`]
+    Forgotten,
 }
 
 impl Kind {
     /// Every kind, in wire-tag order.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Data,
         Kind::Order,
         Kind::Assign,
@@ -334,6 +371,8 @@ impl Kind {
         Kind::Promise,
         Kind::PreVote,
         Kind::PreVoteGranted,
+        Kind::CheckpointReport,
+        Kind::Forgotten,
     ];
 }
 
@@ -357,6 +396,8 @@ impl Message {
             Message::Promise(_) => Kind::Promise,
             Message::PreVote(_) => Kind::PreVote,
             Message::PreVoteGranted(_) => Kind::PreVoteGranted,
+            Message::CheckpointReport(_) => Kind::CheckpointReport,
+            Message::Forgotten(_) => Kind::Forgotten,
         }
     }
 }

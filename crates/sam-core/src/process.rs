@@ -17,14 +17,15 @@ use rustc_hash::FxHashSet;
 
 use crate::action::{Action, Channel, Dest, Outbox, Record, WriteId};
 use crate::ballot::{Ballot, Verdict};
-use crate::checkpoint_server::CheckpointServer;
+use crate::checkpoint_server::{CheckpointServer, Verdict as CheckpointVerdict};
 use crate::client::{Client, SendError};
 use crate::commit_server::CommitServer;
 use crate::config::Config;
 use crate::data_server::DataServer;
 use crate::ids::{Epoch, Incarnation, Mid, Pid, Source, Time};
-use crate::message::{Entry, Message, PreVoteGranted};
+use crate::message::{Entry, Heartbeat, Message, PreVoteGranted};
 use crate::sequencer::{Sequencer, Takeover};
+use crate::state_machine::{KvTable, StateMachine};
 
 /// Which roles a process holds. The sequencer is not chosen: commit servers elect it (at a
 /// fresh group's start, the commit server of rank 0 stands first).
@@ -34,7 +35,8 @@ pub struct Roles {
     pub commit: bool,
     /// A data server (its pid must be in `Config::data_servers`).
     pub data: bool,
-    /// A checkpoint server's block service.
+    /// A checkpoint server: its member snapshots its state machine at checkpoint numbers
+    /// (requires `client`).
     pub checkpoint: bool,
     /// A member that sends and delivers, with this incarnation.
     pub client: Option<Incarnation>,
@@ -57,19 +59,37 @@ pub struct Process {
 impl Process {
     /// Starts a process from its durable `records` (empty on first start). `seed` seeds the
     /// roles' random choices (NACK jitter, server rotation), so a run replays exactly.
+    /// A checkpoint server runs the built-in [`KvTable`] until
+    /// [`Process::attach_state_machine`] gives it another, restored from its latest checkpoint.
     pub fn start(cfg: Arc<Config>, pid: Pid, roles: Roles, seed: u64, now: Time, records: &[Record]) -> Process {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
         let mut fork = || Xoshiro256PlusPlus::from_rng(&mut rng);
-        Process {
+        let mut process = Process {
             pid,
             sequencer: None,
             ballot: None,
             commit: roles.commit.then(|| CommitServer::recover(cfg.clone(), pid, fork(), records, now)),
             data: roles.data.then(|| DataServer::recover(cfg.clone(), records)),
-            checkpoint: roles.checkpoint.then(CheckpointServer::new),
+            checkpoint: roles.checkpoint.then(|| CheckpointServer::recover(records)),
             client: roles.client.map(|incarnation| Client::new(cfg.clone(), Source { pid, incarnation }, fork())),
             out: Outbox::new(),
             cfg,
+        };
+        if roles.checkpoint {
+            process.attach_state_machine(now, Box::new(KvTable::new()));
+        }
+        process
+    }
+
+    /// Runs `machine` on this process's deliveries (it needs the client role). A checkpoint
+    /// server snapshots it at checkpoint numbers, and restores it now from its latest
+    /// checkpoint, from which deliveries continue.
+    pub fn attach_state_machine(&mut self, now: Time, machine: Box<dyn StateMachine + Send>) {
+        let Some(client) = &mut self.client else { return };
+        client.attach(machine, self.checkpoint.is_some());
+        if let Some(latest) = self.checkpoint.as_ref().and_then(CheckpointServer::latest) {
+            let snapshot: Bytes = latest.blocks.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+            client.restore_local(now, latest.seq, snapshot, &mut self.out);
         }
     }
 
@@ -105,8 +125,8 @@ impl Process {
     }
 
     /// The checkpoint server role.
-    pub fn checkpoint_server(&mut self) -> Option<&mut CheckpointServer> {
-        self.checkpoint.as_mut()
+    pub fn checkpoint_server(&self) -> Option<&CheckpointServer> {
+        self.checkpoint.as_ref()
     }
 
     /// The client role.
@@ -124,6 +144,7 @@ impl Process {
 
     /// Routes a message from `from` to the roles that handle its kind.
     pub fn handle(&mut self, now: Time, from: Pid, msg: &Message) {
+        let mark = self.out.len();
         let out = &mut self.out;
         match msg {
             Message::Data(m) => {
@@ -203,6 +224,7 @@ impl Process {
                 if let Some(c) = &mut self.client {
                     c.handle_heartbeat(now, m, out);
                 }
+                self.check_checkpoint(now, m);
             }
             Message::QueryEntries(m) => {
                 if let Some(c) = &self.commit {
@@ -227,10 +249,57 @@ impl Process {
                     c.handle_fetch_blocks(from, m, out);
                 }
             }
-            Message::Block(_) => {}
+            Message::Block(m) => {
+                if let Some(c) = &mut self.client {
+                    c.handle_block(now, m, out);
+                }
+            }
+            Message::CheckpointReport(m) => {
+                if let Some(s) = &mut self.sequencer {
+                    s.handle_checkpoint_report(from, m, out);
+                }
+            }
+            Message::Forgotten(m) => {
+                if let Some(c) = &mut self.commit {
+                    c.handle_forgotten(from, m, out);
+                }
+                if let Some(c) = &mut self.client {
+                    c.handle_forgotten(now, m);
+                }
+            }
         }
+        self.keep_checkpoints(mark);
         self.step_down_if_deposed();
         self.check_invariants();
+    }
+
+    /// A checkpoint server checks its checkpoint against the advertised one; its member
+    /// restores from the advertised one when its own state diverged.
+    fn check_checkpoint(&mut self, now: Time, hb: &Heartbeat) {
+        let Some(cp) = &mut self.checkpoint else { return };
+        if let CheckpointVerdict::Diverged(agreed) = cp.handle_heartbeat(now, self.pid, hb, &mut self.out) {
+            if let Some(c) = &mut self.client {
+                c.restore_from(now, agreed);
+            }
+        }
+    }
+
+    /// Hands the checkpoint server the snapshots its member took, and the checkpoints it
+    /// restored since `mark` (which it then serves too).
+    fn keep_checkpoints(&mut self, mark: usize) {
+        let (Some(cp), Some(client)) = (&mut self.checkpoint, &mut self.client) else { return };
+        let restored: Vec<(crate::ids::Seq, Bytes)> = self
+            .out
+            .since(mark)
+            .iter()
+            .filter_map(|a| match a {
+                Action::Restored { seq, snapshot } => Some((*seq, snapshot.clone())),
+                _ => None,
+            })
+            .collect();
+        for (seq, snapshot) in client.take_snapshots().into_iter().chain(restored) {
+            cp.take(seq, snapshot, &mut self.out);
+        }
     }
 
     /// Shows the co-located commit server the `Commit`s and heartbeats its sequencer just
@@ -266,6 +335,7 @@ impl Process {
         if let Some(c) = &mut self.client {
             c.handle_tick(now, out);
         }
+        self.keep_checkpoints(mark);
         self.run_ballot(now);
         self.check_invariants();
     }
@@ -327,7 +397,8 @@ impl Process {
         if !b.has_quorum(own_rank) {
             return;
         }
-        let (history_first, history) = c.takeover_history(b.from_seq());
+        let from_seq = b.recovery_start();
+        let (history_first, history) = c.takeover_history(from_seq);
         let committed_below: FxHashSet<Mid> = history
             .iter()
             .filter_map(|e| match e {
@@ -336,7 +407,8 @@ impl Process {
             })
             .collect();
         let Some(recovered) = b.recovered(own_rank, &committed_below) else { return };
-        let takeover = Takeover { from_seq: b.from_seq(), history_first, history, recovered };
+        let checkpoint = c.checkpoint();
+        let takeover = Takeover { from_seq, history_first, history, recovered, checkpoint };
         let mut sequencer = Sequencer::take_office(self.cfg.clone(), self.pid, b.epoch(), takeover, now);
         sequencer.flush(&mut self.out);
         self.sequencer = Some(sequencer);
@@ -361,6 +433,9 @@ impl Process {
         }
         if let Some(d) = &mut self.data {
             d.handle_durable(upto, out);
+        }
+        if let Some(c) = &mut self.checkpoint {
+            c.handle_durable(now, upto, out);
         }
         self.announce_ballot(now);
         self.check_invariants();
@@ -439,8 +514,12 @@ mod tests {
     #[test]
     fn a_candidate_cut_off_on_its_own_never_raises_its_promise() {
         let mut p = Process::start(group(), Pid(2), Roles { commit: true, ..Roles::default() }, 1, Time(0), &[]);
-        let hb =
-            crate::message::Heartbeat { epoch: Epoch::initial(), sequencer: Pid(1), committed: crate::ids::Seq::ZERO };
+        let hb = Heartbeat {
+            epoch: Epoch::initial(),
+            sequencer: Pid(1),
+            committed: crate::ids::Seq::ZERO,
+            checkpoint: None,
+        };
         p.handle(Time(0), Pid(1), &Message::Heartbeat(hb));
         let mut asked = 0;
         let mut now = Time(0);

@@ -8,23 +8,29 @@
 //! Its heartbeats carry the epoch, its pid, the committed prefix, and repeat the latest
 //! commits so that one lost `Commit` does not start a storm of queries.
 //!
+//! It also advertises the latest checkpoint (DESIGN section 5): once `k_checkpoint` checkpoint
+//! servers report the same number and digest, heartbeats carry it; reports that disagree are
+//! raised as [`Action::CheckpointMismatch`] and never advertised.
+//!
 //! Its work per message is constant in the number of members: members never talk to it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::action::{Channel, Dest, Outbox};
+use crate::action::{Action, Channel, Dest, Outbox};
 use crate::config::{Config, Mutation, MAX_SERVERS_PER_KIND};
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq, Time};
-use crate::message::{Accepted, Assign, Commit, Entry, Heartbeat, Message, Order, OrderItem, Rejected};
+use crate::message::{Accepted, Assign, CheckpointInfo, Commit, Entry, Heartbeat, Message, Order, OrderItem, Rejected};
 
 /// The most messages waiting for enough `Order`s or for room in the window; beyond it new
 /// ones are ignored until data servers ask again (their senders retransmit).
 pub const MAX_PENDING_ORDERS: usize = 1 << 20;
 /// The most entries re-sent to one lagging commit server in one go.
 pub const MAX_RESEND_ENTRIES: usize = 8192;
+/// The most checkpoint numbers whose reports are collected at once; older ones are dropped.
+pub const MAX_REPORTED_CHECKPOINTS: usize = 8;
 
 /// What a new sequencer starts from (DESIGN section 6).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,6 +43,9 @@ pub struct Takeover {
     pub history: Vec<Entry>,
     /// The entries to re-propose from `from_seq` on.
     pub recovered: Vec<Entry>,
+    /// The highest checkpoint advertised before, as far as the candidate knows: the
+    /// advertised checkpoint never goes back.
+    pub checkpoint: Option<CheckpointInfo>,
 }
 
 /// Votes for one message not yet numbered.
@@ -82,14 +91,17 @@ pub struct Sequencer {
     next_heartbeat: Time,
     /// The higher epoch a commit server promised, once one said so (this sequencer is deposed).
     deposed: Option<Epoch>,
+    /// The advertised checkpoint.
+    checkpoint: Option<CheckpointInfo>,
+    /// Checkpoint reports above the advertised one: per number, each reporting rank's report.
+    reports: BTreeMap<Seq, Vec<(usize, CheckpointInfo)>>,
 }
 
 impl Sequencer {
     /// A sequencer for `epoch` whose first number is `epoch_first`, with every number below it
     /// committed and no history (a group's very first epoch starts so at `Seq(1)`).
     pub fn new(cfg: Arc<Config>, me: Pid, epoch: Epoch, epoch_first: Seq, now: Time) -> Sequencer {
-        let takeover =
-            Takeover { from_seq: epoch_first, history_first: epoch_first, history: Vec::new(), recovered: Vec::new() };
+        let takeover = Takeover { from_seq: epoch_first, history_first: epoch_first, ..Takeover::default() };
         Sequencer::take_office(cfg, me, epoch, takeover, now)
     }
 
@@ -129,6 +141,8 @@ impl Sequencer {
             unsent_from: from_seq,
             next_heartbeat: now,
             deposed: None,
+            checkpoint: takeover.checkpoint,
+            reports: BTreeMap::new(),
             cfg,
         }
     }
@@ -151,6 +165,11 @@ impl Sequencer {
     /// The highest number assigned so far.
     pub fn max_assigned(&self) -> Seq {
         self.next.minus(1)
+    }
+
+    /// The advertised checkpoint.
+    pub fn checkpoint(&self) -> Option<CheckpointInfo> {
+        self.checkpoint
     }
 
     /// The higher epoch a commit server reported, if this sequencer has been deposed.
@@ -331,6 +350,40 @@ impl Sequencer {
         }
     }
 
+    /// A checkpoint server reports a checkpoint it holds durably: advertised once
+    /// `k_checkpoint` servers agree; a digest that differs from another report for the same
+    /// number, or from the advertised one, is raised. Reports of a number that is not a
+    /// checkpoint number, or is not committed yet, are ignored (servers report again).
+    pub fn handle_checkpoint_report(&mut self, from: Pid, info: &CheckpointInfo, out: &mut Outbox) {
+        let Some(rank) = self.cfg.checkpoint_rank(from) else { return };
+        if !self.cfg.is_checkpoint(info.seq) || info.seq > self.committed {
+            return;
+        }
+        if let Some(adv) = self.checkpoint.filter(|c| c.seq >= info.seq) {
+            if adv.seq == info.seq && adv.digest != info.digest {
+                out.push(mismatch(from, info, adv.digest));
+            }
+            return;
+        }
+        let reports = self.reports.entry(info.seq).or_default();
+        if reports.iter().any(|(r, i)| *r == rank && i == info) {
+            return;
+        }
+        if let Some((_, other)) = reports.iter().find(|(r, i)| *r != rank && i.digest != info.digest) {
+            out.push(mismatch(from, info, other.digest));
+        }
+        reports.retain(|(r, _)| *r != rank);
+        reports.push((rank, *info));
+        let agreeing = reports.iter().filter(|(_, i)| i == info).count();
+        if agreeing >= self.cfg.k_checkpoint {
+            self.checkpoint = Some(*info);
+            self.reports = self.reports.split_off(&info.seq.next());
+        }
+        while self.reports.len() > MAX_REPORTED_CHECKPOINTS {
+            self.reports.pop_first();
+        }
+    }
+
     /// Heartbeats, re-sends to silent commit servers, and forgets orders that can never be
     /// numbered.
     pub fn handle_tick(&mut self, now: Time, out: &mut Outbox) {
@@ -355,7 +408,8 @@ impl Sequencer {
         if self.committed < self.recovered_last {
             return;
         }
-        let hb = Heartbeat { epoch: self.epoch, sequencer: self.me, committed: self.committed };
+        let hb =
+            Heartbeat { epoch: self.epoch, sequencer: self.me, committed: self.committed, checkpoint: self.checkpoint };
         out.send(Dest::Channel(Channel::Global), Message::Heartbeat(hb));
         // Only this epoch's own commits are repeated: the history below `epoch_first` serves
         // de-duplication and was announced by earlier sequencers.
@@ -391,6 +445,12 @@ impl Sequencer {
             "only a recovered range exceeds the window"
         );
     }
+}
+
+/// The error raised when `from` reports `info` but `expected` is the digest another server
+/// reported (or the advertised one).
+fn mismatch(from: Pid, info: &CheckpointInfo, expected: Digest) -> Action {
+    Action::CheckpointMismatch { seq: info.seq, server: from, digest: info.digest, expected }
 }
 
 /// The `k`-th highest of `values` (1-based): the number that `k` servers have all accepted.
@@ -489,6 +549,34 @@ mod tests {
             s.handle_accepted(Time(1), p, &Accepted { epoch: Epoch::initial(), upto: Seq(2) }, &mut out);
         }
         assert_eq!(s.max_assigned(), Seq(4));
+    }
+
+    /// DESIGN section 5: a checkpoint is advertised once `k_checkpoint` servers reported the
+    /// same number and digest; a differing digest is raised and never advertised.
+    #[test]
+    fn advertises_a_checkpoint_k_servers_agree_on_and_raises_a_mismatch() {
+        let mut c = Config::new(vec![Pid(1)], vec![Pid(11)], vec![Pid(21), Pid(22), Pid(23)]);
+        c.k_commit = 1;
+        c.k_data = 1;
+        c.checkpoint_every = 2;
+        let mut s = Sequencer::new(Arc::new(c), Pid(1), Epoch::initial(), Seq(1), Time(0));
+        let mut out = Outbox::new();
+        s.handle_order(Pid(11), &order(1..3), &mut out);
+        s.handle_accepted(Time(1), Pid(1), &Accepted { epoch: Epoch::initial(), upto: Seq(2) }, &mut out);
+        out.drain().count();
+        let info = |d| CheckpointInfo { seq: Seq(2), size: 10, blocks: 1, digest: Digest(d) };
+        s.handle_checkpoint_report(Pid(21), &info(7), &mut out);
+        s.handle_checkpoint_report(Pid(21), &info(7), &mut out);
+        assert_eq!(s.checkpoint(), None, "one server, however often, is not enough");
+        s.handle_checkpoint_report(Pid(22), &info(8), &mut out);
+        let raised = out.drain().filter(|a| matches!(a, Action::CheckpointMismatch { seq: Seq(2), .. })).count();
+        assert_eq!((raised, s.checkpoint()), (1, None));
+        s.handle_checkpoint_report(Pid(23), &info(7), &mut out);
+        assert_eq!(s.checkpoint(), Some(info(7)));
+        let uncommitted = CheckpointInfo { seq: Seq(4), ..info(7) };
+        s.handle_checkpoint_report(Pid(21), &uncommitted, &mut out);
+        s.handle_checkpoint_report(Pid(22), &uncommitted, &mut out);
+        assert_eq!(s.checkpoint(), Some(info(7)), "a checkpoint above the committed prefix is not advertised");
     }
 
     #[test]

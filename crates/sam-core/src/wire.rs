@@ -106,16 +106,21 @@
 //! | 3   | [`Accepted`]         | `epoch` (varint), `upto` (varint)                                                                    |
 //! | 4   | [`Rejected`]         | `promised` (varint)                                                                                  |
 //! | 5   | [`Commit`]           | `epoch` (varint), `first` (varint), `entries` (list of [`Assigned`], tagged)                         |
-//! | 6   | [`Heartbeat`]        | `epoch` (varint), `sequencer` (varint pid), `committed` (varint)                                     |
+//! | 6   | [`Heartbeat`]        | `epoch` (varint), `sequencer` (varint pid), `committed` (varint), `checkpoint` (optional checkpoint) |
 //! | 7   | [`QueryEntries`]     | `ranges` (list of [`SeqRange`])                                                                      |
 //! | 8   | [`Entries`]          | `first` (varint), `slots` (list of [`Slot`], entries tagged)                                         |
 //! | 9   | [`Fetch`]            | `mids` (list of [`Mid`], tagged)                                                                     |
 //! | 10  | [`FetchBlocks`]      | `seq` (varint), `blocks` (list of u32 varints)                                                       |
 //! | 11  | [`Block`]            | `seq` (varint), `index` (u32 varint), `digest` (16 bytes), `bytes` (bytes)                           |
 //! | 12  | [`Prepare`]          | `epoch` (varint), `from_seq` (varint)                                                                |
-//! | 13  | [`Promise`]          | `epoch` (varint), `first`..`last` (as a [`SeqRange`]), `highest` (varint), `slots` (list of [`PromisedSlot`]) |
+//! | 13  | [`Promise`]          | `epoch` (varint), `first`..`last` (as a [`SeqRange`]), `highest` (varint), `floor` (varint), `slots` (list of [`PromisedSlot`]) |
 //! | 14  | [`PreVote`]          | `epoch` (varint)                                                                                     |
 //! | 15  | [`PreVoteGranted`]   | `epoch` (varint)                                                                                     |
+//! | 16  | [`Message::CheckpointReport`] | the checkpoint                                                                              |
+//! | 17  | [`Forgotten`]        | `floor` (varint), `checkpoint` (optional checkpoint)                                                 |
+//!
+//! A *checkpoint* ([`CheckpointInfo`]) is `seq` (varint), `size` (varint), `blocks` (u32 varint),
+//! `digest` (16 bytes); an *optional checkpoint* is a byte `0` (none) or `1` followed by one.
 //!
 //! # Example
 //!
@@ -147,8 +152,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::ids::{Digest, Epoch, Incarnation, Mid, Pid, Seq, SeqRange, Source};
 use crate::message::{
-    Accepted, Assign, Assigned, Block, Commit, Data, Entries, Entry, Fetch, FetchBlocks, Heartbeat, Kind, Message,
-    Order, OrderItem, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected, Slot,
+    Accepted, Assign, Assigned, Block, CheckpointInfo, Commit, Data, Entries, Entry, Fetch, FetchBlocks, Forgotten,
+    Heartbeat, Kind, Message, Order, OrderItem, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries,
+    Rejected, Slot,
 };
 
 /// The first two bytes of every frame.
@@ -434,6 +440,7 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
             s.varint(h.epoch.0);
             s.varint(h.sequencer.0);
             s.varint(h.committed.0);
+            put_checkpoint_opt(s, &h.checkpoint);
         }
         Message::QueryEntries(q) => {
             put_len(s, q.ranges.len());
@@ -476,10 +483,16 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
         }
         Message::PreVote(p) => s.varint(p.epoch.0),
         Message::PreVoteGranted(p) => s.varint(p.epoch.0),
+        Message::CheckpointReport(c) => put_checkpoint(s, c),
+        Message::Forgotten(f) => {
+            s.varint(f.floor.0);
+            put_checkpoint_opt(s, &f.checkpoint);
+        }
         Message::Promise(p) => {
             s.varint(p.epoch.0);
             put_range(s, &SeqRange { first: p.first, last: p.last });
             s.varint(p.highest.0);
+            s.varint(p.floor.0);
             put_len(s, p.slots.len());
             let mut prev_seq = p.first;
             let mut prev = None;
@@ -489,6 +502,23 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
                 s.varint(ps.slot.epoch.0);
                 put_entry(s, &mut prev, &ps.slot.entry);
             }
+        }
+    }
+}
+
+fn put_checkpoint<S: Sink>(s: &mut S, c: &CheckpointInfo) {
+    s.varint(c.seq.0);
+    s.varint(c.size);
+    s.varint(u64::from(c.blocks));
+    put_digest(s, c.digest);
+}
+
+fn put_checkpoint_opt<S: Sink>(s: &mut S, c: &Option<CheckpointInfo>) {
+    match c {
+        None => s.byte(0),
+        Some(c) => {
+            s.byte(1);
+            put_checkpoint(s, c);
         }
     }
 }
@@ -785,6 +815,18 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn checkpoint(&mut self) -> Result<CheckpointInfo, DecodeError> {
+        Ok(CheckpointInfo { seq: self.seq()?, size: self.varint()?, blocks: self.u32()?, digest: self.digest()? })
+    }
+
+    fn checkpoint_opt(&mut self) -> Result<Option<CheckpointInfo>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => self.checkpoint().map(Some),
+            tag => Err(DecodeError::BadTag(tag)),
+        }
+    }
+
     fn range(&mut self) -> Result<SeqRange, DecodeError> {
         let first = self.varint()?;
         let delta = self.varint()?;
@@ -839,6 +881,7 @@ impl<'a> Reader<'a> {
                 epoch: self.epoch()?,
                 sequencer: Pid(self.varint()?),
                 committed: self.seq()?,
+                checkpoint: self.checkpoint_opt()?,
             }),
             Kind::QueryEntries => Message::QueryEntries(QueryEntries { ranges: self.list(2, Self::range)? }),
             Kind::Entries => {
@@ -865,10 +908,13 @@ impl<'a> Reader<'a> {
             Kind::Prepare => Message::Prepare(Prepare { epoch: self.epoch()?, from_seq: self.seq()? }),
             Kind::PreVote => Message::PreVote(PreVote { epoch: self.epoch()? }),
             Kind::PreVoteGranted => Message::PreVoteGranted(PreVoteGranted { epoch: self.epoch()? }),
+            Kind::CheckpointReport => Message::CheckpointReport(self.checkpoint()?),
+            Kind::Forgotten => Message::Forgotten(Forgotten { floor: self.seq()?, checkpoint: self.checkpoint_opt()? }),
             Kind::Promise => {
                 let epoch = self.epoch()?;
                 let range = self.range()?;
                 let highest = self.seq()?;
+                let floor = self.seq()?;
                 let mut prev_seq = range.first;
                 let mut prev = None;
                 let slots = self.list(3, |r| {
@@ -878,7 +924,7 @@ impl<'a> Reader<'a> {
                     prev_seq = Seq(seq);
                     Ok(PromisedSlot { seq: Seq(seq), slot: Slot { epoch: r.epoch()?, entry: r.entry(&mut prev)? } })
                 })?;
-                Message::Promise(Promise { epoch, first: range.first, last: range.last, highest, slots })
+                Message::Promise(Promise { epoch, first: range.first, last: range.last, highest, floor, slots })
             }
         })
     }
@@ -1069,9 +1115,29 @@ mod tests {
         })
     }
 
+    fn arb_checkpoint() -> impl Strategy<Value = CheckpointInfo> {
+        (arb_seq(), arb_u64(), arb_u32(), arb_digest()).prop_map(|(seq, size, blocks, digest)| CheckpointInfo {
+            seq,
+            size,
+            blocks,
+            digest,
+        })
+    }
+
     fn arb_heartbeat() -> impl Strategy<Value = Message> {
-        (arb_epoch(), arb_pid(), arb_seq())
-            .prop_map(|(epoch, sequencer, committed)| Message::Heartbeat(Heartbeat { epoch, sequencer, committed }))
+        (arb_epoch(), arb_pid(), arb_seq(), proptest::option::of(arb_checkpoint())).prop_map(
+            |(epoch, sequencer, committed, checkpoint)| {
+                Message::Heartbeat(Heartbeat { epoch, sequencer, committed, checkpoint })
+            },
+        )
+    }
+
+    fn arb_checkpoint_msgs() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            arb_checkpoint().prop_map(Message::CheckpointReport),
+            (arb_seq(), proptest::option::of(arb_checkpoint()))
+                .prop_map(|(floor, checkpoint)| Message::Forgotten(Forgotten { floor, checkpoint })),
+        ]
     }
 
     fn arb_query_entries() -> impl Strategy<Value = Message> {
@@ -1103,8 +1169,8 @@ mod tests {
     }
 
     fn arb_promise() -> impl Strategy<Value = Message> {
-        (arb_epoch(), arb_range(), arb_seq(), arb_entries(), vec((0..5u64, arb_epoch()), 40)).prop_map(
-            |(epoch, range, highest, entries, gaps)| {
+        (arb_epoch(), arb_range(), (arb_seq(), arb_seq()), arb_entries(), vec((0..5u64, arb_epoch()), 40)).prop_map(
+            |(epoch, range, (highest, floor), entries, gaps)| {
                 let mut seq = range.first;
                 let slots = entries
                     .into_iter()
@@ -1114,7 +1180,7 @@ mod tests {
                         Some(PromisedSlot { seq, slot: Slot { epoch: e, entry } })
                     })
                     .collect();
-                Message::Promise(Promise { epoch, first: range.first, last: range.last, highest, slots })
+                Message::Promise(Promise { epoch, first: range.first, last: range.last, highest, floor, slots })
             },
         )
     }
@@ -1143,6 +1209,7 @@ mod tests {
             arb_fetch(),
             arb_fetch_blocks(),
             arb_block(),
+            arb_checkpoint_msgs(),
         ]
     }
 
@@ -1505,7 +1572,7 @@ mod tests {
     #[test]
     fn body_errors() {
         let body = |b: &[u8]| decode_body(&Bytes::copy_from_slice(b));
-        assert_eq!(body(&[16, 0]), Err(DecodeError::UnknownKind(16)));
+        assert_eq!(body(&[18, 0]), Err(DecodeError::UnknownKind(18)));
         assert_eq!(body(&[255]), Err(DecodeError::UnknownKind(255)));
         // Length past the end of the body.
         assert_eq!(body(&[4, 2, 1]), Err(DecodeError::Truncated));

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use sam_core::message::{
-    Accepted, Assign, Block, Commit, Data, Entries, Fetch, FetchBlocks, Heartbeat, Order, OrderItem, PreVote,
-    PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected,
+    Accepted, Assign, Block, CheckpointInfo, Commit, Data, Entries, Fetch, FetchBlocks, Forgotten, Heartbeat, Order,
+    OrderItem, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected,
 };
 use sam_core::{
     Assigned, Config, Digest, Entry, Epoch, Incarnation, Message, Mid, Pid, Process, Roles, Seq, SeqRange, Slot,
@@ -39,6 +39,11 @@ fn entries() -> impl Strategy<Value = Vec<Entry>> {
     prop::collection::vec(entry(), 0..20)
 }
 
+fn checkpoint() -> impl Strategy<Value = CheckpointInfo> {
+    (seq(), prop_oneof![0u64..100_000, any::<u64>()], any::<u32>(), any::<u128>())
+        .prop_map(|(seq, size, blocks, d)| CheckpointInfo { seq, size, blocks, digest: Digest(d) })
+}
+
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (mid(), seq(), prop::collection::vec(any::<u8>(), 0..16)).prop_map(|(mid, ts, p)| Message::Data(Data {
@@ -62,11 +67,12 @@ fn message() -> impl Strategy<Value = Message> {
             first,
             entries: e.iter().map(Entry::assigned).collect::<Vec<Assigned>>()
         })),
-        (epoch(), seq()).prop_map(|(epoch, committed)| Message::Heartbeat(Heartbeat {
-            epoch,
-            sequencer: Pid(1),
-            committed
-        })),
+        (epoch(), seq(), prop::option::of(checkpoint())).prop_map(|(epoch, committed, checkpoint)| {
+            Message::Heartbeat(Heartbeat { epoch, sequencer: Pid(1), committed, checkpoint })
+        }),
+        checkpoint().prop_map(Message::CheckpointReport),
+        (seq(), prop::option::of(checkpoint()))
+            .prop_map(|(floor, checkpoint)| Message::Forgotten(Forgotten { floor, checkpoint })),
         prop::collection::vec((seq(), seq()), 0..4).prop_map(|r| Message::QueryEntries(QueryEntries {
             ranges: r.into_iter().map(|(first, last)| SeqRange { first, last }).collect()
         })),
@@ -86,12 +92,13 @@ fn message() -> impl Strategy<Value = Message> {
         (epoch(), seq()).prop_map(|(epoch, from_seq)| Message::Prepare(Prepare { epoch, from_seq })),
         epoch().prop_map(|epoch| Message::PreVote(PreVote { epoch })),
         epoch().prop_map(|epoch| Message::PreVoteGranted(PreVoteGranted { epoch })),
-        (epoch(), seq(), seq(), seq(), prop::collection::vec((seq(), epoch(), entry()), 0..20)).prop_map(
-            |(epoch, first, last, highest, s)| Message::Promise(Promise {
+        (epoch(), seq(), (seq(), seq(), seq()), prop::collection::vec((seq(), epoch(), entry()), 0..20)).prop_map(
+            |(epoch, first, (last, highest, floor), s)| Message::Promise(Promise {
                 epoch,
                 first,
                 last,
                 highest,
+                floor,
                 slots: s
                     .into_iter()
                     .map(|(seq, epoch, entry)| PromisedSlot { seq, slot: Slot { epoch, entry } })

@@ -2,11 +2,16 @@
 //! commit time (durability) and at quiescence (atomicity, validity). They keep one reference entry per committed
 //! number and one cursor per member, never a member's whole history, so a run of thousands of
 //! members stays small.
+//!
+//! Persistence: the checker applies the whole committed log, in order, to a reference
+//! key-value table; every checkpoint a member restores must equal the reference at its number,
+//! and at quiescence every member's table must equal the reference.
 
 use std::fmt;
 
+use bytes::Bytes;
 use rustc_hash::{FxHashMap, FxHashSet};
-use sam_core::{Assigned, Digest, Mid, Seq, Slot, Time};
+use sam_core::{Assigned, Digest, KvTable, Mid, Seq, Slot, StateMachine, Time};
 use serde::Serialize;
 
 /// Which promise a violation breaks.
@@ -27,6 +32,10 @@ pub enum Promise {
     Fencing,
     /// The run reached quiescence in time.
     Liveness,
+    /// A member's table, or a checkpoint it restored, equals the table of the committed log.
+    Persistence,
+    /// The messages and entries a server holds stay below the bound.
+    BoundedResources,
 }
 
 /// One broken promise, with what was seen.
@@ -56,6 +65,8 @@ pub enum Outcome {
     Committed(Seq),
     /// Can never be committed.
     Expired,
+    /// Its fate lies in a part of the log the sender skipped by catching up.
+    Unknown,
 }
 
 /// The most violations kept per run (the first ones are the interesting ones).
@@ -73,6 +84,19 @@ pub struct Checker {
     outcomes: FxHashMap<Mid, Outcome>,
     deliveries: u64,
     violations: Vec<Violation>,
+    /// Payloads of sent messages not yet applied to the reference table.
+    payloads: FxHashMap<Mid, Bytes>,
+    /// The whole committed log applied in order, through `reference.applied()`.
+    reference: KvTable,
+    /// Through this number the committed log is applied to the reference.
+    applied: Seq,
+    checkpoint_every: u64,
+    /// The reference digest at each checkpoint number.
+    checkpoint_digests: FxHashMap<Seq, Digest>,
+    /// Restored checkpoints not yet compared (the reference has not reached them).
+    restores: Vec<(Life, Seq, Digest)>,
+    /// Member lives whose own checkpoint disagreed with the advertised one.
+    diverged: FxHashSet<Life>,
 }
 
 impl Checker {
@@ -107,9 +131,96 @@ impl Checker {
         self.outcomes.values().filter(|o| **o == Outcome::Expired).count() as u64
     }
 
+    /// How many sends were reported of unknown outcome.
+    pub fn unknown(&self) -> u64 {
+        self.outcomes.values().filter(|o| **o == Outcome::Unknown).count() as u64
+    }
+
     /// A sender sent `mid` with a payload of this digest.
     pub fn on_sent(&mut self, mid: Mid, digest: Digest, sender: Life) {
         self.sent.insert(mid, (digest, sender));
+    }
+
+    /// Keeps the payload of `mid` for the reference table; checkpoints fall at the multiples of
+    /// `checkpoint_every`.
+    pub fn keep_payload(&mut self, mid: Mid, payload: Bytes, checkpoint_every: u64) {
+        self.payloads.insert(mid, payload);
+        self.checkpoint_every = checkpoint_every;
+    }
+
+    /// Applies the committed log to the reference table as far as it is gap-free.
+    fn advance_reference(&mut self, at: Time) {
+        while let Some((assigned, _)) = self.reference(self.applied.next()) {
+            let seq = self.applied.next();
+            if let Assigned::Mid(mid) = assigned {
+                if let Some(payload) = self.payloads.remove(&mid) {
+                    self.reference.apply(seq, &payload);
+                }
+            }
+            self.applied = seq;
+            if self.checkpoint_every > 0 && seq.0.is_multiple_of(self.checkpoint_every) {
+                self.checkpoint_digests.insert(seq, self.reference.digest());
+                self.compare_restores(at);
+            }
+        }
+    }
+
+    /// A member life restored the checkpoint at `seq` whose snapshot has `digest`.
+    pub fn on_restored(&mut self, at: Time, life: Life, seq: Seq, digest: Digest) {
+        let cursor = self.cursors.get(&life).copied().unwrap_or(Seq::ZERO);
+        if seq < cursor && !self.diverged.contains(&life) {
+            self.violate(Promise::Integrity, at, format!("member {life:?} went back from {cursor} to {seq}"));
+        }
+        self.cursors.insert(life, seq);
+        self.restores.push((life, seq, digest));
+        self.compare_restores(at);
+    }
+
+    /// A checkpoint server's own checkpoint disagreed with the advertised one: it may restore
+    /// from an earlier number than it delivered.
+    pub fn on_diverged(&mut self, life: Life) {
+        self.diverged.insert(life);
+    }
+
+    fn compare_restores(&mut self, at: Time) {
+        let mut wrong = Vec::new();
+        self.restores.retain(|(life, seq, digest)| match self.checkpoint_digests.get(seq) {
+            Some(d) if d == digest => false,
+            Some(_) => {
+                wrong.push(format!("member {life:?} restored a checkpoint at {seq} that differs from the log's table"));
+                false
+            }
+            None => true,
+        });
+        for w in wrong {
+            self.violate(Promise::Persistence, at, w);
+        }
+    }
+
+    /// At quiescence: every live member's table (its number and digest) equals the table of
+    /// the whole committed log, and every restored checkpoint was compared.
+    pub fn check_tables(&mut self, at: Time, tables: &[(Life, Seq, Digest)]) {
+        let reference = self.reference.digest();
+        for (life, seq, digest) in tables {
+            if *seq == self.applied && *digest != reference {
+                self.violate(Promise::Persistence, at, format!("member {life:?} holds another table at {seq}"));
+            }
+        }
+        let unchecked: Vec<String> = self
+            .restores
+            .iter()
+            .map(|(life, seq, _)| format!("member {life:?} restored {seq}, never compared"))
+            .collect();
+        for u in unchecked {
+            self.violate(Promise::Persistence, at, u);
+        }
+    }
+
+    /// A server held `peak` messages or entries, against the bound.
+    pub fn check_bound(&mut self, at: Time, what: &str, peak: usize, bound: u64) {
+        if peak as u64 >= bound {
+            self.violate(Promise::BoundedResources, at, format!("{what} held {peak}, bound {bound}"));
+        }
     }
 
     /// A sequencer announced that `first..` are committed to `entries`; returns the messages
@@ -147,6 +258,7 @@ impl Checker {
             Assigned::Mid(mid) => self.note_numbered(at, seq, mid),
         };
         self.committed[index] = Some((assigned, digest));
+        self.advance_reference(at);
         true
     }
 
@@ -252,6 +364,7 @@ impl Checker {
             match (self.outcomes.get(mid), numbered) {
                 (Some(Outcome::Committed(s)), Some(n)) if *s == n => {}
                 (Some(Outcome::Expired), None) => {}
+                (Some(Outcome::Unknown), _) => {}
                 (None, _) if !live_senders.contains(sender) => {}
                 (outcome, numbered) => problems.push(format!("{mid}: told {outcome:?}, numbered at {numbered:?}")),
             }

@@ -60,6 +60,20 @@ pub struct SimConfig {
     pub max_time_us: u64,
     /// Pass every datagram through the wire codec (encode and decode).
     pub wire: bool,
+    /// Checkpoint servers (members that snapshot the replicated table).
+    pub n_checkpoint: usize,
+    /// Checkpoint servers that must report a checkpoint alike before it is advertised.
+    pub k_checkpoint: usize,
+    /// Checkpoints fall at the multiples of this number.
+    pub checkpoint_every: u64,
+    /// Members that join after the workload started (at a random time, some after it ended).
+    pub late_joiners: usize,
+    /// Whether one member is cut off for a long time, so that it falls behind by more than the
+    /// log kept and must catch up from a checkpoint.
+    pub laggard: bool,
+    /// Test only: checkpoint servers run a state machine that is not deterministic.
+    #[serde(skip)]
+    pub nondeterministic: bool,
     /// A deliberately broken protocol variant (checker tests only).
     #[serde(skip)]
     pub mutation: Option<Mutation>,
@@ -93,6 +107,12 @@ impl SimConfig {
             partition_max_us: 600_000,
             max_time_us: 120_000_000,
             wire: false,
+            n_checkpoint: 3,
+            k_checkpoint: 2,
+            checkpoint_every: 50_000,
+            late_joiners: 0,
+            laggard: false,
+            nondeterministic: false,
             mutation: None,
         }
     }
@@ -136,6 +156,25 @@ impl SimConfig {
         SimConfig { crash_sequencer: true, wipes: true, ..SimConfig::mixed(seed) }
     }
 
+    /// A mixed run (see [`SimConfig::mixed`]) that takes checkpoints often and garbage-collects
+    /// under them: late joiners, a member cut off for long, checkpoint servers crashing (also
+    /// while members fetch from them).
+    pub fn checkpoints(seed: u64) -> SimConfig {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xc4ec_c4ec_c4ec_c4ec);
+        let n_checkpoint = rng.random_range(2..=3);
+        let base = SimConfig::mixed(seed);
+        SimConfig {
+            messages: rng.random_range(200..=800),
+            n_checkpoint,
+            k_checkpoint: rng.random_range(1..=n_checkpoint.min(2)),
+            checkpoint_every: rng.random_range(20..=120),
+            late_joiners: rng.random_range(1..=3),
+            laggard: rng.random_bool(0.7),
+            max_lifetime: if rng.random_bool(0.5) { rng.random_range(30..=300) } else { base.max_lifetime },
+            ..base
+        }
+    }
+
     /// The flags of `sam sim` that replay this run.
     pub fn replay_flags(&self) -> String {
         let mut flags = format!(
@@ -173,6 +212,14 @@ impl SimConfig {
             format!("--member-buffer {}", self.member_buffer_bytes),
         );
         add(self.wire, "--wire".into());
+        add(self.n_checkpoint != defaults.n_checkpoint, format!("--checkpoint-servers {}", self.n_checkpoint));
+        add(self.k_checkpoint != defaults.k_checkpoint, format!("--k-checkpoint {}", self.k_checkpoint));
+        add(
+            self.checkpoint_every != defaults.checkpoint_every,
+            format!("--checkpoint-every {}", self.checkpoint_every),
+        );
+        add(self.late_joiners > 0, format!("--late-joiners {}", self.late_joiners));
+        add(self.laggard, "--laggard".into());
         flags
     }
 }

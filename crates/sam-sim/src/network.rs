@@ -33,6 +33,8 @@ pub struct Network {
     jitter_us: u64,
     /// Which side of the current partition each process is on (`None`: no partition).
     sides: Option<Vec<bool>>,
+    /// A process cut off from everyone, besides any partition.
+    cut_off: Option<usize>,
 }
 
 impl Network {
@@ -46,12 +48,18 @@ impl Network {
             base_delay_us,
             jitter_us: rng.random_range(1..=base_delay_us),
             sides: None,
+            cut_off: None,
         }
+    }
+
+    /// Cuts `proc` off from everyone (`None` reconnects it).
+    pub fn cut_off(&mut self, proc: Option<usize>) {
+        self.cut_off = proc;
     }
 
     /// Whether `a` and `b` can talk.
     pub fn connected(&self, a: usize, b: usize) -> bool {
-        self.sides.as_ref().is_none_or(|s| s[a] == s[b])
+        self.sides.as_ref().is_none_or(|s| s[a] == s[b]) && self.cut_off.is_none_or(|c| c != a && c != b)
     }
 
     /// Cuts the processes into the two sides given.
@@ -64,9 +72,9 @@ impl Network {
         self.sides = None;
     }
 
-    /// Whether a partition is in force.
+    /// Whether a partition or a cut-off is in force.
     pub fn partitioned(&self) -> bool {
-        self.sides.is_some()
+        self.sides.is_some() || self.cut_off.is_some()
     }
 
     /// The common delay of a multicast datagram (recipients differ only by reordering).
@@ -111,6 +119,14 @@ pub enum Fault {
         /// Processes that go with the sequencer (if it is one of them, it simply stays).
         minority: Vec<bool>,
         /// How long the partition lasts.
+        for_us: u64,
+    },
+    /// Cut one member off from everyone for `for_us`, long enough that it falls behind by more
+    /// than the log kept.
+    CutOff {
+        /// The process index.
+        proc: usize,
+        /// How long it stays cut off.
         for_us: u64,
     },
     /// Cut the group into two sides for `for_us`.

@@ -16,13 +16,37 @@ pub enum ProcKind {
     Commit,
     /// A data server.
     Data,
+    /// A checkpoint server (a member that snapshots the table).
+    Checkpoint,
     /// A member (client).
     Member,
 }
 
 impl ProcKind {
     /// Every kind, in report order.
-    pub const ALL: [ProcKind; 4] = [ProcKind::Sequencer, ProcKind::Commit, ProcKind::Data, ProcKind::Member];
+    pub const ALL: [ProcKind; 5] =
+        [ProcKind::Sequencer, ProcKind::Commit, ProcKind::Data, ProcKind::Checkpoint, ProcKind::Member];
+}
+
+/// What checkpoints and garbage collection did in one run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CheckpointStats {
+    /// The highest checkpoint number any heartbeat advertised.
+    pub advertised: Option<u64>,
+    /// Checkpoint digests raised as differing.
+    pub mismatches: u64,
+    /// Catch-ups from a checkpoint completed by members.
+    pub catch_ups: u64,
+    /// Blocks members fetched in those catch-ups.
+    pub blocks_fetched: u64,
+    /// Late joiners: simulated time from joining to restoring a checkpoint, in microseconds.
+    pub join_catch_up_us: Vec<u64>,
+    /// Sends reported of unknown outcome (their log was gone when the sender caught up).
+    pub unknown: u64,
+    /// The most messages any data server held at once.
+    pub peak_data_held: usize,
+    /// The most entries any commit server held at once.
+    pub peak_commit_held: usize,
 }
 
 /// Messages and datagrams one kind of process sent and received.
@@ -88,6 +112,8 @@ pub struct Report {
     /// Failover times in microseconds: sequencer crash or isolation to the first commit of a
     /// new epoch.
     pub failovers_us: Vec<u64>,
+    /// Checkpoints, catch-ups and garbage collection.
+    pub checkpoints: CheckpointStats,
 }
 
 impl Report {
@@ -129,6 +155,24 @@ impl fmt::Display for Report {
         if !self.failovers_us.is_empty() {
             let ms: Vec<String> = self.failovers_us.iter().map(|us| format!("{:.1}", *us as f64 / 1e3)).collect();
             writeln!(f, "  failovers (ms, fault to first commit of a new epoch): {}", ms.join(", "))?;
+        }
+        let cp = &self.checkpoints;
+        if c.n_checkpoint > 0 {
+            writeln!(
+                f,
+                "  checkpoints: advertised up to {}, {} catch-ups ({} blocks), {} digest mismatches, {} unknown outcomes; peak held: data {}, commit {}",
+                cp.advertised.map_or("none".into(), |s| s.to_string()),
+                cp.catch_ups,
+                cp.blocks_fetched,
+                cp.mismatches,
+                cp.unknown,
+                cp.peak_data_held,
+                cp.peak_commit_held
+            )?;
+        }
+        if !cp.join_catch_up_us.is_empty() {
+            let ms: Vec<String> = cp.join_catch_up_us.iter().map(|us| format!("{:.1}", *us as f64 / 1e3)).collect();
+            writeln!(f, "  late joiners caught up from a checkpoint in (ms): {}", ms.join(", "))?;
         }
         write!(f, "  simulated {:.3} s, wall {:.3} s", self.sim_time_us as f64 / 1e6, self.wall_ms as f64 / 1e3)?;
         for v in &self.violations {

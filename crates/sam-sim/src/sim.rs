@@ -14,14 +14,14 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rustc_hash::{FxHashMap, FxHashSet};
 use sam_core::wire::{decode_frame, FramePacker};
 use sam_core::{
-    Action, Assigned, Channel, Config, Dest, Digest, Epoch, Incarnation, Message, Mid, Pid, Process, Record, Roles,
-    Seq, Sequencer, Time, WriteId,
+    Action, Assigned, Channel, Config, Dest, Digest, Epoch, Incarnation, KvOp, KvTable, Message, Mid, Pid, Process,
+    Record, RestoreError, Roles, Seq, Sequencer, StateMachine, Time, WriteId,
 };
 
 use crate::check::{Checker, Life, Outcome};
 use crate::config::SimConfig;
 use crate::network::{plan, Crashable, Fate, Fault, Network};
-use crate::report::{FaultCounts, ProcKind, Rate, Report, Traffic};
+use crate::report::{CheckpointStats, FaultCounts, ProcKind, Rate, Report, Traffic};
 
 /// The most protocol messages in one simulated datagram.
 const MAX_MSGS_PER_DATAGRAM: usize = 32;
@@ -31,6 +31,11 @@ const WIRE_DATAGRAM_BYTES: usize = 64 * 1024;
 const CHECK_EVERY_US: u64 = 5_000;
 /// How many messages a sender sends per workload tick at most.
 const BURST: u64 = 8;
+/// How many distinct keys the workload writes (so the table, and its snapshots, stay small).
+const KEYS: u64 = 512;
+/// How often the disks drop what the servers garbage-collected, as a real store retires
+/// segments.
+const COMPACT_EVERY_US: u64 = 1_000_000;
 
 type Datagram = Rc<Vec<Message>>;
 
@@ -44,7 +49,9 @@ enum Event {
     Fault(Fault),
     Restart { proc: usize },
     Heal,
+    Reconnect,
     Check,
+    Compact,
 }
 
 struct Scheduled {
@@ -98,11 +105,67 @@ impl Disk {
                 Record::Data(data) => {
                     self.mids.insert(data.mid);
                 }
-                Record::Promise(_) | Record::Committed(_) | Record::StorageLost => {}
+                Record::Promise(_)
+                | Record::Committed(_)
+                | Record::StorageLost
+                | Record::Floor(_)
+                | Record::Checkpoint { .. } => {}
             }
             self.durable.push(record);
         }
         accepted
+    }
+}
+
+impl Disk {
+    /// Drops the records a process no longer needs: slots at or below a commit server's
+    /// floor, messages a data server dropped. A restart then recovers what a real store
+    /// would still hold.
+    fn compact(&mut self, state: &Process) {
+        let floor = state.commit_server().map_or(Seq::ZERO, sam_core::CommitServer::floor);
+        let data = state.data_server();
+        self.durable.retain(|r| match r {
+            Record::Slots { first, slots } => first.plus(slots.len() as u64) > floor.next(),
+            Record::Data(d) => data.is_none_or(|ds| ds.holds(&d.mid)),
+            _ => true,
+        });
+        self.entries.retain(|seq, _| *seq > floor);
+        if let Some(ds) = data {
+            self.mids.retain(|mid| ds.holds(mid));
+        }
+    }
+}
+
+/// Test only: a table whose snapshots carry a value drawn at random per replica, so that
+/// equal histories give different digests.
+#[derive(Debug)]
+struct Unsteady {
+    table: KvTable,
+    salt: u64,
+}
+
+impl StateMachine for Unsteady {
+    fn apply(&mut self, seq: Seq, payload: &Bytes) {
+        self.table.apply(seq, payload);
+    }
+
+    fn snapshot(&self) -> Bytes {
+        let mut bytes = self.table.snapshot().to_vec();
+        bytes.extend_from_slice(&self.salt.to_le_bytes());
+        bytes.into()
+    }
+
+    fn restore(&mut self, snapshot: &Bytes) -> Result<(), RestoreError> {
+        self.table.restore(&snapshot.slice(..snapshot.len().saturating_sub(8)))
+    }
+
+    fn applied(&self) -> Seq {
+        self.table.applied()
+    }
+
+    /// The table's own digest: the replica's state is right, only its snapshots differ.
+    fn digest(&self) -> Digest {
+        self.table.digest()
     }
 }
 
@@ -119,6 +182,10 @@ struct SimProc {
     /// Its storage was wiped in its last crash: it restarts by the rejoin rule.
     wiped: bool,
     subscriptions: Vec<Channel>,
+    /// A late joiner: when it joined, until it caught up from a checkpoint.
+    joined_at: Option<Time>,
+    /// Whether it was fetching a checkpoint after its last step.
+    catching_up: bool,
 }
 
 /// One simulation run.
@@ -152,6 +219,7 @@ pub struct Simulation {
     /// When set, the next sequencer to take office crashes within an fsync or two, for this
     /// long: a crash in the middle of recovery.
     crash_next_office: Option<u64>,
+    checkpoints: CheckpointStats,
 }
 
 impl Simulation {
@@ -187,6 +255,7 @@ impl Simulation {
             failover_from: None,
             failovers_us: Vec::new(),
             crash_next_office: None,
+            checkpoints: CheckpointStats::default(),
             cfg,
         };
         sim.build_group();
@@ -206,10 +275,21 @@ impl Simulation {
             let roles = Roles { data: true, ..Roles::default() };
             self.add_proc(*pid, ProcKind::Data, roles, vec![Channel::Global, Channel::Data]);
         }
+        for pid in &core.checkpoint_servers {
+            let roles = Roles { checkpoint: true, client: Some(Incarnation(self.rng.next_u64())), ..Roles::default() };
+            self.add_proc(*pid, ProcKind::Checkpoint, roles, vec![Channel::Global, Channel::Checkpoint]);
+        }
         let senders = self.cfg.senders.min(self.cfg.members);
-        for m in 0..self.cfg.members {
+        let workload_us = 1_000_000 * self.cfg.messages as u64 / self.cfg.rate_per_s.max(1);
+        for m in 0..self.cfg.members + self.cfg.late_joiners {
             let roles = Roles { client: Some(Incarnation(self.rng.next_u64())), ..Roles::default() };
             let idx = self.add_proc(Pid(1_000 + m as u64), ProcKind::Member, roles, vec![Channel::Global]);
+            if m >= self.cfg.members {
+                let at = Time(self.rng.random_range(workload_us * 3 / 4..=workload_us + 300_000));
+                self.procs[idx].joined_at = Some(at);
+                self.schedule(at, Event::Restart { proc: idx });
+                continue;
+            }
             if m < senders {
                 let share = self.cfg.messages / senders + usize::from(m < self.cfg.messages % senders);
                 self.procs[idx].to_send = share as u64;
@@ -218,9 +298,12 @@ impl Simulation {
             }
         }
         for idx in 0..self.procs.len() {
-            self.start_proc(idx);
+            if self.procs[idx].joined_at.is_none() {
+                self.start_proc(idx);
+            }
         }
         self.schedule(Time(CHECK_EVERY_US), Event::Check);
+        self.schedule(Time(COMPACT_EVERY_US), Event::Compact);
     }
 
     fn add_proc(&mut self, pid: Pid, kind: ProcKind, roles: Roles, subscriptions: Vec<Channel>) -> usize {
@@ -237,6 +320,8 @@ impl Simulation {
             to_send: 0,
             wiped: false,
             subscriptions,
+            joined_at: None,
+            catching_up: false,
         });
         idx
     }
@@ -250,11 +335,18 @@ impl Simulation {
         // A wiped server comes back as lost until its marker is durable; after that its
         // records say so.
         p.wiped &= p.disk.durable.is_empty();
-        p.state = Some(if p.wiped {
+        let mut state = if p.wiped {
             Process::start_after_storage_loss(self.core.clone(), p.pid, p.roles, seed, self.now)
         } else {
             Process::start(self.core.clone(), p.pid, p.roles, seed, self.now, &p.disk.durable)
-        });
+        };
+        let machine: Box<dyn StateMachine + Send> = if p.roles.checkpoint && self.cfg.nondeterministic {
+            Box::new(Unsteady { table: KvTable::new(), salt: seed })
+        } else {
+            Box::new(KvTable::new())
+        };
+        state.attach_state_machine(self.now, machine);
+        p.state = Some(state);
         self.after_step(idx);
     }
 
@@ -275,12 +367,19 @@ impl Simulation {
             groups: vec![
                 (commit, limit(self.cfg.n_commit, k.0)),
                 (of_kind(ProcKind::Data), limit(self.cfg.n_data, k.1)),
+                (of_kind(ProcKind::Checkpoint), 1),
                 (of_kind(ProcKind::Member), self.cfg.members / 2),
             ],
         };
+        let members = of_kind(ProcKind::Member);
         let faults = plan(&self.cfg, self.procs.len(), &crashable, start, self.fault_end, &mut self.rng);
         for (at, fault) in faults {
             self.schedule(at, Event::Fault(fault));
+        }
+        if self.cfg.laggard && !members.is_empty() {
+            let proc = members[self.rng.random_range(0..members.len())];
+            let for_us = self.rng.random_range(workload_us / 3..=workload_us.max(3) * 2 / 3 + 1);
+            self.schedule(start.plus_us(workload_us / 5), Event::Fault(Fault::CutOff { proc, for_us }));
         }
     }
 
@@ -312,7 +411,9 @@ impl Simulation {
             Event::Fault(fault) => self.inject(fault),
             Event::Restart { proc } => self.start_proc(proc),
             Event::Heal => self.network.heal(),
+            Event::Reconnect => self.network.cut_off(None),
             Event::Check => self.check(),
+            Event::Compact => self.compact(),
         }
     }
 
@@ -404,13 +505,12 @@ impl Simulation {
         }
         let sender = (proc, life);
         for _ in 0..BURST.min(self.procs[proc].to_send) {
-            let mut payload = vec![0u8; self.cfg.payload_bytes];
-            self.rng.fill_bytes(&mut payload);
-            let payload = Bytes::from(payload);
+            let payload = self.table_update();
             let digest = Digest::of(&payload);
             let state = self.procs[proc].state.as_mut().expect("checked above");
-            let Ok(mid) = state.send(self.now, payload) else { break };
+            let Ok(mid) = state.send(self.now, payload.clone()) else { break };
             self.checker.on_sent(mid, digest, sender);
+            self.checker.keep_payload(mid, payload, self.cfg.checkpoint_every);
             self.procs[proc].to_send -= 1;
             self.sent += 1;
         }
@@ -420,8 +520,32 @@ impl Simulation {
         }
     }
 
+    /// A random update of the replicated table: mostly puts, some deletes and batches.
+    fn table_update(&mut self) -> Bytes {
+        let key = |rng: &mut Xoshiro256PlusPlus| Bytes::from(format!("k{}", rng.random_range(0..KEYS)));
+        let mut value = vec![0u8; self.cfg.payload_bytes];
+        self.rng.fill_bytes(&mut value);
+        let op = match self.rng.random_range(0..10) {
+            0 => KvOp::Delete { key: key(&mut self.rng) },
+            1 => KvOp::Batch(vec![
+                KvOp::Put { key: key(&mut self.rng), value: Bytes::from(value) },
+                KvOp::Delete { key: key(&mut self.rng) },
+            ]),
+            _ => KvOp::Put { key: key(&mut self.rng), value: Bytes::from(value) },
+        };
+        op.encode()
+    }
+
     fn inject(&mut self, fault: Fault) {
         match fault {
+            Fault::CutOff { proc, for_us } => {
+                if self.network.partitioned() {
+                    return;
+                }
+                self.network.cut_off(Some(proc));
+                self.faults.partitions += 1;
+                self.schedule(self.now.plus_us(for_us), Event::Reconnect);
+            }
             Fault::CrashSequencer { down_us } => {
                 if let Some(proc) = self.sequencer_proc() {
                     self.note_sequencer_fault();
@@ -502,6 +626,11 @@ impl Simulation {
                             self.on_announce(c.epoch, c.first, c.entries.len());
                         }
                         Message::Entries(e) => self.checker.on_entries_served(self.now, e.first, &e.slots),
+                        Message::Heartbeat(hb) => {
+                            if let Some(c) = hb.checkpoint {
+                                self.checkpoints.advertised = self.checkpoints.advertised.max(Some(c.seq.0));
+                            }
+                        }
                         _ => {}
                     }
                     match outgoing.iter_mut().find(|(d, _)| *d == to) {
@@ -517,15 +646,78 @@ impl Simulation {
                 }
                 Action::Committed { mid, seq } => self.checker.on_outcome(self.now, mid, Outcome::Committed(seq)),
                 Action::Expired { mid } => self.checker.on_outcome(self.now, mid, Outcome::Expired),
+                Action::OutcomeUnknown { mid } => self.checker.on_outcome(self.now, mid, Outcome::Unknown),
+                Action::Restored { seq, snapshot } => self.on_restored(idx, seq, &snapshot),
+                Action::CheckpointMismatch { server, .. } => {
+                    self.checkpoints.mismatches += 1;
+                    if server == self.procs[idx].pid {
+                        self.checker.on_diverged(life);
+                    }
+                }
             }
         }
         self.actions = actions;
+        self.note_catch_up(idx);
         self.note_office(idx);
         self.start_sync(idx);
         for (dest, msgs) in outgoing {
             self.transmit(idx, dest, msgs);
         }
         self.reschedule_wake(idx);
+    }
+
+    /// A member restored a checkpoint: check it against the log, and time a late joiner.
+    fn on_restored(&mut self, idx: usize, seq: Seq, snapshot: &Bytes) {
+        let life = (idx, self.procs[idx].life);
+        self.checker.on_restored(self.now, life, seq, Digest::of(snapshot));
+        if let Some(joined) = self.procs[idx].joined_at.take() {
+            self.checkpoints.join_catch_up_us.push(self.now.since_us(joined));
+        }
+    }
+
+    /// Notes when a member starts fetching a checkpoint; with crashes on, now and then crashes
+    /// a checkpoint server in the middle of the transfer.
+    fn note_catch_up(&mut self, idx: usize) {
+        let catching_up =
+            self.procs[idx].state.as_ref().and_then(Process::client).is_some_and(sam_core::Client::is_catching_up);
+        let started = catching_up && !self.procs[idx].catching_up;
+        self.procs[idx].catching_up = catching_up;
+        if !started || !self.cfg.crashes || !self.rng.random_bool(0.5) {
+            return;
+        }
+        let servers: Vec<usize> = (0..self.procs.len())
+            .filter(|&i| self.procs[i].kind == ProcKind::Checkpoint && self.procs[i].state.is_some())
+            .collect();
+        if servers.len() < self.cfg.n_checkpoint {
+            return;
+        }
+        let proc = servers[self.rng.random_range(0..servers.len())];
+        let at = self.now.plus_us(self.rng.random_range(0..=3_000));
+        let down_us = self.rng.random_range(10_000..=300_000);
+        self.schedule(at, Event::Fault(Fault::Crash { proc, down_us }));
+    }
+
+    /// Lets each disk drop what its process garbage-collected, and samples what servers hold.
+    fn compact(&mut self) {
+        for p in &mut self.procs {
+            if let Some(state) = &p.state {
+                p.disk.compact(state);
+            }
+        }
+        self.schedule(self.now.plus_us(COMPACT_EVERY_US), Event::Compact);
+    }
+
+    /// Samples the messages and entries servers hold, for the bounded-resources check.
+    fn sample_held(&mut self) {
+        for p in self.procs.iter().filter_map(|p| p.state.as_ref()) {
+            let cp = &mut self.checkpoints;
+            if let Some(d) = p.data_server() {
+                cp.peak_data_held = cp.peak_data_held.max(d.held());
+            }
+            if let Some(c) = p.commit_server() {
+                cp.peak_commit_held = cp.peak_commit_held.max(c.held());
+            }
+        }
     }
 
     /// Whether a commit server may lose its storage now: only when every other commit server
@@ -612,6 +804,7 @@ impl Simulation {
     }
 
     fn check(&mut self) {
+        self.sample_held();
         if self.now >= self.fault_end && self.quiescent() {
             self.done = true;
             return;
@@ -719,16 +912,20 @@ impl Simulation {
             .iter()
             .filter_map(|p| {
                 let c = p.state.as_ref()?.client()?;
-                Some(format!(
-                    "{}: delivered {} known {} in flight {} to send {} ({}; wake {:?})",
-                    p.pid.0,
-                    c.delivered(),
-                    c.known_committed(),
-                    c.in_flight(),
-                    p.to_send,
-                    c.stalled_on(),
-                    p.wake_at
-                ))
+                let lags = c.delivered() < c.known_committed() || c.in_flight() > 0 || p.to_send > 0;
+                lags.then(|| {
+                    format!(
+                        "{}: delivered {} known {} in flight {} to send {} ({}; wake {:?})",
+                        p.pid.0,
+                        c.delivered(),
+                        c.known_committed(),
+                        c.in_flight(),
+                        p.to_send,
+                        c.stalled_on(),
+                        p.wake_at
+                    )
+                })
+                .or_else(|| (c.delivered() < committed?.0).then(|| format!("{}: delivered {}", p.pid.0, c.delivered())))
             })
             .take(8)
             .collect();
@@ -755,8 +952,11 @@ impl Simulation {
             .iter()
             .filter_map(|p| Some(format!("{}:{}", p.pid.0, p.state.as_ref()?.commit_server()?.promised())))
             .collect();
+        let down: Vec<String> = self.procs.iter().filter(|p| p.state.is_none()).map(|p| p.pid.0.to_string()).collect();
         format!(
-            "not quiescent: sequencers {} (promises {}); sequencer (committed, assigned) {committed:?}; commit servers {}; members {}",
+            "not quiescent (down: {}; partitioned: {}): sequencers {} (promises {}); sequencer (committed, assigned) {committed:?}; commit servers {}; members {}",
+            down.join(" "),
+            self.network.partitioned(),
             sequencers.join(" "),
             promises.join(" "),
             servers.join(", "),
@@ -769,6 +969,12 @@ impl Simulation {
             self.final_checks();
         }
         let committed = self.checker.committed();
+        self.checkpoints.unknown = self.checker.unknown();
+        for c in self.procs.iter().filter_map(|p| p.state.as_ref()?.client()) {
+            let (blocks, catch_ups) = c.caught_up();
+            self.checkpoints.blocks_fetched += blocks;
+            self.checkpoints.catch_ups += catch_ups;
+        }
         let rates = ProcKind::ALL
             .iter()
             .map(|&kind| {
@@ -789,6 +995,7 @@ impl Simulation {
             wall_ms,
             violations: self.checker.violations().to_vec(),
             failovers_us: self.failovers_us,
+            checkpoints: self.checkpoints,
             config: self.cfg,
         }
     }
@@ -798,12 +1005,45 @@ impl Simulation {
             .procs
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.kind == ProcKind::Member)
+            .filter(|(_, p)| matches!(p.kind, ProcKind::Member | ProcKind::Checkpoint))
             .map(|(i, p)| (i, p.life))
             .collect();
         self.checker.check_atomicity(self.now, &live);
+        let tables: Vec<(Life, Seq, Digest)> = self
+            .procs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let c = p.state.as_ref()?.client()?;
+                Some(((i, p.life), c.delivered(), c.state_machine()?.digest()))
+            })
+            .collect();
+        self.checker.check_tables(self.now, &tables);
+        self.check_bounds();
         let live_senders: FxHashSet<Life> = live.into_iter().collect();
         self.checker.check_validity(self.now, &live_senders);
+    }
+}
+
+impl Simulation {
+    /// Bounded resources (DESIGN section 5), in runs of at least 20 checkpoint intervals
+    /// without faults that pause garbage collection. A commit server holds the committed
+    /// entries above `min(checkpoint, committed - max_lifetime)` plus the uncommitted ones, at
+    /// most the sequencer's window; a data server holds the messages committed above the
+    /// checkpoint plus those not numbered yet, at most every sender's window. With the lag
+    /// from a checkpoint number to its advertisement below one interval, both stay below
+    /// `2 × checkpoint_every + max_lifetime + sequencer_window + senders × sender_window`.
+    fn check_bounds(&mut self) {
+        let cfg = &self.cfg;
+        let faulty = cfg.crashes || cfg.partitions || cfg.crash_sequencer || cfg.laggard || cfg.nondeterministic;
+        if faulty || cfg.n_checkpoint < cfg.k_checkpoint || (cfg.messages as u64) < 20 * cfg.checkpoint_every {
+            return;
+        }
+        let in_flight = cfg.sequencer_window + cfg.senders * cfg.sender_window;
+        let bound = 2 * cfg.checkpoint_every + cfg.max_lifetime + in_flight as u64;
+        let (data, commit) = (self.checkpoints.peak_data_held, self.checkpoints.peak_commit_held);
+        self.checker.check_bound(self.now, "a data server", data, bound);
+        self.checker.check_bound(self.now, "a commit server", commit, bound);
     }
 }
 
@@ -811,8 +1051,12 @@ impl Simulation {
 fn core_config(cfg: &SimConfig) -> Config {
     let commit = (1..=cfg.n_commit as u64).map(Pid).collect();
     let data = (101..=100 + cfg.n_data as u64).map(Pid).collect();
+    let checkpoint = (201..=200 + cfg.n_checkpoint as u64).map(Pid).collect();
     #[allow(unused_mut)]
-    let mut core = Config::new(commit, data, Vec::new());
+    let mut core = Config::new(commit, data, checkpoint);
+    core.k_checkpoint = cfg.k_checkpoint.min(cfg.n_checkpoint).max(1);
+    core.checkpoint_every = cfg.checkpoint_every;
+    core.catch_up_after = 2 * cfg.checkpoint_every;
     core.k_commit = cfg.k_commit;
     core.k_data = cfg.k_data;
     core.max_lifetime = cfg.max_lifetime;

@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the deterministic simulator: a whole group under seeded faults, with every promise checked.
-    Sim(sim_cmd::SimArgs),
+    Sim(Box<sim_cmd::SimArgs>),
     /// Model-check sequencer failover exhaustively (3 commit servers, k_commit = 2, 2 mids,
     /// 3 numbers, 3 ballots, a lossy network, one storage loss) and print the states explored.
     Model(model_cmd::ModelArgs),
@@ -25,7 +25,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sim(args) => sim_cmd::execute(args),
+        Command::Sim(args) => sim_cmd::execute(*args),
         Command::Model(args) => model_cmd::execute(args),
     };
     match result {

@@ -87,6 +87,25 @@ pub struct SimArgs {
     /// Pass every datagram through the wire codec.
     #[arg(long)]
     wire: bool,
+    /// Like --mixed, with checkpoints every few dozen numbers, late joiners, a member cut off
+    /// for long, and checkpoint servers crashing during transfers.
+    #[arg(long, conflicts_with = "mixed")]
+    checkpoints: bool,
+    /// Checkpoint servers (members that snapshot the replicated table).
+    #[arg(long, default_value_t = 3)]
+    checkpoint_servers: usize,
+    /// Checkpoint servers that must report a checkpoint alike before it is advertised.
+    #[arg(long, default_value_t = 2)]
+    k_checkpoint: usize,
+    /// Checkpoints fall at the multiples of this number.
+    #[arg(long, default_value_t = 50_000)]
+    checkpoint_every: u64,
+    /// Members that join after the workload started; they catch up from a checkpoint.
+    #[arg(long, default_value_t = 0)]
+    late_joiners: usize,
+    /// Cut one member off for a long time, so that it falls behind by more than the log kept.
+    #[arg(long)]
+    laggard: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -118,6 +137,10 @@ impl SimArgs {
         if self.mixed {
             return SimConfig { crash_sequencer: self.crash_sequencer, wipes: self.wipes, ..SimConfig::mixed(seed) };
         }
+        if self.checkpoints {
+            let drawn = SimConfig::checkpoints(seed);
+            return SimConfig { crash_sequencer: self.crash_sequencer, wipes: self.wipes, ..drawn };
+        }
         SimConfig {
             members: self.members,
             senders: self.senders,
@@ -140,13 +163,25 @@ impl SimArgs {
             sequencer_window: self.sequencer_window,
             member_buffer_bytes: self.member_buffer,
             wire: self.wire,
+            n_checkpoint: self.checkpoint_servers,
+            k_checkpoint: self.k_checkpoint,
+            checkpoint_every: self.checkpoint_every,
+            late_joiners: self.late_joiners,
+            laggard: self.laggard,
             ..SimConfig::new(seed)
         }
     }
 
     fn validate(&self) -> Result<()> {
-        if self.mixed {
+        if self.mixed || self.checkpoints {
             return Ok(());
+        }
+        if self.checkpoint_servers > 0 && (self.k_checkpoint == 0 || self.k_checkpoint > self.checkpoint_servers) {
+            bail!(
+                "--k-checkpoint {} must be between 1 and --checkpoint-servers {}",
+                self.k_checkpoint,
+                self.checkpoint_servers
+            );
         }
         let kinds = [
             ("commit-servers", self.commit_servers, "k-commit", self.k_commit),
@@ -166,7 +201,8 @@ impl SimArgs {
         let positive = [("rate", self.rate), ("max-lifetime", self.max_lifetime), ("window", self.window as u64)];
         let positive = positive
             .into_iter()
-            .chain([("sequencer-window", self.sequencer_window as u64), ("member-buffer", self.member_buffer as u64)]);
+            .chain([("sequencer-window", self.sequencer_window as u64), ("member-buffer", self.member_buffer as u64)])
+            .chain([("checkpoint-every", self.checkpoint_every)]);
         if let Some((name, _)) = positive.into_iter().find(|(_, v)| *v == 0) {
             bail!("--{name} must be positive");
         }
@@ -174,10 +210,11 @@ impl SimArgs {
     }
 
     fn replay(&self, report: &Report) -> String {
-        if self.mixed {
+        if self.mixed || self.checkpoints {
+            let mode = if self.mixed { "--mixed" } else { "--checkpoints" };
             let flag = if self.crash_sequencer { " --crash-sequencer" } else { "" };
             let wipes = if self.wipes { " --wipes" } else { "" };
-            format!("sam sim --mixed{flag}{wipes} --seed {}", report.config.seed)
+            format!("sam sim {mode}{flag}{wipes} --seed {}", report.config.seed)
         } else {
             format!("sam sim {}", report.config.replay_flags())
         }
