@@ -9,7 +9,7 @@
 use bytes::Bytes;
 
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq};
-use crate::message::{Data, Message, Slot};
+use crate::message::{CheckpointInfo, Data, Message, Slot};
 
 /// A multicast channel of DESIGN section 7.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,9 +59,18 @@ pub enum Record {
     /// Commit server: every number up to this one is known committed (built from `Commit`s
     /// only). Nothing waits for this write: losing it costs only a refill from peers.
     Committed(Seq),
-    /// Commit server: every number up to this one is committed and forgotten (covered by a
+    /// Commit server: every number up to `floor` is committed and forgotten (covered by a
     /// checkpoint and older than the de-duplication history); earlier slots are garbage.
-    Floor(Seq),
+    Floor {
+        /// The highest number forgotten.
+        floor: Seq,
+        /// The advertised checkpoint that covers it: after a restart this server still knows
+        /// it, and a ballot it wins still advertises it (it never goes back).
+        checkpoint: Option<CheckpointInfo>,
+    },
+    /// Checkpoint server: its checkpoints from this number on disagreed with the advertised
+    /// one and are void (a restart must not serve or restore them).
+    Diverged(Seq),
     /// Checkpoint server: the snapshot of the replicated state after every number up to `seq`.
     Checkpoint {
         /// The checkpoint's number.

@@ -58,6 +58,20 @@ impl Asker {
         }
     }
 
+    /// The server asked said it cannot answer: ask the next one at once.
+    pub(crate) fn refused(&mut self, now: Time) {
+        if let State::Asked(_) = self.state {
+            self.turn += 1;
+            self.state = State::Delayed(now);
+        }
+    }
+
+    /// Whether a question was asked and its answer is overdue (the next [`Asker::due`] asks
+    /// the next server).
+    pub(crate) fn timed_out(&self, now: Time) -> bool {
+        matches!(self.state, State::Asked(at) if now >= at)
+    }
+
     /// The server to ask now, if it is time to ask. A new question skips `avoid` when another
     /// target exists (members spare the sequencer's process); a question that timed out goes
     /// to the next server in turn, `avoid` included, so that a server only it can answer is

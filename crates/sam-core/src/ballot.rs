@@ -26,7 +26,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::action::{Channel, Dest, Outbox};
 use crate::config::{Config, Mutation, MAX_SERVERS_PER_KIND};
 use crate::ids::{Epoch, Mid, Seq, SeqRange, Time};
-use crate::message::{Entry, Message, PreVote, PreVoteGranted, Prepare, Promise, Rejected, Slot};
+use crate::message::{CheckpointInfo, Entry, Message, PreVote, PreVoteGranted, Prepare, Promise, Rejected, Slot};
 
 /// What one commit server promised so far.
 #[derive(Clone, Debug, Default)]
@@ -76,6 +76,8 @@ pub struct Ballot {
     phase: Phase,
     /// The ranks that granted the pre-vote.
     pre_votes: u64,
+    /// The highest advertised checkpoint a promise reported.
+    checkpoint: Option<CheckpointInfo>,
 }
 
 /// Where a ballot stands.
@@ -102,6 +104,7 @@ impl Ballot {
             lost: false,
             phase: Phase::PreVoting,
             pre_votes: 0,
+            checkpoint: None,
             cfg,
         }
     }
@@ -149,6 +152,11 @@ impl Ballot {
         self.epoch
     }
 
+    /// The highest advertised checkpoint the promises reported.
+    pub fn checkpoint(&self) -> Option<CheckpointInfo> {
+        self.checkpoint
+    }
+
     /// The first number the ballot asks about: the candidate's committed prefix plus one.
     pub fn from_seq(&self) -> Seq {
         self.from_seq
@@ -169,6 +177,9 @@ impl Ballot {
         let p = slot.get_or_insert_with(Promised::default);
         p.highest = p.highest.max(promise.highest);
         p.floor = p.floor.max(promise.floor);
+        if promise.checkpoint.is_some_and(|c| self.checkpoint.is_none_or(|known| c.seq > known.seq)) {
+            self.checkpoint = promise.checkpoint;
+        }
         p.parts.insert(promise.first, promise.last);
         let from_seq = self.from_seq;
         let range = SeqRange { first: promise.first, last: promise.last };
@@ -310,7 +321,8 @@ mod tests {
             .iter()
             .map(|&(s, e, entry)| PromisedSlot { seq: Seq(s), slot: Slot { epoch: Epoch(e), entry } })
             .collect();
-        Promise { epoch, first: Seq(5), last: Seq(highest.max(5)), highest: Seq(highest), floor: Seq::ZERO, slots }
+        let (first, last, highest) = (Seq(5), Seq(highest.max(5)), Seq(highest));
+        Promise { epoch, first, last, highest, floor: Seq::ZERO, checkpoint: None, slots }
     }
 
     #[test]

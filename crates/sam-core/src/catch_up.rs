@@ -5,7 +5,9 @@
 //! no server holds a member up by itself; a round whose blocks do not all arrive in time moves
 //! every missing block to the next server (`shift + 1`), keeping the blocks already received.
 //! Each block is checked against its digest as it arrives, and the whole snapshot against the
-//! advertised digest at the end; a snapshot that does not match is fetched again.
+//! advertised digest at the end. A block's digest is only its server's word, so a snapshot
+//! that does not match is fetched again whole from one server, then from the next: one server
+//! that holds a different snapshot cannot spoil every attempt.
 
 use bytes::{Bytes, BytesMut};
 
@@ -26,6 +28,8 @@ pub(crate) struct CatchUp {
     missing: usize,
     servers: Vec<Pid>,
     shift: usize,
+    /// After a snapshot failed to match: every block comes from the server of this rank.
+    whole_from: Option<usize>,
     /// Blocks asked for in the current round and not received yet.
     awaited: usize,
     next_ask: Time,
@@ -41,7 +45,9 @@ impl CatchUp {
     /// (its block count does not fit its size) or there is no server to ask.
     pub(crate) fn start(checkpoint: CheckpointInfo, servers: Vec<Pid>, now: Time, timeout_us: u64) -> Option<CatchUp> {
         let expected = checkpoint.size.div_ceil(BLOCK_BYTES as u64);
-        if servers.is_empty() || expected != u64::from(checkpoint.blocks) || checkpoint.blocks > MAX_CHECKPOINT_BLOCKS {
+        let empty_but_wrong = checkpoint.blocks == 0 && Digest::of(&[]) != checkpoint.digest;
+        let malformed = expected != u64::from(checkpoint.blocks) || checkpoint.blocks > MAX_CHECKPOINT_BLOCKS;
+        if servers.is_empty() || malformed || empty_but_wrong {
             return None;
         }
         let n = checkpoint.blocks as usize;
@@ -51,6 +57,7 @@ impl CatchUp {
             missing: n,
             servers,
             shift: 0,
+            whole_from: None,
             awaited: 0,
             next_ask: now,
             timeout_us,
@@ -86,11 +93,12 @@ impl CatchUp {
         }
         if self.awaited > 0 {
             self.shift += 1;
+            self.whole_from = self.whole_from.map(|k| (k + 1) % self.servers.len());
         }
         let n = self.servers.len();
         let mut asks: Vec<Vec<u32>> = vec![Vec::new(); n];
         for (i, _) in self.blocks.iter().enumerate().filter(|(_, b)| b.is_none()) {
-            let ask = &mut asks[(i + self.shift) % n];
+            let ask = &mut asks[self.whole_from.unwrap_or((i + self.shift) % n)];
             if ask.len() < MAX_BLOCKS_PER_FETCH {
                 ask.push(i as u32);
             }
@@ -105,8 +113,9 @@ impl CatchUp {
 
     /// Takes a block; once the last one arrives, verifies the whole snapshot (see
     /// [`CatchUp::ready`]), or starts over on another server if it does not match.
-    pub(crate) fn handle_block(&mut self, now: Time, block: &Block) {
-        if block.seq != self.checkpoint.seq || self.ready.is_some() || !self.fits(block) {
+    pub(crate) fn handle_block(&mut self, now: Time, from: Pid, block: &Block) {
+        let other_server = self.whole_from.is_some_and(|k| self.servers[k] != from);
+        if block.seq != self.checkpoint.seq || self.ready.is_some() || other_server || !self.fits(block) {
             return;
         }
         let Some(slot) = self.blocks.get_mut(block.index as usize).filter(|b| b.is_none()) else { return };
@@ -144,6 +153,8 @@ impl CatchUp {
             self.blocks.iter_mut().for_each(|b| *b = None);
             self.missing = self.blocks.len();
             self.shift += 1;
+            let n = self.servers.len();
+            self.whole_from = Some(self.whole_from.map_or(self.shift % n, |k| (k + 1) % n));
         }
     }
 
@@ -195,7 +206,7 @@ mod tests {
         assert_eq!(round.len(), 2, "both servers asked at once");
         for (pid, ask) in &round {
             if *pid == Pid(1) {
-                serve(&server, ask).iter().for_each(|b| fetch.handle_block(Time(1), b));
+                serve(&server, ask).iter().for_each(|b| fetch.handle_block(Time(1), *pid, b));
             }
         }
         assert!(fetch.ready().is_none(), "server 2 never answered");
@@ -206,10 +217,35 @@ mod tests {
         assert!(retry.iter().all(|(pid, _)| *pid == Pid(1)), "only the missing blocks, now asked of server 1");
         assert_eq!(retry.iter().map(|(_, f)| f.blocks.len()).sum::<usize>(), 3);
         for (_, ask) in &retry {
-            serve(&server, ask).iter().for_each(|b| fetch.handle_block(Time(1_001), b));
+            serve(&server, ask).iter().for_each(|b| fetch.handle_block(Time(1_001), Pid(1), b));
         }
         assert_eq!(fetch.ready(), Some(&snapshot));
         assert_eq!(fetch.fetched(), 6);
+    }
+
+    /// A server whose snapshot differs (its blocks match their own digests) spoils the first
+    /// attempt; the next takes every block from one server in turn and succeeds.
+    #[test]
+    fn one_server_with_a_different_snapshot_cannot_spoil_every_attempt() {
+        let good: Bytes = (0..BLOCK_BYTES * 3).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
+        let mut bad = good.to_vec();
+        (0..3).for_each(|b| bad[BLOCK_BYTES * b + 5] ^= 1);
+        let (mut honest, mut odd) = (CheckpointServer::new(), CheckpointServer::new());
+        honest.install(Checkpoint::new(Seq(100), good.clone()));
+        odd.install(Checkpoint::new(Seq(100), Bytes::from(bad)));
+        // Three blocks over three servers: spread, every attempt has a block of the odd one.
+        let servers = [(Pid(1), &honest), (Pid(2), &odd), (Pid(3), &honest)];
+        let info = Checkpoint::new(Seq(100), good.clone()).info();
+        let mut fetch = CatchUp::start(info, vec![Pid(1), Pid(2), Pid(3)], Time(0), 1_000).unwrap();
+        let mut out = Outbox::new();
+        for round in 0..4u64 {
+            fetch.handle_tick(Time(round * 1_000), &mut out);
+            for (pid, ask) in asks(&mut out) {
+                let server = servers.iter().find(|(p, _)| *p == pid).unwrap().1;
+                serve(server, &ask).iter().for_each(|b| fetch.handle_block(Time(round * 1_000 + 1), pid, b));
+            }
+        }
+        assert_eq!(fetch.ready(), Some(&good));
     }
 
     #[test]
@@ -217,7 +253,7 @@ mod tests {
         let cp = Checkpoint::new(Seq(10), Bytes::from_static(b"state"));
         let mut fetch = CatchUp::start(cp.info(), vec![Pid(1)], Time(0), 1_000).unwrap();
         let bad = Block { seq: Seq(10), index: 0, digest: Digest::of(b"other"), bytes: Bytes::from_static(b"other") };
-        fetch.handle_block(Time(1), &bad);
+        fetch.handle_block(Time(1), Pid(1), &bad);
         assert!(fetch.ready().is_none());
         let lying = CheckpointInfo { blocks: 9, ..cp.info() };
         assert!(CatchUp::start(lying, vec![Pid(1)], Time(0), 1_000).is_none(), "block count must fit the size");

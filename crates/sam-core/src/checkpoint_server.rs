@@ -22,7 +22,8 @@ use crate::message::{Block, CheckpointInfo, FetchBlocks, Heartbeat, Message};
 
 /// The size of a checkpoint block (the last one may be shorter).
 pub const BLOCK_BYTES: usize = 16 * 1024;
-/// How many checkpoints a server keeps: the latest and the one before.
+/// How many of the checkpoints it took a server keeps: the latest and the one before (plus
+/// the advertised one, while it is older: members may be fetching it).
 pub const KEPT_CHECKPOINTS: usize = 2;
 /// The most blocks served for one request.
 pub const MAX_BLOCKS_PER_FETCH: usize = 64;
@@ -72,8 +73,11 @@ pub struct CheckpointServer {
     kept: VecDeque<Checkpoint>,
     /// Checkpoints written but not durable yet.
     writing: VecDeque<(WriteId, Checkpoint)>,
-    /// The highest checkpoint advertised, as heard in heartbeats.
-    advertised: Option<CheckpointInfo>,
+    /// The checkpoint the latest heartbeat advertised: a later one of this server's is
+    /// reported (also to a new sequencer that does not know it yet).
+    heard: Option<CheckpointInfo>,
+    /// The highest checkpoint ever advertised, kept while members may fetch it.
+    advertised: Seq,
     sequencer: Option<Pid>,
     next_report: Time,
 }
@@ -84,26 +88,38 @@ impl CheckpointServer {
         CheckpointServer::default()
     }
 
-    /// Rebuilds the server from its durable records: the checkpoints it stored.
+    /// Rebuilds the server from its durable records: the checkpoints it stored, less those
+    /// found diverged.
     pub fn recover<'a>(records: impl IntoIterator<Item = &'a Record>) -> CheckpointServer {
         let mut server = CheckpointServer::new();
         for record in records {
-            if let Record::Checkpoint { seq, snapshot } = record {
-                server.install(Checkpoint::new(*seq, snapshot.clone()));
+            match record {
+                Record::Checkpoint { seq, snapshot } => server.install(Checkpoint::new(*seq, snapshot.clone())),
+                Record::Diverged(seq) => server.kept.retain(|c| c.seq < *seq),
+                _ => {}
             }
         }
         server
     }
 
-    /// Keeps a new checkpoint, forgetting all but the latest [`KEPT_CHECKPOINTS`].
+    /// Keeps a new checkpoint, forgetting all but the latest [`KEPT_CHECKPOINTS`] and the
+    /// advertised one.
     pub fn install(&mut self, checkpoint: Checkpoint) {
         if self.kept.back().is_some_and(|c| c.seq >= checkpoint.seq) {
             return;
         }
         self.kept.push_back(checkpoint);
-        while self.kept.len() > KEPT_CHECKPOINTS {
-            self.kept.pop_front();
-        }
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        let recent = self.kept.len().saturating_sub(KEPT_CHECKPOINTS);
+        let advertised = self.advertised;
+        let mut i = 0;
+        self.kept.retain(|c| {
+            i += 1;
+            i > recent || c.seq == advertised
+        });
     }
 
     /// The latest checkpoint kept.
@@ -142,13 +158,13 @@ impl CheckpointServer {
     /// checkpoint at the advertised number against it.
     pub fn handle_heartbeat(&mut self, now: Time, me: Pid, hb: &Heartbeat, out: &mut Outbox) -> Verdict {
         self.sequencer = Some(hb.sequencer);
+        self.heard = hb.checkpoint;
         let verdict = hb.checkpoint.map_or(Verdict::Agrees, |c| self.check(me, c, out));
-        if hb.checkpoint.is_some_and(|c| self.advertised.is_none_or(|a| c.seq > a.seq)) {
-            self.advertised = hb.checkpoint;
+        if let Some(c) = hb.checkpoint.filter(|c| c.seq > self.advertised) {
+            self.advertised = c.seq;
+            self.trim();
         }
-        if hb.checkpoint.is_none_or(|c| self.latest().is_some_and(|l| l.seq > c.seq)) {
-            self.report(now, out);
-        }
+        self.report(now, out);
         verdict
     }
 
@@ -162,6 +178,7 @@ impl CheckpointServer {
         out.push(Action::CheckpointMismatch { seq: advertised.seq, server: me, digest, expected: advertised.digest });
         self.kept.retain(|c| c.seq < advertised.seq);
         self.writing.clear();
+        out.persist(Record::Diverged(advertised.seq));
         Verdict::Diverged(advertised)
     }
 
@@ -169,7 +186,7 @@ impl CheckpointServer {
     /// worth of heartbeats (every `REPORT_EVERY_US`).
     fn report(&mut self, now: Time, out: &mut Outbox) {
         let (Some(latest), Some(sequencer)) = (self.latest(), self.sequencer) else { return };
-        if now < self.next_report || self.advertised.is_some_and(|a| a.seq >= latest.seq) {
+        if now < self.next_report || self.heard.is_some_and(|a| a.seq >= latest.seq) {
             return;
         }
         out.send(Dest::Pid(sequencer), Message::CheckpointReport(latest.info()));

@@ -14,7 +14,7 @@
 //! Replicated state (DESIGN section 5): a client may run a [`StateMachine`], applying each
 //! delivery to it; a checkpoint server's client also snapshots it at every checkpoint number.
 //! A client that is far behind, or whose missing log is gone (a commit server answers
-//! `Forgotten`, or no data server has the data any more), catches up from the advertised
+//! `Forgotten`, or a data server answers `Dropped`), catches up from the advertised
 //! checkpoint ([`crate::catch_up`]), then goes on from the next number with the ordinary NACK
 //! recovery. Before it skips numbers it learns their entries where it can, so that its own
 //! sends among them are reported committed; a send whose fate lies in a part of the log that
@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rand_xoshiro::Xoshiro256PlusPlus;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use thiserror::Error;
 
 use crate::action::{Action, Channel, Dest, Outbox};
@@ -131,8 +131,8 @@ pub struct Client {
     buffer_bytes: usize,
     /// The buffer size that triggers the next sweep of expired data.
     sweep_at: usize,
-    /// The mids of the last `Fetch`, admitted to the buffer even when it is full.
-    fetching: FxHashSet<Mid>,
+    /// The data asked of data servers and not received yet.
+    fetching: Fetching,
     delivered_mids: FxHashMap<Source, DeliveredCounters>,
     entry_asker: Asker,
     data_asker: Asker,
@@ -148,7 +148,8 @@ pub struct Client {
     snapshots: Vec<(Seq, Bytes)>,
     /// The highest advertised checkpoint heard of.
     checkpoint: Option<CheckpointInfo>,
-    /// The highest number a commit server said it forgot.
+    /// The highest number a commit server said it forgot, or below which a data server said it
+    /// dropped the data.
     forgotten: Seq,
     catch_up: Option<CatchUp>,
     /// Whether the catch-up under way restores an earlier state than delivered (this client's
@@ -156,9 +157,6 @@ pub struct Client {
     rewind: bool,
     /// How many entries at the front of `window` are known (a hint that saves rescanning).
     known_prefix: usize,
-    /// The number whose data the last fetches asked for first, and the ranks of the data
-    /// servers asked for it.
-    front_fetches: (Seq, u64),
     /// Blocks fetched over every catch-up, and catch-ups completed.
     caught_up: (u64, u64),
 }
@@ -178,7 +176,7 @@ impl Client {
             buffer: FxHashMap::default(),
             buffer_bytes: 0,
             sweep_at: MIN_SWEEP,
-            fetching: FxHashSet::default(),
+            fetching: Fetching::default(),
             delivered_mids: FxHashMap::default(),
             entry_asker,
             data_asker,
@@ -195,7 +193,6 @@ impl Client {
             catch_up: None,
             rewind: false,
             known_prefix: 0,
-            front_fetches: (Seq::ZERO, 0),
             caught_up: (0, 0),
         }
     }
@@ -265,19 +262,21 @@ impl Client {
         o.sent_at = now;
         let payload = o.payload.clone();
         let mid = Mid { source: self.source, counter };
-        self.buffer_data(mid, ts, payload.clone());
+        self.buffer_data(now, mid, ts, payload.clone(), false);
         out.send(Dest::Channel(Channel::Global), Message::Data(Data { mid, ts, payload }));
         let due = now.plus_us(self.cfg.retransmit_us);
         self.next_retransmit = Some(self.next_retransmit.map_or(due, |t| t.min(due)));
     }
 
-    /// Buffers a data message until its number is known and due.
-    pub fn handle_data(&mut self, now: Time, data: &Data, out: &mut Outbox) {
+    /// Buffers a data message until its number is known and due (`from` tells a data server's
+    /// answer from a sender's multicast).
+    pub fn handle_data(&mut self, now: Time, from: Pid, data: &Data, out: &mut Outbox) {
         let stale = self.cfg.lifetime_end(data.ts) <= self.delivered;
         if stale || self.was_delivered(&data.mid) {
             return;
         }
-        if self.buffer_data(data.mid, data.ts, data.payload.clone()) {
+        let answer = self.cfg.data_rank(from).is_some();
+        if self.buffer_data(now, data.mid, data.ts, data.payload.clone(), answer) {
             self.data_asker.progress(now);
             self.deliver(out);
         }
@@ -290,8 +289,8 @@ impl Client {
     /// Buffers a payload within the byte cap; returns whether it was new.
     /// Data this member asked a data server for is admitted even over the cap (a `Fetch` asks
     /// for at most `nack_batch` messages), so a full buffer can never stall delivery.
-    fn buffer_data(&mut self, mid: Mid, ts: Seq, payload: Bytes) -> bool {
-        let fetched = self.fetching.remove(&mid);
+    fn buffer_data(&mut self, now: Time, mid: Mid, ts: Seq, payload: Bytes, answer: bool) -> bool {
+        let fetched = self.fetching.received(now, &mid, answer);
         let full = self.buffer_bytes + charge(&payload) > self.cfg.member_buffer_bytes;
         if self.buffer.contains_key(&mid) || (full && !fetched) {
             return false;
@@ -414,7 +413,26 @@ impl Client {
 
     /// A commit server forgot numbers this client asked for: the log there is gone, and the
     /// client catches up from the checkpoint that covers it.
-    pub fn handle_forgotten(&mut self, now: Time, forgotten: &Forgotten) {
+    pub fn handle_forgotten(&mut self, now: Time, from: Pid, forgotten: &Forgotten) {
+        if self.cfg.commit_rank(from).is_some() {
+            self.note_forgotten(now, forgotten);
+        }
+    }
+
+    /// A data server lacks the data delivery waits for: ask the next one at once; and if the
+    /// server dropped it under a checkpoint, catch up from that checkpoint.
+    pub fn handle_dropped(&mut self, now: Time, from: Pid, dropped: &Forgotten) {
+        if self.cfg.data_rank(from).is_none() {
+            return;
+        }
+        if let Some(Some(Known { assigned: Assigned::Mid(mid), .. })) = self.window.front() {
+            self.fetching.forget(mid);
+        }
+        self.data_asker.refused(now);
+        self.note_forgotten(now, dropped);
+    }
+
+    fn note_forgotten(&mut self, now: Time, forgotten: &Forgotten) {
         if forgotten.floor > self.known_committed {
             return;
         }
@@ -436,8 +454,7 @@ impl Client {
             self.caught_up.0 += fetch.fetched();
         }
         let behind = self.known_committed.0.saturating_sub(self.delivered.0);
-        let log_gone = self.forgotten > self.delivered || self.data_gone();
-        if behind > self.cfg.catch_up_after || log_gone {
+        if behind > self.cfg.catch_up_after || self.forgotten > self.delivered {
             self.start_catch_up(now, c);
         }
     }
@@ -445,15 +462,6 @@ impl Client {
     fn start_catch_up(&mut self, now: Time, checkpoint: CheckpointInfo) {
         let servers = self.cfg.checkpoint_servers.clone();
         self.catch_up = CatchUp::start(checkpoint, servers, now, self.cfg.request_timeout_us);
-    }
-
-    /// Whether every data server was asked for the data of the next number, at or below the
-    /// advertised checkpoint, and none sent it: they dropped it under a checkpoint.
-    fn data_gone(&self) -> bool {
-        let (seq, asked) = self.front_fetches;
-        let all = self.cfg.data_servers.len().min(64);
-        let checkpoint = self.checkpoint.map_or(Seq::ZERO, |c| c.seq);
-        seq == self.delivered.next() && seq <= checkpoint && asked.count_ones() as usize >= all
     }
 
     /// Restores the state from `checkpoint` whatever this client delivered (its own state
@@ -476,9 +484,12 @@ impl Client {
     }
 
     /// Takes a block of the checkpoint being fetched.
-    pub fn handle_block(&mut self, now: Time, block: &Block, out: &mut Outbox) {
+    pub fn handle_block(&mut self, now: Time, from: Pid, block: &Block, out: &mut Outbox) {
+        if self.cfg.checkpoint_rank(from).is_none() {
+            return;
+        }
         if let Some(c) = &mut self.catch_up {
-            c.handle_block(now, block);
+            c.handle_block(now, from, block);
         }
         self.finish_catch_up(now, out);
     }
@@ -544,6 +555,7 @@ impl Client {
     /// Moves the delivered prefix to `seq`, the number of the state just restored.
     fn jump(&mut self, now: Time, seq: Seq, snapshot: Bytes, out: &mut Outbox) {
         self.known_prefix = 0;
+        self.fetching.clear();
         if seq >= self.delivered {
             let skip = (seq.0 - self.delivered.0) as usize;
             if skip >= self.window.len() {
@@ -615,7 +627,9 @@ impl Client {
         }
         if !self.cfg.mutated(Mutation::NoGapRecovery) {
             self.ask_entries(now, out);
-            if self.catch_up.is_none() {
+            // Data a checkpoint will skip is not worth fetching, unless the fetch is stuck:
+            // then the log may still get this client on.
+            if self.catch_up.as_ref().is_none_or(CatchUp::stalled) {
                 self.ask_data(now, out);
             }
         }
@@ -663,6 +677,8 @@ impl Client {
 
     /// Asks a data server for missing data when delivery waits for it (the front's entry is
     /// known and its data is not), with the other missing data after it in the same batch.
+    /// Answers arrive one message at a time: each lets the next question go at once, for
+    /// what is missing and not on its way (see [`Fetching`]).
     fn ask_data(&mut self, now: Time, out: &mut Outbox) {
         let blocked = match self.window.front() {
             Some(Some(Known { assigned: Assigned::Mid(mid), .. })) => !self.buffer.contains_key(mid),
@@ -673,30 +689,31 @@ impl Client {
             return;
         }
         self.data_asker.missing(now, &mut self.rng);
+        let timed_out = self.data_asker.timed_out(now);
         let Some(server) = self.data_asker.due(now, None) else { return };
+        if timed_out {
+            self.fetching.clear();
+        }
+        let margin_us = self.cfg.nack_delay_us;
         let mids: Vec<Mid> = self
             .window
             .iter()
+            .take(self.cfg.nack_batch * FETCH_SCAN_BATCHES)
             .filter_map(|k| match k {
-                Some(Known { assigned: Assigned::Mid(mid), .. }) if !self.buffer.contains_key(mid) => Some(*mid),
+                Some(Known { assigned: Assigned::Mid(mid), .. })
+                    if !self.buffer.contains_key(mid) && self.fetching.wants(now, mid, margin_us) =>
+                {
+                    Some(*mid)
+                }
                 _ => None,
             })
             .take(self.cfg.nack_batch)
             .collect();
-        self.fetching.clear();
-        self.fetching.extend(mids.iter().copied());
+        if mids.is_empty() {
+            return;
+        }
+        mids.iter().for_each(|mid| self.fetching.ask(now, *mid));
         out.send(Dest::Pid(server), Message::Fetch(Fetch { mids }));
-        self.count_front_fetch(now, self.delivered.next(), server);
-    }
-
-    /// Notes which data servers were asked for the data of `front`.
-    fn count_front_fetch(&mut self, now: Time, front: Seq, server: Pid) {
-        let bit = self.cfg.data_rank(server).filter(|r| *r < 64).map_or(0, |r| 1u64 << r);
-        self.front_fetches = match self.front_fetches {
-            (seq, asked) if seq == front => (seq, asked | bit),
-            _ => (front, bit),
-        };
-        self.maybe_catch_up(now);
     }
 
     fn retransmit(&mut self, now: Time, out: &mut Outbox) {
@@ -752,5 +769,130 @@ impl Client {
     pub fn check_invariants(&self) {
         debug_assert!(self.outstanding.len() <= self.cfg.sender_window);
         debug_assert!(self.delivered <= self.known_committed);
+    }
+}
+
+/// How far ahead of the delivered prefix a question for data looks, in `nack_batch`es: data
+/// far ahead is not what delivery waits for, and the scan must stay short.
+const FETCH_SCAN_BATCHES: usize = 4;
+
+/// The data asked of data servers and not received yet, with when it was asked. Asked data
+/// is admitted to the buffer even when it is full, and is not asked again while it may still
+/// be on its way: until a question times out, or until it is overdue by far more than data
+/// servers take to answer (a lost answer is asked again without waiting for the timeout).
+#[derive(Clone, Debug, Default)]
+struct Fetching {
+    asked: FxHashMap<Mid, Time>,
+    /// The smoothed time data servers took to answer, in microseconds (0: not measured yet).
+    answer_us: u64,
+}
+
+impl Fetching {
+    /// Notes that `mid` arrived, as a data server's `answer` or otherwise (a sender's
+    /// multicast says nothing of how long answers take); returns whether it was asked for.
+    fn received(&mut self, now: Time, mid: &Mid, answer: bool) -> bool {
+        let Some(asked_at) = self.asked.remove(mid) else { return false };
+        if answer {
+            let sample = now.since_us(asked_at);
+            self.answer_us = if self.answer_us == 0 { sample.max(1) } else { (7 * self.answer_us + sample) / 8 };
+        }
+        true
+    }
+
+    /// Whether `mid` should be asked for: it was not, or its answer is overdue by more than
+    /// twice the usual answer time plus `margin_us`.
+    fn wants(&self, now: Time, mid: &Mid, margin_us: u64) -> bool {
+        self.asked
+            .get(mid)
+            .is_none_or(|asked_at| self.answer_us > 0 && now.since_us(*asked_at) > 2 * self.answer_us + margin_us)
+    }
+
+    /// Forgets that `mid` was asked for (the server asked does not hold it).
+    fn forget(&mut self, mid: &Mid) {
+        self.asked.remove(mid);
+    }
+
+    fn ask(&mut self, now: Time, mid: Mid) {
+        self.asked.insert(mid, now);
+    }
+
+    /// Forgets what was asked (a question timed out, or the numbers were skipped).
+    fn clear(&mut self) {
+        self.asked.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_xoshiro::rand_core::SeedableRng;
+
+    use super::*;
+    use crate::ids::{Epoch, Incarnation};
+
+    fn client() -> Client {
+        let cfg = Config::new(vec![Pid(1)], vec![Pid(11), Pid(12)], vec![]);
+        let source = Source { pid: Pid(50), incarnation: Incarnation(1) };
+        Client::new(Arc::new(cfg), source, Xoshiro256PlusPlus::seed_from_u64(3))
+    }
+
+    fn mid(counter: u64) -> Mid {
+        Mid { source: Source { pid: Pid(9), incarnation: Incarnation(2) }, counter }
+    }
+
+    fn fetches(out: &mut Outbox) -> Vec<(Pid, Vec<Mid>)> {
+        out.drain()
+            .filter_map(|a| match a {
+                Action::Send { to: Dest::Pid(p), msg: Message::Fetch(f) } => Some((p, f.mids)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A client that missed the data of numbers 1..=4 and asked for them.
+    fn asked() -> (Client, Pid, Outbox) {
+        let mut c = client();
+        let mut out = Outbox::new();
+        let entries = (1..=4).map(|i| Assigned::Mid(mid(i))).collect();
+        c.handle_commit(Time(0), &Commit { epoch: Epoch::initial(), first: Seq(1), entries }, &mut out);
+        c.handle_tick(Time(10_000), &mut out);
+        let asked = fetches(&mut out);
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].1, (1..=4).map(mid).collect::<Vec<_>>(), "the front first");
+        (c, asked[0].0, out)
+    }
+
+    fn data(counter: u64) -> Data {
+        Data { mid: mid(counter), ts: Seq::ZERO, payload: Bytes::from_static(b"x") }
+    }
+
+    /// DESIGN section 4, gap recovery: answers arrive one at a time; each lets the next
+    /// question go, but what is still on its way is not asked again until it is overdue.
+    #[test]
+    fn data_on_its_way_is_not_asked_again() {
+        let (mut c, server, mut out) = asked();
+        c.handle_data(Time(10_200), server, &data(1), &mut out);
+        c.handle_tick(Time(10_200), &mut out);
+        assert!(fetches(&mut out).is_empty(), "2..=4 are on their way");
+        assert_eq!(c.delivered(), Seq(1));
+        c.handle_data(Time(10_300), server, &data(3), &mut out);
+        c.handle_tick(Time(10_300 + 2 * 250 + c.cfg.nack_delay_us + 1), &mut out);
+        let again = fetches(&mut out);
+        assert_eq!(again.iter().flat_map(|(_, m)| m.clone()).collect::<Vec<_>>(), vec![mid(2), mid(4)], "overdue");
+    }
+
+    /// A data server that lacks what delivery waits for says so, and the next server is asked
+    /// at once, without waiting for the request timeout.
+    #[test]
+    fn a_data_server_that_lacks_the_front_sends_the_client_to_the_next_at_once() {
+        let (mut c, server, mut out) = asked();
+        c.handle_dropped(Time(10_100), server, &Forgotten { floor: Seq::ZERO, checkpoint: None });
+        c.handle_tick(Time(10_100), &mut out);
+        let next = fetches(&mut out);
+        assert_eq!(next.len(), 1);
+        assert_ne!(next[0].0, server);
+        assert_eq!(next[0].1, vec![mid(1)], "only the front: the rest may be on its way");
+        let stranger = Forgotten { floor: Seq(1), checkpoint: None };
+        c.handle_forgotten(Time(10_200), Pid(11), &stranger);
+        assert_eq!(c.forgotten, Seq::ZERO, "Forgotten is heeded from commit servers only");
     }
 }

@@ -189,8 +189,11 @@ impl CommitServer {
                 self.committed = self.committed.max(*upto);
                 self.known_committed = self.known_committed.max(*upto);
             }
-            Record::Floor(floor) => self.forget_through(*floor),
-            Record::Data(_) | Record::Checkpoint { .. } => {}
+            Record::Floor { floor, checkpoint } => {
+                self.note_checkpoint(*checkpoint);
+                self.forget_through(*floor);
+            }
+            Record::Data(_) | Record::Checkpoint { .. } | Record::Diverged(_) => {}
         }
     }
 
@@ -566,7 +569,8 @@ impl CommitServer {
                 .iter()
                 .filter_map(|seq| Some(PromisedSlot { seq, slot: self.stored(seq)?.slot }))
                 .collect();
-            let part = Promise { epoch: self.promised, first, last, highest, floor: self.floor(), slots };
+            let (floor, checkpoint) = (self.floor(), self.checkpoint);
+            let part = Promise { epoch: self.promised, first, last, highest, floor, checkpoint, slots };
             out.send(Dest::Pid(to), Message::Promise(part));
             if last >= highest {
                 break;
@@ -664,7 +668,7 @@ impl CommitServer {
         let floor = checkpoint.seq.min(self.committed.minus(self.cfg.max_lifetime));
         if floor >= self.base {
             self.forget_through(floor);
-            out.persist(Record::Floor(floor));
+            out.persist(Record::Floor { floor, checkpoint: self.checkpoint });
         }
     }
 
@@ -694,7 +698,7 @@ impl CommitServer {
         self.note_checkpoint(forgotten.checkpoint);
         if forgotten.floor > self.committed {
             self.forget_through(forgotten.floor);
-            out.persist(Record::Floor(forgotten.floor));
+            out.persist(Record::Floor { floor: forgotten.floor, checkpoint: self.checkpoint });
             self.advance_accepted();
         }
     }
@@ -932,7 +936,7 @@ mod tests {
         s.handle_heartbeat(Time(2), &Heartbeat { checkpoint: Some(checkpoint), ..hb(e, 1) }, &mut out);
         s.handle_tick(Time(3), &mut out);
         assert_eq!(s.floor(), Seq(6), "the last max_lifetime entries stay: 10 - 4");
-        assert!(out.drain().any(|a| matches!(a, Action::Persist { record: Record::Floor(Seq(6)), .. })));
+        assert!(out.drain().any(|a| matches!(a, Action::Persist { record: Record::Floor { floor: Seq(6), .. }, .. })));
         s.handle_query(Pid(9), &QueryEntries { ranges: vec![SeqRange { first: Seq(3), last: Seq(8) }] }, &mut out);
         let answers: Vec<Message> = out
             .drain()

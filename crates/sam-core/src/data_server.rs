@@ -22,7 +22,7 @@ use rustc_hash::FxHashMap;
 use crate::action::{Dest, Outbox, Record, WriteId};
 use crate::config::Config;
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq};
-use crate::message::{Assigned, Commit, Data, Fetch, Heartbeat, Message, Order, OrderItem};
+use crate::message::{Assigned, CheckpointInfo, Commit, Data, Fetch, Forgotten, Heartbeat, Message, Order, OrderItem};
 
 /// One message held.
 #[derive(Clone, Debug)]
@@ -46,9 +46,10 @@ pub struct DataServer {
     orders: Vec<OrderItem>,
     sequencer: Pid,
     epoch: Epoch,
-    /// The two highest advertised checkpoints heard of: the one before the latest, and the
-    /// latest.
-    checkpoints: (Seq, Seq),
+    /// The latest advertised checkpoint heard of.
+    checkpoint: Option<CheckpointInfo>,
+    /// The checkpoint before it: what it covers is garbage here.
+    floor: Seq,
 }
 
 impl DataServer {
@@ -63,13 +64,19 @@ impl DataServer {
             orders: Vec::new(),
             sequencer,
             epoch: Epoch::NONE,
-            checkpoints: (Seq::ZERO, Seq::ZERO),
+            checkpoint: None,
+            floor: Seq::ZERO,
         }
     }
 
     /// Whether this server holds `mid` (a host's store may drop the others).
     pub fn holds(&self, mid: &Mid) -> bool {
         self.held.contains_key(mid)
+    }
+
+    /// The latest advertised checkpoint this server heard of.
+    pub fn checkpoint(&self) -> Option<CheckpointInfo> {
+        self.checkpoint
     }
 
     /// How many messages this server holds (for resource checks).
@@ -96,8 +103,13 @@ impl DataServer {
         server
     }
 
-    /// Stores a new message durably; asks again for one it holds uncommitted.
+    /// Stores a new message durably; asks again for one it holds uncommitted. A message whose
+    /// lifetime ended under the checkpoint (a late retransmission of one collected) is garbage
+    /// already.
     pub fn handle_data(&mut self, data: &Data, out: &mut Outbox) {
+        if self.cfg.lifetime_end(data.ts) <= self.floor {
+            return;
+        }
         match self.held.get(&data.mid) {
             Some(h) if h.durable && h.committed.is_none() => {
                 self.orders.push(OrderItem { mid: data.mid, ts: h.ts, digest: h.digest });
@@ -150,8 +162,9 @@ impl DataServer {
     /// Follows the highest epoch's sequencer. A new sequencer gets every held, uncommitted
     /// message ordered again (DESIGN section 6): the orders its predecessor counted are lost.
     pub fn handle_heartbeat(&mut self, hb: &Heartbeat, out: &mut Outbox) {
-        if let Some(c) = hb.checkpoint.filter(|c| c.seq > self.checkpoints.1) {
-            self.checkpoints = (self.checkpoints.1, c.seq);
+        if let Some(c) = hb.checkpoint.filter(|c| self.checkpoint.is_none_or(|known| c.seq > known.seq)) {
+            self.floor = self.checkpoint.map_or(Seq::ZERO, |known| known.seq);
+            self.checkpoint = Some(c);
             self.collect_garbage();
         }
         if hb.epoch < self.epoch {
@@ -170,12 +183,19 @@ impl DataServer {
     /// Drops what the checkpoint before the latest covers; a write not yet durable stays until
     /// it is.
     fn collect_garbage(&mut self) {
-        let (cfg, checkpoint) = (&self.cfg, self.checkpoints.0);
-        self.held.retain(|_, h| !h.durable || h.committed.unwrap_or(cfg.lifetime_end(h.ts)) > checkpoint);
+        let (cfg, floor) = (&self.cfg, self.floor);
+        self.held.retain(|_, h| !h.durable || h.committed.unwrap_or(cfg.lifetime_end(h.ts)) > floor);
     }
 
-    /// Serves the messages a member asks for (those it holds).
+    /// Serves the messages a member asks for (those it holds). When it lacks the first (the
+    /// one the member's delivery waits for) it says so at once, with what it dropped under a
+    /// checkpoint: the member asks another server, or needs that checkpoint.
     pub fn handle_fetch(&self, from: Pid, fetch: &Fetch, out: &mut Outbox) {
+        let lacks_first = fetch.mids.first().is_some_and(|mid| !self.held.contains_key(mid));
+        if lacks_first {
+            let dropped = Forgotten { floor: self.floor, checkpoint: self.checkpoint };
+            out.send(Dest::Pid(from), Message::Dropped(dropped));
+        }
         for mid in fetch.mids.iter().take(self.cfg.nack_batch) {
             if let Some(h) = self.held.get(mid) {
                 out.send(Dest::Pid(from), Message::Data(Data { mid: *mid, ts: h.ts, payload: h.payload.clone() }));

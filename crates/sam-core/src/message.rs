@@ -163,7 +163,8 @@ pub struct CheckpointInfo {
 }
 
 /// Commit server → asker: "every number up to `floor` is committed and no longer kept here";
-/// a member behind it catches up from `checkpoint`, a commit server skips to it.
+/// a member behind it catches up from `checkpoint`, a commit server skips to it. A data server
+/// says the same of messages as [`Message::Dropped`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Forgotten {
     /// The highest number forgotten.
@@ -266,6 +267,9 @@ pub struct Promise {
     /// Every number up to this one is committed and forgotten by the server (garbage
     /// collected under a checkpoint): the candidate recovers from `floor + 1` at the earliest.
     pub floor: Seq,
+    /// The advertised checkpoint the server knows: the candidate advertises the highest
+    /// reported (the advertised checkpoint never goes back).
+    pub checkpoint: Option<CheckpointInfo>,
     /// The stored slots in `first..=last`, in number order; numbers not listed hold nothing.
     pub slots: Vec<PromisedSlot>,
 }
@@ -309,6 +313,10 @@ pub enum Message {
     CheckpointReport(CheckpointInfo),
     /// See [`Forgotten`].
     Forgotten(Forgotten),
+    /// Data server → member, in answer to a `Fetch` whose first message it does not hold: ask
+    /// another server; and messages committed up to `floor` are no longer kept here (a member
+    /// missing one catches up from the checkpoint). Only members heed it.
+    Dropped(Forgotten),
 }
 
 /// The kind of a message, for counters and dispatch.
@@ -350,11 +358,13 @@ pub enum Kind {
     CheckpointReport,
     /// [`Forgotten`]
     Forgotten,
+    /// [`Message::Dropped`]
+    Dropped,
 }
 
 impl Kind {
     /// Every kind, in wire-tag order.
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Data,
         Kind::Order,
         Kind::Assign,
@@ -373,6 +383,7 @@ impl Kind {
         Kind::PreVoteGranted,
         Kind::CheckpointReport,
         Kind::Forgotten,
+        Kind::Dropped,
     ];
 }
 
@@ -398,6 +409,7 @@ impl Message {
             Message::PreVoteGranted(_) => Kind::PreVoteGranted,
             Message::CheckpointReport(_) => Kind::CheckpointReport,
             Message::Forgotten(_) => Kind::Forgotten,
+            Message::Dropped(_) => Kind::Dropped,
         }
     }
 }

@@ -152,7 +152,7 @@ impl Process {
                     d.handle_data(m, out);
                 }
                 if let Some(c) = &mut self.client {
-                    c.handle_data(now, m, out);
+                    c.handle_data(now, from, m, out);
                 }
             }
             Message::Order(m) => {
@@ -251,7 +251,7 @@ impl Process {
             }
             Message::Block(m) => {
                 if let Some(c) = &mut self.client {
-                    c.handle_block(now, m, out);
+                    c.handle_block(now, from, m, out);
                 }
             }
             Message::CheckpointReport(m) => {
@@ -264,7 +264,12 @@ impl Process {
                     c.handle_forgotten(from, m, out);
                 }
                 if let Some(c) = &mut self.client {
-                    c.handle_forgotten(now, m);
+                    c.handle_forgotten(now, from, m);
+                }
+            }
+            Message::Dropped(m) => {
+                if let Some(c) = &mut self.client {
+                    c.handle_dropped(now, from, m);
                 }
             }
         }
@@ -407,7 +412,7 @@ impl Process {
             })
             .collect();
         let Some(recovered) = b.recovered(own_rank, &committed_below) else { return };
-        let checkpoint = c.checkpoint();
+        let checkpoint = [c.checkpoint(), b.checkpoint()].into_iter().flatten().max_by_key(|c| c.seq);
         let takeover = Takeover { from_seq, history_first, history, recovered, checkpoint };
         let mut sequencer = Sequencer::take_office(self.cfg.clone(), self.pid, b.epoch(), takeover, now);
         sequencer.flush(&mut self.out);

@@ -113,11 +113,12 @@
 //! | 10  | [`FetchBlocks`]      | `seq` (varint), `blocks` (list of u32 varints)                                                       |
 //! | 11  | [`Block`]            | `seq` (varint), `index` (u32 varint), `digest` (16 bytes), `bytes` (bytes)                           |
 //! | 12  | [`Prepare`]          | `epoch` (varint), `from_seq` (varint)                                                                |
-//! | 13  | [`Promise`]          | `epoch` (varint), `first`..`last` (as a [`SeqRange`]), `highest` (varint), `floor` (varint), `slots` (list of [`PromisedSlot`]) |
+//! | 13  | [`Promise`]          | `epoch` (varint), `first`..`last` (as a [`SeqRange`]), `highest` (varint), `floor` (varint), `checkpoint` (optional checkpoint), `slots` (list of [`PromisedSlot`]) |
 //! | 14  | [`PreVote`]          | `epoch` (varint)                                                                                     |
 //! | 15  | [`PreVoteGranted`]   | `epoch` (varint)                                                                                     |
 //! | 16  | [`Message::CheckpointReport`] | the checkpoint                                                                              |
 //! | 17  | [`Forgotten`]        | `floor` (varint), `checkpoint` (optional checkpoint)                                                 |
+//! | 18  | [`Message::Dropped`] | as [`Forgotten`]                                                                                     |
 //!
 //! A *checkpoint* ([`CheckpointInfo`]) is `seq` (varint), `size` (varint), `blocks` (u32 varint),
 //! `digest` (16 bytes); an *optional checkpoint* is a byte `0` (none) or `1` followed by one.
@@ -484,7 +485,7 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
         Message::PreVote(p) => s.varint(p.epoch.0),
         Message::PreVoteGranted(p) => s.varint(p.epoch.0),
         Message::CheckpointReport(c) => put_checkpoint(s, c),
-        Message::Forgotten(f) => {
+        Message::Forgotten(f) | Message::Dropped(f) => {
             s.varint(f.floor.0);
             put_checkpoint_opt(s, &f.checkpoint);
         }
@@ -493,6 +494,7 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
             put_range(s, &SeqRange { first: p.first, last: p.last });
             s.varint(p.highest.0);
             s.varint(p.floor.0);
+            put_checkpoint_opt(s, &p.checkpoint);
             put_len(s, p.slots.len());
             let mut prev_seq = p.first;
             let mut prev = None;
@@ -827,6 +829,10 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn forgotten(&mut self) -> Result<Forgotten, DecodeError> {
+        Ok(Forgotten { floor: self.seq()?, checkpoint: self.checkpoint_opt()? })
+    }
+
     fn range(&mut self) -> Result<SeqRange, DecodeError> {
         let first = self.varint()?;
         let delta = self.varint()?;
@@ -909,12 +915,14 @@ impl<'a> Reader<'a> {
             Kind::PreVote => Message::PreVote(PreVote { epoch: self.epoch()? }),
             Kind::PreVoteGranted => Message::PreVoteGranted(PreVoteGranted { epoch: self.epoch()? }),
             Kind::CheckpointReport => Message::CheckpointReport(self.checkpoint()?),
-            Kind::Forgotten => Message::Forgotten(Forgotten { floor: self.seq()?, checkpoint: self.checkpoint_opt()? }),
+            Kind::Forgotten => Message::Forgotten(self.forgotten()?),
+            Kind::Dropped => Message::Dropped(self.forgotten()?),
             Kind::Promise => {
                 let epoch = self.epoch()?;
                 let range = self.range()?;
                 let highest = self.seq()?;
                 let floor = self.seq()?;
+                let checkpoint = self.checkpoint_opt()?;
                 let mut prev_seq = range.first;
                 let mut prev = None;
                 let slots = self.list(3, |r| {
@@ -924,7 +932,15 @@ impl<'a> Reader<'a> {
                     prev_seq = Seq(seq);
                     Ok(PromisedSlot { seq: Seq(seq), slot: Slot { epoch: r.epoch()?, entry: r.entry(&mut prev)? } })
                 })?;
-                Message::Promise(Promise { epoch, first: range.first, last: range.last, highest, floor, slots })
+                Message::Promise(Promise {
+                    epoch,
+                    first: range.first,
+                    last: range.last,
+                    highest,
+                    floor,
+                    checkpoint,
+                    slots,
+                })
             }
         })
     }
@@ -1137,6 +1153,8 @@ mod tests {
             arb_checkpoint().prop_map(Message::CheckpointReport),
             (arb_seq(), proptest::option::of(arb_checkpoint()))
                 .prop_map(|(floor, checkpoint)| Message::Forgotten(Forgotten { floor, checkpoint })),
+            (arb_seq(), proptest::option::of(arb_checkpoint()))
+                .prop_map(|(floor, checkpoint)| Message::Dropped(Forgotten { floor, checkpoint })),
         ]
     }
 
@@ -1169,8 +1187,9 @@ mod tests {
     }
 
     fn arb_promise() -> impl Strategy<Value = Message> {
-        (arb_epoch(), arb_range(), (arb_seq(), arb_seq()), arb_entries(), vec((0..5u64, arb_epoch()), 40)).prop_map(
-            |(epoch, range, (highest, floor), entries, gaps)| {
+        let numbers = (arb_seq(), arb_seq(), proptest::option::of(arb_checkpoint()));
+        (arb_epoch(), arb_range(), numbers, arb_entries(), vec((0..5u64, arb_epoch()), 40)).prop_map(
+            |(epoch, range, (highest, floor, checkpoint), entries, gaps)| {
                 let mut seq = range.first;
                 let slots = entries
                     .into_iter()
@@ -1180,7 +1199,15 @@ mod tests {
                         Some(PromisedSlot { seq, slot: Slot { epoch: e, entry } })
                     })
                     .collect();
-                Message::Promise(Promise { epoch, first: range.first, last: range.last, highest, floor, slots })
+                Message::Promise(Promise {
+                    epoch,
+                    first: range.first,
+                    last: range.last,
+                    highest,
+                    floor,
+                    checkpoint,
+                    slots,
+                })
             },
         )
     }
@@ -1572,7 +1599,7 @@ mod tests {
     #[test]
     fn body_errors() {
         let body = |b: &[u8]| decode_body(&Bytes::copy_from_slice(b));
-        assert_eq!(body(&[18, 0]), Err(DecodeError::UnknownKind(18)));
+        assert_eq!(body(&[19, 0]), Err(DecodeError::UnknownKind(19)));
         assert_eq!(body(&[255]), Err(DecodeError::UnknownKind(255)));
         // Length past the end of the body.
         assert_eq!(body(&[4, 2, 1]), Err(DecodeError::Truncated));

@@ -73,6 +73,8 @@ fn message() -> impl Strategy<Value = Message> {
         checkpoint().prop_map(Message::CheckpointReport),
         (seq(), prop::option::of(checkpoint()))
             .prop_map(|(floor, checkpoint)| Message::Forgotten(Forgotten { floor, checkpoint })),
+        (seq(), prop::option::of(checkpoint()))
+            .prop_map(|(floor, checkpoint)| Message::Dropped(Forgotten { floor, checkpoint })),
         prop::collection::vec((seq(), seq()), 0..4).prop_map(|r| Message::QueryEntries(QueryEntries {
             ranges: r.into_iter().map(|(first, last)| SeqRange { first, last }).collect()
         })),
@@ -99,6 +101,7 @@ fn message() -> impl Strategy<Value = Message> {
                 last,
                 highest,
                 floor,
+                checkpoint: None,
                 slots: s
                     .into_iter()
                     .map(|(seq, epoch, entry)| PromisedSlot { seq, slot: Slot { epoch, entry } })

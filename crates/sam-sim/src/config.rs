@@ -18,8 +18,11 @@ pub struct SimConfig {
     pub senders: usize,
     /// Messages sent in all, spread over the senders.
     pub messages: usize,
-    /// Payload size in bytes.
+    /// Payload size in bytes (the value of a table update).
     pub payload_bytes: usize,
+    /// How many distinct keys the table updates touch: with the value size, the size of the
+    /// replicated table and so of every checkpoint.
+    pub keys: u64,
     /// Probability that a datagram is lost, per recipient.
     pub loss: f64,
     /// Probability that a datagram is delivered twice, per recipient.
@@ -88,6 +91,7 @@ impl SimConfig {
             senders: 2,
             messages: 200,
             payload_bytes: 32,
+            keys: 512,
             loss: 0.0,
             dup: 0.0,
             reorder: 0.0,
@@ -189,6 +193,7 @@ impl SimConfig {
             }
         };
         add(self.payload_bytes != defaults.payload_bytes, format!("--size {}", self.payload_bytes));
+        add(self.keys != defaults.keys, format!("--keys {}", self.keys));
         add(self.loss > 0.0, format!("--loss {}", self.loss));
         add(self.dup > 0.0, format!("--dup {}", self.dup));
         add(self.reorder > 0.0, format!("--reorder {}", self.reorder));

@@ -41,12 +41,23 @@ pub struct CheckpointStats {
     pub blocks_fetched: u64,
     /// Late joiners: simulated time from joining to restoring a checkpoint, in microseconds.
     pub join_catch_up_us: Vec<u64>,
+    /// Late joiners: simulated time from joining to delivering everything committed when they
+    /// joined, in microseconds.
+    pub join_live_us: Vec<u64>,
     /// Sends reported of unknown outcome (their log was gone when the sender caught up).
     pub unknown: u64,
     /// The most messages any data server held at once.
     pub peak_data_held: usize,
     /// The most entries any commit server held at once.
     pub peak_commit_held: usize,
+    /// The most numbers committed above the checkpoint a data or commit server knew advertised.
+    pub peak_unadvertised: u64,
+    /// The most messages all senders had uncommitted at once.
+    pub peak_in_flight: usize,
+    /// The most checkpoints any checkpoint server kept at once.
+    pub peak_checkpoints_kept: usize,
+    /// The most snapshot bytes any checkpoint server kept at once.
+    pub peak_checkpoint_bytes: u64,
 }
 
 /// Messages and datagrams one kind of process sent and received.
@@ -160,19 +171,27 @@ impl fmt::Display for Report {
         if c.n_checkpoint > 0 {
             writeln!(
                 f,
-                "  checkpoints: advertised up to {}, {} catch-ups ({} blocks), {} digest mismatches, {} unknown outcomes; peak held: data {}, commit {}",
+                "  checkpoints: advertised up to {}, {} catch-ups ({} blocks), {} digest mismatches, {} unknown outcomes; peak held: data {} messages, commit {} entries, checkpoint {} snapshots ({} bytes)",
                 cp.advertised.map_or("none".into(), |s| s.to_string()),
                 cp.catch_ups,
                 cp.blocks_fetched,
                 cp.mismatches,
                 cp.unknown,
                 cp.peak_data_held,
-                cp.peak_commit_held
+                cp.peak_commit_held,
+                cp.peak_checkpoints_kept,
+                cp.peak_checkpoint_bytes
             )?;
         }
         if !cp.join_catch_up_us.is_empty() {
-            let ms: Vec<String> = cp.join_catch_up_us.iter().map(|us| format!("{:.1}", *us as f64 / 1e3)).collect();
-            writeln!(f, "  late joiners caught up from a checkpoint in (ms): {}", ms.join(", "))?;
+            writeln!(f, "  late joiners restored a checkpoint in (ms): {}", ms_list(&cp.join_catch_up_us))?;
+        }
+        if !cp.join_live_us.is_empty() {
+            writeln!(
+                f,
+                "  late joiners delivered up to the head they joined at in (ms): {}",
+                ms_list(&cp.join_live_us)
+            )?;
         }
         write!(f, "  simulated {:.3} s, wall {:.3} s", self.sim_time_us as f64 / 1e6, self.wall_ms as f64 / 1e3)?;
         for v in &self.violations {
@@ -180,4 +199,9 @@ impl fmt::Display for Report {
         }
         Ok(())
     }
+}
+
+/// Durations in microseconds as a list of milliseconds.
+fn ms_list(us: &[u64]) -> String {
+    us.iter().map(|us| format!("{:.1}", *us as f64 / 1e3)).collect::<Vec<_>>().join(", ")
 }

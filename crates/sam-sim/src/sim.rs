@@ -14,8 +14,8 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rustc_hash::{FxHashMap, FxHashSet};
 use sam_core::wire::{decode_frame, FramePacker};
 use sam_core::{
-    Action, Assigned, Channel, Config, Dest, Digest, Epoch, Incarnation, KvOp, KvTable, Message, Mid, Pid, Process,
-    Record, RestoreError, Roles, Seq, Sequencer, StateMachine, Time, WriteId,
+    Action, Assigned, Channel, CommitServer, Config, DataServer, Dest, Digest, Epoch, Incarnation, KvOp, KvTable,
+    Message, Mid, Pid, Process, Record, RestoreError, Roles, Seq, Sequencer, StateMachine, Time, WriteId,
 };
 
 use crate::check::{Checker, Life, Outcome};
@@ -31,8 +31,6 @@ const WIRE_DATAGRAM_BYTES: usize = 64 * 1024;
 const CHECK_EVERY_US: u64 = 5_000;
 /// How many messages a sender sends per workload tick at most.
 const BURST: u64 = 8;
-/// How many distinct keys the workload writes (so the table, and its snapshots, stay small).
-const KEYS: u64 = 512;
 /// How often the disks drop what the servers garbage-collected, as a real store retires
 /// segments.
 const COMPACT_EVERY_US: u64 = 1_000_000;
@@ -108,7 +106,8 @@ impl Disk {
                 Record::Promise(_)
                 | Record::Committed(_)
                 | Record::StorageLost
-                | Record::Floor(_)
+                | Record::Floor { .. }
+                | Record::Diverged(_)
                 | Record::Checkpoint { .. } => {}
             }
             self.durable.push(record);
@@ -119,14 +118,16 @@ impl Disk {
 
 impl Disk {
     /// Drops the records a process no longer needs: slots at or below a commit server's
-    /// floor, messages a data server dropped. A restart then recovers what a real store
-    /// would still hold.
+    /// floor, messages a data server dropped, checkpoints older than those a checkpoint server
+    /// keeps. A restart then recovers what a real store would still hold.
     fn compact(&mut self, state: &Process) {
         let floor = state.commit_server().map_or(Seq::ZERO, sam_core::CommitServer::floor);
         let data = state.data_server();
+        let oldest_kept = state.checkpoint_server().and_then(|c| c.kept().next()).map_or(Seq::ZERO, |c| c.seq);
         self.durable.retain(|r| match r {
             Record::Slots { first, slots } => first.plus(slots.len() as u64) > floor.next(),
             Record::Data(d) => data.is_none_or(|ds| ds.holds(&d.mid)),
+            Record::Checkpoint { seq, .. } => *seq >= oldest_kept,
             _ => true,
         });
         self.entries.retain(|seq, _| *seq > floor);
@@ -184,6 +185,11 @@ struct SimProc {
     subscriptions: Vec<Channel>,
     /// A late joiner: when it joined, until it caught up from a checkpoint.
     joined_at: Option<Time>,
+    /// A late joiner: when it joined and the highest number committed then, until it
+    /// delivered that far.
+    live_target: Option<(Time, Seq)>,
+    /// Its client's messages not committed yet, after its last step.
+    in_flight: usize,
     /// Whether it was fetching a checkpoint after its last step.
     catching_up: bool,
 }
@@ -220,6 +226,8 @@ pub struct Simulation {
     /// long: a crash in the middle of recovery.
     crash_next_office: Option<u64>,
     checkpoints: CheckpointStats,
+    /// Messages not committed yet over every sender, after each one's last step.
+    in_flight: usize,
 }
 
 impl Simulation {
@@ -256,6 +264,7 @@ impl Simulation {
             failovers_us: Vec::new(),
             crash_next_office: None,
             checkpoints: CheckpointStats::default(),
+            in_flight: 0,
             cfg,
         };
         sim.build_group();
@@ -321,6 +330,8 @@ impl Simulation {
             wiped: false,
             subscriptions,
             joined_at: None,
+            live_target: None,
+            in_flight: 0,
             catching_up: false,
         });
         idx
@@ -347,6 +358,9 @@ impl Simulation {
         };
         state.attach_state_machine(self.now, machine);
         p.state = Some(state);
+        if p.life == 0 && p.joined_at.is_some() {
+            p.live_target = Some((self.now, Seq(self.checker.committed())));
+        }
         self.after_step(idx);
     }
 
@@ -522,7 +536,8 @@ impl Simulation {
 
     /// A random update of the replicated table: mostly puts, some deletes and batches.
     fn table_update(&mut self) -> Bytes {
-        let key = |rng: &mut Xoshiro256PlusPlus| Bytes::from(format!("k{}", rng.random_range(0..KEYS)));
+        let keys = self.cfg.keys.max(1);
+        let key = |rng: &mut Xoshiro256PlusPlus| Bytes::from(format!("k{}", rng.random_range(0..keys)));
         let mut value = vec![0u8; self.cfg.payload_bytes];
         self.rng.fill_bytes(&mut value);
         let op = match self.rng.random_range(0..10) {
@@ -627,9 +642,8 @@ impl Simulation {
                         }
                         Message::Entries(e) => self.checker.on_entries_served(self.now, e.first, &e.slots),
                         Message::Heartbeat(hb) => {
-                            if let Some(c) = hb.checkpoint {
-                                self.checkpoints.advertised = self.checkpoints.advertised.max(Some(c.seq.0));
-                            }
+                            let cp = &mut self.checkpoints;
+                            cp.advertised = cp.advertised.max(hb.checkpoint.map(|c| c.seq.0));
                         }
                         _ => {}
                     }
@@ -657,6 +671,8 @@ impl Simulation {
             }
         }
         self.actions = actions;
+        self.sample_held(idx);
+        self.note_live(idx);
         self.note_catch_up(idx);
         self.note_office(idx);
         self.start_sync(idx);
@@ -672,6 +688,16 @@ impl Simulation {
         self.checker.on_restored(self.now, life, seq, Digest::of(snapshot));
         if let Some(joined) = self.procs[idx].joined_at.take() {
             self.checkpoints.join_catch_up_us.push(self.now.since_us(joined));
+        }
+    }
+
+    /// Times a late joiner until it delivered everything committed when it joined.
+    fn note_live(&mut self, idx: usize) {
+        let p = &self.procs[idx];
+        let Some((joined, target)) = p.live_target else { return };
+        if p.state.as_ref().and_then(Process::client).is_some_and(|c| c.delivered() >= target) {
+            self.checkpoints.join_live_us.push(self.now.since_us(joined));
+            self.procs[idx].live_target = None;
         }
     }
 
@@ -707,15 +733,30 @@ impl Simulation {
         self.schedule(self.now.plus_us(COMPACT_EVERY_US), Event::Compact);
     }
 
-    /// Samples the messages and entries servers hold, for the bounded-resources check.
-    fn sample_held(&mut self) {
-        for p in self.procs.iter().filter_map(|p| p.state.as_ref()) {
+    /// Notes what a process holds after a step, for the bounded-resources check.
+    fn sample_held(&mut self, idx: usize) {
+        let proc = &mut self.procs[idx];
+        if let Some(p) = proc.state.as_ref() {
             let cp = &mut self.checkpoints;
+            let in_flight = p.client().map_or(0, sam_core::Client::in_flight);
+            self.in_flight = self.in_flight + in_flight - proc.in_flight;
+            proc.in_flight = in_flight;
+            cp.peak_in_flight = cp.peak_in_flight.max(self.in_flight);
+            let known = [p.data_server().map(DataServer::checkpoint), p.commit_server().map(CommitServer::checkpoint)];
+            if let Some(known) = known.into_iter().flatten().next() {
+                let unadvertised = self.checker.committed().saturating_sub(known.map_or(0, |c| c.seq.0));
+                cp.peak_unadvertised = cp.peak_unadvertised.max(unadvertised);
+            }
             if let Some(d) = p.data_server() {
                 cp.peak_data_held = cp.peak_data_held.max(d.held());
             }
             if let Some(c) = p.commit_server() {
                 cp.peak_commit_held = cp.peak_commit_held.max(c.held());
+            }
+            if let Some(c) = p.checkpoint_server() {
+                let bytes = c.kept().map(|k| k.size).sum::<u64>();
+                cp.peak_checkpoint_bytes = cp.peak_checkpoint_bytes.max(bytes);
+                cp.peak_checkpoints_kept = cp.peak_checkpoints_kept.max(c.kept().count());
             }
         }
     }
@@ -804,7 +845,6 @@ impl Simulation {
     }
 
     fn check(&mut self) {
-        self.sample_held();
         if self.now >= self.fault_end && self.quiescent() {
             self.done = true;
             return;
@@ -1027,20 +1067,25 @@ impl Simulation {
 
 impl Simulation {
     /// Bounded resources (DESIGN section 5), in runs of at least 20 checkpoint intervals
-    /// without faults that pause garbage collection. A commit server holds the committed
-    /// entries above `min(checkpoint, committed - max_lifetime)` plus the uncommitted ones, at
-    /// most the sequencer's window; a data server holds the messages committed above the
-    /// checkpoint plus those not numbered yet, at most every sender's window. With the lag
-    /// from a checkpoint number to its advertisement below one interval, both stay below
-    /// `2 × checkpoint_every + max_lifetime + sequencer_window + senders × sender_window`.
+    /// without faults that pause garbage collection. Let `lag` be the most numbers ever
+    /// committed above the checkpoint a data or commit server knew advertised (one interval
+    /// plus what is committed while a checkpoint is written, reported, advertised and heard of
+    /// in a heartbeat; in the long runs this check is for, about one interval). A commit server
+    /// holds the committed entries above `min(checkpoint, committed - max_lifetime)`, at most
+    /// `max(lag, max_lifetime)`, plus the uncommitted ones; a data server holds the messages
+    /// committed above the checkpoint before the latest, at most `lag + checkpoint_every`,
+    /// plus those not committed yet. Every message not committed yet is in some sender's
+    /// window or was reported expired, so both stay below `checkpoint_every + lag +
+    /// max_lifetime + in flight + expired`, where `in flight` is the most messages the senders
+    /// had uncommitted at once. Everything is sampled after every step.
     fn check_bounds(&mut self) {
         let cfg = &self.cfg;
         let faulty = cfg.crashes || cfg.partitions || cfg.crash_sequencer || cfg.laggard || cfg.nondeterministic;
         if faulty || cfg.n_checkpoint < cfg.k_checkpoint || (cfg.messages as u64) < 20 * cfg.checkpoint_every {
             return;
         }
-        let in_flight = cfg.sequencer_window + cfg.senders * cfg.sender_window;
-        let bound = 2 * cfg.checkpoint_every + cfg.max_lifetime + in_flight as u64;
+        let (in_flight, lag) = (self.checkpoints.peak_in_flight as u64, self.checkpoints.peak_unadvertised);
+        let bound = cfg.checkpoint_every + lag + cfg.max_lifetime + in_flight + self.checker.expired();
         let (data, commit) = (self.checkpoints.peak_data_held, self.checkpoints.peak_commit_held);
         self.checker.check_bound(self.now, "a data server", data, bound);
         self.checker.check_bound(self.now, "a commit server", commit, bound);

@@ -228,20 +228,23 @@ impl Shared {
         }
     }
 
-    /// Makes every record before `upto` durable, tells the waiters and calls the callback.
+    /// Makes every record before `upto` durable: calls the callback, then tells the waiters,
+    /// so that whoever waited for a position has seen its callback. One thread publishes (the
+    /// fsync thread, or the caller with no fsync), so callbacks come in order.
     fn publish(&self, upto: Position) {
         {
-            let mut state = self.lock();
+            let state = self.lock();
             if upto <= state.durable || state.failure.is_some() {
                 return;
             }
-            state.durable = upto;
-            self.durable.store(upto.0, Ordering::Release);
-            self.progress.notify_all();
         }
         if let Some(on_durable) = &self.on_durable {
             on_durable(upto);
         }
+        let mut state = self.lock();
+        state.durable = state.durable.max(upto);
+        self.durable.store(state.durable.0, Ordering::Release);
+        self.progress.notify_all();
     }
 
     fn fail(&self, error: io::Error) {

@@ -33,6 +33,9 @@ pub struct SimArgs {
     /// Payload bytes per message.
     #[arg(long, default_value_t = 32)]
     size: usize,
+    /// Distinct keys the table updates touch (with --size, the size of every checkpoint).
+    #[arg(long, default_value_t = 512)]
+    keys: u64,
     /// Probability a datagram is lost, per recipient (0 to 1).
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
     loss: f64,
@@ -146,6 +149,7 @@ impl SimArgs {
             senders: self.senders,
             messages: self.messages,
             payload_bytes: self.size,
+            keys: self.keys,
             loss: self.loss,
             dup: self.dup,
             reorder: self.reorder,
@@ -198,10 +202,11 @@ impl SimArgs {
         if self.senders > self.members {
             bail!("--senders {} exceeds --members {}", self.senders, self.members);
         }
-        let positive = [("rate", self.rate), ("max-lifetime", self.max_lifetime), ("window", self.window as u64)];
+        let positive = [("rate", self.rate), ("max-lifetime", self.max_lifetime), ("keys", self.keys)];
         let positive = positive
             .into_iter()
-            .chain([("sequencer-window", self.sequencer_window as u64), ("member-buffer", self.member_buffer as u64)])
+            .chain([("window", self.window as u64), ("sequencer-window", self.sequencer_window as u64)])
+            .chain([("member-buffer", self.member_buffer as u64)])
             .chain([("checkpoint-every", self.checkpoint_every)]);
         if let Some((name, _)) = positive.into_iter().find(|(_, v)| *v == 0) {
             bail!("--{name} must be positive");
