@@ -19,6 +19,16 @@ fn late_joiners_laggards_and_checkpoint_server_crashes_keep_every_promise_over_3
     assert!(joined > 100, "late joiners caught up from a checkpoint: {joined}");
 }
 
+/// DESIGN sections 5 and 6: across sequencer crashes, zombies and commit servers that lose
+/// their storage, the checkpoint stays advertised (a new sequencer learns it from the promises
+/// and the checkpoint servers' reports), so late joiners and laggards still catch up.
+#[test]
+fn checkpoints_survive_sequencer_failover_over_1000_seeds() {
+    let make = |seed| SimConfig { crash_sequencer: true, wipes: true, ..SimConfig::checkpoints(seed) };
+    let reports = run_seeds(0..1000, make, "--checkpoints --crash-sequencer --wipes");
+    assert!(reports.iter().map(|r| r.failovers_us.len()).sum::<usize>() > 200, "failovers happened");
+}
+
 /// A run of 20 checkpoint intervals without faults that pause garbage collection: the peak
 /// held by any data or commit server stays below the bound (checked inside the run), and a
 /// member joining near the end catches up from a checkpoint.
