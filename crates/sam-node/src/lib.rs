@@ -1,0 +1,4 @@
+//! # sam-node: the node and the client (DESIGN section 8)
+#![deny(missing_docs)]
+
+pub mod config;
