@@ -1,2 +1,22 @@
 //! # sam-net: the network driver (DESIGN sections 7 and 8)
+//!
+//! It carries the protocol core's messages over UDP: the four channels (global, data, commit,
+//! checkpoint) as IP multicast groups, and unicast to one process. It knows nothing of the
+//! protocol beyond the wire format (`sam_core::wire`): the node asks it to [`Net::queue`]
+//! what the core's `Send` actions say, [`Net::flush`]es after each batch of inputs, and feeds
+//! what [`Net::recv`] returns into the core.
+//!
+//! - Many messages share a datagram, up to `max_datagram_bytes` (about 64 KiB on loopback,
+//!   the path MTU across hosts).
+//! - A datagram carries no sender id: the source address names the sender ([`peer`]).
+//! - Nothing from the network can stop the driver: a datagram that does not decode is
+//!   counted in [`NetStats::malformed`] and dropped.
 #![deny(missing_docs)]
+
+mod driver;
+pub mod peer;
+pub mod socket;
+
+pub use driver::{Incoming, Net, NetError, NetPlan, NetStats, INCOMING_QUEUE_DATAGRAMS, MAX_UDP_PAYLOAD_BYTES};
+pub use peer::{address_pid, Peers, ADDRESS_PIDS};
+pub use socket::Group;

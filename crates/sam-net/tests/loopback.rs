@@ -1,0 +1,98 @@
+//! The driver on loopback multicast (DESIGN section 7): channels reach every listener, the
+//! sender included; unicast reaches one process; garbage is counted and dropped.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sam_core::message::{Data, Heartbeat};
+use sam_core::{Channel, Dest, Epoch, Incarnation, Message, Mid, Pid, Seq, Source};
+use sam_net::{Incoming, Net, NetError, NetPlan};
+
+/// Each test uses its own groups and ports (tests run in parallel).
+fn plan(test: u8, me: u16, listen: Vec<Channel>) -> NetPlan {
+    let group = |channel: u8| sam_net::Group {
+        addr: SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, test), 47_000 + u16::from(test) * 10 + u16::from(channel)),
+        interface: Ipv4Addr::LOCALHOST,
+        ttl: 0,
+    };
+    let groups = HashMap::from([
+        (Channel::Global, group(0)),
+        (Channel::Data, group(1)),
+        (Channel::Commit, group(2)),
+        (Channel::Checkpoint, group(3)),
+    ]);
+    let server =
+        |i: u16| (Pid(u64::from(i)), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 46_000 + u16::from(test) * 10 + i));
+    NetPlan { unicast: server(me).1, groups, listen, servers: vec![server(1), server(2)], max_datagram_bytes: 1_400 }
+}
+
+fn data(counter: u64, len: usize) -> Message {
+    let mid = Mid { source: Source { pid: Pid(9), incarnation: Incarnation(3) }, counter };
+    Message::Data(Data { mid, ts: Seq(0), payload: Bytes::from(vec![counter as u8; len]) })
+}
+
+async fn next(net: &mut Net) -> Incoming {
+    tokio::time::timeout(Duration::from_secs(5), net.recv()).await.expect("a datagram within 5 s").expect("open")
+}
+
+#[tokio::test]
+async fn a_multicast_reaches_every_listener_and_its_sender_packed_in_few_datagrams() {
+    let mut a = Net::bind(&plan(1, 1, vec![Channel::Global])).expect("bind a");
+    let mut b = Net::bind(&plan(1, 2, vec![Channel::Global, Channel::Data])).expect("bind b");
+    let msgs: Vec<Message> = (0..40).map(|i| data(i, 100)).collect();
+    for msg in &msgs {
+        a.queue(Dest::Channel(Channel::Global), msg).expect("queue");
+    }
+    a.flush().await;
+    let sent = a.stats().datagrams_out.load(Ordering::Relaxed);
+    assert!((3..=5).contains(&sent), "40 messages of ~130 bytes in 1,400-byte datagrams: {sent}");
+    for net in [&mut a, &mut b] {
+        let mut got = Vec::new();
+        while got.len() < msgs.len() {
+            let incoming = next(net).await;
+            assert_eq!(incoming.from, Pid(1), "the sender is named by its address");
+            got.extend(incoming.msgs);
+        }
+        assert_eq!(got, msgs);
+    }
+}
+
+#[tokio::test]
+async fn unicast_reaches_one_process_and_a_stranger_is_answered_at_its_address() {
+    let mut server = Net::bind(&plan(2, 1, vec![])).expect("bind server");
+    let stranger_plan = NetPlan { unicast: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), ..plan(2, 0, vec![]) };
+    let mut stranger = Net::bind(&stranger_plan).expect("bind stranger");
+    let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(1), committed: Seq(7), checkpoint: None });
+    stranger.queue(Dest::Pid(Pid(1)), &hb).expect("queue");
+    stranger.flush().await;
+    let incoming = next(&mut server).await;
+    assert_eq!(incoming.from, sam_net::address_pid(stranger.local_addr()));
+    server.queue(Dest::Pid(incoming.from), &hb).expect("queue");
+    server.flush().await;
+    assert_eq!(next(&mut stranger).await.msgs, vec![hb]);
+}
+
+#[tokio::test]
+async fn garbage_is_counted_and_dropped_and_the_driver_goes_on() {
+    let mut server = Net::bind(&plan(3, 1, vec![])).expect("bind");
+    let raw = std::net::UdpSocket::bind("127.0.0.1:0").expect("raw socket");
+    raw.send_to(b"not a frame at all", server.local_addr()).expect("send garbage");
+    let mut frame = sam_core::wire::encode_frame(&[data(1, 10)]).to_vec();
+    frame[20] ^= 0xff;
+    raw.send_to(&frame, server.local_addr()).expect("send a damaged frame");
+    raw.send_to(&sam_core::wire::encode_frame(&[data(2, 10)]), server.local_addr()).expect("send a frame");
+    assert_eq!(next(&mut server).await.msgs, vec![data(2, 10)]);
+    assert_eq!(server.stats().malformed.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_message_larger_than_a_datagram_is_refused_and_an_unknown_pid_is_counted() {
+    let mut net = Net::bind(&plan(4, 1, vec![])).expect("bind");
+    let too_large = net.queue(Dest::Channel(Channel::Global), &data(1, 2_000));
+    assert!(matches!(too_large, Err(NetError::TooLarge(_))), "{too_large:?}");
+    net.queue(Dest::Pid(Pid(77)), &data(1, 10)).expect("queue");
+    assert_eq!(net.stats().unroutable.load(Ordering::Relaxed), 1);
+}
