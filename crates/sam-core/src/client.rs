@@ -15,7 +15,7 @@
 //! delivery to it; a checkpoint server's client also snapshots it at every checkpoint number.
 //! A client that is far behind, or whose missing log is gone (a commit server answers
 //! `Forgotten`, or a data server answers `Dropped`), catches up from the advertised
-//! checkpoint ([`crate::catch_up`]), then goes on from the next number with the ordinary NACK
+//! checkpoint (`catch_up.rs`), then goes on from the next number with the ordinary NACK
 //! recovery. Before it skips numbers it learns their entries where it can, so that its own
 //! sends among them are reported committed; a send whose fate lies in a part of the log that
 //! is gone is reported [`Action::OutcomeUnknown`].

@@ -16,11 +16,13 @@
 //!    the application sends.
 //! 2. **Output.** Take the [`Action`]s from [`Process::drain_actions`] and carry them out in
 //!    order: send messages (packing many into one datagram with [`wire::FramePacker`]), append
-//!    records to durable storage, hand deliveries and send outcomes to the application.
+//!    records to durable storage (as bytes from [`encode_record`]), hand deliveries and send
+//!    outcomes to the application.
 //! 3. **Durability.** Group writes and sync them together; then report the highest durable
 //!    [`WriteId`] with [`Process::handle_durable`]. Acknowledgements that need durability
 //!    (`Order`, `Accepted`) come out only then, so none can overtake its write.
-//! 4. **Restart.** After a crash, replay the durable [`Record`]s into [`Process::start`].
+//! 4. **Restart.** After a crash, replay the durable [`Record`]s (read back with
+//!    [`decode_record`]) into [`Process::start`].
 //!
 //! A fresh group's commit server of rank 0 stands for election at its first tick, starting
 //! with a pre-vote that changes nothing durable:
@@ -50,6 +52,7 @@ pub mod data_server;
 pub mod ids;
 pub mod message;
 pub mod process;
+pub mod record_format;
 pub mod sequencer;
 pub mod state_machine;
 pub mod wire;
@@ -63,5 +66,6 @@ pub use data_server::DataServer;
 pub use ids::{Digest, Epoch, Incarnation, Mid, Pid, Seq, SeqRange, Source, Time};
 pub use message::{Assigned, CheckpointInfo, Entry, Message, Slot};
 pub use process::{Process, Roles};
+pub use record_format::{decode_record, encode_record};
 pub use sequencer::Sequencer;
 pub use state_machine::{KvOp, KvTable, RestoreError, StateMachine};

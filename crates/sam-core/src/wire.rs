@@ -177,7 +177,7 @@ const TAG_FULL: u8 = 1;
 /// Element tag: the previous mid's successor.
 const TAG_NEXT: u8 = 2;
 
-/// Why a frame or body could not be decoded.
+/// Why a frame, a body or a stored record ([`crate::record_format`]) could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum DecodeError {
     /// The datagram is shorter than a frame header.
@@ -249,13 +249,22 @@ pub enum DecodeError {
         /// The encoded `last - first`.
         delta: u64,
     },
-    /// A list count larger than the remaining bytes of its message can hold.
-    #[error("list of {count} elements cannot fit in the {remaining} bytes left in its message")]
+    /// A list count larger than the remaining bytes of its message (or record) can hold.
+    #[error("list of {count} elements cannot fit in the {remaining} bytes left in its message or record")]
     BadCount {
         /// The declared number of elements.
         count: u64,
-        /// The bytes left in the message after the count.
+        /// The bytes left in the message or record after the count.
         remaining: usize,
+    },
+    /// A stored record's tag byte names no [`crate::Record`] variant.
+    #[error("unknown record tag {0}")]
+    UnknownRecord(u8),
+    /// A stored record's fields did not use all of its bytes.
+    #[error("{unread} unread bytes at the end of a record")]
+    RecordTrailing {
+        /// How many bytes were left over.
+        unread: usize,
     },
 }
 
@@ -332,6 +341,16 @@ impl Sink for BytesMut {
     }
 }
 
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    fn byte(&mut self, b: u8) {
+        self.push(b);
+    }
+}
+
 /// The number of bytes of `v` as a varint.
 fn varint_len(v: u64) -> usize {
     let bits = 64 - (v | 1).leading_zeros() as usize;
@@ -386,6 +405,33 @@ fn put_entry<S: Sink>(s: &mut S, prev: &mut Option<Mid>, entry: &Entry) {
     }
 }
 
+/// Writes the fields of a [`Data`]: shared by the `Data` message and the `Data` record, so the
+/// two layouts cannot drift apart.
+pub(crate) fn put_data<S: Sink>(s: &mut S, d: &Data) {
+    put_mid(s, d.mid);
+    s.varint(d.ts.0);
+    put_bytes(s, &d.payload);
+}
+
+/// Writes `first` and a list of slots with run-compressed entries: shared by the `Entries`
+/// message and the `Slots` record.
+pub(crate) fn put_slots<S: Sink>(s: &mut S, first: Seq, slots: &[Slot]) {
+    s.varint(first.0);
+    put_len(s, slots.len());
+    let mut prev = None;
+    for slot in slots {
+        s.varint(slot.epoch.0);
+        put_entry(s, &mut prev, &slot.entry);
+    }
+}
+
+/// Writes a floor and its optional checkpoint: shared by `Forgotten`, `Dropped` and the `Floor`
+/// record.
+pub(crate) fn put_floor<S: Sink>(s: &mut S, floor: Seq, checkpoint: &Option<CheckpointInfo>) {
+    s.varint(floor.0);
+    put_checkpoint_opt(s, checkpoint);
+}
+
 /// Writes a range as `first` and `last - first`. An ill-formed range (`last < first`) is written
 /// with the wrapped difference, which every decoder rejects as [`DecodeError::BadRange`].
 fn put_range<S: Sink>(s: &mut S, r: &SeqRange) {
@@ -396,11 +442,7 @@ fn put_range<S: Sink>(s: &mut S, r: &SeqRange) {
 /// Writes the fields of a message (without kind tag and length).
 fn put_body<S: Sink>(s: &mut S, msg: &Message) {
     match msg {
-        Message::Data(d) => {
-            put_mid(s, d.mid);
-            s.varint(d.ts.0);
-            put_bytes(s, &d.payload);
-        }
+        Message::Data(d) => put_data(s, d),
         Message::Order(o) => {
             put_len(s, o.items.len());
             let mut prev = None;
@@ -449,15 +491,7 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
                 put_range(s, r);
             }
         }
-        Message::Entries(e) => {
-            s.varint(e.first.0);
-            put_len(s, e.slots.len());
-            let mut prev = None;
-            for slot in &e.slots {
-                s.varint(slot.epoch.0);
-                put_entry(s, &mut prev, &slot.entry);
-            }
-        }
+        Message::Entries(e) => put_slots(s, e.first, &e.slots),
         Message::Fetch(f) => {
             put_len(s, f.mids.len());
             let mut prev = None;
@@ -485,10 +519,7 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
         Message::PreVote(p) => s.varint(p.epoch.0),
         Message::PreVoteGranted(p) => s.varint(p.epoch.0),
         Message::CheckpointReport(c) => put_checkpoint(s, c),
-        Message::Forgotten(f) | Message::Dropped(f) => {
-            s.varint(f.floor.0);
-            put_checkpoint_opt(s, &f.checkpoint);
-        }
+        Message::Forgotten(f) | Message::Dropped(f) => put_floor(s, f.floor, &f.checkpoint),
         Message::Promise(p) => {
             s.varint(p.epoch.0);
             put_range(s, &SeqRange { first: p.first, last: p.last });
@@ -762,11 +793,11 @@ impl<'a> Reader<'a> {
         Ok(self.src.slice(r))
     }
 
-    fn seq(&mut self) -> Result<Seq, DecodeError> {
+    pub(crate) fn seq(&mut self) -> Result<Seq, DecodeError> {
         self.varint().map(Seq)
     }
 
-    fn epoch(&mut self) -> Result<Epoch, DecodeError> {
+    pub(crate) fn epoch(&mut self) -> Result<Epoch, DecodeError> {
         self.varint().map(Epoch)
     }
 
@@ -829,7 +860,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn forgotten(&mut self) -> Result<Forgotten, DecodeError> {
+    /// A floor and its optional checkpoint, as [`put_floor`] writes them.
+    pub(crate) fn forgotten(&mut self) -> Result<Forgotten, DecodeError> {
         Ok(Forgotten { floor: self.seq()?, checkpoint: self.checkpoint_opt()? })
     }
 
@@ -854,10 +886,23 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// The fields of a [`Data`], as [`put_data`] writes them.
+    pub(crate) fn data(&mut self) -> Result<Data, DecodeError> {
+        Ok(Data { mid: self.mid()?, ts: self.seq()?, payload: self.bytes()? })
+    }
+
+    /// `first` and a list of slots, as [`put_slots`] writes them.
+    pub(crate) fn slots(&mut self) -> Result<(Seq, Vec<Slot>), DecodeError> {
+        let first = self.seq()?;
+        let mut prev = None;
+        let slots = self.list(2, |r| Ok(Slot { epoch: r.epoch()?, entry: r.entry(&mut prev)? }))?;
+        Ok((first, slots))
+    }
+
     /// The fields of a message of `kind`.
     fn fields(&mut self, kind: Kind) -> Result<Message, DecodeError> {
         Ok(match kind {
-            Kind::Data => Message::Data(Data { mid: self.mid()?, ts: self.seq()?, payload: self.bytes()? }),
+            Kind::Data => Message::Data(self.data()?),
             Kind::Order => {
                 let mut prev = None;
                 Message::Order(Order {
@@ -891,9 +936,7 @@ impl<'a> Reader<'a> {
             }),
             Kind::QueryEntries => Message::QueryEntries(QueryEntries { ranges: self.list(2, Self::range)? }),
             Kind::Entries => {
-                let first = self.seq()?;
-                let mut prev = None;
-                let slots = self.list(2, |r| Ok(Slot { epoch: r.epoch()?, entry: r.entry(&mut prev)? }))?;
+                let (first, slots) = self.slots()?;
                 Message::Entries(Entries { first, slots })
             }
             Kind::Fetch => {
@@ -1007,16 +1050,16 @@ pub fn decode_frame(frame: &Bytes) -> Result<Vec<Message>, DecodeError> {
     decode_body(&body)
 }
 
+/// Strategies for arbitrary protocol values, shared by the tests of every format built on
+/// these primitives (messages here, records in [`crate::record_format`]).
 #[cfg(test)]
-mod tests {
+pub(crate) mod arb {
     use super::*;
     use proptest::collection::vec;
     use proptest::prelude::*;
 
-    // ---- strategies -------------------------------------------------------------------------
-
     /// A u64 that is often small, sometimes anything, sometimes at the varint edges.
-    fn arb_u64() -> impl Strategy<Value = u64> {
+    pub(crate) fn arb_u64() -> impl Strategy<Value = u64> {
         prop_oneof![
             4 => 0u64..300,
             3 => any::<u64>(),
@@ -1024,39 +1067,39 @@ mod tests {
         ]
     }
 
-    fn arb_seq() -> impl Strategy<Value = Seq> {
+    pub(crate) fn arb_seq() -> impl Strategy<Value = Seq> {
         arb_u64().prop_map(Seq)
     }
 
-    fn arb_epoch() -> impl Strategy<Value = Epoch> {
+    pub(crate) fn arb_epoch() -> impl Strategy<Value = Epoch> {
         arb_u64().prop_map(Epoch)
     }
 
-    fn arb_pid() -> impl Strategy<Value = Pid> {
+    pub(crate) fn arb_pid() -> impl Strategy<Value = Pid> {
         prop_oneof![0u64..8, any::<u64>()].prop_map(Pid)
     }
 
-    fn arb_digest() -> impl Strategy<Value = Digest> {
+    pub(crate) fn arb_digest() -> impl Strategy<Value = Digest> {
         any::<u128>().prop_map(Digest)
     }
 
-    fn arb_mid() -> impl Strategy<Value = Mid> {
+    pub(crate) fn arb_mid() -> impl Strategy<Value = Mid> {
         (arb_pid(), prop_oneof![0u64..3, any::<u64>()], prop_oneof![1u64..100, arb_u64()])
             .prop_map(|(pid, inc, counter)| Mid { source: Source { pid, incarnation: Incarnation(inc) }, counter })
     }
 
-    fn arb_payload() -> impl Strategy<Value = Bytes> {
+    pub(crate) fn arb_payload() -> impl Strategy<Value = Bytes> {
         vec(any::<u8>(), 0..200).prop_map(Bytes::from)
     }
 
     /// Mid list elements, before folding: 0 = none (a `Noop` where allowed), 1 = this fresh
     /// mid, 2.. = continue the previous mid (when it can be continued).
-    fn arb_choices() -> impl Strategy<Value = Vec<(u8, Mid)>> {
+    pub(crate) fn arb_choices() -> impl Strategy<Value = Vec<(u8, Mid)>> {
         vec((0u8..6, arb_mid()), 0..40)
     }
 
     /// Folds choices into a list where most mids continue the previous one; `None` is a `Noop`.
-    fn fold_mids(choices: Vec<(u8, Mid)>, noops: bool) -> Vec<Option<Mid>> {
+    pub(crate) fn fold_mids(choices: Vec<(u8, Mid)>, noops: bool) -> Vec<Option<Mid>> {
         let mut prev: Option<Mid> = None;
         choices
             .into_iter()
@@ -1074,11 +1117,11 @@ mod tests {
             .collect()
     }
 
-    fn arb_mids() -> impl Strategy<Value = Vec<Mid>> {
+    pub(crate) fn arb_mids() -> impl Strategy<Value = Vec<Mid>> {
         arb_choices().prop_map(|c| fold_mids(c, false).into_iter().flatten().collect())
     }
 
-    fn arb_entries() -> impl Strategy<Value = Vec<Entry>> {
+    pub(crate) fn arb_entries() -> impl Strategy<Value = Vec<Entry>> {
         (arb_choices(), vec(arb_digest(), 40)).prop_map(|(c, digests)| {
             fold_mids(c, true)
                 .into_iter()
@@ -1091,47 +1134,51 @@ mod tests {
         })
     }
 
-    fn arb_range() -> impl Strategy<Value = SeqRange> {
+    pub(crate) fn arb_range() -> impl Strategy<Value = SeqRange> {
         (arb_u64(), arb_u64()).prop_map(|(a, b)| SeqRange { first: Seq(a.min(b)), last: Seq(a.max(b)) })
     }
 
-    fn arb_u32() -> impl Strategy<Value = u32> {
+    pub(crate) fn arb_u32() -> impl Strategy<Value = u32> {
         prop_oneof![0u32..200, any::<u32>(), Just(u32::MAX)]
     }
 
-    fn arb_data() -> impl Strategy<Value = Message> {
-        (arb_mid(), arb_seq(), arb_payload()).prop_map(|(mid, ts, payload)| Message::Data(Data { mid, ts, payload }))
+    pub(crate) fn arb_data() -> impl Strategy<Value = Data> {
+        (arb_mid(), arb_seq(), arb_payload()).prop_map(|(mid, ts, payload)| Data { mid, ts, payload })
     }
 
-    fn arb_order() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_data_msg() -> impl Strategy<Value = Message> {
+        arb_data().prop_map(Message::Data)
+    }
+
+    pub(crate) fn arb_order() -> impl Strategy<Value = Message> {
         (arb_mids(), vec((arb_seq(), arb_digest()), 40)).prop_map(|(mids, rest)| {
             let items = mids.into_iter().zip(rest).map(|(mid, (ts, digest))| OrderItem { mid, ts, digest }).collect();
             Message::Order(Order { items })
         })
     }
 
-    fn arb_assign() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_assign() -> impl Strategy<Value = Message> {
         (arb_epoch(), arb_seq(), arb_seq(), arb_entries()).prop_map(|(epoch, epoch_first, first, entries)| {
             Message::Assign(Assign { epoch, epoch_first, first, entries })
         })
     }
 
-    fn arb_accepted() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_accepted() -> impl Strategy<Value = Message> {
         (arb_epoch(), arb_seq()).prop_map(|(epoch, upto)| Message::Accepted(Accepted { epoch, upto }))
     }
 
-    fn arb_rejected() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_rejected() -> impl Strategy<Value = Message> {
         arb_epoch().prop_map(|promised| Message::Rejected(Rejected { promised }))
     }
 
-    fn arb_commit() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_commit() -> impl Strategy<Value = Message> {
         (arb_epoch(), arb_seq(), arb_choices()).prop_map(|(epoch, first, c)| {
             let entries = fold_mids(c, true).into_iter().map(|m| m.map_or(Assigned::Noop, Assigned::Mid)).collect();
             Message::Commit(Commit { epoch, first, entries })
         })
     }
 
-    fn arb_checkpoint() -> impl Strategy<Value = CheckpointInfo> {
+    pub(crate) fn arb_checkpoint() -> impl Strategy<Value = CheckpointInfo> {
         (arb_seq(), arb_u64(), arb_u32(), arb_digest()).prop_map(|(seq, size, blocks, digest)| CheckpointInfo {
             seq,
             size,
@@ -1140,7 +1187,7 @@ mod tests {
         })
     }
 
-    fn arb_heartbeat() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_heartbeat() -> impl Strategy<Value = Message> {
         (arb_epoch(), arb_pid(), arb_seq(), proptest::option::of(arb_checkpoint())).prop_map(
             |(epoch, sequencer, committed, checkpoint)| {
                 Message::Heartbeat(Heartbeat { epoch, sequencer, committed, checkpoint })
@@ -1148,7 +1195,7 @@ mod tests {
         )
     }
 
-    fn arb_checkpoint_msgs() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_checkpoint_msgs() -> impl Strategy<Value = Message> {
         prop_oneof![
             arb_checkpoint().prop_map(Message::CheckpointReport),
             (arb_seq(), proptest::option::of(arb_checkpoint()))
@@ -1158,35 +1205,39 @@ mod tests {
         ]
     }
 
-    fn arb_query_entries() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_query_entries() -> impl Strategy<Value = Message> {
         vec(arb_range(), 0..40).prop_map(|ranges| Message::QueryEntries(QueryEntries { ranges }))
     }
 
-    fn arb_entries_msg() -> impl Strategy<Value = Message> {
-        (arb_seq(), arb_entries(), vec(arb_epoch(), 40)).prop_map(|(first, entries, epochs)| {
-            let slots = entries.into_iter().zip(epochs).map(|(entry, epoch)| Slot { epoch, entry }).collect();
-            Message::Entries(Entries { first, slots })
+    /// Slots whose entries are mostly runs, as a commit server stores them.
+    pub(crate) fn arb_slots() -> impl Strategy<Value = Vec<Slot>> {
+        (arb_entries(), vec(arb_epoch(), 40)).prop_map(|(entries, epochs)| {
+            entries.into_iter().zip(epochs).map(|(entry, epoch)| Slot { epoch, entry }).collect()
         })
     }
 
-    fn arb_fetch() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_entries_msg() -> impl Strategy<Value = Message> {
+        (arb_seq(), arb_slots()).prop_map(|(first, slots)| Message::Entries(Entries { first, slots }))
+    }
+
+    pub(crate) fn arb_fetch() -> impl Strategy<Value = Message> {
         arb_mids().prop_map(|mids| Message::Fetch(Fetch { mids }))
     }
 
-    fn arb_fetch_blocks() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_fetch_blocks() -> impl Strategy<Value = Message> {
         (arb_seq(), vec(arb_u32(), 0..40)).prop_map(|(seq, blocks)| Message::FetchBlocks(FetchBlocks { seq, blocks }))
     }
 
-    fn arb_block() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_block() -> impl Strategy<Value = Message> {
         (arb_seq(), arb_u32(), arb_digest(), arb_payload())
             .prop_map(|(seq, index, digest, bytes)| Message::Block(Block { seq, index, digest, bytes }))
     }
 
-    fn arb_prepare() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_prepare() -> impl Strategy<Value = Message> {
         (arb_epoch(), arb_seq()).prop_map(|(epoch, from_seq)| Message::Prepare(Prepare { epoch, from_seq }))
     }
 
-    fn arb_promise() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_promise() -> impl Strategy<Value = Message> {
         let numbers = (arb_seq(), arb_seq(), proptest::option::of(arb_checkpoint()));
         (arb_epoch(), arb_range(), numbers, arb_entries(), vec((0..5u64, arb_epoch()), 40)).prop_map(
             |(epoch, range, (highest, floor, checkpoint), entries, gaps)| {
@@ -1212,19 +1263,19 @@ mod tests {
         )
     }
 
-    fn arb_pre_vote() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_pre_vote() -> impl Strategy<Value = Message> {
         prop_oneof![
             arb_epoch().prop_map(|epoch| Message::PreVote(PreVote { epoch })),
             arb_epoch().prop_map(|epoch| Message::PreVoteGranted(PreVoteGranted { epoch })),
         ]
     }
 
-    fn arb_message() -> impl Strategy<Value = Message> {
+    pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
             arb_pre_vote(),
             arb_prepare(),
             arb_promise(),
-            arb_data(),
+            arb_data_msg(),
             arb_order(),
             arb_assign(),
             arb_accepted(),
@@ -1239,6 +1290,14 @@ mod tests {
             arb_checkpoint_msgs(),
         ]
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arb::*;
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
 
     // ---- helpers ----------------------------------------------------------------------------
 
@@ -1301,7 +1360,7 @@ mod tests {
     }
 
     round_trip_kind! {
-        round_trip_data => arb_data();
+        round_trip_data => arb_data_msg();
         round_trip_order => arb_order();
         round_trip_assign => arb_assign();
         round_trip_accepted => arb_accepted();
