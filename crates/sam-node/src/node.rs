@@ -1,0 +1,359 @@
+//! A node: one protocol [`Process`] driven by real time, a real network and a real disk.
+//!
+//! The node is the host of `sam_core`'s driving loop (see its crate doc): it feeds the process
+//! what arrives (datagrams, timer expiries, durable writes, the application's sends), then
+//! carries out the actions: messages go to the network driver, records to the log, deliveries
+//! and outcomes to the application. After each batch of inputs it flushes the log (one write,
+//! an fsync pipelined behind the previous one) and then the network, so a burst of inputs
+//! costs one fsync and a few datagrams. Acknowledgements that need durability leave only when
+//! the log reports their record durable: the core holds them back until then.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use sam_core::{
+    decode_record, encode_record, Action, Config, Mid, Pid, Process, Record, Roles, SendError, Seq, StateMachine, Time,
+    WriteId,
+};
+use sam_net::{Net, NetError, NetPlan};
+use sam_store::{Durability, Log, LogOptions, OnDurable, Position, StoreError};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+/// Inputs handled per turn of the loop before the node writes and sends what they caused.
+pub const INPUTS_PER_TURN: usize = 256;
+/// Sends taken from the application and waiting for room in the window; beyond it the
+/// application waits.
+pub const MAX_WAITING_SENDS: usize = 1_024;
+/// Events waiting for the application; when it falls behind, the node waits for it.
+pub const EVENT_QUEUE: usize = 65_536;
+
+/// How a node's storage starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageStart {
+    /// A new group member: empty storage is expected.
+    Fresh,
+    /// A restart: the storage holds what this server wrote before. If it is empty, the
+    /// storage was lost, and a commit server rejoins by the rule of DESIGN section 6.
+    Recover,
+}
+
+/// Everything a node needs to run.
+pub struct NodeSpec {
+    /// The protocol configuration (the same on every process of the group).
+    pub cfg: Arc<Config>,
+    /// This process's id.
+    pub pid: Pid,
+    /// The roles it holds.
+    pub roles: Roles,
+    /// Its sockets.
+    pub net: NetPlan,
+    /// The directory of its log.
+    pub dir: PathBuf,
+    /// When writes count as durable.
+    pub durability: Durability,
+    /// Whether the storage is expected to be new.
+    pub start: StorageStart,
+    /// The replicated state machine its member runs, if any.
+    pub state_machine: Option<Box<dyn StateMachine + Send>>,
+    /// Seeds the process's randomness (NACK jitter, server rotation).
+    pub seed: u64,
+}
+
+/// What the node tells the application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Number `seq` is delivered: message `mid` with its payload.
+    Deliver {
+        /// The number.
+        seq: Seq,
+        /// The message's id.
+        mid: Mid,
+        /// What its sender sent.
+        payload: Bytes,
+    },
+    /// A message this node sent is committed at `seq`.
+    Committed {
+        /// The message's id.
+        mid: Mid,
+        /// Its number.
+        seq: Seq,
+    },
+    /// A message this node sent can no longer be committed.
+    Expired {
+        /// The message's id.
+        mid: Mid,
+    },
+    /// The fate of a message this node sent lies in numbers it skipped by catching up.
+    OutcomeUnknown {
+        /// The message's id.
+        mid: Mid,
+    },
+    /// The member's state was replaced by the checkpoint at `seq`.
+    Restored {
+        /// The checkpoint's number.
+        seq: Seq,
+    },
+    /// A checkpoint server's snapshot disagreed with another's: an operator must look.
+    CheckpointMismatch {
+        /// The checkpoint's number.
+        seq: Seq,
+        /// The server whose digest disagrees.
+        server: Pid,
+    },
+}
+
+/// Why a node stopped or could not start.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The network could not be set up.
+    #[error("network: {0}")]
+    Net(#[from] NetError),
+    /// The log failed (a disk error, or damage recovery will not guess about).
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// A record in the log does not decode: the log's checksums passed, so this is a bug or
+    /// a log written by another version.
+    #[error("storage: record {position} does not decode: {reason}")]
+    Record {
+        /// The record's position.
+        position: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The application asked a node without a member to send.
+    #[error("this node has no member role to send with")]
+    NotAMember,
+    /// The node stopped before answering.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// An application's request.
+enum Command {
+    Send { payload: Bytes, reply: oneshot::Sender<Result<Mid, NodeError>> },
+    Stop,
+}
+
+/// A handle on a running node.
+pub struct Node {
+    commands: mpsc::Sender<Command>,
+    events: mpsc::Receiver<Event>,
+    task: tokio::task::JoinHandle<Result<(), NodeError>>,
+    local: std::net::SocketAddrV4,
+}
+
+impl Node {
+    /// Opens the node's log and sockets and starts it. Must run inside a tokio runtime.
+    pub async fn start(spec: NodeSpec) -> Result<Node, NodeError> {
+        let (durable_tx, durable_rx) = mpsc::unbounded_channel();
+        let on_durable: OnDurable = Arc::new(move |position: Position| {
+            let _ = durable_tx.send(position);
+        });
+        let options = LogOptions { durability: spec.durability, on_durable: Some(on_durable), ..LogOptions::default() };
+        let dir = spec.dir.clone();
+        let (log, recovered) =
+            tokio::task::spawn_blocking(move || Log::open(dir, options)).await.map_err(|_| NodeError::Stopped)??;
+        let records = recovered
+            .records
+            .iter()
+            .map(|(position, bytes)| {
+                decode_record(bytes).map_err(|e| NodeError::Record { position: position.0, reason: e.to_string() })
+            })
+            .collect::<Result<Vec<Record>, NodeError>>()?;
+        let net = Net::bind(&spec.net)?;
+        let local = net.local_addr();
+        let clock = Instant::now();
+        let now = Time(0);
+        let mut process = if records.is_empty() && spec.start == StorageStart::Recover {
+            Process::start_after_storage_loss(spec.cfg.clone(), spec.pid, spec.roles, spec.seed, now)
+        } else {
+            Process::start(spec.cfg.clone(), spec.pid, spec.roles, spec.seed, now, &records)
+        };
+        if let Some(machine) = spec.state_machine {
+            process.attach_state_machine(now, machine);
+        }
+        let (commands, command_rx) = mpsc::channel(1024);
+        let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let host = Host {
+            process,
+            net,
+            log,
+            clock,
+            writes: VecDeque::new(),
+            events: event_tx,
+            waiting: VecDeque::new(),
+            encoded: Vec::new(),
+        };
+        let task = tokio::spawn(host.run(command_rx, durable_rx));
+        Ok(Node { commands, events, task, local })
+    }
+
+    /// The address the node sends from.
+    pub fn local_addr(&self) -> std::net::SocketAddrV4 {
+        self.local
+    }
+
+    /// Sends `payload` to the group; returns its mid at once (its fate comes as an [`Event`]).
+    pub async fn send(&self, payload: Bytes) -> Result<Mid, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Send { payload, reply }).await.map_err(|_| NodeError::Stopped)?;
+        answer.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// The next event (`None` once the node stopped).
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Stops the node after it wrote and sent what it had; returns why it stopped if it failed.
+    pub async fn stop(self) -> Result<(), NodeError> {
+        let _ = self.commands.send(Command::Stop).await;
+        self.task.await.map_err(|_| NodeError::Stopped)?
+    }
+}
+
+/// The loop's state: the process and what it drives.
+struct Host {
+    process: Process,
+    net: Net,
+    log: Log,
+    clock: Instant,
+    /// Writes appended and not durable yet: their ids and the position after each.
+    writes: VecDeque<(WriteId, Position)>,
+    events: mpsc::Sender<Event>,
+    /// Sends waiting for room in the window, oldest first.
+    waiting: VecDeque<(Bytes, oneshot::Sender<Result<Mid, NodeError>>)>,
+    /// A buffer records are encoded into.
+    encoded: Vec<u8>,
+}
+
+impl Host {
+    fn now(&self) -> Time {
+        Time(self.clock.elapsed().as_micros() as u64)
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut durable: mpsc::UnboundedReceiver<Position>,
+    ) -> Result<(), NodeError> {
+        loop {
+            let wake = self.process.poll_timeout().map(|t| self.clock + std::time::Duration::from_micros(t.0));
+            let sleep = tokio::time::sleep_until(wake.map_or_else(far_future, tokio::time::Instant::from_std));
+            tokio::select! {
+                incoming = self.net.recv() => {
+                    let Some(first) = incoming else { return Ok(()) };
+                    self.take(first);
+                    for _ in 1..INPUTS_PER_TURN {
+                        let Some(more) = self.net.try_recv() else { break };
+                        self.take(more);
+                    }
+                }
+                () = sleep => {
+                    let now = self.now();
+                    self.process.handle_tick(now);
+                }
+                Some(position) = durable.recv() => self.made_durable(position),
+                command = commands.recv(), if self.waiting.len() < MAX_WAITING_SENDS => match command {
+                    Some(Command::Send { payload, reply }) => self.waiting.push_back((payload, reply)),
+                    Some(Command::Stop) | None => {
+                        self.carry_out().await?;
+                        self.log.sync()?;
+                        return Ok(());
+                    }
+                },
+            }
+            self.send_waiting();
+            self.carry_out().await?;
+        }
+    }
+
+    fn take(&mut self, incoming: sam_net::Incoming) {
+        let now = self.now();
+        for msg in &incoming.msgs {
+            self.process.handle(now, incoming.from, msg);
+        }
+    }
+
+    /// Sends what the application asked to, in order, while the sender's window has room:
+    /// a full window is back-pressure, not an error.
+    fn send_waiting(&mut self) {
+        while let Some((payload, reply)) = self.waiting.pop_front() {
+            if self.process.client().is_none() {
+                let _ = reply.send(Err(NodeError::NotAMember));
+                continue;
+            }
+            let now = self.now();
+            match self.process.send(now, payload.clone()) {
+                Ok(mid) => {
+                    let _ = reply.send(Ok(mid));
+                }
+                Err(SendError::WindowFull(_)) => {
+                    self.waiting.push_front((payload, reply));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Tells the process which writes the log made durable.
+    fn made_durable(&mut self, durable: Position) {
+        let mut upto = None;
+        while self.writes.front().is_some_and(|(_, end)| *end <= durable) {
+            upto = self.writes.pop_front().map(|(id, _)| id);
+        }
+        if let Some(upto) = upto {
+            let now = self.now();
+            self.process.handle_durable(now, upto);
+        }
+    }
+
+    /// Carries out the process's actions, then writes and sends what they asked for.
+    async fn carry_out(&mut self) -> Result<(), NodeError> {
+        let actions: Vec<Action> = self.process.drain_actions().collect();
+        for action in actions {
+            self.carry(action).await?;
+        }
+        if !self.writes.is_empty() {
+            self.log.flush()?;
+        }
+        self.net.flush().await;
+        Ok(())
+    }
+
+    async fn carry(&mut self, action: Action) -> Result<(), NodeError> {
+        let event = match action {
+            Action::Send { to, msg } => {
+                // A message too large for a datagram was refused by the core's limits
+                // already; one that slips through is dropped, as a lost datagram would be.
+                let _ = self.net.queue(to, &msg);
+                return Ok(());
+            }
+            Action::Persist { id, record } => {
+                self.encoded.clear();
+                encode_record(&record, &mut self.encoded);
+                let position = self.log.append(&self.encoded)?;
+                self.writes.push_back((id, position.next()));
+                return Ok(());
+            }
+            Action::Deliver { seq, mid, payload } => Event::Deliver { seq, mid, payload },
+            Action::Committed { mid, seq } => Event::Committed { mid, seq },
+            Action::Expired { mid } => Event::Expired { mid },
+            Action::OutcomeUnknown { mid } => Event::OutcomeUnknown { mid },
+            Action::Restored { seq, .. } => Event::Restored { seq },
+            Action::CheckpointMismatch { seq, server, .. } => Event::CheckpointMismatch { seq, server },
+        };
+        // Nobody listening (a server without an application) is not an error.
+        let _ = self.events.send(event).await;
+        Ok(())
+    }
+}
+
+/// A deadline that never comes, for a process with no timer.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+}

@@ -1,0 +1,105 @@
+//! Real nodes on loopback (DESIGN sections 4 and 7): three processes each holding a commit and
+//! a data server elect a sequencer, and two members deliver what a third sends, in one order,
+//! with every write fsync'd before it is acknowledged.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sam_core::{Channel, Config, Incarnation, Pid, Roles, Seq};
+use sam_net::{Group, NetPlan};
+use sam_node::node::{Event, Node, NodeSpec, StorageStart};
+use sam_store::Durability;
+
+const SERVERS: [u64; 3] = [1, 2, 3];
+
+fn server_addr(pid: u64) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::LOCALHOST, 45_100 + pid as u16)
+}
+
+fn plan(unicast: SocketAddrV4, listen: Vec<Channel>) -> NetPlan {
+    let group = |i: u16| Group {
+        addr: SocketAddrV4::new(Ipv4Addr::new(239, 255, 78, i as u8 + 1), 45_200 + i),
+        interface: Ipv4Addr::LOCALHOST,
+        ttl: 0,
+    };
+    let channels = [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint];
+    NetPlan {
+        unicast,
+        groups: channels.iter().enumerate().map(|(i, c)| (*c, group(i as u16))).collect::<HashMap<_, _>>(),
+        listen,
+        servers: SERVERS.iter().map(|p| (Pid(*p), server_addr(*p))).collect(),
+        max_datagram_bytes: 60_000,
+    }
+}
+
+fn spec(cfg: &Arc<Config>, pid: Pid, roles: Roles, net: NetPlan, dir: &std::path::Path) -> NodeSpec {
+    NodeSpec {
+        cfg: cfg.clone(),
+        pid,
+        roles,
+        net,
+        dir: dir.join(pid.0.to_string()),
+        durability: Durability::Fsync,
+        start: StorageStart::Fresh,
+        state_machine: None,
+        seed: pid.0,
+    }
+}
+
+async fn deliveries(node: &mut Node, count: usize) -> Vec<(Seq, Bytes)> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let event = tokio::time::timeout(Duration::from_secs(20), node.next_event()).await.expect("event in time");
+        if let Some(Event::Deliver { seq, payload, .. }) = event {
+            got.push((seq, payload));
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_and_three_members_deliver_one_order_over_loopback_multicast() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pids: Vec<Pid> = SERVERS.iter().map(|p| Pid(*p)).collect();
+    let mut cfg = Config::new(pids.clone(), pids.clone(), vec![]);
+    cfg.k_checkpoint = 1;
+    let cfg = Arc::new(cfg);
+    let mut servers = Vec::new();
+    for pid in &pids {
+        let roles = Roles { commit: true, data: true, ..Roles::default() };
+        let net = plan(server_addr(pid.0), vec![Channel::Global, Channel::Data, Channel::Commit]);
+        servers.push(Node::start(spec(&cfg, *pid, roles, net, dir.path())).await.expect("server starts"));
+    }
+    let member = |i: u64| {
+        let roles = Roles { client: Some(Incarnation(100 + i)), ..Roles::default() };
+        let net = plan(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
+        spec(&cfg, Pid(1_000 + i), roles, net, dir.path())
+    };
+    let sender = Node::start(member(0)).await.expect("sender starts");
+    let mut tails = Vec::new();
+    for i in 1..=2 {
+        tails.push(Node::start(member(i)).await.expect("member starts"));
+    }
+    const MESSAGES: usize = 500;
+    for i in 0..MESSAGES {
+        sender.send(Bytes::from(format!("message {i}"))).await.expect("send");
+    }
+    let mut orders = Vec::new();
+    for tail in &mut tails {
+        orders.push(deliveries(tail, MESSAGES).await);
+    }
+    assert_eq!(orders[0], orders[1], "one order");
+    let seqs: Vec<u64> = orders[0].iter().map(|(s, _)| s.0).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "increasing numbers");
+    let mut payloads: Vec<Bytes> = orders[0].iter().map(|(_, p)| p.clone()).collect();
+    payloads.sort();
+    let mut sent: Vec<Bytes> = (0..MESSAGES).map(|i| Bytes::from(format!("message {i}"))).collect();
+    sent.sort();
+    assert_eq!(payloads, sent, "every message, once");
+    for node in tails.into_iter().chain([sender]).chain(servers) {
+        node.stop().await.expect("clean stop");
+    }
+}
