@@ -51,8 +51,9 @@ pub struct NodeSpec {
     pub roles: Roles,
     /// Its sockets.
     pub net: NetPlan,
-    /// The directory of its log.
-    pub dir: PathBuf,
+    /// The directory of its log; `None` for a process that stores nothing (a member that is
+    /// not a server).
+    pub dir: Option<PathBuf>,
     /// When writes count as durable.
     pub durability: Durability,
     /// Whether the storage is expected to be new.
@@ -124,6 +125,9 @@ pub enum NodeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A role asked to store something on a node configured without storage.
+    #[error("this node has no storage directory, but its roles store records")]
+    NoStorage,
     /// The application asked a node without a member to send.
     #[error("this node has no member role to send with")]
     NotAMember,
@@ -154,16 +158,13 @@ impl Node {
             let _ = durable_tx.send(position);
         });
         let options = LogOptions { durability: spec.durability, on_durable: Some(on_durable), ..LogOptions::default() };
-        let dir = spec.dir.clone();
-        let (log, recovered) =
-            tokio::task::spawn_blocking(move || Log::open(dir, options)).await.map_err(|_| NodeError::Stopped)??;
-        let records = recovered
-            .records
-            .iter()
-            .map(|(position, bytes)| {
-                decode_record(bytes).map_err(|e| NodeError::Record { position: position.0, reason: e.to_string() })
-            })
-            .collect::<Result<Vec<Record>, NodeError>>()?;
+        let (log, records) = match spec.dir.clone() {
+            Some(dir) => {
+                let (log, records) = open_log(dir, options).await?;
+                (Some(log), records)
+            }
+            None => (None, Vec::new()),
+        };
         let net = Net::bind(&spec.net)?;
         let local = net.local_addr();
         let clock = Instant::now();
@@ -220,7 +221,7 @@ impl Node {
 struct Host {
     process: Process,
     net: Net,
-    log: Log,
+    log: Option<Log>,
     clock: Instant,
     /// Writes appended and not durable yet: their ids and the position after each.
     writes: VecDeque<(WriteId, Position)>,
@@ -262,7 +263,9 @@ impl Host {
                     Some(Command::Send { payload, reply }) => self.waiting.push_back((payload, reply)),
                     Some(Command::Stop) | None => {
                         self.carry_out().await?;
-                        self.log.sync()?;
+                        if let Some(log) = &mut self.log {
+                            log.sync()?;
+                        }
                         return Ok(());
                     }
                 },
@@ -318,8 +321,8 @@ impl Host {
         for action in actions {
             self.carry(action).await?;
         }
-        if !self.writes.is_empty() {
-            self.log.flush()?;
+        if let Some(log) = self.log.as_mut().filter(|_| !self.writes.is_empty()) {
+            log.flush()?;
         }
         self.net.flush().await;
         Ok(())
@@ -336,7 +339,7 @@ impl Host {
             Action::Persist { id, record } => {
                 self.encoded.clear();
                 encode_record(&record, &mut self.encoded);
-                let position = self.log.append(&self.encoded)?;
+                let position = self.log.as_mut().ok_or(NodeError::NoStorage)?.append(&self.encoded)?;
                 self.writes.push_back((id, position.next()));
                 return Ok(());
             }
@@ -351,6 +354,20 @@ impl Host {
         let _ = self.events.send(event).await;
         Ok(())
     }
+}
+
+/// Opens the log in `dir` and decodes its records, off the event loop's thread.
+async fn open_log(dir: PathBuf, options: LogOptions) -> Result<(Log, Vec<Record>), NodeError> {
+    let (log, recovered) =
+        tokio::task::spawn_blocking(move || Log::open(dir, options)).await.map_err(|_| NodeError::Stopped)??;
+    let records = recovered
+        .records
+        .iter()
+        .map(|(position, bytes)| {
+            decode_record(bytes).map_err(|e| NodeError::Record { position: position.0, reason: e.to_string() })
+        })
+        .collect::<Result<Vec<Record>, NodeError>>()?;
+    Ok((log, records))
 }
 
 /// A deadline that never comes, for a process with no timer.

@@ -35,13 +35,13 @@ fn plan(unicast: SocketAddrV4, listen: Vec<Channel>) -> NetPlan {
     }
 }
 
-fn spec(cfg: &Arc<Config>, pid: Pid, roles: Roles, net: NetPlan, dir: &std::path::Path) -> NodeSpec {
+fn spec(cfg: &Arc<Config>, pid: Pid, roles: Roles, net: NetPlan, dir: Option<&std::path::Path>) -> NodeSpec {
     NodeSpec {
         cfg: cfg.clone(),
         pid,
         roles,
         net,
-        dir: dir.join(pid.0.to_string()),
+        dir: dir.map(|d| d.join(pid.0.to_string())),
         durability: Durability::Fsync,
         start: StorageStart::Fresh,
         state_machine: None,
@@ -71,12 +71,12 @@ async fn three_servers_and_three_members_deliver_one_order_over_loopback_multica
     for pid in &pids {
         let roles = Roles { commit: true, data: true, ..Roles::default() };
         let net = plan(server_addr(pid.0), vec![Channel::Global, Channel::Data, Channel::Commit]);
-        servers.push(Node::start(spec(&cfg, *pid, roles, net, dir.path())).await.expect("server starts"));
+        servers.push(Node::start(spec(&cfg, *pid, roles, net, Some(dir.path()))).await.expect("server starts"));
     }
     let member = |i: u64| {
         let roles = Roles { client: Some(Incarnation(100 + i)), ..Roles::default() };
         let net = plan(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
-        spec(&cfg, Pid(1_000 + i), roles, net, dir.path())
+        spec(&cfg, Pid(1_000 + i), roles, net, None)
     };
     let sender = Node::start(member(0)).await.expect("sender starts");
     let mut tails = Vec::new();
