@@ -1,1 +1,1444 @@
-//! The cluster configuration file.
+//! The cluster configuration file: one TOML file, shared by every server and client of a group,
+//! that says how the group talks (DESIGN section 7), who its servers are (sections 2 and 3) and
+//! how its protocol is tuned (section 10).
+//!
+//! [`ClusterConfig::load`] parses and validates in one step, so a node never runs on a file it
+//! half understood: every table refuses unknown keys (a misspelt key would otherwise silently
+//! fall back to its default), and every error names the key path it is about, for example
+//! `servers[2].roles[0]: unknown role "comit"` or
+//! `protocol.k_commit: 4 is more than the 3 commit servers`.
+//!
+//! `crates/sam-node/examples/sam.toml` is a commented example of every key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use sam_core::config::{MAX_LIFETIME, MAX_SERVERS_PER_KIND, MAX_WINDOW};
+use sam_core::{Channel, Incarnation, Pid};
+use sam_store::Durability;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use toml::de::{DeTable, DeValue};
+
+/// The interface a channel uses when the file names none: loopback, so that a cluster written
+/// without thinking about networks stays on one host.
+pub const DEFAULT_INTERFACE: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// The multicast TTL when the file names none: 1 keeps datagrams on the local network.
+pub const DEFAULT_TTL: u8 = 1;
+
+/// The default datagram size: larger than any path MTU, which is right on loopback (where the
+/// MTU is 64 KiB) and lets the IP layer fragment elsewhere.
+pub const DATAGRAM_BYTES_DEFAULT: usize = 65_000;
+/// The smallest datagram size: a commit or heartbeat batch must fit in one datagram, and every
+/// IPv4 host accepts 576-byte packets.
+pub const DATAGRAM_BYTES_MIN: usize = 512;
+/// The largest datagram size: the largest UDP payload over IPv4.
+pub const DATAGRAM_BYTES_MAX: usize = 65_507;
+/// The default limit on one message's payload.
+pub const MESSAGE_BYTES_DEFAULT: usize = 1 << 20;
+/// The largest message limit: a large message is reassembled in memory from its fragments.
+pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// The longest timer, an hour: a longer one is a typo, and keeps microseconds far from overflow.
+pub const TIMER_MS_MAX: u64 = 3_600_000;
+/// The largest batch of one message (NACK queries, assignments, recent commits): batches have
+/// to fit in datagrams.
+pub const BATCH_ENTRIES_MAX: usize = 1 << 16;
+/// The largest member buffer for uncommitted data.
+pub const MEMBER_BUFFER_BYTES_MAX: usize = 1 << 36;
+
+/// The number of processes holding a commit and a data server in the default local cluster.
+pub const LOCAL_SERVERS: usize = 3;
+/// The number of checkpoint servers in the default local cluster (DESIGN section 10: losing one
+/// pauses garbage collection, not delivery).
+pub const LOCAL_CHECKPOINT_SERVERS: usize = 2;
+/// The first port of the default local cluster, below Linux's ephemeral range so that outgoing
+/// sockets never hold it.
+pub const LOCAL_BASE_PORT: u16 = 17_400;
+
+/// The multicast groups of a local cluster, one per channel, in the site-local scope
+/// 239.255.0.0/16 (RFC 2365), which routers do not forward.
+const LOCAL_GROUPS: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(239, 255, 0, 1),
+    Ipv4Addr::new(239, 255, 0, 2),
+    Ipv4Addr::new(239, 255, 0, 3),
+    Ipv4Addr::new(239, 255, 0, 4),
+];
+
+/// Why a configuration file cannot be used. Every message starts with the key path it is about.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// The text is not TOML, or toml could not say where its error lies; the message is toml's,
+    /// with the line and column.
+    #[error("{0}")]
+    Toml(toml::de::Error),
+    /// A value has the wrong type or spelling, or a key is unknown or missing.
+    #[error("{key}: {message} (line {line}, column {column})")]
+    Parse {
+        /// The key path, e.g. `servers[2].roles[0]` (`(top level)` for the file itself).
+        key: String,
+        /// What is wrong, as the parser put it.
+        message: String,
+        /// The line of the offending text, from 1.
+        line: usize,
+        /// The column of the offending text, from 1, in characters.
+        column: usize,
+    },
+    /// A number is outside its range.
+    #[error("{key}: {value} is not between {min} and {max}")]
+    OutOfRange {
+        /// The key path.
+        key: String,
+        /// Its value.
+        value: u64,
+        /// The smallest value allowed.
+        min: u64,
+        /// The largest value allowed.
+        max: u64,
+    },
+    /// A redundancy factor asks for more servers than the role has.
+    #[error("{key}: {k} is more than the {n} {role} servers")]
+    Redundancy {
+        /// The key path, e.g. `protocol.k_commit`.
+        key: String,
+        /// Its value.
+        k: usize,
+        /// The role it counts.
+        role: Role,
+        /// How many servers hold that role.
+        n: usize,
+    },
+    /// No server holds a role the group cannot run without.
+    #[error("servers: no server has the role \"{role}\"")]
+    NoServers {
+        /// The missing role.
+        role: Role,
+    },
+    /// More servers hold a role than a vote set can count.
+    #[error("servers: {n} servers have the role \"{role}\"; at most {max} are supported")]
+    TooManyServers {
+        /// The role.
+        role: Role,
+        /// How many servers hold it.
+        n: usize,
+        /// The most supported.
+        max: usize,
+    },
+    /// A server holds no role.
+    #[error("{key}: a server needs at least one role")]
+    NoRoles {
+        /// The key path, e.g. `servers[1].roles`.
+        key: String,
+    },
+    /// Two servers share a pid.
+    #[error("{key}: {id} is already the id of servers[{first}]")]
+    DuplicateId {
+        /// The key path of the second use.
+        key: String,
+        /// The pid.
+        id: u64,
+        /// The index of the first server with it.
+        first: usize,
+    },
+    /// Two servers share a unicast address.
+    #[error("{key}: {address} is already the address of servers[{first}]")]
+    DuplicateAddress {
+        /// The key path of the second use.
+        key: String,
+        /// The address.
+        address: SocketAddrV4,
+        /// The index of the first server with it.
+        first: usize,
+    },
+    /// A server's address is not one the others can send to.
+    #[error("{key}: {address} {problem}")]
+    UnusableAddress {
+        /// The key path, e.g. `servers[0].address`.
+        key: String,
+        /// The address.
+        address: SocketAddrV4,
+        /// What is wrong with it.
+        problem: AddressProblem,
+    },
+    /// A server's unicast port is also a channel's port, so its sockets would steal each
+    /// other's datagrams.
+    #[error("{key}: port {port} is also the port of channels.{channel}")]
+    PortTaken {
+        /// The key path, e.g. `servers[0].address`.
+        key: String,
+        /// The port.
+        port: u16,
+        /// The channel that uses it.
+        channel: ChannelName,
+    },
+    /// Two servers would share a storage directory.
+    #[error("{key}: {} is already the storage directory of servers[{first}]", dir.display())]
+    DuplicateDir {
+        /// The key path of the second use.
+        key: String,
+        /// The directory.
+        dir: PathBuf,
+        /// The index of the first server with it.
+        first: usize,
+    },
+    /// A directory is the empty path.
+    #[error("{key}: the directory must not be empty")]
+    EmptyDir {
+        /// The key path.
+        key: String,
+    },
+    /// Multicast transport without channels.
+    #[error("channels: the table is required when transport = \"multicast\"")]
+    NoChannels,
+    /// A channel's group is not a multicast address.
+    #[error("channels.{channel}.group: {group} is not a multicast address (224.0.0.0/4)")]
+    NotMulticast {
+        /// The channel.
+        channel: ChannelName,
+        /// The address given.
+        group: Ipv4Addr,
+    },
+    /// A channel's interface is a multicast address.
+    #[error("channels.{channel}.interface: {interface} is a multicast address, not an interface's")]
+    MulticastInterface {
+        /// The channel.
+        channel: ChannelName,
+        /// The address given.
+        interface: Ipv4Addr,
+    },
+    /// Two channels share a group and port, so each would receive the other's traffic.
+    #[error("channels.{channel}: group {group} port {port} is also channels.{other}'s")]
+    SharedChannel {
+        /// The later channel.
+        channel: ChannelName,
+        /// The earlier channel with the same group and port.
+        other: ChannelName,
+        /// The group.
+        group: Ipv4Addr,
+        /// The port.
+        port: u16,
+    },
+    /// The failure timeout does not exceed the heartbeat interval, so a healthy sequencer
+    /// would be deposed between two heartbeats.
+    #[error(
+        "protocol.failure_timeout_ms: {failure_timeout_ms} must be more than \
+         protocol.heartbeat_interval_ms ({heartbeat_interval_ms})"
+    )]
+    TimeoutBelowHeartbeat {
+        /// The failure timeout.
+        failure_timeout_ms: u64,
+        /// The heartbeat interval.
+        heartbeat_interval_ms: u64,
+    },
+    /// A message could never be buffered whole by a member.
+    #[error(
+        "network.max_message_bytes: {max_message_bytes} is more than \
+         protocol.member_buffer_bytes ({member_buffer_bytes})"
+    )]
+    MessageAboveBuffer {
+        /// The message limit.
+        max_message_bytes: usize,
+        /// The member buffer.
+        member_buffer_bytes: usize,
+    },
+    /// The protocol core refused the configuration (the checks above should have caught it
+    /// first; this is the last line of defence).
+    #[error("protocol: {0}")]
+    Core(#[from] sam_core::ConfigError),
+}
+
+/// What makes an address unusable as a server's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressProblem {
+    /// Port 0 asks the operating system for any port, which nobody else could know.
+    PortZero,
+    /// The unspecified address `0.0.0.0` is not one anyone can send to.
+    Unspecified,
+    /// A multicast address is a group, not one server.
+    Multicast,
+}
+
+impl fmt::Display for AddressProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressProblem::PortZero => "has port 0, which the other processes could not know",
+            AddressProblem::Unspecified => "is the unspecified address, which nobody can send to",
+            AddressProblem::Multicast => "is a multicast address, not one server's",
+        })
+    }
+}
+
+/// How datagrams reach a group (DESIGN section 7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Every channel is an IP multicast group.
+    #[default]
+    Multicast,
+    /// For networks without multicast: server channels become unicast fan-out, and members
+    /// register with a data server that relays the global channel to them.
+    Unicast,
+}
+
+/// A server role of DESIGN section 2. The sequencer is not one: the commit servers elect it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Stores assignments and stands for sequencer.
+    Commit,
+    /// Stores messages and serves them.
+    Data,
+    /// Snapshots the replicated state and serves it.
+    Checkpoint,
+}
+
+impl Role {
+    /// Every role, in the canonical order the file is written in.
+    pub const ALL: [Role; 3] = [Role::Commit, Role::Data, Role::Checkpoint];
+
+    /// The name in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Commit => "commit",
+            Role::Data => "data",
+            Role::Checkpoint => "checkpoint",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A role name that is not one of [`Role::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("unknown role \"{0}\" (the roles are \"commit\", \"data\" and \"checkpoint\")")]
+pub struct UnknownRole(pub String);
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(name: &str) -> Result<Role, UnknownRole> {
+        Role::ALL.into_iter().find(|r| r.name() == name).ok_or_else(|| UnknownRole(name.to_string()))
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(de::Error::custom)
+    }
+}
+
+/// The set of roles one server process holds: a set, so that a role listed twice is refused
+/// when parsing rather than counted twice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServerRoles(u8);
+
+impl ServerRoles {
+    /// No role (refused by validation: a server needs one).
+    pub const NONE: ServerRoles = ServerRoles(0);
+
+    /// Whether the set holds `role`.
+    pub fn contains(self, role: Role) -> bool {
+        self.0 & role.bit() != 0
+    }
+
+    /// Adds `role`; false if it was there already.
+    pub fn insert(&mut self, role: Role) -> bool {
+        let new = !self.contains(role);
+        self.0 |= role.bit();
+        new
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The roles, in canonical order.
+    pub fn iter(self) -> impl Iterator<Item = Role> {
+        Role::ALL.into_iter().filter(move |r| self.contains(*r))
+    }
+
+    /// The core's view of these roles; `client` makes the process a member too, which a
+    /// checkpoint server must be (its state machine runs on the member's deliveries).
+    pub fn to_core(self, client: Option<Incarnation>) -> sam_core::Roles {
+        sam_core::Roles {
+            commit: self.contains(Role::Commit),
+            data: self.contains(Role::Data),
+            checkpoint: self.contains(Role::Checkpoint),
+            client,
+        }
+    }
+}
+
+impl FromIterator<Role> for ServerRoles {
+    fn from_iter<I: IntoIterator<Item = Role>>(roles: I) -> ServerRoles {
+        let mut set = ServerRoles::NONE;
+        for role in roles {
+            set.insert(role);
+        }
+        set
+    }
+}
+
+impl Serialize for ServerRoles {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        for role in self.iter() {
+            seq.serialize_element(&role)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerRoles {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ServerRoles, D::Error> {
+        struct RolesVisitor;
+        impl<'de> Visitor<'de> for RolesVisitor {
+            type Value = ServerRoles;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of roles: \"commit\", \"data\", \"checkpoint\"")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ServerRoles, A::Error> {
+                let mut roles = ServerRoles::NONE;
+                while let Some(role) = seq.next_element::<Role>()? {
+                    if !roles.insert(role) {
+                        return Err(de::Error::custom(format!("role \"{role}\" is listed twice")));
+                    }
+                }
+                Ok(roles)
+            }
+        }
+        d.deserialize_seq(RolesVisitor)
+    }
+}
+
+/// The name of one of the four channels, for error messages and iteration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelName(pub Channel);
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Channel::Global => "global",
+            Channel::Data => "data",
+            Channel::Commit => "commit",
+            Channel::Checkpoint => "checkpoint",
+        })
+    }
+}
+
+/// One channel's multicast group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// The IPv4 multicast group.
+    pub group: Ipv4Addr,
+    /// The UDP port every subscriber binds.
+    pub port: u16,
+    /// The local interface that joins the group and sends to it.
+    #[serde(default = "default_interface")]
+    pub interface: Ipv4Addr,
+    /// How many routers a datagram may cross.
+    #[serde(default = "default_ttl")]
+    pub ttl: u8,
+}
+
+fn default_interface() -> Ipv4Addr {
+    DEFAULT_INTERFACE
+}
+
+fn default_ttl() -> u8 {
+    DEFAULT_TTL
+}
+
+/// The four channels of DESIGN section 7.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Channels {
+    /// Everyone: senders, members and every server.
+    pub global: ChannelConfig,
+    /// The data servers.
+    pub data: ChannelConfig,
+    /// The commit servers.
+    pub commit: ChannelConfig,
+    /// The checkpoint servers.
+    pub checkpoint: ChannelConfig,
+}
+
+impl Channels {
+    /// The group of a channel the core addresses.
+    pub fn get(&self, channel: Channel) -> &ChannelConfig {
+        match channel {
+            Channel::Global => &self.global,
+            Channel::Data => &self.data,
+            Channel::Commit => &self.commit,
+            Channel::Checkpoint => &self.checkpoint,
+        }
+    }
+
+    /// Every channel with its name, in the order of the file.
+    pub fn iter(&self) -> impl Iterator<Item = (ChannelName, &ChannelConfig)> {
+        [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint]
+            .into_iter()
+            .map(move |c| (ChannelName(c), self.get(c)))
+    }
+}
+
+/// One server process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Its pid. The order of the servers in the file is their rank order: the first commit
+    /// server runs the first epoch's sequencer.
+    #[serde(with = "pid_as_u64")]
+    pub id: Pid,
+    /// The roles it holds.
+    pub roles: ServerRoles,
+    /// Its unicast socket (IPv4, like the channels): replies, and in unicast mode the server
+    /// channels too.
+    pub address: SocketAddrV4,
+    /// Its storage directory; `storage.dir/server-ID` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+/// The protocol's tunables (DESIGN section 10 gives the defaults, taken from
+/// [`sam_core::Config::new`]). Timers are in milliseconds here and microseconds in the core.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtocolConfig {
+    /// Acceptances needed to commit a number.
+    pub k_commit: usize,
+    /// Data servers that must hold a message before it is numbered.
+    pub k_data: usize,
+    /// Checkpoint servers that must report a checkpoint before it is advertised.
+    pub k_checkpoint: usize,
+    /// Every assignment of a message lies in `(ts, ts + max_lifetime]`.
+    pub max_lifetime: u64,
+    /// A sender's limit of uncommitted messages in flight.
+    pub sender_window: usize,
+    /// The sequencer's limit of assigned but uncommitted numbers.
+    pub sequencer_window: usize,
+    /// How often the sequencer sends a heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// Missing heartbeats for this long means the sequencer is presumed failed.
+    pub failure_timeout_ms: u64,
+    /// How long a sender waits before retransmitting an uncommitted message.
+    pub retransmit_ms: u64,
+    /// The upper bound of the random delay before a member asks for what it missed.
+    pub nack_delay_ms: u64,
+    /// How long a member waits for a server's answer before asking another.
+    pub request_timeout_ms: u64,
+    /// How long the sequencer waits for an acceptance before sending an assignment again.
+    pub assign_resend_ms: u64,
+    /// At most this many numbers (or mids) in one NACK query.
+    pub nack_batch: usize,
+    /// At most this many entries in one batched protocol message.
+    pub batch_entries: usize,
+    /// How many of the latest committed numbers each heartbeat repeats.
+    pub heartbeat_recent: usize,
+    /// The bytes of uncommitted data a member buffers before it drops and fetches later.
+    pub member_buffer_bytes: usize,
+    /// Checkpoints fall at the multiples of this number.
+    pub checkpoint_every: u64,
+    /// A member further behind than this catches up from a checkpoint rather than the log.
+    pub catch_up_after: u64,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> ProtocolConfig {
+        let c = sam_core::Config::new(Vec::new(), Vec::new(), Vec::new());
+        ProtocolConfig {
+            k_commit: c.k_commit,
+            k_data: c.k_data,
+            k_checkpoint: c.k_checkpoint,
+            max_lifetime: c.max_lifetime,
+            sender_window: c.sender_window,
+            sequencer_window: c.sequencer_window,
+            heartbeat_interval_ms: c.heartbeat_interval_us / 1_000,
+            failure_timeout_ms: c.failure_timeout_us / 1_000,
+            retransmit_ms: c.retransmit_us / 1_000,
+            nack_delay_ms: c.nack_delay_us / 1_000,
+            request_timeout_ms: c.request_timeout_us / 1_000,
+            assign_resend_ms: c.assign_resend_us / 1_000,
+            nack_batch: c.nack_batch,
+            batch_entries: c.batch_entries,
+            heartbeat_recent: c.heartbeat_recent,
+            member_buffer_bytes: c.member_buffer_bytes,
+            checkpoint_every: c.checkpoint_every,
+            catch_up_after: c.catch_up_after,
+        }
+    }
+}
+
+/// Where and how servers store their state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// When a write counts as durable: `"fsync"` survives a power failure, `"os"` only a crash
+    /// of the process (faster, for tests and benchmarks).
+    #[serde(with = "durability_by_name")]
+    pub durability: Durability,
+    /// The directory under which each server without a `dir` of its own gets `server-ID`.
+    pub dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig { durability: Durability::Fsync, dir: PathBuf::from("data") }
+    }
+}
+
+/// Bounds on what goes over the network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// The largest datagram a process sends; many messages are packed into one.
+    pub max_datagram_bytes: usize,
+    /// The largest payload a sender may multicast; larger ones than a datagram are fragmented.
+    pub max_message_bytes: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> NetworkConfig {
+        NetworkConfig { max_datagram_bytes: DATAGRAM_BYTES_DEFAULT, max_message_bytes: MESSAGE_BYTES_DEFAULT }
+    }
+}
+
+/// The whole configuration file of one group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// How datagrams travel.
+    #[serde(default)]
+    pub transport: Transport,
+    /// The multicast groups; required with multicast transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Channels>,
+    /// The server processes, in rank order.
+    pub servers: Vec<ServerConfig>,
+    /// The protocol's tunables.
+    #[serde(default)]
+    pub protocol: ProtocolConfig,
+    /// Where and how servers store their state.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Bounds on datagrams and messages.
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+impl ClusterConfig {
+    /// Reads and validates the file at `path`. Relative directories in it are taken relative
+    /// to the file's own directory, so that the file means the same from any working directory.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut config = ClusterConfig::parse(&text)?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        // An empty directory stays empty, for validation to refuse it.
+        let resolve = |dir: &mut PathBuf| {
+            if !dir.as_os_str().is_empty() {
+                *dir = base.join(&*dir);
+            }
+        };
+        resolve(&mut config.storage.dir);
+        config.servers.iter_mut().filter_map(|s| s.dir.as_mut()).for_each(resolve);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates a file's text; relative directories stay relative to the working
+    /// directory.
+    pub fn from_toml_str(text: &str) -> Result<ClusterConfig, ConfigError> {
+        let config = ClusterConfig::parse(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The file's text: loading it gives this configuration back.
+    pub fn to_toml_string(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// A cluster on loopback: `servers` processes each holding a commit and a data server,
+    /// then `checkpoint_servers` processes holding a checkpoint server, with pids from 1. The
+    /// channels take ports `base_port..base_port + 4` and the servers the ports after; storage
+    /// goes under `dir/data`. Redundancy factors are the defaults, lowered to the number of
+    /// servers when there are fewer.
+    ///
+    /// # Panics
+    ///
+    /// If the ports would run past 65535.
+    pub fn local(servers: usize, checkpoint_servers: usize, base_port: u16, dir: &Path) -> ClusterConfig {
+        let port = |offset: usize| -> u16 {
+            u16::try_from(usize::from(base_port) + offset)
+                .unwrap_or_else(|_| panic!("base port {base_port} leaves no room for {offset} more ports"))
+        };
+        let channel = |i: usize| ChannelConfig {
+            group: LOCAL_GROUPS[i],
+            port: port(i),
+            interface: DEFAULT_INTERFACE,
+            ttl: DEFAULT_TTL,
+        };
+        let channels = Channels { global: channel(0), data: channel(1), commit: channel(2), checkpoint: channel(3) };
+        let roles_of = |i: usize| {
+            if i < servers {
+                [Role::Commit, Role::Data].into_iter().collect()
+            } else {
+                [Role::Checkpoint].into_iter().collect()
+            }
+        };
+        let servers_list = (0..servers + checkpoint_servers)
+            .map(|i| ServerConfig {
+                id: Pid(i as u64 + 1),
+                roles: roles_of(i),
+                address: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(LOCAL_GROUPS.len() + i)),
+                dir: None,
+            })
+            .collect();
+        let mut protocol = ProtocolConfig::default();
+        protocol.k_commit = protocol.k_commit.min(servers);
+        protocol.k_data = protocol.k_data.min(servers);
+        if checkpoint_servers > 0 {
+            protocol.k_checkpoint = protocol.k_checkpoint.min(checkpoint_servers);
+        }
+        ClusterConfig {
+            transport: Transport::Multicast,
+            channels: Some(channels),
+            servers: servers_list,
+            protocol,
+            storage: StorageConfig { durability: Durability::Fsync, dir: dir.join("data") },
+            network: NetworkConfig::default(),
+        }
+    }
+
+    /// The protocol core's configuration: each role's pids in file order, and the tunables.
+    pub fn core(&self) -> sam_core::Config {
+        let pids = |role| self.servers_with(role).map(|s| s.id).collect();
+        let mut c = sam_core::Config::new(pids(Role::Commit), pids(Role::Data), pids(Role::Checkpoint));
+        let p = &self.protocol;
+        let us = |ms: u64| ms.saturating_mul(1_000);
+        c.k_commit = p.k_commit;
+        c.k_data = p.k_data;
+        c.k_checkpoint = p.k_checkpoint;
+        c.max_lifetime = p.max_lifetime;
+        c.sender_window = p.sender_window;
+        c.sequencer_window = p.sequencer_window;
+        c.heartbeat_interval_us = us(p.heartbeat_interval_ms);
+        c.failure_timeout_us = us(p.failure_timeout_ms);
+        c.retransmit_us = us(p.retransmit_ms);
+        c.nack_delay_us = us(p.nack_delay_ms);
+        c.request_timeout_us = us(p.request_timeout_ms);
+        c.assign_resend_us = us(p.assign_resend_ms);
+        c.nack_batch = p.nack_batch;
+        c.batch_entries = p.batch_entries;
+        c.heartbeat_recent = p.heartbeat_recent;
+        c.member_buffer_bytes = p.member_buffer_bytes;
+        c.checkpoint_every = p.checkpoint_every;
+        c.catch_up_after = p.catch_up_after;
+        c
+    }
+
+    /// The server with pid `id`.
+    pub fn server(&self, id: Pid) -> Option<&ServerConfig> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+
+    /// The servers holding `role`, in rank order.
+    pub fn servers_with(&self, role: Role) -> impl Iterator<Item = &ServerConfig> {
+        self.servers.iter().filter(move |s| s.roles.contains(role))
+    }
+
+    /// Where `server` keeps its state.
+    pub fn server_dir(&self, server: &ServerConfig) -> PathBuf {
+        match &server.dir {
+            Some(dir) => dir.clone(),
+            None => self.storage.dir.join(format!("server-{}", server.id.0)),
+        }
+    }
+
+    /// Checks every rule of a usable configuration, ending with the core's own.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_servers()?;
+        self.validate_roles()?;
+        self.validate_protocol()?;
+        if let Some(channels) = &self.channels {
+            self.validate_channels(channels)?;
+        } else if self.transport == Transport::Multicast {
+            return Err(ConfigError::NoChannels);
+        }
+        self.validate_network()?;
+        self.core().validate()?;
+        Ok(())
+    }
+
+    /// Parses without validating, naming the key of any error.
+    fn parse(text: &str) -> Result<ClusterConfig, ConfigError> {
+        // Parsing the bare document first separates syntax errors (toml's message is best)
+        // from errors in values, and gives the spans that turn an error's place into a key path.
+        let root = DeTable::parse(text).map_err(ConfigError::Toml)?;
+        toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => {
+                let (line, column) = line_and_column(text, span.start);
+                let key = key_path_at(root.get_ref(), span.clone());
+                ConfigError::Parse { key, message: e.message().to_string(), line, column }
+            }
+            None => ConfigError::Toml(e),
+        })
+    }
+
+    fn validate_servers(&self) -> Result<(), ConfigError> {
+        let mut ids = HashMap::new();
+        let mut addresses = HashMap::new();
+        let mut dirs = HashMap::new();
+        for (i, server) in self.servers.iter().enumerate() {
+            if server.roles.is_empty() {
+                return Err(ConfigError::NoRoles { key: format!("servers[{i}].roles") });
+            }
+            if let Some(&first) = ids.get(&server.id) {
+                return Err(ConfigError::DuplicateId { key: format!("servers[{i}].id"), id: server.id.0, first });
+            }
+            ids.insert(server.id, i);
+            let key = format!("servers[{i}].address");
+            let address = server.address;
+            let problem = if address.port() == 0 {
+                Some(AddressProblem::PortZero)
+            } else if address.ip().is_unspecified() {
+                Some(AddressProblem::Unspecified)
+            } else if address.ip().is_multicast() {
+                Some(AddressProblem::Multicast)
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(ConfigError::UnusableAddress { key, address, problem });
+            }
+            if let Some(&first) = addresses.get(&address) {
+                return Err(ConfigError::DuplicateAddress { key, address, first });
+            }
+            addresses.insert(address, i);
+            if server.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+                return Err(ConfigError::EmptyDir { key: format!("servers[{i}].dir") });
+            }
+            let dir = self.server_dir(server);
+            if let Some(&first) = dirs.get(&dir) {
+                return Err(ConfigError::DuplicateDir { key: format!("servers[{i}].dir"), dir, first });
+            }
+            dirs.insert(dir, i);
+        }
+        if self.storage.dir.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyDir { key: "storage.dir".to_string() });
+        }
+        Ok(())
+    }
+
+    fn validate_roles(&self) -> Result<(), ConfigError> {
+        let p = &self.protocol;
+        for (role, key, k) in [
+            (Role::Commit, "protocol.k_commit", p.k_commit),
+            (Role::Data, "protocol.k_data", p.k_data),
+            (Role::Checkpoint, "protocol.k_checkpoint", p.k_checkpoint),
+        ] {
+            let n = self.servers_with(role).count();
+            if n == 0 {
+                // Without checkpoint servers the group runs without checkpoints.
+                if role == Role::Checkpoint {
+                    continue;
+                }
+                return Err(ConfigError::NoServers { role });
+            }
+            if n > MAX_SERVERS_PER_KIND {
+                return Err(ConfigError::TooManyServers { role, n, max: MAX_SERVERS_PER_KIND });
+            }
+            if k == 0 {
+                return Err(ConfigError::OutOfRange { key: key.to_string(), value: 0, min: 1, max: n as u64 });
+            }
+            if k > n {
+                return Err(ConfigError::Redundancy { key: key.to_string(), k, role, n });
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_protocol(&self) -> Result<(), ConfigError> {
+        let p = &self.protocol;
+        let batch = BATCH_ENTRIES_MAX as u64;
+        let ranges = [
+            ("max_lifetime", p.max_lifetime, 1, MAX_LIFETIME),
+            ("sender_window", p.sender_window as u64, 1, MAX_WINDOW),
+            ("sequencer_window", p.sequencer_window as u64, 1, MAX_WINDOW),
+            ("heartbeat_interval_ms", p.heartbeat_interval_ms, 1, TIMER_MS_MAX),
+            ("failure_timeout_ms", p.failure_timeout_ms, 1, TIMER_MS_MAX),
+            ("retransmit_ms", p.retransmit_ms, 1, TIMER_MS_MAX),
+            // Zero is no jitter: fine on a small group, where NACK storms cannot happen.
+            ("nack_delay_ms", p.nack_delay_ms, 0, TIMER_MS_MAX),
+            ("request_timeout_ms", p.request_timeout_ms, 1, TIMER_MS_MAX),
+            ("assign_resend_ms", p.assign_resend_ms, 1, TIMER_MS_MAX),
+            ("nack_batch", p.nack_batch as u64, 1, batch),
+            ("batch_entries", p.batch_entries as u64, 1, batch),
+            ("heartbeat_recent", p.heartbeat_recent as u64, 0, batch),
+            ("member_buffer_bytes", p.member_buffer_bytes as u64, 1, MEMBER_BUFFER_BYTES_MAX as u64),
+            ("checkpoint_every", p.checkpoint_every, 1, u64::MAX),
+            ("catch_up_after", p.catch_up_after, 1, u64::MAX),
+        ];
+        check_ranges("protocol", &ranges)?;
+        if p.failure_timeout_ms <= p.heartbeat_interval_ms {
+            return Err(ConfigError::TimeoutBelowHeartbeat {
+                failure_timeout_ms: p.failure_timeout_ms,
+                heartbeat_interval_ms: p.heartbeat_interval_ms,
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_channels(&self, channels: &Channels) -> Result<(), ConfigError> {
+        let mut seen: Vec<(ChannelName, &ChannelConfig)> = Vec::new();
+        for (channel, c) in channels.iter() {
+            if !c.group.is_multicast() {
+                return Err(ConfigError::NotMulticast { channel, group: c.group });
+            }
+            if c.port == 0 {
+                return Err(ConfigError::OutOfRange {
+                    key: format!("channels.{channel}.port"),
+                    value: 0,
+                    min: 1,
+                    max: u16::MAX.into(),
+                });
+            }
+            if c.interface.is_multicast() {
+                return Err(ConfigError::MulticastInterface { channel, interface: c.interface });
+            }
+            if let Some((other, _)) = seen.iter().find(|(_, o)| o.group == c.group && o.port == c.port) {
+                return Err(ConfigError::SharedChannel { channel, other: *other, group: c.group, port: c.port });
+            }
+            seen.push((channel, c));
+        }
+        // Every server binds the global channel's port at least; a unicast socket on a channel's
+        // port would take some of that channel's datagrams.
+        for (i, server) in self.servers.iter().enumerate() {
+            let port = server.address.port();
+            if let Some((channel, _)) = channels.iter().find(|(_, c)| c.port == port) {
+                return Err(ConfigError::PortTaken { key: format!("servers[{i}].address"), port, channel });
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_network(&self) -> Result<(), ConfigError> {
+        let n = &self.network;
+        check_ranges(
+            "network",
+            &[
+                (
+                    "max_datagram_bytes",
+                    n.max_datagram_bytes as u64,
+                    DATAGRAM_BYTES_MIN as u64,
+                    DATAGRAM_BYTES_MAX as u64,
+                ),
+                ("max_message_bytes", n.max_message_bytes as u64, 1, MESSAGE_BYTES_MAX as u64),
+            ],
+        )?;
+        if n.max_message_bytes > self.protocol.member_buffer_bytes {
+            return Err(ConfigError::MessageAboveBuffer {
+                max_message_bytes: n.max_message_bytes,
+                member_buffer_bytes: self.protocol.member_buffer_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_ranges(table: &str, ranges: &[(&str, u64, u64, u64)]) -> Result<(), ConfigError> {
+    match ranges.iter().find(|(_, value, min, max)| value < min || value > max) {
+        Some(&(key, value, min, max)) => {
+            Err(ConfigError::OutOfRange { key: format!("{table}.{key}"), value, min, max })
+        }
+        None => Ok(()),
+    }
+}
+
+/// The 1-based line and character column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    // toml's spans fall on character boundaries; a stray one still yields a position.
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
+}
+
+/// The key path of the innermost key or value whose text holds the `error` span: toml reports
+/// where an error lies, and this turns that into the names a user wrote. An error that spans
+/// more than any key or value, or none of the text (toml's way to report a key missing from the
+/// top level), is about the top level.
+fn key_path_at(root: &DeTable<'_>, error: Range<usize>) -> String {
+    if error.is_empty() {
+        return "(top level)".to_string();
+    }
+    let mut best: Option<(usize, String)> = None;
+    walk_table(root, "", &error, &mut best);
+    match best {
+        Some((_, path)) => path,
+        None => "(top level)".to_string(),
+    }
+}
+
+fn walk_table(table: &DeTable<'_>, prefix: &str, error: &Range<usize>, best: &mut Option<(usize, String)>) {
+    for (key, value) in table.iter() {
+        let path = if prefix.is_empty() { key.get_ref().to_string() } else { format!("{prefix}.{}", key.get_ref()) };
+        consider(key.span(), &path, error, best);
+        walk_value(value, &path, error, best);
+    }
+}
+
+fn walk_value(
+    value: &toml::Spanned<DeValue<'_>>,
+    path: &str,
+    error: &Range<usize>,
+    best: &mut Option<(usize, String)>,
+) {
+    consider(value.span(), path, error, best);
+    match value.get_ref() {
+        DeValue::Table(table) => walk_table(table, path, error, best),
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk_value(item, &format!("{path}[{i}]"), error, best);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Keeps `path` if its span holds `error` and is narrower than the best so far; on a tie the
+/// later (deeper) one wins, since it was found inside the earlier.
+fn consider(span: Range<usize>, path: &str, error: &Range<usize>, best: &mut Option<(usize, String)>) {
+    let holds = span.start <= error.start && error.end <= span.end;
+    let width = span.end.saturating_sub(span.start);
+    let narrower = match best {
+        Some((w, _)) => width <= *w,
+        None => true,
+    };
+    if holds && narrower {
+        *best = Some((width, path.to_string()));
+    }
+}
+
+/// Pids are plain integers in the file.
+mod pid_as_u64 {
+    use sam_core::Pid;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(pid: &Pid, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(pid.0)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Pid, D::Error> {
+        u64::deserialize(d).map(Pid)
+    }
+}
+
+/// The storage layer's durability, by its configuration name.
+mod durability_by_name {
+    use sam_store::Durability;
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(durability: &Durability, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(durability.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Durability, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(|_| de::Error::custom(format!("unknown durability \"{name}\" (use \"fsync\" or \"os\")")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small valid file; each test breaks one thing in it.
+    const VALID: &str = r#"
+[channels]
+global = { group = "239.255.0.1", port = 17400 }
+data = { group = "239.255.0.2", port = 17401 }
+commit = { group = "239.255.0.3", port = 17402 }
+checkpoint = { group = "239.255.0.4", port = 17403 }
+
+[[servers]]
+id = 1
+roles = ["commit", "data"]
+address = "127.0.0.1:17404"
+
+[[servers]]
+id = 2
+roles = ["commit", "data", "checkpoint"]
+address = "127.0.0.1:17405"
+
+[[servers]]
+id = 3
+roles = ["commit", "data", "checkpoint"]
+address = "127.0.0.1:17406"
+"#;
+
+    fn refused(text: &str) -> ConfigError {
+        match ClusterConfig::from_toml_str(text) {
+            Ok(c) => panic!("accepted a broken file: {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Asserts the message starts with the key path, as every error's does.
+    fn refused_naming(text: &str, key: &str) -> ConfigError {
+        let e = refused(text);
+        assert!(e.to_string().starts_with(&format!("{key}: ")), "{key:?} not named first in: {e}");
+        e
+    }
+
+    fn with_protocol(lines: &str) -> String {
+        format!("{VALID}\n[protocol]\n{lines}\n")
+    }
+
+    #[test]
+    fn the_small_file_is_valid_with_every_default() {
+        let c = ClusterConfig::from_toml_str(VALID).unwrap();
+        assert_eq!(c.transport, Transport::Multicast);
+        assert_eq!(c.protocol, ProtocolConfig::default());
+        assert_eq!(c.storage, StorageConfig::default());
+        assert_eq!(c.network, NetworkConfig::default());
+        let global = &c.channels.as_ref().unwrap().global;
+        assert_eq!((global.interface, global.ttl), (Ipv4Addr::LOCALHOST, 1));
+        assert_eq!(c.servers[2].roles.iter().collect::<Vec<_>>(), Role::ALL);
+    }
+
+    #[test]
+    fn protocol_defaults_are_the_cores() {
+        let c = ClusterConfig::from_toml_str(VALID).unwrap();
+        let pids = |r: std::ops::RangeInclusive<u64>| r.map(Pid).collect::<Vec<_>>();
+        assert_eq!(c.core(), sam_core::Config::new(pids(1..=3), pids(1..=3), pids(2..=3)));
+    }
+
+    #[test]
+    fn core_keeps_file_order_as_rank_and_converts_milliseconds() {
+        let text = VALID.replace("id = 1", "id = 9") + "\n[protocol]\nheartbeat_interval_ms = 7\nk_commit = 3\n";
+        let core = ClusterConfig::from_toml_str(&text).unwrap().core();
+        assert_eq!(core.commit_servers, vec![Pid(9), Pid(2), Pid(3)]);
+        assert_eq!(core.checkpoint_servers, vec![Pid(2), Pid(3)]);
+        assert_eq!((core.heartbeat_interval_us, core.k_commit), (7_000, 3));
+    }
+
+    #[test]
+    fn the_local_default_validates_and_round_trips() {
+        let c = ClusterConfig::local(LOCAL_SERVERS, LOCAL_CHECKPOINT_SERVERS, LOCAL_BASE_PORT, Path::new("/tmp/sam"));
+        c.validate().unwrap();
+        assert_eq!(c.servers.len(), 5);
+        assert_eq!(c.servers_with(Role::Commit).count(), 3);
+        assert_eq!(c.servers_with(Role::Data).count(), 3);
+        assert_eq!(c.servers_with(Role::Checkpoint).map(|s| s.id).collect::<Vec<_>>(), vec![Pid(4), Pid(5)]);
+        assert_eq!(c.protocol.k_checkpoint, 2);
+        assert!(c.channels.as_ref().unwrap().iter().all(|(_, ch)| ch.group.octets()[..2] == [239, 255]));
+        let text = c.to_toml_string().unwrap();
+        assert_eq!(ClusterConfig::from_toml_str(&text).unwrap(), c, "{text}");
+    }
+
+    #[test]
+    fn a_local_cluster_smaller_than_the_defaults_lowers_its_redundancy() {
+        let c = ClusterConfig::local(1, 0, 20_000, Path::new("d"));
+        c.validate().unwrap();
+        assert_eq!((c.protocol.k_commit, c.protocol.k_data), (1, 1));
+        assert_eq!(c.server_dir(&c.servers[0]), Path::new("d/data/server-1"));
+    }
+
+    #[test]
+    #[should_panic(expected = "leaves no room")]
+    fn a_local_cluster_refuses_ports_past_the_last() {
+        ClusterConfig::local(3, 2, 65_530, Path::new("d"));
+    }
+
+    #[test]
+    fn a_duplicate_server_id_is_refused() {
+        let e = refused_naming(&VALID.replace("id = 3", "id = 1"), "servers[2].id");
+        assert!(matches!(e, ConfigError::DuplicateId { id: 1, first: 0, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_group_without_commit_or_data_servers_is_refused() {
+        let text = VALID.replace("\"commit\", ", "");
+        assert!(matches!(refused_naming(&text, "servers"), ConfigError::NoServers { role: Role::Commit }));
+        let text = VALID.replace("\"commit\", \"data\"", "\"commit\"");
+        assert!(matches!(refused_naming(&text, "servers"), ConfigError::NoServers { role: Role::Data }));
+    }
+
+    #[test]
+    fn a_group_without_checkpoint_servers_runs_without_checkpoints() {
+        let text = VALID.replace(", \"checkpoint\"", "");
+        let c = ClusterConfig::from_toml_str(&text).unwrap();
+        assert!(c.core().checkpoint_servers.is_empty());
+    }
+
+    #[test]
+    fn redundancy_above_the_servers_of_its_role_is_refused() {
+        let e = refused(&with_protocol("k_commit = 4"));
+        assert_eq!(e.to_string(), "protocol.k_commit: 4 is more than the 3 commit servers");
+        refused_naming(&with_protocol("k_data = 4"), "protocol.k_data");
+        let e = refused_naming(&with_protocol("k_checkpoint = 3"), "protocol.k_checkpoint");
+        assert!(matches!(e, ConfigError::Redundancy { k: 3, role: Role::Checkpoint, n: 2, .. }));
+    }
+
+    #[test]
+    fn zero_redundancy_is_refused() {
+        let e = refused_naming(&with_protocol("k_data = 0"), "protocol.k_data");
+        assert!(matches!(e, ConfigError::OutOfRange { value: 0, min: 1, max: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn more_servers_of_a_role_than_votes_can_count_are_refused() {
+        let mut c = ClusterConfig::local(MAX_SERVERS_PER_KIND + 1, 0, 1_000, Path::new("d"));
+        c.validate().unwrap_err();
+        c.protocol.k_commit = 2;
+        let e = c.validate().unwrap_err();
+        assert!(matches!(e, ConfigError::TooManyServers { role: Role::Commit, n: 65, max: 64 }), "{e}");
+    }
+
+    #[test]
+    fn a_server_without_roles_is_refused() {
+        let text = VALID.replace("roles = [\"commit\", \"data\"]", "roles = []");
+        assert!(matches!(refused_naming(&text, "servers[0].roles"), ConfigError::NoRoles { .. }));
+    }
+
+    #[test]
+    fn an_unknown_role_is_refused_by_name() {
+        let text = VALID.replacen("[\"commit\", \"data\", \"checkpoint\"]", "[\"data\", \"comit\"]", 1);
+        let e = refused_naming(&text, "servers[1].roles");
+        assert!(e.to_string().contains("unknown role \"comit\""), "{e}");
+        assert!(matches!(e, ConfigError::Parse { line: 15, .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_role_listed_twice_is_refused() {
+        let text = VALID.replacen("[\"commit\", \"data\", \"checkpoint\"]", "[\"data\", \"data\"]", 1);
+        let e = refused_naming(&text, "servers[1].roles");
+        assert!(e.to_string().contains("role \"data\" is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn a_duplicate_address_is_refused() {
+        let e = refused_naming(&VALID.replace("17406", "17404"), "servers[2].address");
+        assert!(matches!(e, ConfigError::DuplicateAddress { first: 0, .. }), "{e}");
+    }
+
+    #[test]
+    fn an_address_nobody_can_send_to_is_refused() {
+        for (address, problem) in [
+            ("127.0.0.1:0", AddressProblem::PortZero),
+            ("0.0.0.0:17406", AddressProblem::Unspecified),
+            ("239.1.2.3:17406", AddressProblem::Multicast),
+        ] {
+            let e = refused_naming(&VALID.replace("127.0.0.1:17406", address), "servers[2].address");
+            assert!(matches!(e, ConfigError::UnusableAddress { problem: p, .. } if p == problem), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_address_is_refused_naming_the_key() {
+        refused_naming(&VALID.replace("127.0.0.1:17406", "localhost"), "servers[2].address");
+    }
+
+    #[test]
+    fn a_server_port_that_is_a_channel_port_is_refused() {
+        let e = refused_naming(&VALID.replace("127.0.0.1:17405", "127.0.0.1:17401"), "servers[1].address");
+        assert_eq!(e.to_string(), "servers[1].address: port 17401 is also the port of channels.data");
+    }
+
+    #[test]
+    fn a_group_that_is_not_multicast_is_refused() {
+        let e = refused_naming(&VALID.replace("239.255.0.3", "10.0.0.3"), "channels.commit.group");
+        assert!(matches!(e, ConfigError::NotMulticast { .. }));
+    }
+
+    #[test]
+    fn two_channels_on_one_group_and_port_are_refused() {
+        let text = VALID.replace("\"239.255.0.4\", port = 17403", "\"239.255.0.2\", port = 17401");
+        let e = refused_naming(&text, "channels.checkpoint");
+        assert_eq!(e.to_string(), "channels.checkpoint: group 239.255.0.2 port 17401 is also channels.data's");
+        let same_group_other_port = VALID.replace("\"239.255.0.4\"", "\"239.255.0.2\"");
+        ClusterConfig::from_toml_str(&same_group_other_port).unwrap();
+    }
+
+    #[test]
+    fn a_zero_channel_port_is_refused() {
+        refused_naming(&VALID.replace("port = 17400", "port = 0"), "channels.global.port");
+    }
+
+    #[test]
+    fn a_multicast_interface_is_refused() {
+        let text = VALID.replace("port = 17400 }", "port = 17400, interface = \"224.0.0.1\" }");
+        refused_naming(&text, "channels.global.interface");
+    }
+
+    #[test]
+    fn a_ttl_above_255_is_refused() {
+        refused_naming(&VALID.replace("port = 17400 }", "port = 17400, ttl = 300 }"), "channels.global.ttl");
+    }
+
+    #[test]
+    fn multicast_needs_channels_and_unicast_does_not() {
+        let start = VALID.find("[[servers]]").unwrap();
+        let without = &VALID[start..];
+        assert!(matches!(refused_naming(without, "channels"), ConfigError::NoChannels));
+        let unicast = format!("transport = \"unicast\"\n{without}");
+        assert_eq!(ClusterConfig::from_toml_str(&unicast).unwrap().transport, Transport::Unicast);
+    }
+
+    #[test]
+    fn an_unknown_transport_or_durability_is_refused() {
+        refused_naming(&format!("transport = \"broadcast\"\n{VALID}"), "transport");
+        let e = refused_naming(&format!("{VALID}\n[storage]\ndurability = \"fsnc\"\n"), "storage.durability");
+        assert!(e.to_string().contains("unknown durability \"fsnc\""), "{e}");
+        let os = ClusterConfig::from_toml_str(&format!("{VALID}\n[storage]\ndurability = \"os\"\n")).unwrap();
+        assert_eq!(os.storage.durability, Durability::Os);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_wherever_they_are() {
+        refused_naming(&format!("trasport = \"unicast\"\n{VALID}"), "trasport");
+        refused_naming(&with_protocol("k_comit = 2"), "protocol.k_comit");
+        refused_naming(&VALID.replace("id = 2", "id = 2\nport = 3"), "servers[1].port");
+        refused_naming(&VALID.replace("port = 17401 }", "port = 17401, tll = 2 }"), "channels.data.tll");
+        refused_naming(&format!("{VALID}\n[network]\nmtu = 1500\n"), "network.mtu");
+        refused_naming(&format!("{VALID}\n[storage]\npath = \"x\"\n"), "storage.path");
+        refused_naming(&format!("{VALID}\n[logging]\nlevel = 1\n"), "logging");
+    }
+
+    #[test]
+    fn keys_in_header_tables_are_named_too() {
+        let text = VALID.replace("[channels]\nglobal = { group = \"239.255.0.1\", port = 17400 }\n", "").replace(
+            "[[servers]]\nid = 1",
+            "[channels.global]\ngroup = \"239.255.0.1\"\nport = \"17400\"\n\n[[servers]]\nid = 1",
+        );
+        refused_naming(&text, "channels.global.port");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_naming_the_key() {
+        refused_naming(&VALID.replace("id = 2", "id = \"two\""), "servers[1].id");
+        refused_naming(&with_protocol("sender_window = -1"), "protocol.sender_window");
+    }
+
+    #[test]
+    fn a_missing_key_names_its_table() {
+        let e = refused_naming(&VALID.replace("address = \"127.0.0.1:17405\"", ""), "servers[1]");
+        assert!(e.to_string().contains("address"), "{e}");
+        refused_naming("transport = \"unicast\"\n", "(top level)");
+    }
+
+    #[test]
+    fn a_syntax_error_keeps_tomls_line_and_column() {
+        let e = refused(&VALID.replace("id = 2", "id = = 2"));
+        assert!(matches!(e, ConfigError::Toml(_)), "{e:?}");
+        assert!(e.to_string().contains("line 14, column"), "{e}");
+    }
+
+    #[test]
+    fn timers_out_of_range_are_refused() {
+        refused_naming(&with_protocol("retransmit_ms = 0"), "protocol.retransmit_ms");
+        let e = refused_naming(&with_protocol("request_timeout_ms = 3600001"), "protocol.request_timeout_ms");
+        assert!(matches!(e, ConfigError::OutOfRange { max: TIMER_MS_MAX, .. }));
+        ClusterConfig::from_toml_str(&with_protocol("nack_delay_ms = 0")).unwrap();
+    }
+
+    #[test]
+    fn protocol_bounds_are_refused_with_the_protocol_key() {
+        refused_naming(&with_protocol("max_lifetime = 0"), "protocol.max_lifetime");
+        refused_naming(&with_protocol("sequencer_window = 16777217"), "protocol.sequencer_window");
+        refused_naming(&with_protocol("nack_batch = 0"), "protocol.nack_batch");
+        refused_naming(&with_protocol("batch_entries = 65537"), "protocol.batch_entries");
+        refused_naming(&with_protocol("checkpoint_every = 0"), "protocol.checkpoint_every");
+        refused_naming(&with_protocol("catch_up_after = 0"), "protocol.catch_up_after");
+        refused_naming(&with_protocol("member_buffer_bytes = 0"), "protocol.member_buffer_bytes");
+    }
+
+    #[test]
+    fn a_failure_timeout_within_one_heartbeat_is_refused() {
+        let e = refused_naming(&with_protocol("heartbeat_interval_ms = 500"), "protocol.failure_timeout_ms");
+        assert!(matches!(
+            e,
+            ConfigError::TimeoutBelowHeartbeat { failure_timeout_ms: 500, heartbeat_interval_ms: 500 }
+        ));
+    }
+
+    #[test]
+    fn network_sizes_out_of_range_are_refused() {
+        let network = |lines: &str| format!("{VALID}\n[network]\n{lines}\n");
+        refused_naming(&network("max_datagram_bytes = 100"), "network.max_datagram_bytes");
+        refused_naming(&network("max_datagram_bytes = 65508"), "network.max_datagram_bytes");
+        refused_naming(&network("max_message_bytes = 0"), "network.max_message_bytes");
+        refused_naming(&network("max_message_bytes = 67108865"), "network.max_message_bytes");
+        let text = format!("{}max_message_bytes = 2048\n", with_protocol("member_buffer_bytes = 1024\n[network]"));
+        assert!(matches!(refused_naming(&text, "network.max_message_bytes"), ConfigError::MessageAboveBuffer { .. }));
+    }
+
+    #[test]
+    fn two_servers_sharing_a_storage_directory_are_refused() {
+        let text = VALID.replace("id = 2", "id = 2\ndir = \"data/server-3\"");
+        let e = refused_naming(&text, "servers[2].dir");
+        assert!(matches!(e, ConfigError::DuplicateDir { first: 1, .. }), "{e}");
+        refused_naming(&VALID.replace("id = 2", "id = 2\ndir = \"\""), "servers[1].dir");
+        refused_naming(&format!("{VALID}\n[storage]\ndir = \"\"\n"), "storage.dir");
+    }
+
+    #[test]
+    fn server_roles_map_onto_the_cores() {
+        let roles: ServerRoles = [Role::Checkpoint, Role::Commit].into_iter().collect();
+        let core = roles.to_core(Some(Incarnation(7)));
+        assert!(core.commit && !core.data && core.checkpoint && core.client == Some(Incarnation(7)));
+        assert_eq!("data".parse::<Role>(), Ok(Role::Data));
+        assert_eq!("comit".parse::<Role>(), Err(UnknownRole("comit".to_string())));
+    }
+
+    #[test]
+    fn key_paths_come_from_offsets() {
+        let text = "a = 1\n[b]\nc = [1, { d = 2 }]\n";
+        let root = DeTable::parse(text).unwrap();
+        let at = |needle: &str| {
+            let start = text.find(needle).unwrap();
+            key_path_at(root.get_ref(), start..start + 1)
+        };
+        assert_eq!(at("a ="), "a");
+        assert_eq!(at("c ="), "b.c");
+        assert_eq!(at("1,"), "b.c[0]");
+        assert_eq!(at("d ="), "b.c[1].d");
+        assert_eq!(key_path_at(root.get_ref(), 0..text.len()), "(top level)");
+        assert_eq!(key_path_at(root.get_ref(), 0..0), "(top level)");
+        assert_eq!(at("2 }"), "b.c[1].d");
+        assert_eq!(line_and_column(text, text.find("d =").unwrap()), (3, 11));
+    }
+}
