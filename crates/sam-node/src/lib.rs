@@ -2,4 +2,5 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod launch;
 pub mod node;

@@ -1,7 +1,11 @@
 //! `sam`: the command line of SAM, Scalable Atomic Multicast.
 
+mod local_cmd;
 mod model_cmd;
+mod send_cmd;
+mod server_cmd;
 mod sim_cmd;
+mod tail_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +24,15 @@ enum Command {
     /// Model-check sequencer failover exhaustively (3 commit servers, k_commit = 2, 2 mids,
     /// 3 numbers, 3 ballots, a lossy network, one storage loss) and print the states explored.
     Model(model_cmd::ModelArgs),
+    /// A whole cluster on this host's loopback, as separate processes.
+    #[command(subcommand)]
+    Local(local_cmd::LocalCommand),
+    /// Run one server process of a cluster.
+    Server(server_cmd::ServerArgs),
+    /// Send messages to the group and print where each was committed.
+    Send(send_cmd::SendArgs),
+    /// Print the group's deliveries in order.
+    Tail(tail_cmd::TailArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +40,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::execute(*args),
         Command::Model(args) => model_cmd::execute(args),
+        Command::Local(command) => local_cmd::execute(command),
+        Command::Server(args) => server_cmd::execute(args),
+        Command::Send(args) => send_cmd::execute(args),
+        Command::Tail(args) => tail_cmd::execute(args),
     };
     match result {
         Ok(code) => code,
@@ -34,5 +51,23 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// The runtime of the commands that run nodes: two worker threads (the node's loop, and the
+/// network's readers beside it).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

@@ -1,0 +1,182 @@
+//! `sam local`: a whole cluster on this host's loopback, as separate server processes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use sam_node::config::{ClusterConfig, LOCAL_BASE_PORT, LOCAL_CHECKPOINT_SERVERS, LOCAL_SERVERS};
+
+/// Start or stop a local cluster.
+#[derive(Subcommand, Debug)]
+pub enum LocalCommand {
+    /// Start a cluster on loopback: N processes each holding a commit and a data server, and
+    /// checkpoint servers; write DIR/sam.toml for clients; run until Ctrl-C.
+    Up(UpArgs),
+    /// Stop a cluster started with --detach.
+    Down(DownArgs),
+}
+
+/// Where and how big.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The cluster's directory: its sam.toml, its servers' storage and logs.
+    #[arg(long, default_value = "sam-local")]
+    dir: PathBuf,
+    /// Processes holding a commit and a data server (the sequencer is elected among them).
+    #[arg(long, default_value_t = LOCAL_SERVERS)]
+    servers: usize,
+    /// Checkpoint servers.
+    #[arg(long, default_value_t = LOCAL_CHECKPOINT_SERVERS)]
+    checkpoint_servers: usize,
+    /// The first of the ports the cluster uses (channels, then one per server).
+    #[arg(long, default_value_t = LOCAL_BASE_PORT)]
+    base_port: u16,
+    /// Only "multicast" is supported by this build.
+    #[arg(long, default_value = "multicast")]
+    transport: String,
+    /// Start the servers and return; stop them with `sam local down --dir DIR`.
+    #[arg(long)]
+    detach: bool,
+}
+
+/// Which cluster.
+#[derive(Args, Debug)]
+pub struct DownArgs {
+    /// The cluster's directory.
+    #[arg(long, default_value = "sam-local")]
+    dir: PathBuf,
+}
+
+/// Runs `sam local up` or `sam local down`.
+pub fn execute(command: LocalCommand) -> Result<std::process::ExitCode> {
+    match command {
+        LocalCommand::Up(args) => up(&args),
+        LocalCommand::Down(args) => down(&args.dir),
+    }
+    .map(|()| std::process::ExitCode::SUCCESS)
+}
+
+fn up(args: &UpArgs) -> Result<()> {
+    if args.transport != "multicast" {
+        bail!("--transport {}: only multicast is supported by this build", args.transport);
+    }
+    if pids_file(&args.dir).exists() {
+        bail!("a cluster seems to run in {} already (stop it with `sam local down --dir {0}`)", args.dir.display());
+    }
+    fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = args.dir.canonicalize()?;
+    let config_path = dir.join("sam.toml");
+    let new = !config_path.exists();
+    if new {
+        let cluster = ClusterConfig::local(args.servers, args.checkpoint_servers, args.base_port, &dir);
+        cluster.validate()?;
+        fs::write(&config_path, cluster.to_toml_string()?)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+    }
+    let cluster = ClusterConfig::load(&config_path)?;
+    let mut children = Vec::new();
+    for server in &cluster.servers {
+        match spawn_server(&config_path, server.id.0, new, &dir) {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                stop_all(&mut children);
+                return Err(e);
+            }
+        }
+    }
+    let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
+    fs::write(pids_file(&dir), pids.join("\n") + "\n")?;
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(failed) = children.iter_mut().find_map(|c| c.try_wait().ok().flatten()) {
+        stop_all(&mut children);
+        let _ = fs::remove_file(pids_file(&dir));
+        bail!("a server exited at start ({failed}); see {}", dir.join("logs").display());
+    }
+    print_help(&dir, &cluster, args.detach);
+    if args.detach {
+        return Ok(());
+    }
+    crate::runtime()?.block_on(crate::stop_signal());
+    stop_all(&mut children);
+    let _ = fs::remove_file(pids_file(&dir));
+    eprintln!("stopped {} servers", children.len());
+    Ok(())
+}
+
+fn spawn_server(config: &Path, id: u64, init: bool, dir: &Path) -> Result<Child> {
+    let logs = dir.join("logs");
+    fs::create_dir_all(&logs)?;
+    let log = fs::File::create(logs.join(format!("server-{id}.log")))?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("server").arg("--config").arg(config).arg("--id").arg(id.to_string());
+    if init {
+        command.arg("--init");
+    }
+    command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    command.spawn().with_context(|| format!("starting server {id}"))
+}
+
+fn print_help(dir: &Path, cluster: &ClusterConfig, detached: bool) {
+    let config = dir.join("sam.toml");
+    let c = config.display();
+    eprintln!("local cluster of {} servers running; configuration in {c}", cluster.servers.len());
+    for server in &cluster.servers {
+        let roles: Vec<&str> = server.roles.iter().map(|r| r.name()).collect();
+        eprintln!("  server {} ({}) on {}", server.id.0, roles.join(", "), server.address);
+    }
+    eprintln!("try:");
+    eprintln!("  sam send --config {c} hello world");
+    eprintln!("  sam tail --config {c} --count 2");
+    if detached {
+        eprintln!("stop it with: sam local down --dir {}", dir.display());
+    } else {
+        eprintln!("Ctrl-C stops it");
+    }
+}
+
+fn pids_file(dir: &Path) -> PathBuf {
+    dir.join("pids")
+}
+
+/// Stops every server with SIGTERM (each syncs its log and exits), then waits for them.
+fn stop_all(children: &mut [Child]) {
+    for child in children.iter() {
+        terminate(child.id());
+    }
+    for child in children.iter_mut() {
+        let _ = child.wait();
+    }
+}
+
+fn terminate(pid: u32) {
+    // SAFETY: kill(2) with a pid this command started (or read from its own pids file).
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+fn down(dir: &Path) -> Result<()> {
+    let file = pids_file(dir);
+    let text = fs::read_to_string(&file)
+        .with_context(|| format!("no cluster runs in {} ({})", dir.display(), file.display()))?;
+    let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    for pid in &pids {
+        terminate(*pid);
+    }
+    for pid in &pids {
+        // Wait (bounded) until the process is gone.
+        for _ in 0..100 {
+            // SAFETY: signal 0 only checks that the process exists.
+            if unsafe { libc::kill(*pid as libc::pid_t, 0) } != 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    fs::remove_file(&file)?;
+    eprintln!("stopped {} servers", pids.len());
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! `sam send`: send messages to the group and print where each was committed.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::Args;
+use sam_core::Mid;
+use sam_node::config::ClusterConfig;
+use sam_node::launch::member_spec;
+use sam_node::node::{Event, Node};
+
+/// Send messages to the group: the arguments, or stdin's lines when there are none, or
+/// `--count` generated ones. Prints `seq mid` for each committed message; exits non-zero if
+/// any expired or no cluster answered in time.
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// The cluster's configuration file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Send this many generated messages instead.
+    #[arg(long)]
+    count: Option<usize>,
+    /// The size in bytes of each generated message.
+    #[arg(long, default_value_t = 64, requires = "count")]
+    size: usize,
+    /// Give up when nothing is committed for this many seconds (no cluster running, say).
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// The messages to send.
+    messages: Vec<String>,
+}
+
+/// Sends and waits for every outcome.
+pub fn execute(args: SendArgs) -> Result<std::process::ExitCode> {
+    let cluster = ClusterConfig::load(&args.config)?;
+    let payloads = payloads(&args)?;
+    let spec = member_spec(&cluster, rand::random(), false)?;
+    crate::runtime()?.block_on(async move {
+        let mut node = Node::start(spec).await.context("starting a member")?;
+        let (committed, expired) = send_all(&mut node, payloads, Duration::from_secs(args.timeout)).await?;
+        node.stop().await?;
+        if expired > 0 {
+            eprintln!("{expired} of {} messages expired", committed + expired);
+            return Ok(std::process::ExitCode::from(1));
+        }
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
+
+fn payloads(args: &SendArgs) -> Result<Vec<Bytes>> {
+    if let Some(count) = args.count {
+        return Ok((0..count).map(|i| generated(i, args.size)).collect());
+    }
+    if !args.messages.is_empty() {
+        return Ok(args.messages.iter().map(|m| Bytes::from(m.clone())).collect());
+    }
+    let lines = std::io::stdin().lock().lines().collect::<Result<Vec<String>, _>>().context("reading stdin")?;
+    Ok(lines.into_iter().map(Bytes::from).collect())
+}
+
+/// A message of `size` bytes that says which one it is.
+fn generated(i: usize, size: usize) -> Bytes {
+    let mut text = format!("message {i} ").into_bytes();
+    text.resize(size.max(text.len()), b'.');
+    text.truncate(size.max(1));
+    Bytes::from(text)
+}
+
+/// Sends every payload, printing each commit; returns how many were committed and expired.
+pub async fn send_all(node: &mut Node, payloads: Vec<Bytes>, quiet: Duration) -> Result<(usize, usize)> {
+    let total = payloads.len();
+    let mut pending = std::collections::HashSet::<Mid>::new();
+    let (mut committed, mut expired) = (0, 0);
+    let mut payloads = payloads.into_iter();
+    while committed + expired < total {
+        // Keep one window's worth queued: the node holds the rest back itself.
+        while pending.len() < 1_024 {
+            let Some(payload) = payloads.next() else { break };
+            pending.insert(node.send(payload).await?);
+        }
+        let Ok(event) = tokio::time::timeout(quiet, node.next_event()).await else {
+            bail!(
+                "nothing was committed for {} s: is the cluster running? ({} of {total} committed)",
+                quiet.as_secs(),
+                committed
+            );
+        };
+        match event {
+            Some(Event::Committed { mid, seq }) if pending.remove(&mid) => {
+                committed += 1;
+                println!("{seq} {mid}");
+            }
+            Some(Event::Expired { mid } | Event::OutcomeUnknown { mid }) if pending.remove(&mid) => {
+                expired += 1;
+                eprintln!("expired {mid}");
+            }
+            Some(_) => {}
+            None => bail!("the member stopped"),
+        }
+    }
+    Ok((committed, expired))
+}

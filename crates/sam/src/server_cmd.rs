@@ -1,0 +1,52 @@
+//! `sam server`: one server process of a cluster, until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use sam_core::Pid;
+use sam_node::config::ClusterConfig;
+use sam_node::launch::server_spec;
+use sam_node::node::{Event, Node, StorageStart};
+
+/// Run one server process of the cluster a configuration file describes.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// The cluster's configuration file.
+    #[arg(long)]
+    config: PathBuf,
+    /// This server's id (its `id` in the file).
+    #[arg(long)]
+    id: u64,
+    /// This server is new to the group: empty storage is expected. Without it, empty storage
+    /// means it was lost, and a commit server rejoins by the rule of DESIGN section 6.
+    #[arg(long)]
+    init: bool,
+}
+
+/// Runs the server until a signal asks it to stop.
+pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
+    let cluster = ClusterConfig::load(&args.config)?;
+    let start = if args.init { StorageStart::Fresh } else { StorageStart::Recover };
+    let spec = server_spec(&cluster, Pid(args.id), start, rand::random())?;
+    let dir = spec.dir.clone().unwrap_or_default();
+    let runtime = crate::runtime()?;
+    runtime.block_on(async move {
+        let mut node = Node::start(spec).await.with_context(|| format!("server {} in {}", args.id, dir.display()))?;
+        eprintln!("server {} running on {}, storage in {}", args.id, node.local_addr(), dir.display());
+        loop {
+            tokio::select! {
+                event = node.next_event() => match event {
+                    Some(Event::CheckpointMismatch { seq, server }) => {
+                        eprintln!("error: checkpoint {seq}: server {} has a snapshot that differs from the agreed one", server.0);
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                () = crate::stop_signal() => break,
+            }
+        }
+        node.stop().await.context("stopping")?;
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
