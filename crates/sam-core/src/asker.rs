@@ -66,6 +66,13 @@ impl Asker {
         }
     }
 
+    /// The question asked is overdue at `at` if that is before its timeout.
+    pub(crate) fn expect_by(&mut self, at: Time) {
+        if let State::Asked(deadline) = self.state {
+            self.state = State::Asked(deadline.min(at));
+        }
+    }
+
     /// Whether a question was asked and its answer is overdue (the next [`Asker::due`] asks
     /// the next server).
     pub(crate) fn timed_out(&self, now: Time) -> bool {

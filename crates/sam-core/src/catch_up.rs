@@ -93,7 +93,12 @@ impl CatchUp {
         }
         if self.awaited > 0 {
             self.shift += 1;
-            self.whole_from = self.whole_from.map(|k| (k + 1) % self.servers.len());
+            if let Some(k) = self.whole_from {
+                // A whole snapshot comes from one server: what the silent one sent is dropped.
+                self.whole_from = Some((k + 1) % self.servers.len());
+                self.blocks.iter_mut().for_each(|b| *b = None);
+                self.missing = self.blocks.len();
+            }
         }
         let n = self.servers.len();
         let mut asks: Vec<Vec<u32>> = vec![Vec::new(); n];

@@ -89,12 +89,20 @@ impl CheckpointServer {
     }
 
     /// Rebuilds the server from its durable records: the checkpoints it stored, less those
-    /// found diverged.
+    /// found diverged. One more than usual is kept until a heartbeat tells which one is
+    /// advertised: it may be older than the last two.
     pub fn recover<'a>(records: impl IntoIterator<Item = &'a Record>) -> CheckpointServer {
         let mut server = CheckpointServer::new();
         for record in records {
             match record {
-                Record::Checkpoint { seq, snapshot } => server.install(Checkpoint::new(*seq, snapshot.clone())),
+                Record::Checkpoint { seq, snapshot } => {
+                    if server.kept.back().is_none_or(|c| c.seq < *seq) {
+                        server.kept.push_back(Checkpoint::new(*seq, snapshot.clone()));
+                    }
+                    if server.kept.len() > KEPT_CHECKPOINTS + 1 {
+                        server.kept.pop_front();
+                    }
+                }
                 Record::Diverged(seq) => server.kept.retain(|c| c.seq < *seq),
                 _ => {}
             }

@@ -148,9 +148,11 @@ pub struct Client {
     snapshots: Vec<(Seq, Bytes)>,
     /// The highest advertised checkpoint heard of.
     checkpoint: Option<CheckpointInfo>,
-    /// The highest number a commit server said it forgot, or below which a data server said it
-    /// dropped the data.
+    /// The highest number a commit server said it forgot: the log up to it is gone.
     forgotten: Seq,
+    /// The highest number up to which a data server said it dropped the data: a reason to
+    /// catch up, but the entries (and so the fate of this client's sends) may still be known.
+    dropped: Seq,
     catch_up: Option<CatchUp>,
     /// Whether the catch-up under way restores an earlier state than delivered (this client's
     /// own state diverged).
@@ -190,6 +192,7 @@ impl Client {
             snapshots: Vec::new(),
             checkpoint: None,
             forgotten: Seq::ZERO,
+            dropped: Seq::ZERO,
             catch_up: None,
             rewind: false,
             known_prefix: 0,
@@ -276,8 +279,13 @@ impl Client {
             return;
         }
         let answer = self.cfg.data_rank(from).is_some();
+        // Only an answer to a question lets the next question go at once: a sender's
+        // multicast says nothing of whether the data server asked is alive.
+        let answered = answer && self.fetching.contains(&data.mid);
         if self.buffer_data(now, data.mid, data.ts, data.payload.clone(), answer) {
-            self.data_asker.progress(now);
+            if answered {
+                self.data_asker.progress(now);
+            }
             self.deliver(out);
         }
     }
@@ -429,7 +437,7 @@ impl Client {
             self.fetching.forget(mid);
         }
         self.data_asker.refused(now);
-        self.note_forgotten(now, dropped);
+        self.note_dropped(now, dropped);
     }
 
     fn note_forgotten(&mut self, now: Time, forgotten: &Forgotten) {
@@ -438,6 +446,15 @@ impl Client {
         }
         self.forgotten = self.forgotten.max(forgotten.floor);
         self.note_checkpoint(forgotten.checkpoint);
+        self.maybe_catch_up(now);
+    }
+
+    fn note_dropped(&mut self, now: Time, dropped: &Forgotten) {
+        if dropped.floor > self.known_committed {
+            return;
+        }
+        self.dropped = self.dropped.max(dropped.floor);
+        self.note_checkpoint(dropped.checkpoint);
         self.maybe_catch_up(now);
     }
 
@@ -454,7 +471,7 @@ impl Client {
             self.caught_up.0 += fetch.fetched();
         }
         let behind = self.known_committed.0.saturating_sub(self.delivered.0);
-        if behind > self.cfg.catch_up_after || self.forgotten > self.delivered {
+        if behind > self.cfg.catch_up_after || self.forgotten.max(self.dropped) > self.delivered {
             self.start_catch_up(now, c);
         }
     }
@@ -694,14 +711,14 @@ impl Client {
         if timed_out {
             self.fetching.clear();
         }
-        let margin_us = self.cfg.nack_delay_us;
+        let (margin_us, timeout_us) = (self.cfg.nack_delay_us, self.cfg.request_timeout_us);
         let mids: Vec<Mid> = self
             .window
             .iter()
             .take(self.cfg.nack_batch * FETCH_SCAN_BATCHES)
             .filter_map(|k| match k {
                 Some(Known { assigned: Assigned::Mid(mid), .. })
-                    if !self.buffer.contains_key(mid) && self.fetching.wants(now, mid, margin_us) =>
+                    if !self.buffer.contains_key(mid) && self.fetching.wants(now, mid, margin_us, timeout_us) =>
                 {
                     Some(*mid)
                 }
@@ -709,6 +726,11 @@ impl Client {
             })
             .take(self.cfg.nack_batch)
             .collect();
+        // The question times out as soon as its answer is overdue, not after the fixed
+        // request timeout: one lost answer must not hold delivery up for long.
+        if let Some(overdue_us) = self.fetching.overdue_us(margin_us) {
+            self.data_asker.expect_by(now.plus_us(overdue_us));
+        }
         if mids.is_empty() {
             return;
         }
@@ -799,12 +821,22 @@ impl Fetching {
         true
     }
 
+    /// Whether `mid` was asked for and has not arrived.
+    fn contains(&self, mid: &Mid) -> bool {
+        self.asked.contains_key(mid)
+    }
+
     /// Whether `mid` should be asked for: it was not, or its answer is overdue by more than
-    /// twice the usual answer time plus `margin_us`.
-    fn wants(&self, now: Time, mid: &Mid, margin_us: u64) -> bool {
-        self.asked
-            .get(mid)
-            .is_none_or(|asked_at| self.answer_us > 0 && now.since_us(*asked_at) > 2 * self.answer_us + margin_us)
+    /// twice the usual answer time plus `margin_us` (or by `timeout_us`, before any answer
+    /// was timed).
+    fn wants(&self, now: Time, mid: &Mid, margin_us: u64, timeout_us: u64) -> bool {
+        let overdue_us = self.overdue_us(margin_us).unwrap_or(timeout_us);
+        self.asked.get(mid).is_none_or(|asked_at| now.since_us(*asked_at) > overdue_us)
+    }
+
+    /// How long after asking an answer is overdue, once answers were timed.
+    fn overdue_us(&self, margin_us: u64) -> Option<u64> {
+        (self.answer_us > 0).then(|| 2 * self.answer_us + margin_us)
     }
 
     /// Forgets that `mid` was asked for (the server asked does not hold it).
@@ -878,6 +910,25 @@ mod tests {
         c.handle_tick(Time(10_300 + 2 * 250 + c.cfg.nack_delay_us + 1), &mut out);
         let again = fetches(&mut out);
         assert_eq!(again.iter().flat_map(|(_, m)| m.clone()).collect::<Vec<_>>(), vec![mid(2), mid(4)], "overdue");
+    }
+
+    /// Other senders' multicasts are no answer: they neither let a question go early nor
+    /// keep a lost one from timing out, and once answers were timed a question times out
+    /// after twice the answer time (plus the NACK delay), not the fixed request timeout.
+    #[test]
+    fn only_answers_pace_questions_and_an_overdue_answer_is_asked_of_the_next_server() {
+        let (mut c, server, mut out) = asked();
+        c.handle_data(Time(10_200), server, &data(2), &mut out);
+        c.handle_data(Time(10_300), Pid(9), &data(3), &mut out);
+        c.handle_tick(Time(10_300), &mut out);
+        assert!(fetches(&mut out).is_empty(), "1 and 4 are on their way");
+        let overdue = 10_300 + 2 * 200 + c.cfg.nack_delay_us + 1;
+        assert!(overdue < 10_000 + c.cfg.request_timeout_us);
+        c.handle_tick(Time(overdue), &mut out);
+        let again = fetches(&mut out);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].0, server, "the next server");
+        assert_eq!(again[0].1, vec![mid(1), mid(4)]);
     }
 
     /// A data server that lacks what delivery waits for says so, and the next server is asked

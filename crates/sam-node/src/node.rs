@@ -148,6 +148,7 @@ pub struct Node {
     events: mpsc::Receiver<Event>,
     task: tokio::task::JoinHandle<Result<(), NodeError>>,
     local: std::net::SocketAddrV4,
+    recovered: usize,
 }
 
 impl Node {
@@ -165,6 +166,7 @@ impl Node {
             }
             None => (None, Vec::new()),
         };
+        let recovered = records.len();
         let net = Net::bind(&spec.net)?;
         let local = net.local_addr();
         let clock = Instant::now();
@@ -190,7 +192,12 @@ impl Node {
             encoded: Vec::new(),
         };
         let task = tokio::spawn(host.run(command_rx, durable_rx));
-        Ok(Node { commands, events, task, local })
+        Ok(Node { commands, events, task, local, recovered })
+    }
+
+    /// How many records the node recovered from its log at start.
+    pub fn recovered(&self) -> usize {
+        self.recovered
     }
 
     /// The address the node sends from.

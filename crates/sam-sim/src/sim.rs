@@ -1070,14 +1070,16 @@ impl Simulation {
     /// without faults that pause garbage collection. Let `lag` be the most numbers ever
     /// committed above the checkpoint a data or commit server knew advertised (one interval
     /// plus what is committed while a checkpoint is written, reported, advertised and heard of
-    /// in a heartbeat; in the long runs this check is for, about one interval). A commit server
-    /// holds the committed entries above `min(checkpoint, committed - max_lifetime)`, at most
-    /// `max(lag, max_lifetime)`, plus the uncommitted ones; a data server holds the messages
-    /// committed above the checkpoint before the latest, at most `lag + checkpoint_every`,
-    /// plus those not committed yet. Every message not committed yet is in some sender's
-    /// window or was reported expired, so both stay below `checkpoint_every + lag +
-    /// max_lifetime + in flight + expired`, where `in flight` is the most messages the senders
-    /// had uncommitted at once. Everything is sampled after every step.
+    /// in a heartbeat). A data server holds the messages committed above the checkpoint before
+    /// the one it knows, at most `2 × lag`, plus those not committed yet. A commit server holds
+    /// the committed entries above `min(checkpoint, committed - max_lifetime)`, recomputed at
+    /// every heartbeat interval: at most `max(lag, max_lifetime)` plus one interval's commits
+    /// (at most `rate × heartbeat interval`), plus the uncommitted ones. Every message not
+    /// committed yet is in some sender's window or was reported expired, so both stay below
+    /// `2 × lag + max_lifetime + rate × heartbeat interval + in flight + expired`, where `in
+    /// flight` is the most messages the senders had uncommitted at once. Everything is sampled
+    /// after every step. That `lag` itself stays near one interval is what the long run
+    /// (`sam sim --messages 1000000 --checkpoint-every 50000`) reports.
     fn check_bounds(&mut self) {
         let cfg = &self.cfg;
         let faulty = cfg.crashes || cfg.partitions || cfg.crash_sequencer || cfg.laggard || cfg.nondeterministic;
@@ -1085,7 +1087,8 @@ impl Simulation {
             return;
         }
         let (in_flight, lag) = (self.checkpoints.peak_in_flight as u64, self.checkpoints.peak_unadvertised);
-        let bound = cfg.checkpoint_every + lag + cfg.max_lifetime + in_flight + self.checker.expired();
+        let per_heartbeat = cfg.rate_per_s * self.core.heartbeat_interval_us / 1_000_000;
+        let bound = 2 * lag + cfg.max_lifetime + per_heartbeat + in_flight + self.checker.expired();
         let (data, commit) = (self.checkpoints.peak_data_held, self.checkpoints.peak_commit_held);
         self.checker.check_bound(self.now, "a data server", data, bound);
         self.checker.check_bound(self.now, "a commit server", commit, bound);

@@ -33,7 +33,8 @@ pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let mut node = Node::start(spec).await.with_context(|| format!("server {} in {}", args.id, dir.display()))?;
-        eprintln!("server {} running on {}, storage in {}", args.id, node.local_addr(), dir.display());
+        let (addr, recovered) = (node.local_addr(), node.recovered());
+        eprintln!("server {} running on {addr}, storage in {} ({recovered} records recovered)", args.id, dir.display());
         loop {
             tokio::select! {
                 event = node.next_event() => match event {

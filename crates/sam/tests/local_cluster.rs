@@ -1,0 +1,153 @@
+//! Real processes on loopback (DESIGN sections 1 and 4): `sam local up` starts a cluster,
+//! senders and tails are separate `sam` processes. Every process a test starts is stopped by
+//! its pid when the test ends, also when it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const SAM: &str = env!("CARGO_BIN_EXE_sam");
+
+/// A local cluster in a temporary directory; stopped (and every extra server killed) on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    extra: Vec<Child>,
+}
+
+impl Cluster {
+    fn up(base_port: u16) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new(SAM)
+            .args(["local", "up", "--detach", "--base-port", &base_port.to_string(), "--dir"])
+            .arg(dir.path())
+            .status()
+            .expect("run sam local up");
+        assert!(status.success(), "sam local up failed");
+        Cluster { dir, extra: Vec::new() }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("sam.toml")
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("pids")).expect("pids file");
+        text.lines().map(|l| l.parse().expect("pid")).collect()
+    }
+
+    fn sam(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(SAM);
+        command.args(&args[..1]).arg("--config").arg(self.config()).args(&args[1..]);
+        command
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.extra {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(SAM).args(["local", "down", "--dir"]).arg(self.dir.path()).status();
+    }
+}
+
+/// A `sam` process whose output goes to files (a pipe nobody reads would block it).
+struct Running {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+fn spawn(mut command: Command) -> Running {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sam-test-{}-{n}", std::process::id()));
+    let (out, err) = (dir.with_extension("out"), dir.with_extension("err"));
+    let file = |p: &Path| std::fs::File::create(p).expect("output file");
+    let child = command.stdout(file(&out)).stderr(file(&err)).spawn().expect("spawn sam");
+    Running { child, out, err }
+}
+
+/// Waits for the process at most `limit`, killing it if it takes longer; returns its output.
+fn finish(mut running: Running, limit: Duration) -> (ExitStatus, String, String) {
+    let start = Instant::now();
+    while running.child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = running.child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = running.child.wait().expect("wait");
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let output = (status, read(&running.out), read(&running.err));
+    let _ = (std::fs::remove_file(&running.out), std::fs::remove_file(&running.err));
+    output
+}
+
+fn stdout((status, out, err): (ExitStatus, String, String)) -> String {
+    assert!(status.success(), "failed ({status}): {err}");
+    out
+}
+
+/// Total order and integrity across processes: two senders, three tails, one sequence.
+#[test]
+fn two_senders_and_three_tails_print_one_identical_sequence() {
+    let cluster = Cluster::up(21_400);
+    const EACH: usize = 5_000;
+    let tails: Vec<Running> = (0..3)
+        .map(|_| spawn(cluster.sam(&["tail", "--count", &(2 * EACH).to_string(), "--format", "jsonl"])))
+        .collect();
+    let senders: Vec<Running> =
+        (0..2).map(|_| spawn(cluster.sam(&["send", "--count", &EACH.to_string(), "--size", "32"]))).collect();
+    for sender in senders {
+        let printed = stdout(finish(sender, Duration::from_secs(120)));
+        assert_eq!(printed.lines().count(), EACH, "every message committed");
+    }
+    let outputs: Vec<String> = tails.into_iter().map(|t| stdout(finish(t, Duration::from_secs(120)))).collect();
+    assert_eq!(outputs[0].lines().count(), 2 * EACH);
+    assert!(outputs.iter().all(|o| *o == outputs[0]), "the tails printed different sequences");
+}
+
+/// Durability on a real disk: a data server killed with SIGKILL restarts from its directory
+/// with what it stored, and the group goes on.
+#[test]
+fn a_data_server_killed_and_restarted_recovers_what_it_stored() {
+    let mut cluster = Cluster::up(21_500);
+    let sent = stdout(finish(spawn(cluster.sam(&["send", "--count", "300"])), Duration::from_secs(60)));
+    assert_eq!(sent.lines().count(), 300);
+    let server_1 = cluster.pids()[0];
+    kill_9(server_1);
+    let restarted = cluster.sam(&["server", "--id", "1"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn();
+    cluster.extra.push(restarted.expect("restart server 1"));
+    let log = cluster.dir.path().join("restart.log");
+    wait_for_line(&mut cluster.extra[0], &log, "records recovered");
+    let recovered = std::fs::read_to_string(&log).expect("log");
+    let count: usize = recovered
+        .split(" (")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {recovered:?}"));
+    assert!(count >= 300, "server 1 recovered {count} records: {recovered}");
+    let more = stdout(finish(spawn(cluster.sam(&["send", "--count", "100"])), Duration::from_secs(60)));
+    assert_eq!(more.lines().count(), 100);
+    let tail = stdout(finish(spawn(cluster.sam(&["tail", "--count", "400"])), Duration::from_secs(60)));
+    assert_eq!(tail.lines().count(), 400);
+}
+
+fn kill_9(pid: u32) {
+    let status = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// Reads the child's stderr until a line containing `needle`, copying it to `log`.
+fn wait_for_line(child: &mut Child, log: &Path, needle: &str) {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let line = lines.find_map(|l| l.ok().filter(|l| l.contains(needle))).expect("the server says it recovered");
+    std::fs::write(log, line).expect("write log");
+}
