@@ -232,6 +232,11 @@ impl Client {
         self.delivered
     }
 
+    /// The sequencer this client follows, once it heard a heartbeat.
+    pub fn sequencer(&self) -> Option<Pid> {
+        self.sequencer
+    }
+
     /// The highest number this client heard to be committed.
     pub fn known_committed(&self) -> Seq {
         self.known_committed

@@ -136,9 +136,22 @@ pub enum NodeError {
     Stopped,
 }
 
+/// Where a member stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The sequencer it follows, once it heard a heartbeat.
+    pub sequencer: Option<Pid>,
+    /// Every number up to this one is delivered (or skipped under a checkpoint).
+    pub delivered: Seq,
+    /// The highest number it heard to be committed.
+    pub committed: Seq,
+}
+
 /// An application's request.
 enum Command {
     Send { payload: Bytes, reply: oneshot::Sender<Result<Mid, NodeError>> },
+    Progress(oneshot::Sender<Option<Progress>>),
+    Snapshot(oneshot::Sender<Option<Bytes>>),
     Stop,
 }
 
@@ -207,9 +220,24 @@ impl Node {
 
     /// Sends `payload` to the group; returns its mid at once (its fate comes as an [`Event`]).
     pub async fn send(&self, payload: Bytes) -> Result<Mid, NodeError> {
+        self.ask(|reply| Command::Send { payload, reply }).await?
+    }
+
+    /// Where the node's member stands (`None` without a member role).
+    pub async fn progress(&self) -> Result<Option<Progress>, NodeError> {
+        self.ask(Command::Progress).await
+    }
+
+    /// A snapshot of the member's state machine, reflecting every number it delivered
+    /// (`None` without one).
+    pub async fn snapshot(&self) -> Result<Option<Bytes>, NodeError> {
+        self.ask(Command::Snapshot).await
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NodeError> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Send { payload, reply }).await.map_err(|_| NodeError::Stopped)?;
-        answer.await.map_err(|_| NodeError::Stopped)?
+        self.commands.send(command(reply)).await.map_err(|_| NodeError::Stopped)?;
+        answer.await.map_err(|_| NodeError::Stopped)
     }
 
     /// The next event (`None` once the node stopped).
@@ -268,6 +296,13 @@ impl Host {
                 Some(position) = durable.recv() => self.made_durable(position),
                 command = commands.recv(), if self.waiting.len() < MAX_WAITING_SENDS => match command {
                     Some(Command::Send { payload, reply }) => self.waiting.push_back((payload, reply)),
+                    Some(Command::Progress(reply)) => {
+                        let _ = reply.send(self.progress());
+                    }
+                    Some(Command::Snapshot(reply)) => {
+                        let snapshot = self.process.client().and_then(|c| c.state_machine()).map(|m| m.snapshot());
+                        let _ = reply.send(snapshot);
+                    }
                     Some(Command::Stop) | None => {
                         self.carry_out().await?;
                         if let Some(log) = &mut self.log {
@@ -280,6 +315,11 @@ impl Host {
             self.send_waiting();
             self.carry_out().await?;
         }
+    }
+
+    fn progress(&self) -> Option<Progress> {
+        let c = self.process.client()?;
+        Some(Progress { sequencer: c.sequencer(), delivered: c.delivered(), committed: c.known_committed() })
     }
 
     fn take(&mut self, incoming: sam_net::Incoming) {

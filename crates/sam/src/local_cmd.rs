@@ -34,6 +34,10 @@ pub struct UpArgs {
     /// The first of the ports the cluster uses (channels, then one per server).
     #[arg(long, default_value_t = LOCAL_BASE_PORT)]
     base_port: u16,
+    /// Checkpoints fall at the multiples of this number (a new cluster only); members more
+    /// than two intervals behind catch up from a checkpoint.
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
     /// Only "multicast" is supported by this build.
     #[arg(long, default_value = "multicast")]
     transport: String,
@@ -71,7 +75,11 @@ fn up(args: &UpArgs) -> Result<()> {
     let config_path = dir.join("sam.toml");
     let new = !config_path.exists();
     if new {
-        let cluster = ClusterConfig::local(args.servers, args.checkpoint_servers, args.base_port, &dir);
+        let mut cluster = ClusterConfig::local(args.servers, args.checkpoint_servers, args.base_port, &dir);
+        if let Some(every) = args.checkpoint_every {
+            cluster.protocol.checkpoint_every = every;
+            cluster.protocol.catch_up_after = every.saturating_mul(2);
+        }
         cluster.validate()?;
         fs::write(&config_path, cluster.to_toml_string()?)
             .with_context(|| format!("writing {}", config_path.display()))?;

@@ -5,6 +5,7 @@ mod model_cmd;
 mod send_cmd;
 mod server_cmd;
 mod sim_cmd;
+mod table_cmd;
 mod tail_cmd;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
     Send(send_cmd::SendArgs),
     /// Print the group's deliveries in order.
     Tail(tail_cmd::TailArgs),
+    /// Read or write the replicated key-value table.
+    Table(table_cmd::TableArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         Command::Server(args) => server_cmd::execute(args),
         Command::Send(args) => send_cmd::execute(args),
         Command::Tail(args) => tail_cmd::execute(args),
+        Command::Table(args) => table_cmd::execute(args),
     };
     match result {
         Ok(code) => code,

@@ -15,10 +15,12 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn up(base_port: u16) -> Cluster {
+    fn up(base_port: u16, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let status = Command::new(SAM)
-            .args(["local", "up", "--detach", "--base-port", &base_port.to_string(), "--dir"])
+            .args(["local", "up", "--detach", "--base-port", &base_port.to_string()])
+            .args(extra)
+            .arg("--dir")
             .arg(dir.path())
             .status()
             .expect("run sam local up");
@@ -94,7 +96,7 @@ fn stdout((status, out, err): (ExitStatus, String, String)) -> String {
 /// Total order and integrity across processes: two senders, three tails, one sequence.
 #[test]
 fn two_senders_and_three_tails_print_one_identical_sequence() {
-    let cluster = Cluster::up(21_400);
+    let cluster = Cluster::up(21_400, &[]);
     const EACH: usize = 5_000;
     let tails: Vec<Running> = (0..3)
         .map(|_| spawn(cluster.sam(&["tail", "--count", &(2 * EACH).to_string(), "--format", "jsonl"])))
@@ -114,7 +116,7 @@ fn two_senders_and_three_tails_print_one_identical_sequence() {
 /// with what it stored, and the group goes on.
 #[test]
 fn a_data_server_killed_and_restarted_recovers_what_it_stored() {
-    let mut cluster = Cluster::up(21_500);
+    let mut cluster = Cluster::up(21_500, &[]);
     let sent = stdout(finish(spawn(cluster.sam(&["send", "--count", "300"])), Duration::from_secs(60)));
     assert_eq!(sent.lines().count(), 300);
     let server_1 = cluster.pids()[0];
@@ -150,4 +152,27 @@ fn wait_for_line(child: &mut Child, log: &Path, needle: &str) {
     let mut lines = BufReader::new(stderr).lines();
     let line = lines.find_map(|l| l.ok().filter(|l| l.contains(needle))).expect("the server says it recovered");
     std::fs::write(log, line).expect("write log");
+}
+
+/// Persistence (DESIGN section 5): a member that joins after more than `checkpoint_every`
+/// messages, when the data servers dropped the early log, catches up from a checkpoint and
+/// holds the same table as the whole log gives.
+#[test]
+fn a_member_joining_after_several_checkpoints_catches_up_and_shows_the_same_table() {
+    let cluster = Cluster::up(21_600, &["--checkpoint-every", "100"]);
+    let run = |args: &[&str]| stdout(finish(spawn(cluster.sam(args)), Duration::from_secs(60)));
+    run(&["table", "put", "color", "blue"]);
+    run(&["table", "put", "size", "7"]);
+    assert_eq!(run(&["send", "--count", "450"]).lines().count(), 450);
+    run(&["table", "delete", "size"]);
+    run(&["table", "put", "shape", "round"]);
+    // Checkpoints are taken at 100, 200, ..; the data servers have dropped what the one before
+    // the latest covers, so a new member cannot replay the log from 1.
+    let (status, out, err) = finish(spawn(cluster.sam(&["tail", "--count", "1"])), Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+    assert!(err.contains("caught up from the checkpoint"), "the tail restored a checkpoint: {err}");
+    let seq: u64 = out.split(' ').next().and_then(|s| s.parse().ok()).expect("a delivery");
+    assert!(seq > 100, "it started after a checkpoint, at {seq}");
+    assert_eq!(run(&["table", "dump"]), "color\tblue\nshape\tround\n");
+    assert_eq!(run(&["table", "get", "color"]), "blue (at 454)\n");
 }
