@@ -134,6 +134,13 @@ pub enum Action {
         /// The snapshot restored.
         snapshot: Bytes,
     },
+    /// A process answered a ping (see [`crate::message::Ping`]).
+    Pong {
+        /// Who answered.
+        from: Pid,
+        /// Its answer.
+        pong: crate::message::Pong,
+    },
     /// An error for the operator: a checkpoint server's snapshot at `seq` has a digest that
     /// differs from another's (the state machine is not deterministic, or a replica is
     /// corrupt). Such a checkpoint is never advertised.

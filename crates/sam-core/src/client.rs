@@ -237,6 +237,16 @@ impl Client {
         self.sequencer
     }
 
+    /// The highest epoch this client heard of.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The highest advertised checkpoint this client heard of.
+    pub fn checkpoint(&self) -> Option<CheckpointInfo> {
+        self.checkpoint
+    }
+
     /// The highest number this client heard to be committed.
     pub fn known_committed(&self) -> Seq {
         self.known_committed

@@ -243,6 +243,24 @@ pub struct PreVoteGranted {
     pub epoch: Epoch,
 }
 
+/// Anyone → any process: "are you there, and how far are you?" (an operator's status, not
+/// part of the protocol); answered with a [`Pong`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ping {
+    /// Echoed in the answer.
+    pub nonce: u64,
+}
+
+/// Process → pinger: the answer to a [`Ping`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pong {
+    /// The ping's nonce.
+    pub nonce: u64,
+    /// How far it is: a commit server's committed prefix, else its member's delivered prefix
+    /// (zero for a process with neither).
+    pub committed: Seq,
+}
+
 /// One stored slot reported in a [`Promise`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PromisedSlot {
@@ -317,6 +335,10 @@ pub enum Message {
     /// another server; and messages committed up to `floor` are no longer kept here (a member
     /// missing one catches up from the checkpoint). Only members heed it.
     Dropped(Forgotten),
+    /// See [`Ping`].
+    Ping(Ping),
+    /// See [`Pong`].
+    Pong(Pong),
 }
 
 /// The kind of a message, for counters and dispatch.
@@ -360,11 +382,15 @@ pub enum Kind {
     Forgotten,
     /// [`Message::Dropped`]
     Dropped,
+    /// [`Ping`]
+    Ping,
+    /// [`Pong`]
+    Pong,
 }
 
 impl Kind {
     /// Every kind, in wire-tag order.
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 21] = [
         Kind::Data,
         Kind::Order,
         Kind::Assign,
@@ -384,6 +410,8 @@ impl Kind {
         Kind::CheckpointReport,
         Kind::Forgotten,
         Kind::Dropped,
+        Kind::Ping,
+        Kind::Pong,
     ];
 }
 
@@ -410,6 +438,8 @@ impl Message {
             Message::CheckpointReport(_) => Kind::CheckpointReport,
             Message::Forgotten(_) => Kind::Forgotten,
             Message::Dropped(_) => Kind::Dropped,
+            Message::Ping(_) => Kind::Ping,
+            Message::Pong(_) => Kind::Pong,
         }
     }
 }

@@ -22,8 +22,8 @@ use crate::client::{Client, SendError};
 use crate::commit_server::CommitServer;
 use crate::config::Config;
 use crate::data_server::DataServer;
-use crate::ids::{Epoch, Incarnation, Mid, Pid, Source, Time};
-use crate::message::{Entry, Heartbeat, Message, PreVoteGranted};
+use crate::ids::{Epoch, Incarnation, Mid, Pid, Seq, Source, Time};
+use crate::message::{Entry, Heartbeat, Message, Pong, PreVoteGranted};
 use crate::sequencer::{Sequencer, Takeover};
 use crate::state_machine::{KvTable, StateMachine};
 
@@ -267,6 +267,12 @@ impl Process {
                     c.handle_forgotten(now, from, m);
                 }
             }
+            Message::Ping(ping) => {
+                let commit = self.commit.as_ref().map(CommitServer::committed);
+                let committed = commit.or_else(|| self.client.as_ref().map(Client::delivered)).unwrap_or(Seq::ZERO);
+                out.send(Dest::Pid(from), Message::Pong(Pong { nonce: ping.nonce, committed }));
+            }
+            Message::Pong(pong) => out.push(Action::Pong { from, pong: *pong }),
             Message::Dropped(m) => {
                 if let Some(c) = &mut self.client {
                     c.handle_dropped(now, from, m);

@@ -119,6 +119,8 @@
 //! | 16  | [`Message::CheckpointReport`] | the checkpoint                                                                              |
 //! | 17  | [`Forgotten`]        | `floor` (varint), `checkpoint` (optional checkpoint)                                                 |
 //! | 18  | [`Message::Dropped`] | as [`Forgotten`]                                                                                     |
+//! | 19  | [`Ping`]             | `nonce` (varint)                                                                                     |
+//! | 20  | [`Pong`]             | `nonce` (varint), `committed` (varint)                                                               |
 //!
 //! A *checkpoint* ([`CheckpointInfo`]) is `seq` (varint), `size` (varint), `blocks` (u32 varint),
 //! `digest` (16 bytes); an *optional checkpoint* is a byte `0` (none) or `1` followed by one.
@@ -154,8 +156,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::ids::{Digest, Epoch, Incarnation, Mid, Pid, Seq, SeqRange, Source};
 use crate::message::{
     Accepted, Assign, Assigned, Block, CheckpointInfo, Commit, Data, Entries, Entry, Fetch, FetchBlocks, Forgotten,
-    Heartbeat, Kind, Message, Order, OrderItem, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries,
-    Rejected, Slot,
+    Heartbeat, Kind, Message, Order, OrderItem, Ping, Pong, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot,
+    QueryEntries, Rejected, Slot,
 };
 
 /// The first two bytes of every frame.
@@ -518,6 +520,11 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
         }
         Message::PreVote(p) => s.varint(p.epoch.0),
         Message::PreVoteGranted(p) => s.varint(p.epoch.0),
+        Message::Ping(p) => s.varint(p.nonce),
+        Message::Pong(p) => {
+            s.varint(p.nonce);
+            s.varint(p.committed.0);
+        }
         Message::CheckpointReport(c) => put_checkpoint(s, c),
         Message::Forgotten(f) | Message::Dropped(f) => put_floor(s, f.floor, &f.checkpoint),
         Message::Promise(p) => {
@@ -957,6 +964,8 @@ impl<'a> Reader<'a> {
             Kind::Prepare => Message::Prepare(Prepare { epoch: self.epoch()?, from_seq: self.seq()? }),
             Kind::PreVote => Message::PreVote(PreVote { epoch: self.epoch()? }),
             Kind::PreVoteGranted => Message::PreVoteGranted(PreVoteGranted { epoch: self.epoch()? }),
+            Kind::Ping => Message::Ping(Ping { nonce: self.varint()? }),
+            Kind::Pong => Message::Pong(Pong { nonce: self.varint()?, committed: self.seq()? }),
             Kind::CheckpointReport => Message::CheckpointReport(self.checkpoint()?),
             Kind::Forgotten => Message::Forgotten(self.forgotten()?),
             Kind::Dropped => Message::Dropped(self.forgotten()?),
@@ -1202,6 +1211,8 @@ pub(crate) mod arb {
                 .prop_map(|(floor, checkpoint)| Message::Forgotten(Forgotten { floor, checkpoint })),
             (arb_seq(), proptest::option::of(arb_checkpoint()))
                 .prop_map(|(floor, checkpoint)| Message::Dropped(Forgotten { floor, checkpoint })),
+            any::<u64>().prop_map(|nonce| Message::Ping(Ping { nonce })),
+            (any::<u64>(), arb_seq()).prop_map(|(nonce, committed)| Message::Pong(Pong { nonce, committed })),
         ]
     }
 
@@ -1658,7 +1669,7 @@ mod tests {
     #[test]
     fn body_errors() {
         let body = |b: &[u8]| decode_body(&Bytes::copy_from_slice(b));
-        assert_eq!(body(&[19, 0]), Err(DecodeError::UnknownKind(19)));
+        assert_eq!(body(&[21, 0]), Err(DecodeError::UnknownKind(21)));
         assert_eq!(body(&[255]), Err(DecodeError::UnknownKind(255)));
         // Length past the end of the body.
         assert_eq!(body(&[4, 2, 1]), Err(DecodeError::Truncated));

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use sam_core::message::{
     Accepted, Assign, Block, CheckpointInfo, Commit, Data, Entries, Fetch, FetchBlocks, Forgotten, Heartbeat, Order,
-    OrderItem, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected,
+    OrderItem, Ping, Pong, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected,
 };
 use sam_core::{
     Assigned, Config, Digest, Entry, Epoch, Incarnation, Message, Mid, Pid, Process, Roles, Seq, SeqRange, Slot,
@@ -94,6 +94,8 @@ fn message() -> impl Strategy<Value = Message> {
         (epoch(), seq()).prop_map(|(epoch, from_seq)| Message::Prepare(Prepare { epoch, from_seq })),
         epoch().prop_map(|epoch| Message::PreVote(PreVote { epoch })),
         epoch().prop_map(|epoch| Message::PreVoteGranted(PreVoteGranted { epoch })),
+        any::<u64>().prop_map(|nonce| Message::Ping(Ping { nonce })),
+        (any::<u64>(), seq()).prop_map(|(nonce, committed)| Message::Pong(Pong { nonce, committed })),
         (epoch(), seq(), (seq(), seq(), seq()), prop::collection::vec((seq(), epoch(), entry()), 0..20)).prop_map(
             |(epoch, first, (last, highest, floor), s)| Message::Promise(Promise {
                 epoch,

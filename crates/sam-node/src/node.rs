@@ -98,6 +98,15 @@ pub enum Event {
         /// The checkpoint's number.
         seq: Seq,
     },
+    /// A process answered [`Node::ping`].
+    Pong {
+        /// Who answered.
+        from: Pid,
+        /// The ping's nonce.
+        nonce: u64,
+        /// How far it is (see `sam_core::message::Pong`).
+        committed: Seq,
+    },
     /// A checkpoint server's snapshot disagreed with another's: an operator must look.
     CheckpointMismatch {
         /// The checkpoint's number.
@@ -145,6 +154,10 @@ pub struct Progress {
     pub delivered: Seq,
     /// The highest number it heard to be committed.
     pub committed: Seq,
+    /// The highest epoch it heard of.
+    pub epoch: sam_core::Epoch,
+    /// The advertised checkpoint it heard of.
+    pub checkpoint: Option<sam_core::CheckpointInfo>,
 }
 
 /// An application's request.
@@ -152,6 +165,7 @@ enum Command {
     Send { payload: Bytes, reply: oneshot::Sender<Result<Mid, NodeError>> },
     Progress(oneshot::Sender<Option<Progress>>),
     Snapshot(oneshot::Sender<Option<Bytes>>),
+    Ping { to: Pid, nonce: u64 },
     Stop,
 }
 
@@ -234,6 +248,11 @@ impl Node {
         self.ask(Command::Snapshot).await
     }
 
+    /// Asks process `to` how far it is; its answer comes as [`Event::Pong`].
+    pub async fn ping(&self, to: Pid, nonce: u64) -> Result<(), NodeError> {
+        self.commands.send(Command::Ping { to, nonce }).await.map_err(|_| NodeError::Stopped)
+    }
+
     async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NodeError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(command(reply)).await.map_err(|_| NodeError::Stopped)?;
@@ -299,6 +318,9 @@ impl Host {
                     Some(Command::Progress(reply)) => {
                         let _ = reply.send(self.progress());
                     }
+                    Some(Command::Ping { to, nonce }) => {
+                        let _ = self.net.queue(sam_core::Dest::Pid(to), &sam_core::Message::Ping(sam_core::message::Ping { nonce }));
+                    }
                     Some(Command::Snapshot(reply)) => {
                         let snapshot = self.process.client().and_then(|c| c.state_machine()).map(|m| m.snapshot());
                         let _ = reply.send(snapshot);
@@ -319,7 +341,13 @@ impl Host {
 
     fn progress(&self) -> Option<Progress> {
         let c = self.process.client()?;
-        Some(Progress { sequencer: c.sequencer(), delivered: c.delivered(), committed: c.known_committed() })
+        Some(Progress {
+            sequencer: c.sequencer(),
+            delivered: c.delivered(),
+            committed: c.known_committed(),
+            epoch: c.epoch(),
+            checkpoint: c.checkpoint(),
+        })
     }
 
     fn take(&mut self, incoming: sam_net::Incoming) {
@@ -396,6 +424,7 @@ impl Host {
             Action::OutcomeUnknown { mid } => Event::OutcomeUnknown { mid },
             Action::Restored { seq, .. } => Event::Restored { seq },
             Action::CheckpointMismatch { seq, server, .. } => Event::CheckpointMismatch { seq, server },
+            Action::Pong { from, pong } => Event::Pong { from, nonce: pong.nonce, committed: pong.committed },
         };
         // Nobody listening (a server without an application) is not an error.
         let _ = self.events.send(event).await;

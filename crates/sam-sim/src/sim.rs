@@ -668,6 +668,8 @@ impl Simulation {
                         self.checker.on_diverged(life);
                     }
                 }
+                // Nobody in the simulation pings: status is an operator's concern.
+                Action::Pong { .. } => {}
             }
         }
         self.actions = actions;

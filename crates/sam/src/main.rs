@@ -5,6 +5,7 @@ mod model_cmd;
 mod send_cmd;
 mod server_cmd;
 mod sim_cmd;
+mod status_cmd;
 mod table_cmd;
 mod tail_cmd;
 
@@ -36,6 +37,8 @@ enum Command {
     Tail(tail_cmd::TailArgs),
     /// Read or write the replicated key-value table.
     Table(table_cmd::TableArgs),
+    /// Where the group stands, and each server's reachability and lag.
+    Status(status_cmd::StatusArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Send(args) => send_cmd::execute(args),
         Command::Tail(args) => tail_cmd::execute(args),
         Command::Table(args) => table_cmd::execute(args),
+        Command::Status(args) => status_cmd::execute(args),
     };
     match result {
         Ok(code) => code,

@@ -176,3 +176,30 @@ fn a_member_joining_after_several_checkpoints_catches_up_and_shows_the_same_tabl
     assert_eq!(run(&["table", "dump"]), "color\tblue\nshape\tround\n");
     assert_eq!(run(&["table", "get", "color"]), "blue (at 454)\n");
 }
+
+/// `sam status --json`: the epoch, the committed prefix and every server with its roles,
+/// address, reachability and process id; a killed server shows as unreachable.
+#[test]
+fn status_shows_the_sequencer_and_which_servers_answer() {
+    let cluster = Cluster::up(21_700, &[]);
+    let run = |args: &[&str]| stdout(finish(spawn(cluster.sam(args)), Duration::from_secs(60)));
+    run(&["send", "--count", "10"]);
+    let pids = cluster.pids();
+    kill_9(pids[2]);
+    let status: serde_json::Value = serde_json::from_str(&run(&["status", "--json"])).expect("json");
+    assert!(status["epoch"].is_string(), "{status}");
+    assert!(status["committed"].as_u64() >= Some(10), "{status}");
+    assert!(status["checkpoint"].is_null(), "no checkpoint after 10 messages: {status}");
+    let servers = status["servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 5);
+    for (i, s) in servers.iter().enumerate() {
+        assert_eq!(s["pid"].as_u64(), Some(u64::from(pids[i])), "{s}");
+        assert_eq!(s["reachable"].as_bool(), Some(i != 2), "{s}");
+        assert!(s["address"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{s}");
+    }
+    let roles = |i: usize| {
+        servers[i]["roles"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(roles(0), ["sequencer", "commit", "data"]);
+    assert_eq!(roles(4), ["checkpoint"]);
+}
