@@ -85,33 +85,67 @@ fn up(args: &UpArgs) -> Result<()> {
             .with_context(|| format!("writing {}", config_path.display()))?;
     }
     let cluster = ClusterConfig::load(&config_path)?;
-    let mut children = Vec::new();
-    for server in &cluster.servers {
-        match spawn_server(&config_path, server.id.0, new, &dir) {
-            Ok(child) => children.push(child),
-            Err(e) => {
-                stop_all(&mut children);
-                return Err(e);
-            }
-        }
-    }
-    let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
-    fs::write(pids_file(&dir), pids.join("\n") + "\n")?;
-    std::thread::sleep(Duration::from_millis(300));
-    if let Some(failed) = children.iter_mut().find_map(|c| c.try_wait().ok().flatten()) {
-        stop_all(&mut children);
-        let _ = fs::remove_file(pids_file(&dir));
-        bail!("a server exited at start ({failed}); see {}", dir.join("logs").display());
-    }
+    let mut servers = Servers::start(&config_path, &cluster, new, &dir)?;
     print_help(&dir, &cluster, args.detach);
     if args.detach {
+        // The servers outlive this command: `sam local down` stops them by their pids.
+        servers.children.clear();
         return Ok(());
     }
     crate::runtime()?.block_on(crate::stop_signal());
-    stop_all(&mut children);
-    let _ = fs::remove_file(pids_file(&dir));
-    eprintln!("stopped {} servers", children.len());
+    servers.stop();
+    eprintln!("stopped {} servers", cluster.servers.len());
     Ok(())
+}
+
+/// The server processes of a local cluster, with their pids in `DIR/pids`.
+pub struct Servers {
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Servers {
+    /// Starts every server of `cluster` as a `sam server` process (`init`: new storage) and
+    /// checks that none exited at once (a port in use, say).
+    pub fn start(config: &Path, cluster: &ClusterConfig, init: bool, dir: &Path) -> Result<Servers> {
+        let mut servers = Servers { children: Vec::new(), dir: dir.to_path_buf() };
+        for server in &cluster.servers {
+            match spawn_server(config, server.id.0, init, dir) {
+                Ok(child) => servers.children.push(child),
+                Err(e) => {
+                    servers.stop();
+                    return Err(e);
+                }
+            }
+        }
+        fs::write(pids_file(dir), servers.pids().iter().map(|p| format!("{p}\n")).collect::<String>())?;
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(failed) = servers.children.iter_mut().find_map(|c| c.try_wait().ok().flatten()) {
+            servers.stop();
+            bail!("a server exited at start ({failed}); see {}", dir.join("logs").display());
+        }
+        Ok(servers)
+    }
+
+    /// The servers' process ids, in the order of the configuration.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// Stops every server and forgets the pids file.
+    pub fn stop(&mut self) {
+        stop_all(&mut self.children);
+        self.children.clear();
+        let _ = fs::remove_file(pids_file(&self.dir));
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        if !self.children.is_empty() {
+            self.stop();
+        }
+    }
 }
 
 fn spawn_server(config: &Path, id: u64, init: bool, dir: &Path) -> Result<Child> {

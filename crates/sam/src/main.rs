@@ -1,5 +1,6 @@
 //! `sam`: the command line of SAM, Scalable Atomic Multicast.
 
+mod bench_cmd;
 mod local_cmd;
 mod model_cmd;
 mod send_cmd;
@@ -39,6 +40,8 @@ enum Command {
     Table(table_cmd::TableArgs),
     /// Where the group stands, and each server's reachability and lag.
     Status(status_cmd::StatusArgs),
+    /// Measure throughput and latency: one publisher, many members, real processes and disks.
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Tail(args) => tail_cmd::execute(args),
         Command::Table(args) => table_cmd::execute(args),
         Command::Status(args) => status_cmd::execute(args),
+        Command::Bench(args) => bench_cmd::execute(args),
     };
     match result {
         Ok(code) => code,

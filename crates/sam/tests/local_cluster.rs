@@ -203,3 +203,19 @@ fn status_shows_the_sequencer_and_which_servers_answer() {
     assert_eq!(roles(0), ["sequencer", "commit", "data"]);
     assert_eq!(roles(4), ["checkpoint"]);
 }
+
+/// `sam bench` starts its own cluster, measures, stops it, and prints the figures as JSON.
+#[test]
+fn bench_reports_throughput_latency_and_server_memory() {
+    let out = Command::new(SAM)
+        .args(["bench", "--members", "2", "--messages", "500", "--window", "64", "--json", "--base-port", "22000"])
+        .output()
+        .expect("run sam bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for key in ["committed_per_s", "delivered_per_s", "p50_us", "p99_us", "server_rss_bytes"] {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
+    }
+    assert!(report["p50_us"].as_f64() <= report["p99_us"].as_f64(), "{report}");
+    assert_eq!(report["expired"].as_u64(), Some(0), "{report}");
+}

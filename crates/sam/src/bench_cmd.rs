@@ -1,0 +1,219 @@
+//! `sam bench`: one publisher, S members, real processes and disks; throughput and latency.
+//!
+//! The publisher and the members run in this process (each a node with its own sockets), so
+//! one clock times a message from its send to each delivery: the payload carries its send
+//! time. Without `--config` the command starts a local cluster of its own (fsync on) in a
+//! temporary directory and stops it at the end.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use sam_node::config::{ClusterConfig, LOCAL_CHECKPOINT_SERVERS, LOCAL_SERVERS};
+use sam_node::launch::member_spec;
+use sam_node::node::{Event, Node};
+use serde_json::json;
+
+use crate::local_cmd::Servers;
+
+/// Measure committed and delivered messages per second and the latency from send to delivery.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A running cluster's configuration file; without it, a local cluster is started.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Members that deliver.
+    #[arg(long, default_value_t = 10)]
+    members: usize,
+    /// Messages the publisher sends.
+    #[arg(long, default_value_t = 200_000)]
+    messages: usize,
+    /// Payload bytes per message (at least 8: the send time).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// The most messages the publisher has sent and not seen committed.
+    #[arg(long, default_value_t = 4_096)]
+    window: usize,
+    /// The first port of the local cluster started without --config.
+    #[arg(long, default_value_t = 25_400)]
+    base_port: u16,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one run measured.
+struct Measured {
+    committed_per_s: f64,
+    delivered_per_s: f64,
+    p50_us: u64,
+    p99_us: u64,
+    expired: usize,
+}
+
+/// Runs the benchmark.
+pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
+    if args.size < 8 || args.messages == 0 || args.window == 0 {
+        bail!("--size must be at least 8, --messages and --window positive");
+    }
+    let temp = tempfile::tempdir().context("a directory for the local cluster")?;
+    let (config, mut servers) = match &args.config {
+        Some(path) => (ClusterConfig::load(path)?, None),
+        None => {
+            let dir = temp.path();
+            let cluster = ClusterConfig::local(LOCAL_SERVERS, LOCAL_CHECKPOINT_SERVERS, args.base_port, dir);
+            let path = dir.join("sam.toml");
+            std::fs::write(&path, cluster.to_toml_string()?)?;
+            let servers = Servers::start(&path, &cluster, true, dir)?;
+            (cluster, Some(servers))
+        }
+    };
+    let measured = crate::runtime()?.block_on(run(&config, &args));
+    let rss = servers.as_ref().map_or_else(Vec::new, |s| s.pids().iter().map(|p| peak_rss_bytes(*p)).collect());
+    if let Some(servers) = &mut servers {
+        servers.stop();
+    }
+    let m = measured?;
+    let server_rss_bytes = rss.iter().copied().max().unwrap_or(0);
+    if args.json {
+        let report = json!({
+            "committed_per_s": m.committed_per_s.round(),
+            "delivered_per_s": m.delivered_per_s.round(),
+            "p50_us": m.p50_us,
+            "p99_us": m.p99_us,
+            "server_rss_bytes": server_rss_bytes,
+            "server_rss_bytes_each": rss,
+            "expired": m.expired,
+            "members": args.members,
+            "messages": args.messages,
+            "size": args.size,
+            "window": args.window,
+        });
+        println!("{report}");
+    } else {
+        println!("{} messages of {} bytes, {} members, window {}", args.messages, args.size, args.members, args.window);
+        println!("  committed   {:>10.0} msgs/s", m.committed_per_s);
+        println!("  delivered   {:>10.0} msgs/s (messages × members)", m.delivered_per_s);
+        println!("  latency     p50 {} µs, p99 {} µs (send to delivery)", m.p50_us, m.p99_us);
+        println!("  server RSS  {:.1} MiB peak (largest server)", server_rss_bytes as f64 / (1 << 20) as f64);
+        if m.expired > 0 {
+            println!("  expired     {}", m.expired);
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run(cluster: &ClusterConfig, args: &BenchArgs) -> Result<Measured> {
+    let mut members = Vec::new();
+    for i in 0..args.members {
+        members.push(Node::start(member_spec(cluster, rand::random::<u64>() ^ i as u64, false)?).await?);
+    }
+    let mut publisher = Node::start(member_spec(cluster, rand::random(), false)?).await?;
+    for node in members.iter().chain([&publisher]) {
+        wait_for_sequencer(node).await?;
+    }
+    let start = Instant::now();
+    let receivers: Vec<_> = members.into_iter().map(|m| tokio::spawn(receive(m, args.messages, start))).collect();
+    let (commit_time, expired) = publish(&mut publisher, args, start).await?;
+    let mut latencies = Vec::with_capacity(args.messages * args.members);
+    let mut last_delivery = Duration::ZERO;
+    for receiver in receivers {
+        let (done, samples) = receiver.await.context("a member task")??;
+        last_delivery = last_delivery.max(done);
+        latencies.extend(samples);
+    }
+    publisher.stop().await?;
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    let committed = (args.messages - expired) as f64;
+    Ok(Measured {
+        committed_per_s: committed / commit_time.as_secs_f64(),
+        delivered_per_s: committed * args.members as f64 / last_delivery.as_secs_f64().max(1e-9),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        expired,
+    })
+}
+
+async fn wait_for_sequencer(node: &Node) -> Result<()> {
+    let start = Instant::now();
+    while node.progress().await?.is_none_or(|p| p.sequencer.is_none()) {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("no sequencer heard within 10 s: is the cluster running?");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Sends every message with at most `window` uncommitted; returns when the last was committed
+/// and how many expired.
+async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(Duration, usize)> {
+    let bar = ProgressBar::new(args.messages as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} committed {per_sec}")
+            .unwrap_or(ProgressStyle::default_bar()),
+    );
+    if args.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let (mut sent, mut settled, mut expired) = (0, 0, 0);
+    while settled < args.messages {
+        while sent < args.messages && sent - settled < args.window {
+            node.send(payload(start, args.size)).await?;
+            sent += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), node.next_event()).await {
+            Ok(Some(Event::Committed { .. })) => settled += 1,
+            Ok(Some(Event::Expired { .. } | Event::OutcomeUnknown { .. })) => {
+                settled += 1;
+                expired += 1;
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => bail!("the publisher stopped"),
+            Err(_) => bail!("nothing was committed for 10 s ({settled} of {} settled)", args.messages),
+        }
+        bar.set_position(settled as u64);
+    }
+    bar.finish_and_clear();
+    Ok((start.elapsed(), expired))
+}
+
+/// The send time (µs since `start`) followed by padding to `size` bytes.
+fn payload(start: Instant, size: usize) -> Bytes {
+    let mut bytes = vec![0u8; size];
+    bytes[..8].copy_from_slice(&(start.elapsed().as_micros() as u64).to_le_bytes());
+    Bytes::from(bytes)
+}
+
+/// Delivers `count` messages; returns when the last arrived and each one's latency in µs.
+async fn receive(mut node: Node, count: usize, start: Instant) -> Result<(Duration, Vec<u64>)> {
+    let mut latencies = Vec::with_capacity(count);
+    while latencies.len() < count {
+        match tokio::time::timeout(Duration::from_secs(30), node.next_event()).await {
+            Ok(Some(Event::Deliver { payload, .. })) if payload.len() >= 8 => {
+                let sent = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+                latencies.push((start.elapsed().as_micros() as u64).saturating_sub(sent));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("a member stopped"),
+            Err(_) => bail!("a member delivered nothing for 30 s ({} of {count})", latencies.len()),
+        }
+    }
+    let done = start.elapsed();
+    node.stop().await?;
+    Ok((done, latencies))
+}
+
+/// The peak resident set of process `pid` (`VmHWM`), in bytes; 0 if unknown.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
