@@ -237,6 +237,22 @@ impl Node {
         self.ask(|reply| Command::Send { payload, reply }).await?
     }
 
+    /// Sends every payload, in order, letting the node take them in one turn (and so pack
+    /// them into few datagrams); returns their mids.
+    pub async fn send_batch(&self, payloads: impl IntoIterator<Item = Bytes>) -> Result<Vec<Mid>, NodeError> {
+        let mut answers = Vec::new();
+        for payload in payloads {
+            let (reply, answer) = oneshot::channel();
+            self.commands.send(Command::Send { payload, reply }).await.map_err(|_| NodeError::Stopped)?;
+            answers.push(answer);
+        }
+        let mut mids = Vec::with_capacity(answers.len());
+        for answer in answers {
+            mids.push(answer.await.map_err(|_| NodeError::Stopped)??);
+        }
+        Ok(mids)
+    }
+
     /// Where the node's member stands (`None` without a member role).
     pub async fn progress(&self) -> Result<Option<Progress>, NodeError> {
         self.ask(Command::Progress).await
@@ -313,30 +329,57 @@ impl Host {
                     self.process.handle_tick(now);
                 }
                 Some(position) = durable.recv() => self.made_durable(position),
-                command = commands.recv(), if self.waiting.len() < MAX_WAITING_SENDS => match command {
-                    Some(Command::Send { payload, reply }) => self.waiting.push_back((payload, reply)),
-                    Some(Command::Progress(reply)) => {
-                        let _ = reply.send(self.progress());
-                    }
-                    Some(Command::Ping { to, nonce }) => {
-                        let _ = self.net.queue(sam_core::Dest::Pid(to), &sam_core::Message::Ping(sam_core::message::Ping { nonce }));
-                    }
-                    Some(Command::Snapshot(reply)) => {
-                        let snapshot = self.process.client().and_then(|c| c.state_machine()).map(|m| m.snapshot());
-                        let _ = reply.send(snapshot);
-                    }
-                    Some(Command::Stop) | None => {
-                        self.carry_out().await?;
-                        if let Some(log) = &mut self.log {
-                            log.sync()?;
+                command = commands.recv(), if self.waiting.len() < MAX_WAITING_SENDS => {
+                    let mut next = command;
+                    for _ in 0..INPUTS_PER_TURN {
+                        let Some(command) = next else { return self.stop().await };
+                        if !self.command(command) {
+                            return self.stop().await;
                         }
-                        return Ok(());
+                        if self.waiting.len() >= MAX_WAITING_SENDS {
+                            break;
+                        }
+                        match commands.try_recv() {
+                            Ok(more) => next = Some(more),
+                            Err(_) => break,
+                        }
                     }
-                },
+                }
             }
             self.send_waiting();
             self.carry_out().await?;
         }
+    }
+
+    /// Takes one of the application's requests; `false` for a stop.
+    fn command(&mut self, command: Command) -> bool {
+        match command {
+            Command::Send { payload, reply } => self.waiting.push_back((payload, reply)),
+            Command::Progress(reply) => {
+                let _ = reply.send(self.progress());
+            }
+            Command::Ping { to, nonce } => {
+                let _ = self
+                    .net
+                    .queue(sam_core::Dest::Pid(to), &sam_core::Message::Ping(sam_core::message::Ping { nonce }));
+            }
+            Command::Snapshot(reply) => {
+                let snapshot = self.process.client().and_then(|c| c.state_machine()).map(|m| m.snapshot());
+                let _ = reply.send(snapshot);
+            }
+            Command::Stop => return false,
+        }
+        true
+    }
+
+    /// Writes and sends what is pending, syncs the log, and ends the loop.
+    async fn stop(&mut self) -> Result<(), NodeError> {
+        self.send_waiting();
+        self.carry_out().await?;
+        if let Some(log) = &mut self.log {
+            log.sync()?;
+        }
+        Ok(())
     }
 
     fn progress(&self) -> Option<Progress> {

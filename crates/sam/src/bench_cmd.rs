@@ -45,6 +45,9 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// Messages handed to the node at once.
+const SEND_BATCH: usize = 256;
+
 /// What one run measured.
 struct Measured {
     committed_per_s: f64,
@@ -162,9 +165,10 @@ async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(D
     }
     let (mut sent, mut settled, mut expired) = (0, 0, 0);
     while settled < args.messages {
-        while sent < args.messages && sent - settled < args.window {
-            node.send(payload(start, args.size)).await?;
-            sent += 1;
+        let room = (args.window - (sent - settled)).min(args.messages - sent).min(SEND_BATCH);
+        if room > 0 {
+            node.send_batch((0..room).map(|_| payload(start, args.size))).await?;
+            sent += room;
         }
         match tokio::time::timeout(Duration::from_secs(10), node.next_event()).await {
             Ok(Some(Event::Committed { .. })) => settled += 1,

@@ -77,9 +77,9 @@ pub async fn send_all(node: &mut Node, payloads: Vec<Bytes>, quiet: Duration) ->
     let mut payloads = payloads.into_iter();
     while committed + expired < total {
         // Keep one window's worth queued: the node holds the rest back itself.
-        while pending.len() < 1_024 {
-            let Some(payload) = payloads.next() else { break };
-            pending.insert(node.send(payload).await?);
+        let batch: Vec<Bytes> = payloads.by_ref().take(1_024usize.saturating_sub(pending.len())).collect();
+        if !batch.is_empty() {
+            pending.extend(node.send_batch(batch).await?);
         }
         let Ok(event) = tokio::time::timeout(quiet, node.next_event()).await else {
             bail!(
