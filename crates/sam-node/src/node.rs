@@ -330,19 +330,16 @@ impl Host {
                 }
                 Some(position) = durable.recv() => self.made_durable(position),
                 command = commands.recv(), if self.waiting.len() < MAX_WAITING_SENDS => {
-                    let mut next = command;
-                    for _ in 0..INPUTS_PER_TURN {
-                        let Some(command) = next else { return self.stop().await };
+                    let Some(mut command) = command else { return self.stop().await };
+                    for taken in 1.. {
                         if !self.command(command) {
                             return self.stop().await;
                         }
-                        if self.waiting.len() >= MAX_WAITING_SENDS {
+                        if taken == INPUTS_PER_TURN || self.waiting.len() >= MAX_WAITING_SENDS {
                             break;
                         }
-                        match commands.try_recv() {
-                            Ok(more) => next = Some(more),
-                            Err(_) => break,
-                        }
+                        let Ok(more) = commands.try_recv() else { break };
+                        command = more;
                     }
                 }
             }

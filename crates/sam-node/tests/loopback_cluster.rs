@@ -84,9 +84,12 @@ async fn three_servers_and_three_members_deliver_one_order_over_loopback_multica
         tails.push(Node::start(member(i)).await.expect("member starts"));
     }
     const MESSAGES: usize = 500;
-    for i in 0..MESSAGES {
+    // Half one at a time, half handed over at once (more than one turn's worth of requests).
+    for i in 0..MESSAGES / 2 {
         sender.send(Bytes::from(format!("message {i}"))).await.expect("send");
     }
+    let batch = (MESSAGES / 2..MESSAGES).map(|i| Bytes::from(format!("message {i}")));
+    assert_eq!(sender.send_batch(batch).await.expect("send a batch").len(), MESSAGES / 2);
     let mut orders = Vec::new();
     for tail in &mut tails {
         orders.push(deliveries(tail, MESSAGES).await);
