@@ -96,8 +96,7 @@ impl CatchUp {
             if let Some(k) = self.whole_from {
                 // A whole snapshot comes from one server: what the silent one sent is dropped.
                 self.whole_from = Some((k + 1) % self.servers.len());
-                self.blocks.iter_mut().for_each(|b| *b = None);
-                self.missing = self.blocks.len();
+                self.forget_blocks();
             }
         }
         let n = self.servers.len();
@@ -155,12 +154,17 @@ impl CatchUp {
             self.ready = Some(whole);
             self.blocks = Vec::new();
         } else {
-            self.blocks.iter_mut().for_each(|b| *b = None);
-            self.missing = self.blocks.len();
+            self.forget_blocks();
             self.shift += 1;
             let n = self.servers.len();
             self.whole_from = Some(self.whole_from.map_or(self.shift % n, |k| (k + 1) % n));
         }
+    }
+
+    /// Drops every block received: the next round fetches the snapshot again.
+    fn forget_blocks(&mut self) {
+        self.blocks.iter_mut().for_each(|b| *b = None);
+        self.missing = self.blocks.len();
     }
 
     /// When the next round is due (`None` once complete).

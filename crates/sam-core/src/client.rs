@@ -438,7 +438,7 @@ impl Client {
     /// client catches up from the checkpoint that covers it.
     pub fn handle_forgotten(&mut self, now: Time, from: Pid, forgotten: &Forgotten) {
         if self.cfg.commit_rank(from).is_some() {
-            self.note_forgotten(now, forgotten);
+            self.note_floor(now, forgotten, Gone::Log);
         }
     }
 
@@ -452,24 +452,21 @@ impl Client {
             self.fetching.forget(mid);
         }
         self.data_asker.refused(now);
-        self.note_dropped(now, dropped);
+        self.note_floor(now, dropped, Gone::Data);
     }
 
-    fn note_forgotten(&mut self, now: Time, forgotten: &Forgotten) {
-        if forgotten.floor > self.known_committed {
+    /// Notes a server's floor (what the log or the data no longer holds up to) and the
+    /// checkpoint that covers it; a floor above what is known committed is bogus.
+    fn note_floor(&mut self, now: Time, floor: &Forgotten, gone: Gone) {
+        if floor.floor > self.known_committed {
             return;
         }
-        self.forgotten = self.forgotten.max(forgotten.floor);
-        self.note_checkpoint(forgotten.checkpoint);
-        self.maybe_catch_up(now);
-    }
-
-    fn note_dropped(&mut self, now: Time, dropped: &Forgotten) {
-        if dropped.floor > self.known_committed {
-            return;
-        }
-        self.dropped = self.dropped.max(dropped.floor);
-        self.note_checkpoint(dropped.checkpoint);
+        let known = match gone {
+            Gone::Log => &mut self.forgotten,
+            Gone::Data => &mut self.dropped,
+        };
+        *known = (*known).max(floor.floor);
+        self.note_checkpoint(floor.checkpoint);
         self.maybe_catch_up(now);
     }
 
@@ -807,6 +804,15 @@ impl Client {
         debug_assert!(self.outstanding.len() <= self.cfg.sender_window);
         debug_assert!(self.delivered <= self.known_committed);
     }
+}
+
+/// What a server's floor says is gone.
+#[derive(Clone, Copy, Debug)]
+enum Gone {
+    /// A commit server forgot the entries: the numbers' fate can no longer be learned.
+    Log,
+    /// A data server dropped the data: a reason to catch up, nothing more.
+    Data,
 }
 
 /// How far ahead of the delivered prefix a question for data looks, in `nack_batch`es: data

@@ -216,6 +216,7 @@ impl Node {
             writes: VecDeque::new(),
             events: event_tx,
             waiting: VecDeque::new(),
+            actions: Vec::new(),
             encoded: Vec::new(),
         };
         let task = tokio::spawn(host.run(command_rx, durable_rx));
@@ -298,6 +299,8 @@ struct Host {
     events: mpsc::Sender<Event>,
     /// Sends waiting for room in the window, oldest first.
     waiting: VecDeque<(Bytes, oneshot::Sender<Result<Mid, NodeError>>)>,
+    /// The actions of the current turn (a buffer kept across turns).
+    actions: Vec<Action>,
     /// A buffer records are encoded into.
     encoded: Vec<u8>,
 }
@@ -432,10 +435,13 @@ impl Host {
 
     /// Carries out the process's actions, then writes and sends what they asked for.
     async fn carry_out(&mut self) -> Result<(), NodeError> {
-        let actions: Vec<Action> = self.process.drain_actions().collect();
-        for action in actions {
+        // The buffer is kept across turns: no allocation per turn on the hot path.
+        let mut actions = std::mem::take(&mut self.actions);
+        actions.extend(self.process.drain_actions());
+        for action in actions.drain(..) {
             self.carry(action).await?;
         }
+        self.actions = actions;
         if let Some(log) = self.log.as_mut().filter(|_| !self.writes.is_empty()) {
             log.flush()?;
         }
