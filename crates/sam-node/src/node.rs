@@ -162,11 +162,19 @@ pub struct Progress {
 
 /// An application's request.
 enum Command {
-    Send { payload: Bytes, reply: oneshot::Sender<Result<Mid, NodeError>> },
+    Send(SendBatch),
     Progress(oneshot::Sender<Option<Progress>>),
     Snapshot(oneshot::Sender<Option<Bytes>>),
     Ping { to: Pid, nonce: u64 },
     Stop,
+}
+
+/// Payloads the application handed over at once, and where their mids go once all of
+/// them are sent.
+struct SendBatch {
+    payloads: VecDeque<Bytes>,
+    mids: Vec<Mid>,
+    reply: oneshot::Sender<Result<Vec<Mid>, NodeError>>,
 }
 
 /// A handle on a running node.
@@ -216,6 +224,7 @@ impl Node {
             writes: VecDeque::new(),
             events: event_tx,
             waiting: VecDeque::new(),
+            waiting_payloads: 0,
             actions: Vec::new(),
             encoded: Vec::new(),
         };
@@ -235,23 +244,16 @@ impl Node {
 
     /// Sends `payload` to the group; returns its mid at once (its fate comes as an [`Event`]).
     pub async fn send(&self, payload: Bytes) -> Result<Mid, NodeError> {
-        self.ask(|reply| Command::Send { payload, reply }).await?
+        let mids = self.send_batch([payload]).await?;
+        mids.first().copied().ok_or(NodeError::Stopped)
     }
 
-    /// Sends every payload, in order, letting the node take them in one turn (and so pack
-    /// them into few datagrams); returns their mids.
+    /// Sends every payload, in order, as one request (so the node packs them into few
+    /// datagrams); returns their mids once all are sent, which waits while the window is full.
     pub async fn send_batch(&self, payloads: impl IntoIterator<Item = Bytes>) -> Result<Vec<Mid>, NodeError> {
-        let mut answers = Vec::new();
-        for payload in payloads {
-            let (reply, answer) = oneshot::channel();
-            self.commands.send(Command::Send { payload, reply }).await.map_err(|_| NodeError::Stopped)?;
-            answers.push(answer);
-        }
-        let mut mids = Vec::with_capacity(answers.len());
-        for answer in answers {
-            mids.push(answer.await.map_err(|_| NodeError::Stopped)??);
-        }
-        Ok(mids)
+        let payloads: VecDeque<Bytes> = payloads.into_iter().collect();
+        let mids = Vec::with_capacity(payloads.len());
+        self.ask(|reply| Command::Send(SendBatch { payloads, mids, reply })).await?
     }
 
     /// Where the node's member stands (`None` without a member role).
@@ -281,6 +283,13 @@ impl Node {
         self.events.recv().await
     }
 
+    /// Waits for at least one event, then appends up to `limit` waiting events to `into`;
+    /// returns how many (0 once the node stopped). Cheaper per event than
+    /// [`Node::next_event`] for an application that keeps up with a busy group.
+    pub async fn next_events(&mut self, into: &mut Vec<Event>, limit: usize) -> usize {
+        self.events.recv_many(into, limit).await
+    }
+
     /// Stops the node after it wrote and sent what it had; returns why it stopped if it failed.
     pub async fn stop(self) -> Result<(), NodeError> {
         let _ = self.commands.send(Command::Stop).await;
@@ -298,7 +307,9 @@ struct Host {
     writes: VecDeque<(WriteId, Position)>,
     events: mpsc::Sender<Event>,
     /// Sends waiting for room in the window, oldest first.
-    waiting: VecDeque<(Bytes, oneshot::Sender<Result<Mid, NodeError>>)>,
+    waiting: VecDeque<SendBatch>,
+    /// The payloads in `waiting`.
+    waiting_payloads: usize,
     /// The actions of the current turn (a buffer kept across turns).
     actions: Vec<Action>,
     /// A buffer records are encoded into.
@@ -332,13 +343,13 @@ impl Host {
                     self.process.handle_tick(now);
                 }
                 Some(position) = durable.recv() => self.made_durable(position),
-                command = commands.recv(), if self.waiting.len() < MAX_WAITING_SENDS => {
+                command = commands.recv(), if self.waiting_payloads < MAX_WAITING_SENDS => {
                     let Some(mut command) = command else { return self.stop().await };
                     for taken in 1.. {
                         if !self.command(command) {
                             return self.stop().await;
                         }
-                        if taken == INPUTS_PER_TURN || self.waiting.len() >= MAX_WAITING_SENDS {
+                        if taken == INPUTS_PER_TURN || self.waiting_payloads >= MAX_WAITING_SENDS {
                             break;
                         }
                         let Ok(more) = commands.try_recv() else { break };
@@ -354,7 +365,10 @@ impl Host {
     /// Takes one of the application's requests; `false` for a stop.
     fn command(&mut self, command: Command) -> bool {
         match command {
-            Command::Send { payload, reply } => self.waiting.push_back((payload, reply)),
+            Command::Send(batch) => {
+                self.waiting_payloads += batch.payloads.len();
+                self.waiting.push_back(batch);
+            }
             Command::Progress(reply) => {
                 let _ = reply.send(self.progress());
             }
@@ -401,23 +415,31 @@ impl Host {
     }
 
     /// Sends what the application asked to, in order, while the sender's window has room:
-    /// a full window is back-pressure, not an error.
+    /// a full window is back-pressure, not an error. A batch is answered once all of it is sent.
     fn send_waiting(&mut self) {
-        while let Some((payload, reply)) = self.waiting.pop_front() {
+        let now = self.now();
+        while let Some(batch) = self.waiting.front_mut() {
             if self.process.client().is_none() {
-                let _ = reply.send(Err(NodeError::NotAMember));
+                self.waiting_payloads -= batch.payloads.len();
+                let batch = self.waiting.pop_front().expect("a batch in front");
+                let _ = batch.reply.send(Err(NodeError::NotAMember));
                 continue;
             }
-            let now = self.now();
-            match self.process.send(now, payload.clone()) {
-                Ok(mid) => {
-                    let _ = reply.send(Ok(mid));
-                }
-                Err(SendError::WindowFull(_)) => {
-                    self.waiting.push_front((payload, reply));
-                    return;
+            while let Some(payload) = batch.payloads.pop_front() {
+                // A clone of `Bytes` is a reference count, not a copy.
+                match self.process.send(now, payload.clone()) {
+                    Ok(mid) => {
+                        batch.mids.push(mid);
+                        self.waiting_payloads -= 1;
+                    }
+                    Err(SendError::WindowFull(_)) => {
+                        batch.payloads.push_front(payload);
+                        return;
+                    }
                 }
             }
+            let batch = self.waiting.pop_front().expect("a batch in front");
+            let _ = batch.reply.send(Ok(batch.mids));
         }
     }
 

@@ -47,6 +47,8 @@ pub struct BenchArgs {
 
 /// Messages handed to the node at once.
 const SEND_BATCH: usize = 256;
+/// Events taken from a node at once.
+const EVENTS_PER_READ: usize = 1_024;
 
 /// What one run measured.
 struct Measured {
@@ -164,21 +166,28 @@ async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(D
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let (mut sent, mut settled, mut expired) = (0, 0, 0);
+    let mut events = Vec::with_capacity(EVENTS_PER_READ);
     while settled < args.messages {
         let room = (args.window - (sent - settled)).min(args.messages - sent).min(SEND_BATCH);
         if room > 0 {
             node.send_batch((0..room).map(|_| payload(start, args.size))).await?;
             sent += room;
         }
-        match tokio::time::timeout(Duration::from_secs(10), node.next_event()).await {
-            Ok(Some(Event::Committed { .. })) => settled += 1,
-            Ok(Some(Event::Expired { .. } | Event::OutcomeUnknown { .. })) => {
-                settled += 1;
-                expired += 1;
-            }
-            Ok(Some(_)) => continue,
-            Ok(None) => bail!("the publisher stopped"),
+        events.clear();
+        match tokio::time::timeout(Duration::from_secs(10), node.next_events(&mut events, EVENTS_PER_READ)).await {
+            Ok(0) => bail!("the publisher stopped"),
+            Ok(_) => {}
             Err(_) => bail!("nothing was committed for 10 s ({settled} of {} settled)", args.messages),
+        }
+        for event in &events {
+            match event {
+                Event::Committed { .. } => settled += 1,
+                Event::Expired { .. } | Event::OutcomeUnknown { .. } => {
+                    settled += 1;
+                    expired += 1;
+                }
+                _ => {}
+            }
         }
         bar.set_position(settled as u64);
     }
@@ -196,15 +205,22 @@ fn payload(start: Instant, size: usize) -> Bytes {
 /// Delivers `count` messages; returns when the last arrived and each one's latency in µs.
 async fn receive(mut node: Node, count: usize, start: Instant) -> Result<(Duration, Vec<u64>)> {
     let mut latencies = Vec::with_capacity(count);
+    let mut events = Vec::with_capacity(EVENTS_PER_READ);
     while latencies.len() < count {
-        match tokio::time::timeout(Duration::from_secs(30), node.next_event()).await {
-            Ok(Some(Event::Deliver { payload, .. })) if payload.len() >= 8 => {
-                let sent = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
-                latencies.push((start.elapsed().as_micros() as u64).saturating_sub(sent));
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("a member stopped"),
+        events.clear();
+        match tokio::time::timeout(Duration::from_secs(30), node.next_events(&mut events, EVENTS_PER_READ)).await {
+            Ok(0) => bail!("a member stopped"),
+            Ok(_) => {}
             Err(_) => bail!("a member delivered nothing for 30 s ({} of {count})", latencies.len()),
+        }
+        let now = start.elapsed().as_micros() as u64;
+        for event in &events {
+            if let Event::Deliver { payload, .. } = event {
+                if let Some(sent) = payload.get(..8) {
+                    let sent = u64::from_le_bytes(sent.try_into().expect("8 bytes"));
+                    latencies.push(now.saturating_sub(sent));
+                }
+            }
         }
     }
     let done = start.elapsed();
