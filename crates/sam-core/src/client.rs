@@ -61,6 +61,22 @@ pub enum SendError {
     WindowFull(usize),
 }
 
+/// Where a new member's deliveries start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeliverFrom {
+    /// At number 1, or at the advertised checkpoint when the log there is gone or the member
+    /// is far behind.
+    #[default]
+    Start,
+    /// At the advertised checkpoint (its state restored), or at number 1 while none is
+    /// advertised.
+    Checkpoint,
+    /// After the highest number committed when the member first hears the sequencer: only
+    /// later numbers are delivered. A member with a state machine starts at the checkpoint
+    /// instead, since its state cannot skip numbers.
+    Now,
+}
+
 /// What the client knows a number holds.
 #[derive(Clone, Copy, Debug)]
 struct Known {
@@ -161,6 +177,8 @@ pub struct Client {
     known_prefix: usize,
     /// Blocks fetched over every catch-up, and catch-ups completed.
     caught_up: (u64, u64),
+    /// Where deliveries start; back to `Start` once they have started.
+    deliver_from: DeliverFrom,
 }
 
 impl Client {
@@ -197,6 +215,26 @@ impl Client {
             rewind: false,
             known_prefix: 0,
             caught_up: (0, 0),
+            deliver_from: DeliverFrom::Start,
+        }
+    }
+
+    /// Sets where deliveries start; called before the client hears anything.
+    pub fn deliver_from(&mut self, from: DeliverFrom) {
+        self.deliver_from = from;
+    }
+
+    /// Whether deliveries wait for where they start to be known: the first heartbeat (which
+    /// tells the committed head and the checkpoint), then the catch-up it started.
+    fn holding_deliveries(&mut self) -> bool {
+        match self.deliver_from {
+            DeliverFrom::Start => false,
+            _ if self.sequencer.is_none() => true,
+            DeliverFrom::Checkpoint if self.catch_up.is_some() => true,
+            _ => {
+                self.deliver_from = DeliverFrom::Start;
+                false
+            }
         }
     }
 
@@ -359,6 +397,13 @@ impl Client {
         }
         self.known_committed = self.known_committed.max(hb.committed);
         self.note_checkpoint(hb.checkpoint);
+        if first && self.deliver_from == DeliverFrom::Now {
+            if self.replica.is_some() {
+                self.deliver_from = DeliverFrom::Checkpoint;
+            } else if hb.committed > self.delivered {
+                self.advance_to(hb.committed);
+            }
+        }
         self.maybe_catch_up(now);
         if first {
             let held: Vec<u64> = self.outstanding.iter().filter(|(_, o)| o.ts.is_none()).map(|(c, _)| *c).collect();
@@ -401,6 +446,9 @@ impl Client {
 
     /// Delivers every number that is due, in order.
     fn deliver(&mut self, out: &mut Outbox) {
+        if self.holding_deliveries() {
+            return;
+        }
         while let Some(Some(known)) = self.window.front().copied() {
             let next = self.delivered.next();
             if let Assigned::Mid(mid) = known.assigned {
@@ -483,7 +531,8 @@ impl Client {
             self.caught_up.0 += fetch.fetched();
         }
         let behind = self.known_committed.0.saturating_sub(self.delivered.0);
-        if behind > self.cfg.catch_up_after || self.forgotten.max(self.dropped) > self.delivered {
+        let asked = self.deliver_from == DeliverFrom::Checkpoint;
+        if asked || behind > self.cfg.catch_up_after || self.forgotten.max(self.dropped) > self.delivered {
             self.start_catch_up(now, c);
         }
     }
@@ -583,6 +632,14 @@ impl Client {
 
     /// Moves the delivered prefix to `seq`, the number of the state just restored.
     fn jump(&mut self, now: Time, seq: Seq, snapshot: Bytes, out: &mut Outbox) {
+        self.advance_to(seq);
+        out.push(Action::Restored { seq, snapshot });
+        self.deliver(out);
+        self.note_gap(now);
+    }
+
+    /// Moves the delivered prefix to `seq` without delivering what lies before it.
+    fn advance_to(&mut self, seq: Seq) {
         self.known_prefix = 0;
         self.fetching.clear();
         if seq >= self.delivered {
@@ -598,9 +655,6 @@ impl Client {
         }
         self.delivered = seq;
         self.known_committed = self.known_committed.max(seq);
-        out.push(Action::Restored { seq, snapshot });
-        self.deliver(out);
-        self.note_gap(now);
     }
 
     fn remember_delivered(&mut self, mid: Mid) {
@@ -883,7 +937,7 @@ mod tests {
     use crate::ids::{Epoch, Incarnation};
 
     fn client() -> Client {
-        let cfg = Config::new(vec![Pid(1)], vec![Pid(11), Pid(12)], vec![]);
+        let cfg = Config::new(vec![Pid(1)], vec![Pid(11), Pid(12)], vec![Pid(21)]);
         let source = Source { pid: Pid(50), incarnation: Incarnation(1) };
         Client::new(Arc::new(cfg), source, Xoshiro256PlusPlus::seed_from_u64(3))
     }
@@ -966,5 +1020,76 @@ mod tests {
         let stranger = Forgotten { floor: Seq(1), checkpoint: None };
         c.handle_forgotten(Time(10_200), Pid(11), &stranger);
         assert_eq!(c.forgotten, Seq::ZERO, "Forgotten is heeded from commit servers only");
+    }
+
+    fn heartbeat(committed: u64, checkpoint: Option<CheckpointInfo>) -> Heartbeat {
+        Heartbeat { epoch: Epoch::initial(), sequencer: Pid(1), committed: Seq(committed), checkpoint }
+    }
+
+    /// Numbers 1..=`last` committed, each with its data at hand.
+    fn committed_with_data(c: &mut Client, first: u64, last: u64, out: &mut Outbox) {
+        for i in first..=last {
+            c.handle_data(Time(0), Pid(9), &data(i), out);
+        }
+        let entries = (first..=last).map(|i| Assigned::Mid(mid(i))).collect();
+        c.handle_commit(Time(0), &Commit { epoch: Epoch::initial(), first: Seq(first), entries }, out);
+    }
+
+    fn delivered_seqs(out: &mut Outbox) -> Vec<u64> {
+        out.drain()
+            .filter_map(|a| match a {
+                Action::Deliver { seq, .. } => Some(seq.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `sam tail --from-now`: nothing at or below the head of the first heartbeat is
+    /// delivered, even what arrived before it; later numbers are.
+    #[test]
+    fn a_member_that_starts_now_delivers_only_what_follows_the_first_heartbeat() {
+        let mut c = client();
+        c.deliver_from(DeliverFrom::Now);
+        let mut out = Outbox::new();
+        committed_with_data(&mut c, 1, 3, &mut out);
+        assert!(delivered_seqs(&mut out).is_empty(), "held until the sequencer is heard");
+        c.handle_heartbeat(Time(1), &heartbeat(5, None), &mut out);
+        committed_with_data(&mut c, 6, 7, &mut out);
+        assert_eq!(delivered_seqs(&mut out), vec![6, 7]);
+        c.handle_tick(Time(100_000), &mut out);
+        assert!(fetches(&mut out).is_empty(), "nothing before the start is missing");
+    }
+
+    /// By default a member delivers from number 1 whatever it heard first.
+    #[test]
+    fn a_member_that_starts_at_the_start_delivers_from_one() {
+        let mut c = client();
+        let mut out = Outbox::new();
+        committed_with_data(&mut c, 1, 3, &mut out);
+        c.handle_heartbeat(Time(1), &heartbeat(3, None), &mut out);
+        assert_eq!(delivered_seqs(&mut out), vec![1, 2, 3]);
+    }
+
+    /// `--from-checkpoint`: with one advertised the member fetches it at once, though far
+    /// less than `catch_up_after` behind, and delivers nothing before it; without one it
+    /// starts at number 1.
+    #[test]
+    fn a_member_that_starts_at_the_checkpoint_fetches_it_before_delivering() {
+        let mut c = client();
+        c.deliver_from(DeliverFrom::Checkpoint);
+        let mut out = Outbox::new();
+        committed_with_data(&mut c, 1, 3, &mut out);
+        let checkpoint = CheckpointInfo { seq: Seq(2), size: 1, blocks: 1, digest: Digest::of(b"s") };
+        c.handle_heartbeat(Time(1), &heartbeat(3, Some(checkpoint)), &mut out);
+        assert!(c.is_catching_up());
+        c.handle_data(Time(2), Pid(9), &data(4), &mut out);
+        assert!(delivered_seqs(&mut out).is_empty(), "held while the checkpoint is fetched");
+
+        let mut plain = client();
+        plain.deliver_from(DeliverFrom::Checkpoint);
+        committed_with_data(&mut plain, 1, 2, &mut out);
+        plain.handle_heartbeat(Time(1), &heartbeat(2, None), &mut out);
+        committed_with_data(&mut plain, 3, 3, &mut out);
+        assert_eq!(delivered_seqs(&mut out), vec![1, 2, 3]);
     }
 }

@@ -59,7 +59,7 @@ pub mod wire;
 
 pub use action::{Action, Channel, Dest, Outbox, Record, WriteId};
 pub use checkpoint_server::{Checkpoint, CheckpointServer};
-pub use client::{Client, SendError};
+pub use client::{Client, DeliverFrom, SendError};
 pub use commit_server::CommitServer;
 pub use config::{Config, ConfigError, Mutation};
 pub use data_server::DataServer;

@@ -18,7 +18,7 @@ use rustc_hash::FxHashSet;
 use crate::action::{Action, Channel, Dest, Outbox, Record, WriteId};
 use crate::ballot::{Ballot, Verdict};
 use crate::checkpoint_server::{CheckpointServer, Verdict as CheckpointVerdict};
-use crate::client::{Client, SendError};
+use crate::client::{Client, DeliverFrom, SendError};
 use crate::commit_server::CommitServer;
 use crate::config::Config;
 use crate::data_server::DataServer;
@@ -132,6 +132,13 @@ impl Process {
     /// The client role.
     pub fn client(&self) -> Option<&Client> {
         self.client.as_ref()
+    }
+
+    /// Sets where the client role's deliveries start (before the process hears anything).
+    pub fn deliver_from(&mut self, from: DeliverFrom) {
+        if let Some(c) = &mut self.client {
+            c.deliver_from(from);
+        }
     }
 
     /// Sends `payload` to the group from this process's client role.

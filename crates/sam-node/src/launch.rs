@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
-use sam_core::{Channel, Incarnation, KvTable, Pid, StateMachine};
+use sam_core::{Channel, DeliverFrom, Incarnation, KvTable, Pid, StateMachine};
 use sam_net::{Group, NetPlan};
 
 use crate::config::{ClusterConfig, Role, Transport};
@@ -70,6 +70,7 @@ pub fn server_spec(cluster: &ClusterConfig, id: Pid, start: StorageStart, seed: 
         start,
         state_machine,
         seed,
+        deliver_from: DeliverFrom::Start,
     })
 }
 
@@ -90,5 +91,6 @@ pub fn member_spec(cluster: &ClusterConfig, seed: u64, table: bool) -> Result<No
         start: StorageStart::Fresh,
         state_machine,
         seed,
+        deliver_from: DeliverFrom::Start,
     })
 }

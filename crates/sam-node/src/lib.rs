@@ -1,6 +1,7 @@
 //! # sam-node: the node and the client (DESIGN section 8)
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod config;
 pub mod launch;
 pub mod node;

@@ -8,20 +8,22 @@
 //! costs one fsync and a few datagrams. Acknowledgements that need durability leave only when
 //! the log reports their record durable: the core holds them back until then.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use sam_core::{
-    decode_record, encode_record, Action, Config, Mid, Pid, Process, Record, Roles, SendError, Seq, StateMachine, Time,
-    WriteId,
+    decode_record, encode_record, Action, Config, DeliverFrom, Mid, Pid, Process, Record, Roles, SendError, Seq,
+    StateMachine, Time, WriteId,
 };
 use sam_net::{Net, NetError, NetPlan};
 use sam_store::{Durability, Log, LogOptions, OnDurable, Position, StoreError};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::client::{Client, SendFailure};
 
 /// Inputs handled per turn of the loop before the node writes and sends what they caused.
 pub const INPUTS_PER_TURN: usize = 256;
@@ -62,6 +64,8 @@ pub struct NodeSpec {
     pub state_machine: Option<Box<dyn StateMachine + Send>>,
     /// Seeds the process's randomness (NACK jitter, server rotation).
     pub seed: u64,
+    /// Where its member's deliveries start.
+    pub deliver_from: DeliverFrom,
 }
 
 /// What the node tells the application.
@@ -161,7 +165,7 @@ pub struct Progress {
 }
 
 /// An application's request.
-enum Command {
+pub(crate) enum Command {
     Send(SendBatch),
     Progress(oneshot::Sender<Option<Progress>>),
     Snapshot(oneshot::Sender<Option<Bytes>>),
@@ -171,10 +175,28 @@ enum Command {
 
 /// Payloads the application handed over at once, and where their mids go once all of
 /// them are sent.
-struct SendBatch {
-    payloads: VecDeque<Bytes>,
-    mids: Vec<Mid>,
-    reply: oneshot::Sender<Result<Vec<Mid>, NodeError>>,
+pub(crate) struct SendBatch {
+    pub(crate) payloads: VecDeque<Bytes>,
+    pub(crate) mids: Vec<Mid>,
+    pub(crate) reply: Reply,
+}
+
+/// Who is told about a batch of sends.
+pub(crate) enum Reply {
+    /// The mids, once every payload is sent; their fates come as events.
+    Mids(oneshot::Sender<Result<Vec<Mid>, NodeError>>),
+    /// The fate of the one payload (a [`Client::send`]); no event reports it.
+    Fate(oneshot::Sender<Result<Seq, SendFailure>>),
+}
+
+impl Reply {
+    /// Tells the asker that none of the batch was sent.
+    fn refuse(self, why: NodeError) {
+        let _ = match self {
+            Reply::Mids(reply) => reply.send(Err(why)).is_ok(),
+            Reply::Fate(reply) => reply.send(Err(SendFailure::Node(why))).is_ok(),
+        };
+    }
 }
 
 /// A handle on a running node.
@@ -211,6 +233,7 @@ impl Node {
         } else {
             Process::start(spec.cfg.clone(), spec.pid, spec.roles, spec.seed, now, &records)
         };
+        process.deliver_from(spec.deliver_from);
         if let Some(machine) = spec.state_machine {
             process.attach_state_machine(now, machine);
         }
@@ -225,6 +248,7 @@ impl Node {
             events: event_tx,
             waiting: VecDeque::new(),
             waiting_payloads: 0,
+            fates: HashMap::new(),
             actions: Vec::new(),
             encoded: Vec::new(),
         };
@@ -253,7 +277,13 @@ impl Node {
     pub async fn send_batch(&self, payloads: impl IntoIterator<Item = Bytes>) -> Result<Vec<Mid>, NodeError> {
         let payloads: VecDeque<Bytes> = payloads.into_iter().collect();
         let mids = Vec::with_capacity(payloads.len());
-        self.ask(|reply| Command::Send(SendBatch { payloads, mids, reply })).await?
+        self.ask(|reply| Command::Send(SendBatch { payloads, mids, reply: Reply::Mids(reply) })).await?
+    }
+
+    /// A handle that sends through this node and waits for each message's fate; it may be
+    /// cloned and used from many tasks at once.
+    pub fn client(&self) -> Client {
+        Client::new(self.commands.clone())
     }
 
     /// Where the node's member stands (`None` without a member role).
@@ -310,6 +340,8 @@ struct Host {
     waiting: VecDeque<SendBatch>,
     /// The payloads in `waiting`.
     waiting_payloads: usize,
+    /// Sends whose fate a [`Client`] waits for.
+    fates: HashMap<Mid, oneshot::Sender<Result<Seq, SendFailure>>>,
     /// The actions of the current turn (a buffer kept across turns).
     actions: Vec<Action>,
     /// A buffer records are encoded into.
@@ -422,7 +454,7 @@ impl Host {
             if self.process.client().is_none() {
                 self.waiting_payloads -= batch.payloads.len();
                 let batch = self.waiting.pop_front().expect("a batch in front");
-                let _ = batch.reply.send(Err(NodeError::NotAMember));
+                batch.reply.refuse(NodeError::NotAMember);
                 continue;
             }
             while let Some(payload) = batch.payloads.pop_front() {
@@ -439,7 +471,19 @@ impl Host {
                 }
             }
             let batch = self.waiting.pop_front().expect("a batch in front");
-            let _ = batch.reply.send(Ok(batch.mids));
+            match batch.reply {
+                Reply::Mids(reply) => {
+                    let _ = reply.send(Ok(batch.mids));
+                }
+                Reply::Fate(reply) => match batch.mids.first() {
+                    Some(mid) => {
+                        self.fates.insert(*mid, reply);
+                    }
+                    None => {
+                        let _ = reply.send(Err(SendFailure::Node(NodeError::Stopped)));
+                    }
+                },
+            }
         }
     }
 
@@ -486,17 +530,32 @@ impl Host {
                 self.writes.push_back((id, position.next()));
                 return Ok(());
             }
-            Action::Deliver { seq, mid, payload } => Event::Deliver { seq, mid, payload },
-            Action::Committed { mid, seq } => Event::Committed { mid, seq },
-            Action::Expired { mid } => Event::Expired { mid },
-            Action::OutcomeUnknown { mid } => Event::OutcomeUnknown { mid },
-            Action::Restored { seq, .. } => Event::Restored { seq },
-            Action::CheckpointMismatch { seq, server, .. } => Event::CheckpointMismatch { seq, server },
-            Action::Pong { from, pong } => Event::Pong { from, nonce: pong.nonce, committed: pong.committed },
+            Action::Deliver { seq, mid, payload } => Some(Event::Deliver { seq, mid, payload }),
+            Action::Committed { mid, seq } => self.fate(mid, Ok(seq), Event::Committed { mid, seq }),
+            Action::Expired { mid } => self.fate(mid, Err(SendFailure::Expired(mid)), Event::Expired { mid }),
+            Action::OutcomeUnknown { mid } => {
+                self.fate(mid, Err(SendFailure::OutcomeUnknown(mid)), Event::OutcomeUnknown { mid })
+            }
+            Action::Restored { seq, .. } => Some(Event::Restored { seq }),
+            Action::CheckpointMismatch { seq, server, .. } => Some(Event::CheckpointMismatch { seq, server }),
+            Action::Pong { from, pong } => Some(Event::Pong { from, nonce: pong.nonce, committed: pong.committed }),
         };
-        // Nobody listening (a server without an application) is not an error.
-        let _ = self.events.send(event).await;
+        if let Some(event) = event {
+            // Nobody listening (a server without an application) is not an error.
+            let _ = self.events.send(event).await;
+        }
         Ok(())
+    }
+
+    /// Tells a send's fate to the [`Client`] waiting for it; `event` tells it otherwise.
+    fn fate(&mut self, mid: Mid, fate: Result<Seq, SendFailure>, event: Event) -> Option<Event> {
+        match self.fates.remove(&mid) {
+            Some(waiter) => {
+                let _ = waiter.send(fate);
+                None
+            }
+            None => Some(event),
+        }
     }
 }
 

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sam_core::{Channel, Config, Incarnation, Pid, Roles, Seq};
+use sam_core::{Channel, Config, DeliverFrom, Incarnation, Pid, Roles, Seq};
 use sam_net::{Group, NetPlan};
-use sam_node::node::{Event, Node, NodeSpec, StorageStart};
+use sam_node::client::SendFailure;
+use sam_node::node::{Event, Node, NodeError, NodeSpec, StorageStart};
 use sam_store::Durability;
 
 const SERVERS: [u64; 3] = [1, 2, 3];
@@ -46,6 +47,7 @@ fn spec(cfg: &Arc<Config>, pid: Pid, roles: Roles, net: NetPlan, dir: Option<&st
         start: StorageStart::Fresh,
         state_machine: None,
         seed: pid.0,
+        deliver_from: DeliverFrom::Start,
     }
 }
 
@@ -90,9 +92,17 @@ async fn three_servers_and_three_members_deliver_one_order_over_loopback_multica
     }
     let batch = (MESSAGES / 2..MESSAGES).map(|i| Bytes::from(format!("message {i}")));
     assert_eq!(sender.send_batch(batch).await.expect("send a batch").len(), MESSAGES / 2);
+    // A client's send resolves to the number every member delivers it at.
+    let fated = Bytes::from_static(b"a send that waits for its fate");
+    let seq = sender.client().send(fated.clone()).await.expect("committed");
+    let refused = servers[0].client().send(fated.clone()).await;
+    assert!(matches!(refused, Err(SendFailure::Node(NodeError::NotAMember))), "{refused:?}");
     let mut orders = Vec::new();
     for tail in &mut tails {
-        orders.push(deliveries(tail, MESSAGES).await);
+        let mut order = deliveries(tail, MESSAGES + 1).await;
+        assert!(order.contains(&(seq, fated.clone())), "delivered at the number the send resolved to");
+        order.retain(|(_, p)| *p != fated);
+        orders.push(order);
     }
     assert_eq!(orders[0], orders[1], "one order");
     let seqs: Vec<u64> = orders[0].iter().map(|(s, _)| s.0).collect();

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
+use sam_core::DeliverFrom;
 use sam_node::config::ClusterConfig;
 use sam_node::launch::member_spec;
 use sam_node::node::{Event, Node};
@@ -20,13 +21,40 @@ pub enum Format {
     Jsonl,
 }
 
-/// Join the group as a member and print every delivery in order, from the first number (or
-/// from the checkpoint it catches up from when far behind).
+/// Where the printed deliveries start (one of the three; `--from-start` by default).
+#[derive(Args, Debug, Default)]
+#[group(multiple = false)]
+pub struct StartAt {
+    /// From number 1 (or from the checkpoint the member catches up from when the log there
+    /// is gone or it is far behind).
+    #[arg(long)]
+    from_start: bool,
+    /// From the advertised checkpoint: its table is restored, the numbers after it printed.
+    #[arg(long)]
+    from_checkpoint: bool,
+    /// Only what is committed after the tail joins.
+    #[arg(long)]
+    from_now: bool,
+}
+
+impl StartAt {
+    fn deliver_from(&self) -> DeliverFrom {
+        match (self.from_checkpoint, self.from_now) {
+            (true, _) => DeliverFrom::Checkpoint,
+            (_, true) => DeliverFrom::Now,
+            _ => DeliverFrom::Start,
+        }
+    }
+}
+
+/// Join the group as a member and print every delivery in order.
 #[derive(Args, Debug)]
 pub struct TailArgs {
     /// The cluster's configuration file.
     #[arg(long)]
     config: PathBuf,
+    #[command(flatten)]
+    start_at: StartAt,
     /// Stop after this many deliveries.
     #[arg(long)]
     count: Option<usize>,
@@ -38,7 +66,10 @@ pub struct TailArgs {
 /// Prints deliveries until `--count` or a signal.
 pub fn execute(args: TailArgs) -> Result<std::process::ExitCode> {
     let cluster = ClusterConfig::load(&args.config)?;
-    let spec = member_spec(&cluster, rand::random(), true)?;
+    let deliver_from = args.start_at.deliver_from();
+    // A member that skips numbers cannot hold the table, so one starting now runs none.
+    let mut spec = member_spec(&cluster, rand::random(), deliver_from != DeliverFrom::Now)?;
+    spec.deliver_from = deliver_from;
     crate::runtime()?.block_on(async move {
         let mut node = Node::start(spec).await.context("starting a member")?;
         let mut out = std::io::stdout().lock();

@@ -177,6 +177,43 @@ fn a_member_joining_after_several_checkpoints_catches_up_and_shows_the_same_tabl
     assert_eq!(run(&["table", "get", "color"]), "blue (at 454)\n");
 }
 
+/// `sam tail --from-start|--from-checkpoint|--from-now`: with one checkpoint advertised at
+/// 100 and the whole log still held, a tail from the start prints number 1 first, one from the
+/// checkpoint prints 101 first, and one from now only what is committed after it joined.
+#[test]
+fn a_tail_starts_where_it_is_asked_to() {
+    let cluster = Cluster::up(22_200, &["--checkpoint-every", "100"]);
+    let run = |args: &[&str]| stdout(finish(spawn(cluster.sam(args)), Duration::from_secs(60)));
+    assert_eq!(run(&["send", "--count", "150"]).lines().count(), 150);
+    let first_seq = |out: &str| -> u64 { out.split(' ').next().and_then(|s| s.parse().ok()).expect("a delivery") };
+    assert_eq!(first_seq(&run(&["tail", "--from-start", "--count", "1"])), 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let from_checkpoint = loop {
+        // The checkpoint is advertised once both checkpoint servers reported it.
+        let (status, out, err) =
+            finish(spawn(cluster.sam(&["tail", "--from-checkpoint", "--count", "1"])), Duration::from_secs(60));
+        assert!(status.success(), "{err}");
+        if err.contains("caught up from the checkpoint at 100") || Instant::now() > deadline {
+            break out;
+        }
+    };
+    assert_eq!(first_seq(&from_checkpoint), 101);
+    let tail = spawn(cluster.sam(&["tail", "--from-now", "--count", "1"]));
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..20 {
+        run(&["send", "after the tail joined"]);
+        if std::fs::metadata(&tail.out).is_ok_and(|m| m.len() > 0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let out = stdout(finish(tail, Duration::from_secs(10)));
+    assert!(first_seq(&out) > 150, "only numbers committed after it joined: {out}");
+    assert!(out.contains("after the tail joined"), "{out}");
+    let refused = finish(spawn(cluster.sam(&["tail", "--from-now", "--from-start"])), Duration::from_secs(10));
+    assert!(!refused.0.success() && refused.2.contains("cannot be used with"), "{}", refused.2);
+}
+
 /// `sam status --json`: the epoch, the committed prefix and every server with its roles,
 /// address, reachability and process id; a killed server shows as unreachable.
 #[test]
