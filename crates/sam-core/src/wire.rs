@@ -12,7 +12,7 @@
 //! |----------|-------------|-----------------------------------------------------------------|
 //! | `0..2`   | magic       | the ASCII bytes `S` `M` (`0x53 0x4D`), see [`MAGIC`]            |
 //! | `2`      | version     | `1` ([`VERSION`]); a decoder rejects every other value          |
-//! | `3`      | flags       | reserved: must be `0`; a decoder rejects every other value      |
+//! | `3`      | flags       | `0`: the body holds messages; `1` ([`FLAG_FRAGMENT`]): the body is one fragment (below); a decoder rejects every other value |
 //! | `4..8`   | body length | `u32`: the number of bytes after the header                     |
 //! | `8..12`  | checksum    | `u32`: CRC32C of header bytes `0..8` followed by the body       |
 //! | `12..`   | body        | the messages, back to back (possibly none)                      |
@@ -27,6 +27,23 @@
 //! A decoder checks, in this order: length at least 12, magic, version, flags, body length,
 //! checksum, then the body. A frame with no messages (12 bytes) is valid.
 //!
+//! # Fragments
+//!
+//! A message too long for one datagram travels as a *series* of fragment frames (flags `1`),
+//! whose bodies are:
+//!
+//! | field  | encoding                                                                     |
+//! |--------|------------------------------------------------------------------------------|
+//! | series | varint: chosen by the sender, distinct among its series in flight            |
+//! | index  | u32 varint: this fragment's place, from 0                                    |
+//! | count  | u32 varint: the fragments in the series, at least 1; `index < count`         |
+//! | chunk  | the rest of the body                                                         |
+//!
+//! The chunks, in index order, are the bytes of a frame body: one message (kind, length,
+//! fields) as above. A receiver keeps each series, by sender and series number, until all of
+//! it arrived, within bounds of its own on size and time, and drops what does not complete:
+//! the protocol retransmits as it does for any lost datagram.
+//!
 //! # Message
 //!
 //! Each message in the body is:
@@ -37,7 +54,7 @@
 //! | length   | varint: the number of bytes of the fields that follow               |
 //! | fields   | exactly `length` bytes, laid out according to the kind (below)      |
 //!
-//! A decoder rejects an unknown kind (16 or above), a length running past the end of the body,
+//! A decoder rejects an unknown kind (21 or above), a length running past the end of the body,
 //! fields that need more than `length` bytes, and fields that leave some of the `length` bytes
 //! unread. The length lets a reader skip a message, but this version has no optional fields: a
 //! version 1 decoder rejects every message it cannot fully read.
@@ -169,6 +186,12 @@ pub const VERSION: u8 = 1;
 /// The length of a frame's header, before the body.
 pub const HEADER_LEN: usize = 12;
 
+/// The frame flag that marks the body as one fragment of a message (see the module docs).
+pub const FLAG_FRAGMENT: u8 = 1;
+
+/// The longest fragment header (series, index and count as varints).
+pub const FRAGMENT_HEADER_MAX: usize = 10 + 5 + 5;
+
 /// The longest varint: 10 bytes hold 64 bits.
 const MAX_VARINT_LEN: usize = 10;
 
@@ -194,9 +217,20 @@ pub enum DecodeError {
     /// The frame's version is not [`VERSION`].
     #[error("unsupported wire format version {0} (this decoder reads version {VERSION})")]
     UnsupportedVersion(u8),
-    /// The reserved flags byte is not zero.
-    #[error("unknown frame flags {0:#04x} (must be 0)")]
+    /// The flags byte is neither 0 nor [`FLAG_FRAGMENT`].
+    #[error("unknown frame flags {0:#04x} (must be 0 or 1)")]
     UnknownFlags(u8),
+    /// A fragment's index is not below its count (or the count is 0).
+    #[error("fragment {index} of a series of {count}")]
+    BadFragment {
+        /// The fragment's index.
+        index: u32,
+        /// The series' length.
+        count: u32,
+    },
+    /// A fragment came where whole messages were expected.
+    #[error("a fragment frame where messages were expected")]
+    UnexpectedFragment,
     /// The header's body length is not the number of bytes after the header.
     #[error("header declares a {declared}-byte body but {actual} bytes follow it")]
     LengthMismatch {
@@ -273,7 +307,8 @@ pub enum DecodeError {
 /// Why a message could not be encoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum EncodeError {
-    /// The message does not fit in one datagram of the maximum size, even alone.
+    /// The message does not fit in one datagram of the maximum size, even alone (or, as
+    /// fragments, in `u32::MAX` of them).
     #[error("message needs a {len}-byte frame but datagrams are limited to {max} bytes")]
     TooLarge {
         /// The length of a frame holding only this message ([`HEADER_LEN`] plus
@@ -603,11 +638,16 @@ fn start_frame(buf: &mut BytesMut) {
 ///
 /// If the body is longer than `u32::MAX` bytes.
 fn seal(buf: &mut BytesMut) -> Bytes {
+    seal_with(buf, 0)
+}
+
+/// [`seal`] with the given flags byte.
+fn seal_with(buf: &mut BytesMut, flags: u8) -> Bytes {
     let body = buf.len() - HEADER_LEN;
     let body = u32::try_from(body).expect("frame body longer than u32::MAX bytes");
     buf[0..2].copy_from_slice(&MAGIC);
     buf[2] = VERSION;
-    buf[3] = 0;
+    buf[3] = flags;
     buf[4..8].copy_from_slice(&body.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[0..8]), &buf[HEADER_LEN..]);
     buf[8..12].copy_from_slice(&crc.to_le_bytes());
@@ -702,6 +742,34 @@ impl FramePacker {
     pub fn finish(&mut self) -> Option<Bytes> {
         (!self.buf.is_empty()).then(|| seal(&mut self.buf))
     }
+}
+
+/// Encodes `msg` as a series of fragment frames of at most `max_datagram` bytes each (for a
+/// message [`FramePacker::push`] refuses as too large).
+///
+/// # Errors
+///
+/// [`EncodeError::TooLarge`] when `max_datagram` leaves no room for a chunk, or the message
+/// would need more than `u32::MAX` fragments.
+pub fn encode_fragments(msg: &Message, series: u64, max_datagram: usize) -> Result<Vec<Bytes>, EncodeError> {
+    let len = encoded_len(msg);
+    let too_large = EncodeError::TooLarge { len: HEADER_LEN.saturating_add(len), max: max_datagram };
+    let chunk =
+        max_datagram.checked_sub(HEADER_LEN + FRAGMENT_HEADER_MAX).filter(|c| *c > 0).ok_or(too_large.clone())?;
+    let count = u32::try_from(len.div_ceil(chunk)).map_err(|_| too_large)?;
+    let mut whole = BytesMut::with_capacity(len);
+    put_message(&mut whole, msg, body_len(msg));
+    let mut frames = Vec::with_capacity(count as usize);
+    let mut buf = BytesMut::with_capacity(max_datagram);
+    for (index, piece) in whole.chunks(chunk).enumerate() {
+        start_frame(&mut buf);
+        buf.varint(series);
+        buf.varint(index as u64);
+        buf.varint(u64::from(count));
+        buf.extend_from_slice(piece);
+        frames.push(seal_with(&mut buf, FLAG_FRAGMENT));
+    }
+    Ok(frames)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1026,13 +1094,47 @@ pub fn decode_body(body: &Bytes) -> Result<Vec<Message>, DecodeError> {
     Ok(out)
 }
 
-/// Decodes a whole frame (one datagram): checks the header, that the body length is exactly the
-/// rest of the buffer, and the checksum, then decodes the messages.
+/// One piece of a message too long for a datagram (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    /// The sender's series number.
+    pub series: u64,
+    /// This piece's place in the series, from 0.
+    pub index: u32,
+    /// The pieces in the series.
+    pub count: u32,
+    /// Its bytes (a zero-copy slice of the datagram).
+    pub chunk: Bytes,
+}
+
+/// What one datagram carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Datagram {
+    /// Whole messages.
+    Messages(Vec<Message>),
+    /// A fragment of one message.
+    Fragment(Fragment),
+}
+
+/// Decodes a whole frame (one datagram) that carries messages: checks the header, that the
+/// body length is exactly the rest of the buffer, and the checksum, then decodes the messages.
+///
+/// # Errors
+///
+/// Any [`DecodeError`] ([`DecodeError::UnexpectedFragment`] for a fragment); never panics.
+pub fn decode_frame(frame: &Bytes) -> Result<Vec<Message>, DecodeError> {
+    match decode_datagram(frame)? {
+        Datagram::Messages(msgs) => Ok(msgs),
+        Datagram::Fragment(_) => Err(DecodeError::UnexpectedFragment),
+    }
+}
+
+/// Decodes a whole frame (one datagram) as [`decode_frame`] does, accepting fragments too.
 ///
 /// # Errors
 ///
 /// Any [`DecodeError`]; never panics.
-pub fn decode_frame(frame: &Bytes) -> Result<Vec<Message>, DecodeError> {
+pub fn decode_datagram(frame: &Bytes) -> Result<Datagram, DecodeError> {
     let header: &[u8; HEADER_LEN] =
         frame.get(..HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or(DecodeError::TooShort { len: frame.len() })?;
     let [m0, m1, version, flags, l0, l1, l2, l3, c0, c1, c2, c3] = *header;
@@ -1042,7 +1144,7 @@ pub fn decode_frame(frame: &Bytes) -> Result<Vec<Message>, DecodeError> {
     if version != VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    if flags != 0 {
+    if flags != 0 && flags != FLAG_FRAGMENT {
         return Err(DecodeError::UnknownFlags(flags));
     }
     let declared = u32::from_le_bytes([l0, l1, l2, l3]);
@@ -1056,7 +1158,21 @@ pub fn decode_frame(frame: &Bytes) -> Result<Vec<Message>, DecodeError> {
     if stored != computed {
         return Err(DecodeError::Checksum { stored, computed });
     }
-    decode_body(&body)
+    if flags == FLAG_FRAGMENT {
+        return decode_fragment(&body).map(Datagram::Fragment);
+    }
+    decode_body(&body).map(Datagram::Messages)
+}
+
+fn decode_fragment(body: &Bytes) -> Result<Fragment, DecodeError> {
+    let mut r = Reader::new(body);
+    let series = r.varint()?;
+    let index = r.u32()?;
+    let count = r.u32()?;
+    if index >= count {
+        return Err(DecodeError::BadFragment { index, count });
+    }
+    Ok(Fragment { series, index, count, chunk: body.slice(r.pos..) })
 }
 
 /// Strategies for arbitrary protocol values, shared by the tests of every format built on
@@ -1435,6 +1551,49 @@ mod tests {
             let all: Vec<Message> = decoded_frames.into_iter().flatten().collect();
             prop_assert_eq!(all, expected);
         }
+    }
+
+    proptest! {
+        /// A message split into fragments comes back whole from its chunks in index order;
+        /// every fragment fits the datagram size and says its place in the series.
+        #[test]
+        fn fragments_reassemble_into_the_message(msg in arb_message(), max in 40usize..400, series in any::<u64>()) {
+            let frames = encode_fragments(&msg, series, max).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut whole = Vec::new();
+            for (i, frame) in frames.iter().enumerate() {
+                prop_assert!(frame.len() <= max);
+                prop_assert_eq!(decode_frame(frame), Err(DecodeError::UnexpectedFragment));
+                let Ok(Datagram::Fragment(f)) = decode_datagram(frame) else {
+                    return Err(TestCaseError::fail("not a fragment"));
+                };
+                prop_assert_eq!((f.series, f.index as usize, f.count as usize), (series, i, frames.len()));
+                whole.extend_from_slice(&f.chunk);
+            }
+            prop_assert_eq!(decode_body(&Bytes::from(whole)), Ok(vec![msg]));
+        }
+    }
+
+    #[test]
+    fn fragment_errors() {
+        let data = Message::Data(Data {
+            mid: Mid { source: Source { pid: Pid(1), incarnation: Incarnation(2) }, counter: 3 },
+            ts: Seq(0),
+            payload: Bytes::from(vec![7u8; 100]),
+        });
+        let too_small = encode_fragments(&data, 1, HEADER_LEN + FRAGMENT_HEADER_MAX);
+        assert!(matches!(too_small, Err(EncodeError::TooLarge { .. })));
+        let frame = encode_fragments(&data, 1, 64).expect("fragments")[0].to_vec();
+        let with = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = frame.clone();
+            f(&mut v);
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&v[0..8]), &v[HEADER_LEN..]);
+            v[8..12].copy_from_slice(&crc.to_le_bytes());
+            decode_datagram(&Bytes::from(v))
+        };
+        // Series 1, index 0, count 4: make the index 4, then the count 0.
+        assert_eq!(with(&|v| v[13] = 4), Err(DecodeError::BadFragment { index: 4, count: 4 }));
+        assert_eq!(with(&|v| v[14] = 0), Err(DecodeError::BadFragment { index: 0, count: 0 }));
+        assert_eq!(with(&|v| v[3] = 3), Err(DecodeError::UnknownFlags(3)));
     }
 
     // ---- robustness -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sam_core::wire::{decode_frame, EncodeError, FramePacker};
+use sam_core::wire::{decode_body, decode_datagram, encode_fragments, Datagram, EncodeError, FramePacker};
 use sam_core::{Channel, Dest, Message, Pid};
 use thiserror::Error;
 use tokio::net::UdpSocket;
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::peer::Peers;
+use crate::reassembly::Reassembly;
 use crate::socket::{self, Group};
 
 /// The largest datagram UDP carries over IPv4.
@@ -42,6 +43,8 @@ pub struct NetPlan {
     pub servers: Vec<(Pid, SocketAddrV4)>,
     /// The longest datagram sent.
     pub max_datagram_bytes: usize,
+    /// The longest payload reassembled from fragments; a longer one is dropped.
+    pub max_message_bytes: usize,
 }
 
 /// Why the network could not be set up, or a message not sent.
@@ -104,6 +107,8 @@ pub struct Net {
     peers: Arc<Peers>,
     max_datagram: usize,
     packers: Vec<(SocketAddrV4, FramePacker)>,
+    /// The number of the next series of fragments.
+    series: u64,
     ready: Vec<(SocketAddrV4, Bytes)>,
     incoming: mpsc::Receiver<Incoming>,
     stats: Arc<NetStats>,
@@ -127,7 +132,8 @@ impl Net {
         let peers = Arc::new(Peers::new(plan.servers.iter().copied()));
         let stats = Arc::new(NetStats::default());
         let (tx, incoming) = mpsc::channel(INCOMING_QUEUE_DATAGRAMS);
-        let mut readers = vec![spawn_reader(socket.clone(), peers.clone(), stats.clone(), tx.clone())];
+        let reader = Reader { peers: peers.clone(), stats: stats.clone(), tx, max_message: plan.max_message_bytes };
+        let mut readers = vec![reader.spawn(socket.clone())];
         for channel in &plan.listen {
             let group = plan.groups.get(channel).ok_or(NetError::NoGroup(*channel))?;
             let listener = socket::listener(group).map_err(|source| NetError::Socket {
@@ -135,7 +141,7 @@ impl Net {
                 addr: group.addr,
                 source,
             })?;
-            readers.push(spawn_reader(Arc::new(listener), peers.clone(), stats.clone(), tx.clone()));
+            readers.push(reader.spawn(Arc::new(listener)));
         }
         Ok(Net {
             socket,
@@ -144,6 +150,7 @@ impl Net {
             peers,
             max_datagram: plan.max_datagram_bytes.clamp(64, MAX_UDP_PAYLOAD_BYTES),
             packers: Vec::new(),
+            series: first_series(),
             ready: Vec::new(),
             incoming,
             stats,
@@ -162,7 +169,9 @@ impl Net {
     }
 
     /// Queues `msg` for `dest`; it leaves at the next [`Net::flush`] (or earlier, when its
-    /// datagram is full). A destination with no known address is counted and dropped.
+    /// datagram is full). A message too long for a datagram leaves as fragments, after what
+    /// was queued for `dest` before it. A destination with no known address is counted and
+    /// dropped.
     pub fn queue(&mut self, dest: Dest, msg: &Message) -> Result<(), NetError> {
         let Some(addr) = self.address(dest)? else {
             NetStats::add(&self.stats.unroutable);
@@ -176,8 +185,14 @@ impl Net {
                 &mut self.packers.last_mut().expect("just pushed").1
             }
         };
-        if let Some(frame) = packer.push(msg)? {
-            self.ready.push((addr, frame));
+        match packer.push(msg) {
+            Ok(frame) => self.ready.extend(frame.map(|f| (addr, f))),
+            Err(EncodeError::TooLarge { .. }) => {
+                self.ready.extend(packer.finish().map(|f| (addr, f)));
+                self.series = self.series.wrapping_add(1);
+                let fragments = encode_fragments(msg, self.series, max)?;
+                self.ready.extend(fragments.into_iter().map(|f| (addr, f)));
+            }
         }
         Ok(())
     }
@@ -224,27 +239,66 @@ impl Drop for Net {
     }
 }
 
-/// Reads `socket` until the driver is dropped.
-fn spawn_reader(
-    socket: Arc<UdpSocket>,
+/// What every socket's reading task shares.
+#[derive(Clone)]
+struct Reader {
     peers: Arc<Peers>,
     stats: Arc<NetStats>,
     tx: mpsc::Sender<Incoming>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        // One byte more than UDP carries: a datagram that fills it was cut short.
-        let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
-        loop {
-            let Ok((len, addr)) = socket.recv_from(&mut buf).await else { continue };
-            let decoded = peers.pid_of(addr).zip(decode_frame(&Bytes::copy_from_slice(&buf[..len])).ok());
-            let Some((from, msgs)) = decoded.filter(|_| len <= MAX_UDP_PAYLOAD_BYTES) else {
-                NetStats::add(&stats.malformed);
-                continue;
-            };
-            NetStats::add(&stats.datagrams_in);
-            if tx.send(Incoming { from, msgs }).await.is_err() {
-                return;
+    max_message: usize,
+}
+
+impl Reader {
+    /// Reads `socket` until the driver is dropped.
+    fn spawn(&self, socket: Arc<UdpSocket>) -> JoinHandle<()> {
+        let reader = self.clone();
+        tokio::spawn(async move {
+            // One byte more than UDP carries: a datagram that fills it was cut short.
+            let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
+            let mut reassembly = Reassembly::new(reader.max_message, 2 * reader.max_message);
+            loop {
+                let Ok((len, addr)) = socket.recv_from(&mut buf).await else { continue };
+                let Some(from) = reader.peers.pid_of(addr).filter(|_| len <= MAX_UDP_PAYLOAD_BYTES) else {
+                    NetStats::add(&reader.stats.malformed);
+                    continue;
+                };
+                let Some(msgs) = reader.decode(&mut reassembly, from, &buf[..len]).filter(|m| !m.is_empty()) else {
+                    continue;
+                };
+                if reader.tx.send(Incoming { from, msgs }).await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// The messages of a datagram (none for a fragment of an incomplete series); `None`, and
+    /// counted, for one that does not decode.
+    fn decode(&self, reassembly: &mut Reassembly, from: Pid, datagram: &[u8]) -> Option<Vec<Message>> {
+        let decoded = match decode_datagram(&Bytes::copy_from_slice(datagram)) {
+            Ok(Datagram::Messages(msgs)) => Ok(msgs),
+            Ok(Datagram::Fragment(fragment)) => match reassembly.add(std::time::Instant::now(), from, fragment) {
+                Ok(Some(body)) => decode_body(&body).map_err(|_| ()),
+                Ok(None) => Ok(Vec::new()),
+                Err(_) => Err(()),
+            },
+            Err(_) => Err(()),
+        };
+        match decoded {
+            Ok(msgs) => {
+                NetStats::add(&self.stats.datagrams_in);
+                Some(msgs)
+            }
+            Err(()) => {
+                NetStats::add(&self.stats.malformed);
+                None
             }
         }
-    })
+    }
+}
+
+/// A starting series number unlikely to repeat one of an earlier run of this process.
+fn first_series() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (now.as_nanos() as u64).rotate_left(17)
 }

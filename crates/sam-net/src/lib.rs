@@ -7,7 +7,8 @@
 //! what [`Net::recv`] returns into the core.
 //!
 //! - Many messages share a datagram, up to `max_datagram_bytes` (about 64 KiB on loopback,
-//!   the path MTU across hosts).
+//!   the path MTU across hosts); a message too long for one travels as fragments and is
+//!   reassembled within bounds ([`reassembly`]).
 //! - A datagram carries no sender id: the source address names the sender ([`peer`]).
 //! - Nothing from the network can stop the driver: a datagram that does not decode is
 //!   counted in [`NetStats::malformed`] and dropped.
@@ -15,6 +16,7 @@
 
 mod driver;
 pub mod peer;
+pub mod reassembly;
 pub mod socket;
 
 pub use driver::{Incoming, Net, NetError, NetPlan, NetStats, INCOMING_QUEUE_DATAGRAMS, MAX_UDP_PAYLOAD_BYTES};

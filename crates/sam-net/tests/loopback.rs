@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sam_core::message::{Data, Heartbeat};
 use sam_core::{Channel, Dest, Epoch, Incarnation, Message, Mid, Pid, Seq, Source};
-use sam_net::{Incoming, Net, NetError, NetPlan};
+use sam_net::{Incoming, Net, NetPlan};
 
 /// Each test uses its own groups and ports (tests run in parallel).
 fn plan(test: u8, me: u16, listen: Vec<Channel>) -> NetPlan {
@@ -26,7 +26,14 @@ fn plan(test: u8, me: u16, listen: Vec<Channel>) -> NetPlan {
     ]);
     let server =
         |i: u16| (Pid(u64::from(i)), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 46_000 + u16::from(test) * 10 + i));
-    NetPlan { unicast: server(me).1, groups, listen, servers: vec![server(1), server(2)], max_datagram_bytes: 1_400 }
+    NetPlan {
+        unicast: server(me).1,
+        groups,
+        listen,
+        servers: vec![server(1), server(2)],
+        max_datagram_bytes: 1_400,
+        max_message_bytes: 100_000,
+    }
 }
 
 fn data(counter: u64, len: usize) -> Message {
@@ -88,11 +95,27 @@ async fn garbage_is_counted_and_dropped_and_the_driver_goes_on() {
     assert_eq!(server.stats().malformed.load(Ordering::Relaxed), 2);
 }
 
+/// DESIGN section 7: a message longer than a datagram travels as fragments and arrives
+/// whole; one longer than the receiver's message limit is dropped and counted, and the driver
+/// goes on.
 #[tokio::test]
-async fn a_message_larger_than_a_datagram_is_refused_and_an_unknown_pid_is_counted() {
-    let mut net = Net::bind(&plan(4, 1, vec![])).expect("bind");
-    let too_large = net.queue(Dest::Channel(Channel::Global), &data(1, 2_000));
-    assert!(matches!(too_large, Err(NetError::TooLarge(_))), "{too_large:?}");
-    net.queue(Dest::Pid(Pid(77)), &data(1, 10)).expect("queue");
-    assert_eq!(net.stats().unroutable.load(Ordering::Relaxed), 1);
+async fn a_message_larger_than_a_datagram_arrives_whole_and_one_over_the_limit_is_dropped() {
+    let mut sender = Net::bind(&plan(4, 1, vec![])).expect("bind");
+    let mut receiver = Net::bind(&plan(4, 2, vec![Channel::Global])).expect("bind");
+    let global = Dest::Channel(Channel::Global);
+    sender.queue(global, &data(1, 10)).expect("queue");
+    sender.queue(global, &data(2, 50_000)).expect("queue");
+    sender.queue(global, &data(3, 200_000)).expect("queue");
+    sender.flush().await;
+    sender.queue(global, &data(4, 10)).expect("queue");
+    sender.flush().await;
+    assert!(sender.stats().datagrams_out.load(Ordering::Relaxed) > 150, "fragments of at most 1,400 bytes");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(next(&mut receiver).await.msgs);
+    }
+    assert_eq!(got, vec![data(1, 10), data(2, 50_000), data(4, 10)]);
+    assert!(receiver.stats().malformed.load(Ordering::Relaxed) >= 1, "the message over the limit is counted");
+    sender.queue(Dest::Pid(Pid(77)), &data(1, 10)).expect("queue");
+    assert_eq!(sender.stats().unroutable.load(Ordering::Relaxed), 1);
 }

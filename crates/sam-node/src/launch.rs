@@ -49,6 +49,7 @@ fn net_plan(cluster: &ClusterConfig, unicast: SocketAddrV4, listen: Vec<Channel>
         listen,
         servers: cluster.servers.iter().map(|s| (s.id, s.address)).collect(),
         max_datagram_bytes: cluster.network.max_datagram_bytes,
+        max_message_bytes: cluster.network.max_message_bytes,
     })
 }
 

@@ -147,6 +147,14 @@ pub enum NodeError {
     /// The node stopped before answering.
     #[error("the node has stopped")]
     Stopped,
+    /// A payload is longer than the group's message limit (`network.max_message_bytes`).
+    #[error("a payload of {len} bytes is longer than the limit of {max} bytes")]
+    TooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Where a member stands.
@@ -249,6 +257,7 @@ impl Node {
             waiting: VecDeque::new(),
             waiting_payloads: 0,
             fates: HashMap::new(),
+            max_message: spec.net.max_message_bytes,
             actions: Vec::new(),
             encoded: Vec::new(),
         };
@@ -274,6 +283,7 @@ impl Node {
 
     /// Sends every payload, in order, as one request (so the node packs them into few
     /// datagrams); returns their mids once all are sent, which waits while the window is full.
+    /// A payload over the group's limit refuses the whole batch.
     pub async fn send_batch(&self, payloads: impl IntoIterator<Item = Bytes>) -> Result<Vec<Mid>, NodeError> {
         let payloads: VecDeque<Bytes> = payloads.into_iter().collect();
         let mids = Vec::with_capacity(payloads.len());
@@ -340,6 +350,8 @@ struct Host {
     waiting: VecDeque<SendBatch>,
     /// The payloads in `waiting`.
     waiting_payloads: usize,
+    /// The longest payload the group carries.
+    max_message: usize,
     /// Sends whose fate a [`Client`] waits for.
     fates: HashMap<Mid, oneshot::Sender<Result<Seq, SendFailure>>>,
     /// The actions of the current turn (a buffer kept across turns).
@@ -397,10 +409,15 @@ impl Host {
     /// Takes one of the application's requests; `false` for a stop.
     fn command(&mut self, command: Command) -> bool {
         match command {
-            Command::Send(batch) => {
-                self.waiting_payloads += batch.payloads.len();
-                self.waiting.push_back(batch);
-            }
+            Command::Send(batch) => match batch.payloads.iter().map(Bytes::len).max() {
+                Some(len) if len > self.max_message => {
+                    batch.reply.refuse(NodeError::TooLarge { len, max: self.max_message })
+                }
+                _ => {
+                    self.waiting_payloads += batch.payloads.len();
+                    self.waiting.push_back(batch);
+                }
+            },
             Command::Progress(reply) => {
                 let _ = reply.send(self.progress());
             }

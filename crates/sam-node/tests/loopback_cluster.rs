@@ -33,6 +33,7 @@ fn plan(unicast: SocketAddrV4, listen: Vec<Channel>) -> NetPlan {
         listen,
         servers: SERVERS.iter().map(|p| (Pid(*p), server_addr(*p))).collect(),
         max_datagram_bytes: 60_000,
+        max_message_bytes: 1 << 20,
     }
 }
 

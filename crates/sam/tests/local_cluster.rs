@@ -214,6 +214,29 @@ fn a_tail_starts_where_it_is_asked_to() {
     assert!(!refused.0.success() && refused.2.contains("cannot be used with"), "{}", refused.2);
 }
 
+/// DESIGN section 7: a message longer than a datagram (300 KB; datagrams are 65,000 bytes)
+/// is committed and delivered whole; one over the group's limit (1 MiB) is refused at once
+/// with a clear error.
+#[test]
+fn a_message_longer_than_a_datagram_is_delivered_whole_and_one_over_the_limit_refused() {
+    let cluster = Cluster::up(22_300, &[]);
+    let tail = spawn(cluster.sam(&["tail", "--count", "2", "--format", "jsonl"]));
+    let sent =
+        stdout(finish(spawn(cluster.sam(&["send", "--count", "2", "--size", "300000"])), Duration::from_secs(60)));
+    assert_eq!(sent.lines().count(), 2);
+    let printed = stdout(finish(tail, Duration::from_secs(60)));
+    for (i, line) in printed.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        let payload = v["payload"].as_str().expect("text payload");
+        assert_eq!(payload.len(), 300_000);
+        assert!(payload.starts_with(&format!("message {i} ")), "{}", &payload[..20]);
+    }
+    let (status, _, err) =
+        finish(spawn(cluster.sam(&["send", "--count", "1", "--size", "2000000"])), Duration::from_secs(20));
+    assert!(!status.success());
+    assert!(err.contains("longer than the limit of 1048576 bytes"), "{err}");
+}
+
 /// `sam status --json`: the epoch, the committed prefix and every server with its roles,
 /// address, reachability and process id; a killed server shows as unreachable.
 #[test]
