@@ -12,7 +12,7 @@
 //! |----------|-------------|-----------------------------------------------------------------|
 //! | `0..2`   | magic       | the ASCII bytes `S` `M` (`0x53 0x4D`), see [`MAGIC`]            |
 //! | `2`      | version     | `1` ([`VERSION`]); a decoder rejects every other value          |
-//! | `3`      | flags       | `0`: the body holds messages; `1` ([`FLAG_FRAGMENT`]): the body is one fragment (below); a decoder rejects every other value |
+//! | `3`      | flags       | what the body holds (below)                                     |
 //! | `4..8`   | body length | `u32`: the number of bytes after the header                     |
 //! | `8..12`  | checksum    | `u32`: CRC32C of header bytes `0..8` followed by the body       |
 //! | `12..`   | body        | the messages, back to back (possibly none)                      |
@@ -26,6 +26,23 @@
 //!
 //! A decoder checks, in this order: length at least 12, magic, version, flags, body length,
 //! checksum, then the body. A frame with no messages (12 bytes) is valid.
+//!
+//! # Flags
+//!
+//! The flags byte is either [`FLAG_REGISTER`] (`8`) alone, or any combination of these bits;
+//! a decoder rejects every other value:
+//!
+//! | bit | name              | meaning                                                          |
+//! |-----|-------------------|------------------------------------------------------------------|
+//! | `1` | [`FLAG_FRAGMENT`] | the body is one fragment of a message (below), not messages     |
+//! | `2` | [`FLAG_GLOBAL`]   | unicast mode: sent on the global channel, to be relayed          |
+//! | `4` | [`FLAG_RELAYED`]  | unicast mode: relayed; the body starts with the origin's pid (a varint), then holds what the flags say |
+//!
+//! In unicast mode (DESIGN section 7) a member registers with one data server, which relays
+//! to it every frame it receives flagged global, flagged relayed instead and prefixed with the
+//! pid of the process it came from (a receiver believes that pid only from a data server). A
+//! *register* frame's body is one varint: the lease in milliseconds a member asks for, or the
+//! one a data server grants in reply.
 //!
 //! # Fragments
 //!
@@ -186,8 +203,17 @@ pub const VERSION: u8 = 1;
 /// The length of a frame's header, before the body.
 pub const HEADER_LEN: usize = 12;
 
-/// The frame flag that marks the body as one fragment of a message (see the module docs).
+/// Frame flag: the body is one fragment of a message (see the module docs).
 pub const FLAG_FRAGMENT: u8 = 1;
+/// Frame flag (unicast mode): sent on the global channel; a data server relays it.
+pub const FLAG_GLOBAL: u8 = 2;
+/// Frame flag (unicast mode): relayed by a data server; the body starts with the origin's pid.
+pub const FLAG_RELAYED: u8 = 4;
+/// Frame flags value, alone (unicast mode): a member's registration, or a data server's
+/// grant; the body is the lease in milliseconds.
+pub const FLAG_REGISTER: u8 = 8;
+/// The most bytes relaying adds to a frame: the origin's pid.
+pub const RELAY_OVERHEAD: usize = MAX_VARINT_LEN;
 
 /// The longest fragment header (series, index and count as varints).
 pub const FRAGMENT_HEADER_MAX: usize = 10 + 5 + 5;
@@ -217,9 +243,15 @@ pub enum DecodeError {
     /// The frame's version is not [`VERSION`].
     #[error("unsupported wire format version {0} (this decoder reads version {VERSION})")]
     UnsupportedVersion(u8),
-    /// The flags byte is neither 0 nor [`FLAG_FRAGMENT`].
-    #[error("unknown frame flags {0:#04x} (must be 0 or 1)")]
+    /// The flags byte is not one the module docs allow.
+    #[error("unknown frame flags {0:#04x}")]
     UnknownFlags(u8),
+    /// A frame's body has bytes after what its flags say it holds.
+    #[error("{unread} unread bytes at the end of a frame")]
+    FrameTrailing {
+        /// How many bytes were left over.
+        unread: usize,
+    },
     /// A fragment's index is not below its count (or the count is 0).
     #[error("fragment {index} of a series of {count}")]
     BadFragment {
@@ -228,9 +260,9 @@ pub enum DecodeError {
         /// The series' length.
         count: u32,
     },
-    /// A fragment came where whole messages were expected.
-    #[error("a fragment frame where messages were expected")]
-    UnexpectedFragment,
+    /// A fragment, relayed, global or register frame came where plain messages were expected.
+    #[error("a frame with flags where plain messages were expected")]
+    NotPlain,
     /// The header's body length is not the number of bytes after the header.
     #[error("header declares a {declared}-byte body but {actual} bytes follow it")]
     LengthMismatch {
@@ -691,14 +723,21 @@ pub struct FramePacker {
     max: usize,
     /// The frame being filled: empty, or a header placeholder followed by whole messages.
     buf: BytesMut,
+    /// The flags of its frames.
+    flags: u8,
 }
 
 impl FramePacker {
     /// A packer whose frames are at most `max_datagram` bytes long (header included). Values
     /// beyond the largest possible frame (`HEADER_LEN + u32::MAX`) are lowered to it.
     pub fn new(max_datagram: usize) -> Self {
+        Self::with_flags(max_datagram, 0)
+    }
+
+    /// A packer whose frames carry `flags` (such as [`FLAG_GLOBAL`]).
+    pub fn with_flags(max_datagram: usize, flags: u8) -> Self {
         let largest = usize::try_from(u64::from(u32::MAX) + HEADER_LEN as u64).unwrap_or(usize::MAX);
-        FramePacker { max: max_datagram.min(largest), buf: BytesMut::new() }
+        FramePacker { max: max_datagram.min(largest), buf: BytesMut::new(), flags }
     }
 
     /// The maximum frame length.
@@ -726,7 +765,7 @@ impl FramePacker {
             return Err(EncodeError::TooLarge { len: alone, max: self.max });
         }
         let done = if !self.buf.is_empty() && self.buf.len().saturating_add(len) > self.max {
-            Some(seal(&mut self.buf))
+            Some(seal_with(&mut self.buf, self.flags))
         } else {
             None
         };
@@ -740,18 +779,19 @@ impl FramePacker {
 
     /// Finishes and returns the current frame, or `None` if no message is waiting.
     pub fn finish(&mut self) -> Option<Bytes> {
-        (!self.buf.is_empty()).then(|| seal(&mut self.buf))
+        (!self.buf.is_empty()).then(|| seal_with(&mut self.buf, self.flags))
     }
 }
 
 /// Encodes `msg` as a series of fragment frames of at most `max_datagram` bytes each (for a
-/// message [`FramePacker::push`] refuses as too large).
+/// message [`FramePacker::push`] refuses as too large), with `flags` besides
+/// [`FLAG_FRAGMENT`].
 ///
 /// # Errors
 ///
 /// [`EncodeError::TooLarge`] when `max_datagram` leaves no room for a chunk, or the message
 /// would need more than `u32::MAX` fragments.
-pub fn encode_fragments(msg: &Message, series: u64, max_datagram: usize) -> Result<Vec<Bytes>, EncodeError> {
+pub fn encode_fragments(msg: &Message, series: u64, max_datagram: usize, flags: u8) -> Result<Vec<Bytes>, EncodeError> {
     let len = encoded_len(msg);
     let too_large = EncodeError::TooLarge { len: HEADER_LEN.saturating_add(len), max: max_datagram };
     let chunk =
@@ -767,9 +807,30 @@ pub fn encode_fragments(msg: &Message, series: u64, max_datagram: usize) -> Resu
         buf.varint(index as u64);
         buf.varint(u64::from(count));
         buf.extend_from_slice(piece);
-        frames.push(seal_with(&mut buf, FLAG_FRAGMENT));
+        frames.push(seal_with(&mut buf, flags | FLAG_FRAGMENT));
     }
     Ok(frames)
+}
+
+/// The frame a data server passes on to its members for `frame`, a valid frame flagged
+/// [`FLAG_GLOBAL`] that came from `origin`: flagged relayed instead, its body prefixed with
+/// the origin's pid ([`RELAY_OVERHEAD`] bytes at most).
+pub fn relay_frame(frame: &[u8], origin: Pid) -> Bytes {
+    let flags = frame.get(3).copied().unwrap_or(0);
+    let body = frame.get(HEADER_LEN..).unwrap_or(&[]);
+    let mut buf = BytesMut::with_capacity(frame.len() + RELAY_OVERHEAD);
+    start_frame(&mut buf);
+    buf.varint(origin.0);
+    buf.extend_from_slice(body);
+    seal_with(&mut buf, (flags & FLAG_FRAGMENT) | FLAG_RELAYED)
+}
+
+/// A register frame asking for, or granting, a lease of `lease_ms` milliseconds.
+pub fn register_frame(lease_ms: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + MAX_VARINT_LEN);
+    start_frame(&mut buf);
+    buf.varint(lease_ms);
+    seal_with(&mut buf, FLAG_REGISTER)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1107,13 +1168,29 @@ pub struct Fragment {
     pub chunk: Bytes,
 }
 
-/// What one datagram carries.
+/// What one datagram carries, and how it travelled.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Datagram {
+pub struct Datagram {
+    /// Sent on the global channel in unicast mode ([`FLAG_GLOBAL`]): a data server relays it.
+    pub global: bool,
+    /// Relayed: the process it came from, as the relay says ([`FLAG_RELAYED`]).
+    pub origin: Option<Pid>,
+    /// Its contents.
+    pub body: Body,
+}
+
+/// The contents of a datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
     /// Whole messages.
     Messages(Vec<Message>),
     /// A fragment of one message.
     Fragment(Fragment),
+    /// A registration asking for, or a grant of, a lease in milliseconds.
+    Register {
+        /// The lease.
+        lease_ms: u64,
+    },
 }
 
 /// Decodes a whole frame (one datagram) that carries messages: checks the header, that the
@@ -1121,15 +1198,15 @@ pub enum Datagram {
 ///
 /// # Errors
 ///
-/// Any [`DecodeError`] ([`DecodeError::UnexpectedFragment`] for a fragment); never panics.
+/// Any [`DecodeError`] ([`DecodeError::NotPlain`] for any other frame); never panics.
 pub fn decode_frame(frame: &Bytes) -> Result<Vec<Message>, DecodeError> {
     match decode_datagram(frame)? {
-        Datagram::Messages(msgs) => Ok(msgs),
-        Datagram::Fragment(_) => Err(DecodeError::UnexpectedFragment),
+        Datagram { global: false, origin: None, body: Body::Messages(msgs) } => Ok(msgs),
+        _ => Err(DecodeError::NotPlain),
     }
 }
 
-/// Decodes a whole frame (one datagram) as [`decode_frame`] does, accepting fragments too.
+/// Decodes a whole frame (one datagram) as [`decode_frame`] does, accepting every flag.
 ///
 /// # Errors
 ///
@@ -1144,7 +1221,7 @@ pub fn decode_datagram(frame: &Bytes) -> Result<Datagram, DecodeError> {
     if version != VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    if flags != 0 && flags != FLAG_FRAGMENT {
+    if flags != FLAG_REGISTER && flags & !(FLAG_FRAGMENT | FLAG_GLOBAL | FLAG_RELAYED) != 0 {
         return Err(DecodeError::UnknownFlags(flags));
     }
     let declared = u32::from_le_bytes([l0, l1, l2, l3]);
@@ -1158,10 +1235,22 @@ pub fn decode_datagram(frame: &Bytes) -> Result<Datagram, DecodeError> {
     if stored != computed {
         return Err(DecodeError::Checksum { stored, computed });
     }
-    if flags == FLAG_FRAGMENT {
-        return decode_fragment(&body).map(Datagram::Fragment);
+    let mut r = Reader::new(&body);
+    if flags == FLAG_REGISTER {
+        let lease_ms = r.varint()?;
+        return match r.remaining() {
+            0 => Ok(Datagram { global: false, origin: None, body: Body::Register { lease_ms } }),
+            unread => Err(DecodeError::FrameTrailing { unread }),
+        };
     }
-    decode_body(&body).map(Datagram::Messages)
+    let origin = if flags & FLAG_RELAYED != 0 { Some(Pid(r.varint()?)) } else { None };
+    let rest = body.slice(r.pos..);
+    let contents = if flags & FLAG_FRAGMENT != 0 {
+        Body::Fragment(decode_fragment(&rest)?)
+    } else {
+        Body::Messages(decode_body(&rest)?)
+    };
+    Ok(Datagram { global: flags & FLAG_GLOBAL != 0, origin, body: contents })
 }
 
 fn decode_fragment(body: &Bytes) -> Result<Fragment, DecodeError> {
@@ -1558,12 +1647,12 @@ mod tests {
         /// every fragment fits the datagram size and says its place in the series.
         #[test]
         fn fragments_reassemble_into_the_message(msg in arb_message(), max in 40usize..400, series in any::<u64>()) {
-            let frames = encode_fragments(&msg, series, max).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let frames = encode_fragments(&msg, series, max, 0).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut whole = Vec::new();
             for (i, frame) in frames.iter().enumerate() {
                 prop_assert!(frame.len() <= max);
-                prop_assert_eq!(decode_frame(frame), Err(DecodeError::UnexpectedFragment));
-                let Ok(Datagram::Fragment(f)) = decode_datagram(frame) else {
+                prop_assert_eq!(decode_frame(frame), Err(DecodeError::NotPlain));
+                let Ok(Datagram { body: Body::Fragment(f), .. }) = decode_datagram(frame) else {
                     return Err(TestCaseError::fail("not a fragment"));
                 };
                 prop_assert_eq!((f.series, f.index as usize, f.count as usize), (series, i, frames.len()));
@@ -1580,9 +1669,9 @@ mod tests {
             ts: Seq(0),
             payload: Bytes::from(vec![7u8; 100]),
         });
-        let too_small = encode_fragments(&data, 1, HEADER_LEN + FRAGMENT_HEADER_MAX);
+        let too_small = encode_fragments(&data, 1, HEADER_LEN + FRAGMENT_HEADER_MAX, 0);
         assert!(matches!(too_small, Err(EncodeError::TooLarge { .. })));
-        let frame = encode_fragments(&data, 1, 64).expect("fragments")[0].to_vec();
+        let frame = encode_fragments(&data, 1, 64, 0).expect("fragments")[0].to_vec();
         let with = |f: &dyn Fn(&mut Vec<u8>)| {
             let mut v = frame.clone();
             f(&mut v);
@@ -1593,7 +1682,46 @@ mod tests {
         // Series 1, index 0, count 4: make the index 4, then the count 0.
         assert_eq!(with(&|v| v[13] = 4), Err(DecodeError::BadFragment { index: 4, count: 4 }));
         assert_eq!(with(&|v| v[14] = 0), Err(DecodeError::BadFragment { index: 0, count: 0 }));
-        assert_eq!(with(&|v| v[3] = 3), Err(DecodeError::UnknownFlags(3)));
+        assert_eq!(with(&|v| v[3] = 16), Err(DecodeError::UnknownFlags(16)));
+        assert_eq!(with(&|v| v[3] = FLAG_REGISTER | FLAG_GLOBAL), Err(DecodeError::UnknownFlags(10)));
+    }
+
+    /// Unicast mode: a global frame relayed keeps its contents and names its origin; a
+    /// relayed fragment stays a fragment; a register frame carries its lease.
+    #[test]
+    fn relayed_and_register_frames() {
+        let data = Message::Data(Data {
+            mid: Mid { source: Source { pid: Pid(1), incarnation: Incarnation(2) }, counter: 3 },
+            ts: Seq(0),
+            payload: Bytes::from(vec![7u8; 100]),
+        });
+        let mut packer = FramePacker::with_flags(1_000, FLAG_GLOBAL);
+        assert_eq!(packer.push(&data), Ok(None));
+        let global = packer.finish().expect("a frame");
+        let decoded = decode_datagram(&global).expect("decodes");
+        assert_eq!(decoded, Datagram { global: true, origin: None, body: Body::Messages(vec![data.clone()]) });
+        assert_eq!(decode_frame(&global), Err(DecodeError::NotPlain), "not a plain frame");
+        let relayed = relay_frame(&global, Pid(u64::MAX));
+        assert!(relayed.len() <= global.len() + RELAY_OVERHEAD);
+        let decoded = decode_datagram(&relayed).expect("decodes");
+        assert_eq!(
+            decoded,
+            Datagram { global: false, origin: Some(Pid(u64::MAX)), body: Body::Messages(vec![data.clone()]) }
+        );
+
+        let fragments = encode_fragments(&data, 9, 64, FLAG_GLOBAL).expect("fragments");
+        let relayed = decode_datagram(&relay_frame(&fragments[1], Pid(5))).expect("decodes");
+        assert_eq!(relayed.origin, Some(Pid(5)));
+        assert!(matches!(relayed.body, Body::Fragment(Fragment { series: 9, index: 1, .. })));
+
+        let register = decode_datagram(&register_frame(3_000)).expect("decodes");
+        assert_eq!(register.body, Body::Register { lease_ms: 3_000 });
+        let mut long = register_frame(3_000).to_vec();
+        long.push(0);
+        long[4] += 1;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&long[0..8]), &long[HEADER_LEN..]);
+        long[8..12].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_datagram(&Bytes::from(long)), Err(DecodeError::FrameTrailing { unread: 1 }));
     }
 
     // ---- robustness -------------------------------------------------------------------------

@@ -2,19 +2,19 @@
 //!
 //! Outgoing messages are packed per destination into as few datagrams as fit
 //! (`max_datagram_bytes`), and leave when the node flushes after handling a batch of inputs,
-//! so a burst of actions costs a few system calls. Incoming datagrams are read by one task
-//! per socket, decoded there (a datagram that does not decode is counted and dropped, never
-//! fatal) and handed to the node through a bounded queue: when the node falls behind, the
-//! tasks wait and the kernel's socket buffer drops, so memory stays bounded.
+//! so a burst of actions costs a few system calls. A channel is a multicast group, or in
+//! unicast mode the list of servers that hear it: the same frames go to each. Incoming
+//! datagrams are read by one task per socket ([`crate::reader`]).
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use sam_core::wire::{decode_body, decode_datagram, encode_fragments, Datagram, EncodeError, FramePacker};
+use sam_core::wire::{encode_fragments, EncodeError, FramePacker, FLAG_GLOBAL, RELAY_OVERHEAD};
 use sam_core::{Channel, Dest, Message, Pid};
 use thiserror::Error;
 use tokio::net::UdpSocket;
@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::peer::Peers;
-use crate::reassembly::Reassembly;
+use crate::reader::{Reader, Unicast};
+use crate::relay::Registration;
 use crate::socket::{self, Group};
 
 /// The largest datagram UDP carries over IPv4.
@@ -35,16 +36,51 @@ pub const INCOMING_QUEUE_DATAGRAMS: usize = 4_096;
 pub struct NetPlan {
     /// The unicast address this process sends from and is reached at (port 0: any free one).
     pub unicast: SocketAddrV4,
-    /// The multicast group of each channel.
-    pub groups: HashMap<Channel, Group>,
-    /// The channels this process hears.
-    pub listen: Vec<Channel>,
+    /// How channels travel.
+    pub transport: TransportPlan,
     /// The configured servers and their unicast addresses.
     pub servers: Vec<(Pid, SocketAddrV4)>,
     /// The longest datagram sent.
     pub max_datagram_bytes: usize,
     /// The longest payload reassembled from fragments; a longer one is dropped.
     pub max_message_bytes: usize,
+}
+
+/// How a process's channels travel (DESIGN section 7).
+#[derive(Clone, Debug)]
+pub enum TransportPlan {
+    /// Each channel is an IP multicast group.
+    Multicast {
+        /// The group of each channel.
+        groups: HashMap<Channel, Group>,
+        /// The channels this process hears.
+        listen: Vec<Channel>,
+    },
+    /// Each channel is a list of servers, and members hear the global channel from a data
+    /// server they register with.
+    Unicast(UnicastPlan),
+}
+
+/// Unicast mode's plan for one process.
+#[derive(Clone, Debug)]
+pub struct UnicastPlan {
+    /// The servers that hear each channel (every server hears the global channel).
+    pub listeners: HashMap<Channel, Vec<SocketAddrV4>>,
+    /// What this process does about the global channel.
+    pub role: RelayRole,
+    /// The lease a member asks its data server for.
+    pub lease: Duration,
+}
+
+/// A process's part in relaying the global channel, in unicast mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayRole {
+    /// A server that is not a data server: it hears the global channel directly.
+    None,
+    /// A data server: it relays the global channel to the members registered with it.
+    Relay,
+    /// A member: it registers with one of these data servers.
+    Member(Vec<SocketAddrV4>),
 }
 
 /// Why the network could not be set up, or a message not sent.
@@ -81,10 +117,12 @@ pub struct NetStats {
     pub unroutable: AtomicU64,
     /// Datagrams the system refused to send.
     pub send_errors: AtomicU64,
+    /// Frames relayed to members (unicast mode, a data server).
+    pub relayed: AtomicU64,
 }
 
 impl NetStats {
-    fn add(counter: &AtomicU64) {
+    pub(crate) fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -103,22 +141,43 @@ pub struct Incoming {
 pub struct Net {
     socket: Arc<UdpSocket>,
     local: SocketAddrV4,
-    groups: HashMap<Channel, Group>,
+    channels: Routes,
     peers: Arc<Peers>,
     max_datagram: usize,
-    packers: Vec<(SocketAddrV4, FramePacker)>,
+    packers: Vec<(Target, FramePacker)>,
     /// The number of the next series of fragments.
     series: u64,
-    ready: Vec<(SocketAddrV4, Bytes)>,
+    ready: Vec<(Target, Bytes)>,
     incoming: mpsc::Receiver<Incoming>,
     stats: Arc<NetStats>,
     readers: Vec<JoinHandle<()>>,
 }
 
+/// Where a channel's frames go.
+#[derive(Clone, Debug)]
+enum Routes {
+    /// To each channel's group.
+    Multicast(HashMap<Channel, Group>),
+    /// To each of the channel's listeners.
+    Unicast(HashMap<Channel, Vec<SocketAddrV4>>),
+}
+
+/// The destination of one packer's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// One address (a process, or a multicast group).
+    One(SocketAddrV4),
+    /// Every listener of a channel (unicast mode).
+    Fanout(Channel),
+}
+
 impl Net {
     /// Opens the sockets of `plan` and starts reading them. Must run inside a tokio runtime.
     pub fn bind(plan: &NetPlan) -> Result<Net, NetError> {
-        let any_group = plan.groups.values().next();
+        let any_group = match &plan.transport {
+            TransportPlan::Multicast { groups, .. } => groups.values().next(),
+            TransportPlan::Unicast(_) => None,
+        };
         let socket = socket::unicast(plan.unicast, any_group).map_err(|source| NetError::Socket {
             what: "bind",
             addr: plan.unicast,
@@ -133,20 +192,39 @@ impl Net {
         let stats = Arc::new(NetStats::default());
         let (tx, incoming) = mpsc::channel(INCOMING_QUEUE_DATAGRAMS);
         let reader = Reader { peers: peers.clone(), stats: stats.clone(), tx, max_message: plan.max_message_bytes };
-        let mut readers = vec![reader.spawn(socket.clone())];
-        for channel in &plan.listen {
-            let group = plan.groups.get(channel).ok_or(NetError::NoGroup(*channel))?;
-            let listener = socket::listener(group).map_err(|source| NetError::Socket {
-                what: "join",
-                addr: group.addr,
-                source,
-            })?;
-            readers.push(reader.spawn(Arc::new(listener)));
-        }
+        let mut readers = Vec::new();
+        let channels = match &plan.transport {
+            TransportPlan::Multicast { groups, listen } => {
+                readers.push(reader.spawn(socket.clone(), Unicast::Plain));
+                for channel in listen {
+                    let group = groups.get(channel).ok_or(NetError::NoGroup(*channel))?;
+                    let listener = socket::listener(group).map_err(|source| NetError::Socket {
+                        what: "join",
+                        addr: group.addr,
+                        source,
+                    })?;
+                    readers.push(reader.spawn(Arc::new(listener), Unicast::Plain));
+                }
+                Routes::Multicast(groups.clone())
+            }
+            TransportPlan::Unicast(unicast) => {
+                let role = match &unicast.role {
+                    RelayRole::None => Unicast::Plain,
+                    RelayRole::Relay => Unicast::Relay,
+                    RelayRole::Member(relays) => {
+                        let registration = Arc::new(Registration::new(local, relays.clone(), unicast.lease));
+                        readers.push(tokio::spawn(registration.clone().run(socket.clone())));
+                        Unicast::Member(registration)
+                    }
+                };
+                readers.push(reader.spawn(socket.clone(), role));
+                Routes::Unicast(unicast.listeners.clone())
+            }
+        };
         Ok(Net {
             socket,
             local,
-            groups: plan.groups.clone(),
+            channels,
             peers,
             max_datagram: plan.max_datagram_bytes.clamp(64, MAX_UDP_PAYLOAD_BYTES),
             packers: Vec::new(),
@@ -173,50 +251,69 @@ impl Net {
     /// was queued for `dest` before it. A destination with no known address is counted and
     /// dropped.
     pub fn queue(&mut self, dest: Dest, msg: &Message) -> Result<(), NetError> {
-        let Some(addr) = self.address(dest)? else {
+        let Some(target) = self.target(dest)? else {
             NetStats::add(&self.stats.unroutable);
             return Ok(());
         };
-        let max = self.max_datagram;
-        let packer = match self.packers.iter().position(|(a, _)| *a == addr) {
+        // A global frame in unicast mode is relayed with its origin added: room is left for it.
+        let (max, flags) = match target {
+            Target::Fanout(Channel::Global) => (self.max_datagram - RELAY_OVERHEAD, FLAG_GLOBAL),
+            _ => (self.max_datagram, 0),
+        };
+        let packer = match self.packers.iter().position(|(t, _)| *t == target) {
             Some(i) => &mut self.packers[i].1,
             None => {
-                self.packers.push((addr, FramePacker::new(max)));
+                self.packers.push((target, FramePacker::with_flags(max, flags)));
                 &mut self.packers.last_mut().expect("just pushed").1
             }
         };
         match packer.push(msg) {
-            Ok(frame) => self.ready.extend(frame.map(|f| (addr, f))),
+            Ok(frame) => self.ready.extend(frame.map(|f| (target, f))),
             Err(EncodeError::TooLarge { .. }) => {
-                self.ready.extend(packer.finish().map(|f| (addr, f)));
+                self.ready.extend(packer.finish().map(|f| (target, f)));
                 self.series = self.series.wrapping_add(1);
-                let fragments = encode_fragments(msg, self.series, max)?;
-                self.ready.extend(fragments.into_iter().map(|f| (addr, f)));
+                let fragments = encode_fragments(msg, self.series, max, flags)?;
+                self.ready.extend(fragments.into_iter().map(|f| (target, f)));
             }
         }
         Ok(())
     }
 
-    fn address(&self, dest: Dest) -> Result<Option<SocketAddrV4>, NetError> {
-        Ok(match dest {
-            Dest::Pid(pid) => self.peers.addr_of(pid),
-            Dest::Channel(channel) => Some(self.groups.get(&channel).ok_or(NetError::NoGroup(channel))?.addr),
+    fn target(&self, dest: Dest) -> Result<Option<Target>, NetError> {
+        Ok(match (dest, &self.channels) {
+            (Dest::Pid(pid), _) => self.peers.addr_of(pid).map(Target::One),
+            (Dest::Channel(channel), Routes::Multicast(groups)) => {
+                Some(Target::One(groups.get(&channel).ok_or(NetError::NoGroup(channel))?.addr))
+            }
+            (Dest::Channel(channel), Routes::Unicast(_)) => Some(Target::Fanout(channel)),
         })
     }
 
     /// Sends every queued datagram. A datagram the system refuses (a peer's port closed, a
     /// full buffer) is counted: UDP promises nothing and the protocol recovers.
     pub async fn flush(&mut self) {
-        for (addr, packer) in &mut self.packers {
+        for (target, packer) in &mut self.packers {
             if let Some(frame) = packer.finish() {
-                self.ready.push((*addr, frame));
+                self.ready.push((*target, frame));
             }
         }
-        for (addr, frame) in self.ready.drain(..) {
-            match self.socket.send_to(&frame, addr).await {
-                Ok(_) => NetStats::add(&self.stats.datagrams_out),
-                Err(_) => NetStats::add(&self.stats.send_errors),
+        for (target, frame) in std::mem::take(&mut self.ready) {
+            match target {
+                Target::One(addr) => self.send(&frame, addr).await,
+                Target::Fanout(channel) => {
+                    let Routes::Unicast(listeners) = &self.channels else { continue };
+                    for addr in listeners.get(&channel).into_iter().flatten() {
+                        self.send(&frame, *addr).await;
+                    }
+                }
             }
+        }
+    }
+
+    async fn send(&self, frame: &[u8], addr: SocketAddrV4) {
+        match self.socket.send_to(frame, addr).await {
+            Ok(_) => NetStats::add(&self.stats.datagrams_out),
+            Err(_) => NetStats::add(&self.stats.send_errors),
         }
     }
 
@@ -235,64 +332,6 @@ impl Drop for Net {
     fn drop(&mut self) {
         for reader in &self.readers {
             reader.abort();
-        }
-    }
-}
-
-/// What every socket's reading task shares.
-#[derive(Clone)]
-struct Reader {
-    peers: Arc<Peers>,
-    stats: Arc<NetStats>,
-    tx: mpsc::Sender<Incoming>,
-    max_message: usize,
-}
-
-impl Reader {
-    /// Reads `socket` until the driver is dropped.
-    fn spawn(&self, socket: Arc<UdpSocket>) -> JoinHandle<()> {
-        let reader = self.clone();
-        tokio::spawn(async move {
-            // One byte more than UDP carries: a datagram that fills it was cut short.
-            let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
-            let mut reassembly = Reassembly::new(reader.max_message, 2 * reader.max_message);
-            loop {
-                let Ok((len, addr)) = socket.recv_from(&mut buf).await else { continue };
-                let Some(from) = reader.peers.pid_of(addr).filter(|_| len <= MAX_UDP_PAYLOAD_BYTES) else {
-                    NetStats::add(&reader.stats.malformed);
-                    continue;
-                };
-                let Some(msgs) = reader.decode(&mut reassembly, from, &buf[..len]).filter(|m| !m.is_empty()) else {
-                    continue;
-                };
-                if reader.tx.send(Incoming { from, msgs }).await.is_err() {
-                    return;
-                }
-            }
-        })
-    }
-
-    /// The messages of a datagram (none for a fragment of an incomplete series); `None`, and
-    /// counted, for one that does not decode.
-    fn decode(&self, reassembly: &mut Reassembly, from: Pid, datagram: &[u8]) -> Option<Vec<Message>> {
-        let decoded = match decode_datagram(&Bytes::copy_from_slice(datagram)) {
-            Ok(Datagram::Messages(msgs)) => Ok(msgs),
-            Ok(Datagram::Fragment(fragment)) => match reassembly.add(std::time::Instant::now(), from, fragment) {
-                Ok(Some(body)) => decode_body(&body).map_err(|_| ()),
-                Ok(None) => Ok(Vec::new()),
-                Err(_) => Err(()),
-            },
-            Err(_) => Err(()),
-        };
-        match decoded {
-            Ok(msgs) => {
-                NetStats::add(&self.stats.datagrams_in);
-                Some(msgs)
-            }
-            Err(()) => {
-                NetStats::add(&self.stats.malformed);
-                None
-            }
         }
     }
 }

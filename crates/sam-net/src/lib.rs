@@ -16,9 +16,14 @@
 
 mod driver;
 pub mod peer;
+mod reader;
 pub mod reassembly;
+pub mod relay;
 pub mod socket;
 
-pub use driver::{Incoming, Net, NetError, NetPlan, NetStats, INCOMING_QUEUE_DATAGRAMS, MAX_UDP_PAYLOAD_BYTES};
+pub use driver::{
+    Incoming, Net, NetError, NetPlan, NetStats, RelayRole, TransportPlan, UnicastPlan, INCOMING_QUEUE_DATAGRAMS,
+    MAX_UDP_PAYLOAD_BYTES,
+};
 pub use peer::{address_pid, Peers, ADDRESS_PIDS};
 pub use socket::Group;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sam_core::message::{Data, Heartbeat};
 use sam_core::{Channel, Dest, Epoch, Incarnation, Message, Mid, Pid, Seq, Source};
-use sam_net::{Incoming, Net, NetPlan};
+use sam_net::{Incoming, Net, NetPlan, RelayRole, TransportPlan, UnicastPlan};
 
 /// Each test uses its own groups and ports (tests run in parallel).
 fn plan(test: u8, me: u16, listen: Vec<Channel>) -> NetPlan {
@@ -28,8 +28,7 @@ fn plan(test: u8, me: u16, listen: Vec<Channel>) -> NetPlan {
         |i: u16| (Pid(u64::from(i)), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 46_000 + u16::from(test) * 10 + i));
     NetPlan {
         unicast: server(me).1,
-        groups,
-        listen,
+        transport: TransportPlan::Multicast { groups, listen },
         servers: vec![server(1), server(2)],
         max_datagram_bytes: 1_400,
         max_message_bytes: 100_000,
@@ -118,4 +117,95 @@ async fn a_message_larger_than_a_datagram_arrives_whole_and_one_over_the_limit_i
     assert!(receiver.stats().malformed.load(Ordering::Relaxed) >= 1, "the message over the limit is counted");
     sender.queue(Dest::Pid(Pid(77)), &data(1, 10)).expect("queue");
     assert_eq!(sender.stats().unroutable.load(Ordering::Relaxed), 1);
+}
+
+fn unicast_plan(
+    unicast: SocketAddrV4,
+    role: RelayRole,
+    listeners: &HashMap<Channel, Vec<SocketAddrV4>>,
+    servers: &[(Pid, SocketAddrV4)],
+    lease_ms: u64,
+) -> NetPlan {
+    NetPlan {
+        unicast,
+        transport: TransportPlan::Unicast(UnicastPlan {
+            listeners: listeners.clone(),
+            role,
+            lease: Duration::from_millis(lease_ms),
+        }),
+        servers: servers.to_vec(),
+        max_datagram_bytes: 1_400,
+        max_message_bytes: 100_000,
+    }
+}
+
+/// Unicast mode (DESIGN section 7): a channel is its listeners; a member registers with a data
+/// server, which relays the global channel to it naming each frame's origin; a relayed frame
+/// from anyone but a data server is refused.
+#[tokio::test]
+async fn unicast_mode_fans_channels_out_and_a_data_server_relays_the_global_channel() {
+    let addr = |port: u16| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let (relay, plain) = (addr(46_101), addr(46_102));
+    let servers = vec![(Pid(1), relay), (Pid(2), plain)];
+    let listeners = HashMap::from([
+        (Channel::Global, vec![relay, plain]),
+        (Channel::Data, vec![relay]),
+        (Channel::Commit, vec![plain]),
+        (Channel::Checkpoint, vec![]),
+    ]);
+    let plan = |unicast: SocketAddrV4, role: RelayRole| unicast_plan(unicast, role, &listeners, &servers, 600);
+    let mut relay_net = Net::bind(&plan(relay, RelayRole::Relay)).expect("bind relay");
+    let mut plain_net = Net::bind(&plan(plain, RelayRole::None)).expect("bind plain");
+    let mut member = Net::bind(&plan(addr(0), RelayRole::Member(vec![relay]))).expect("bind member");
+    // The member registers at once; wait for the grant to reach it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(2), committed: Seq(7), checkpoint: None });
+    plain_net.queue(Dest::Channel(Channel::Global), &hb).expect("queue");
+    plain_net.queue(Dest::Channel(Channel::Global), &data(1, 5_000)).expect("queue a fragmented message");
+    plain_net.flush().await;
+    for net in [&mut relay_net, &mut plain_net, &mut member] {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let incoming = next(net).await;
+            assert_eq!(incoming.from, Pid(2), "the origin, not the relay");
+            got.extend(incoming.msgs);
+        }
+        assert_eq!(got, vec![hb.clone(), data(1, 5_000)]);
+    }
+    assert!(relay_net.stats().relayed.load(Ordering::Relaxed) >= 2);
+    member.queue(Dest::Channel(Channel::Data), &data(2, 10)).expect("queue");
+    member.flush().await;
+    assert_eq!(next(&mut relay_net).await.msgs, vec![data(2, 10)], "the data channel is the data servers");
+    let forged = sam_core::wire::relay_frame(&sam_core::wire::encode_frame(&[data(3, 10)]), Pid(1));
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").expect("raw socket");
+    stranger.send_to(&forged, member.local_addr()).expect("send");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(member.stats().malformed.load(Ordering::Relaxed), 1, "an origin only a data server may name");
+}
+
+/// A member whose data server falls silent moves to the next one and hears the global channel
+/// again: its port (even) picks the first, silent one.
+#[tokio::test]
+async fn a_member_whose_data_server_is_silent_registers_with_the_next() {
+    let addr = |port: u16| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let (dead, relay) = (addr(46_111), addr(46_112));
+    let servers = vec![(Pid(1), dead), (Pid(2), relay)];
+    let listeners = HashMap::from([(Channel::Global, vec![dead, relay])]);
+    let plan = |unicast: SocketAddrV4, role: RelayRole| unicast_plan(unicast, role, &listeners, &servers, 300);
+    let mut relay_net = Net::bind(&plan(relay, RelayRole::Relay)).expect("bind relay");
+    let mut member = Net::bind(&plan(addr(46_114), RelayRole::Member(vec![dead, relay]))).expect("bind member");
+    let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(2), committed: Seq(7), checkpoint: None });
+    let heard = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            relay_net.queue(Dest::Channel(Channel::Global), &hb).expect("queue");
+            relay_net.flush().await;
+            if let Ok(Some(incoming)) = tokio::time::timeout(Duration::from_millis(20), member.recv()).await {
+                return incoming;
+            }
+        }
+    })
+    .await
+    .expect("the member reaches the live data server");
+    assert_eq!(heard.from, Pid(2));
+    assert_eq!(heard.msgs, vec![hb]);
 }

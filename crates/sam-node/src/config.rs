@@ -45,6 +45,13 @@ pub const DATAGRAM_BYTES_MAX: usize = 65_507;
 pub const MESSAGE_BYTES_DEFAULT: usize = 1 << 20;
 /// The largest message limit: a large message is reassembled in memory from its fragments.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// The default relay lease (unicast mode): a member moves to another data server 1.5 s after
+/// its own fell silent, well within the time a member takes to notice a gap anyway.
+pub const RELAY_LEASE_MS_DEFAULT: u64 = 3_000;
+/// The shortest relay lease: renewals every third of it must not flood the data servers.
+pub const RELAY_LEASE_MS_MIN: u64 = 300;
+/// The longest relay lease a data server grants.
+pub const RELAY_LEASE_MS_MAX: u64 = 60_000;
 /// The longest timer, an hour: a longer one is a typo, and keeps microseconds far from overflow.
 pub const TIMER_MS_MAX: u64 = 3_600_000;
 /// The largest batch of one message (NACK queries, assignments, recent commits): batches have
@@ -627,11 +634,18 @@ pub struct NetworkConfig {
     pub max_datagram_bytes: usize,
     /// The largest payload a sender may multicast; larger ones than a datagram are fragmented.
     pub max_message_bytes: usize,
+    /// Unicast mode: the lease a member asks of the data server that relays to it; it renews
+    /// every third of it and moves to another data server after half of it in silence.
+    pub relay_lease_ms: u64,
 }
 
 impl Default for NetworkConfig {
     fn default() -> NetworkConfig {
-        NetworkConfig { max_datagram_bytes: DATAGRAM_BYTES_DEFAULT, max_message_bytes: MESSAGE_BYTES_DEFAULT }
+        NetworkConfig {
+            max_datagram_bytes: DATAGRAM_BYTES_DEFAULT,
+            max_message_bytes: MESSAGE_BYTES_DEFAULT,
+            relay_lease_ms: RELAY_LEASE_MS_DEFAULT,
+        }
     }
 }
 
@@ -967,6 +981,7 @@ impl ClusterConfig {
                     DATAGRAM_BYTES_MAX as u64,
                 ),
                 ("max_message_bytes", n.max_message_bytes as u64, 1, MESSAGE_BYTES_MAX as u64),
+                ("relay_lease_ms", n.relay_lease_ms, RELAY_LEASE_MS_MIN, RELAY_LEASE_MS_MAX),
             ],
         )?;
         if n.max_message_bytes > self.protocol.member_buffer_bytes {

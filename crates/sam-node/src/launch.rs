@@ -3,9 +3,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sam_core::{Channel, DeliverFrom, Incarnation, KvTable, Pid, StateMachine};
-use sam_net::{Group, NetPlan};
+use sam_net::{Group, NetPlan, RelayRole, TransportPlan, UnicastPlan};
 
 use crate::config::{ClusterConfig, Role, Transport};
 use crate::node::{NodeSpec, StorageStart};
@@ -16,25 +17,51 @@ pub enum LaunchError {
     /// No server has this id.
     #[error("no server has id {0} in the configuration")]
     UnknownServer(u64),
-    /// The transport is not implemented by this build.
-    #[error("transport \"unicast\" is not supported yet: use \"multicast\"")]
-    Unsupported,
+    /// Multicast transport without channels (a configuration built in code, not loaded).
+    #[error("transport \"multicast\" needs the [channels] table")]
+    NoChannels,
 }
 
-/// The channels a process with these roles listens to.
-fn listens(commit: bool, data: bool, checkpoint: bool) -> Vec<Channel> {
-    let mut channels = vec![Channel::Global];
-    channels.extend(data.then_some(Channel::Data));
-    channels.extend(commit.then_some(Channel::Commit));
-    channels.extend(checkpoint.then_some(Channel::Checkpoint));
-    channels
+/// Which process a plan is for.
+enum Who {
+    /// A server holding these roles.
+    Server { commit: bool, data: bool, checkpoint: bool },
+    /// A member that is not a server.
+    Member,
 }
 
-fn net_plan(cluster: &ClusterConfig, unicast: SocketAddrV4, listen: Vec<Channel>) -> Result<NetPlan, LaunchError> {
-    let (Transport::Multicast, Some(channels)) = (cluster.transport, &cluster.channels) else {
-        return Err(LaunchError::Unsupported);
+impl Who {
+    /// The channels it listens to (multicast mode).
+    fn listens(&self) -> Vec<Channel> {
+        let mut channels = vec![Channel::Global];
+        if let Who::Server { commit, data, checkpoint } = *self {
+            channels.extend(data.then_some(Channel::Data));
+            channels.extend(commit.then_some(Channel::Commit));
+            channels.extend(checkpoint.then_some(Channel::Checkpoint));
+        }
+        channels
+    }
+}
+
+const CHANNELS: [Channel; 4] = [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint];
+
+fn net_plan(cluster: &ClusterConfig, unicast: SocketAddrV4, who: Who) -> Result<NetPlan, LaunchError> {
+    let transport = match cluster.transport {
+        Transport::Multicast => multicast(cluster, who.listens())?,
+        Transport::Unicast => TransportPlan::Unicast(unicast_plan(cluster, &who)),
     };
-    let groups = [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint]
+    Ok(NetPlan {
+        unicast,
+        transport,
+        servers: cluster.servers.iter().map(|s| (s.id, s.address)).collect(),
+        max_datagram_bytes: cluster.network.max_datagram_bytes,
+        max_message_bytes: cluster.network.max_message_bytes,
+    })
+}
+
+fn multicast(cluster: &ClusterConfig, listen: Vec<Channel>) -> Result<TransportPlan, LaunchError> {
+    let channels = cluster.channels.as_ref().ok_or(LaunchError::NoChannels)?;
+    let groups = CHANNELS
         .into_iter()
         .map(|channel| {
             let c = channels.get(channel);
@@ -43,14 +70,33 @@ fn net_plan(cluster: &ClusterConfig, unicast: SocketAddrV4, listen: Vec<Channel>
             (channel, group)
         })
         .collect();
-    Ok(NetPlan {
-        unicast,
-        groups,
-        listen,
-        servers: cluster.servers.iter().map(|s| (s.id, s.address)).collect(),
-        max_datagram_bytes: cluster.network.max_datagram_bytes,
-        max_message_bytes: cluster.network.max_message_bytes,
-    })
+    Ok(TransportPlan::Multicast { groups, listen })
+}
+
+/// Unicast mode: every server hears the global channel, each role's servers its channel, and
+/// the data servers relay the global channel to the members.
+fn unicast_plan(cluster: &ClusterConfig, who: &Who) -> UnicastPlan {
+    let holding = |role: Option<Role>| -> Vec<SocketAddrV4> {
+        cluster.servers.iter().filter(|s| role.map_or(true, |r| s.roles.contains(r))).map(|s| s.address).collect()
+    };
+    let listeners = CHANNELS
+        .into_iter()
+        .map(|channel| {
+            let role = match channel {
+                Channel::Global => None,
+                Channel::Data => Some(Role::Data),
+                Channel::Commit => Some(Role::Commit),
+                Channel::Checkpoint => Some(Role::Checkpoint),
+            };
+            (channel, holding(role))
+        })
+        .collect();
+    let role = match who {
+        Who::Server { data: true, .. } => RelayRole::Relay,
+        Who::Server { .. } => RelayRole::None,
+        Who::Member => RelayRole::Member(holding(Some(Role::Data))),
+    };
+    UnicastPlan { listeners, role, lease: Duration::from_millis(cluster.network.relay_lease_ms) }
 }
 
 /// The spec of server `id`. A checkpoint server runs the built-in key-value table.
@@ -59,13 +105,13 @@ pub fn server_spec(cluster: &ClusterConfig, id: Pid, start: StorageStart, seed: 
     let checkpoint = server.roles.contains(Role::Checkpoint);
     let client = checkpoint.then_some(Incarnation(seed));
     let roles = server.roles.to_core(client);
-    let listen = listens(roles.commit, roles.data, checkpoint);
+    let who = Who::Server { commit: roles.commit, data: roles.data, checkpoint };
     let state_machine = checkpoint.then(|| Box::new(KvTable::new()) as Box<dyn StateMachine + Send>);
     Ok(NodeSpec {
         cfg: Arc::new(cluster.core()),
         pid: id,
         roles,
-        net: net_plan(cluster, server.address, listen)?,
+        net: net_plan(cluster, server.address, who)?,
         dir: Some(cluster.server_dir(server)),
         durability: cluster.storage.durability,
         start,
@@ -75,18 +121,27 @@ pub fn server_spec(cluster: &ClusterConfig, id: Pid, start: StorageStart, seed: 
     })
 }
 
-/// The spec of a member that sends and delivers, on a free port of `interface`; its pid is
+/// The interface a member sends from: the global channel's in multicast mode; in unicast
+/// mode loopback when every server is on this host, else any (the route to the servers picks).
+fn member_interface(cluster: &ClusterConfig) -> Ipv4Addr {
+    match (&cluster.channels, cluster.transport) {
+        (Some(c), Transport::Multicast) => c.global.interface,
+        _ if cluster.servers.iter().all(|s| s.address.ip().is_loopback()) => Ipv4Addr::LOCALHOST,
+        _ => Ipv4Addr::UNSPECIFIED,
+    }
+}
+
+/// The spec of a member that sends and delivers, on a free port of its interface; its pid is
 /// the one its address gives it (see `sam_net::peer`), so it is fixed once bound. `seed`
 /// gives its incarnation: a restarted member never reuses a message id (DESIGN section 3).
 pub fn member_spec(cluster: &ClusterConfig, seed: u64, table: bool) -> Result<NodeSpec, LaunchError> {
-    let interface = cluster.channels.as_ref().map_or(Ipv4Addr::LOCALHOST, |c| c.global.interface);
     let roles = sam_core::Roles { client: Some(Incarnation(seed)), ..sam_core::Roles::default() };
     let state_machine = table.then(|| Box::new(KvTable::new()) as Box<dyn StateMachine + Send>);
     Ok(NodeSpec {
         cfg: Arc::new(cluster.core()),
         pid: Pid(seed | sam_net::ADDRESS_PIDS),
         roles,
-        net: net_plan(cluster, SocketAddrV4::new(interface, 0), vec![Channel::Global])?,
+        net: net_plan(cluster, SocketAddrV4::new(member_interface(cluster), 0), Who::Member)?,
         dir: None,
         durability: cluster.storage.durability,
         start: StorageStart::Fresh,

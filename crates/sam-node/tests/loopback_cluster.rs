@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sam_core::{Channel, Config, DeliverFrom, Incarnation, Pid, Roles, Seq};
-use sam_net::{Group, NetPlan};
+use sam_net::{Group, NetPlan, TransportPlan};
 use sam_node::client::SendFailure;
 use sam_node::node::{Event, Node, NodeError, NodeSpec, StorageStart};
 use sam_store::Durability;
@@ -29,8 +29,10 @@ fn plan(unicast: SocketAddrV4, listen: Vec<Channel>) -> NetPlan {
     let channels = [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint];
     NetPlan {
         unicast,
-        groups: channels.iter().enumerate().map(|(i, c)| (*c, group(i as u16))).collect::<HashMap<_, _>>(),
-        listen,
+        transport: TransportPlan::Multicast {
+            groups: channels.iter().enumerate().map(|(i, c)| (*c, group(i as u16))).collect::<HashMap<_, _>>(),
+            listen,
+        },
         servers: SERVERS.iter().map(|p| (Pid(*p), server_addr(*p))).collect(),
         max_datagram_bytes: 60_000,
         max_message_bytes: 1 << 20,

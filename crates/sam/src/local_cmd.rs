@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use sam_node::config::{ClusterConfig, LOCAL_BASE_PORT, LOCAL_CHECKPOINT_SERVERS, LOCAL_SERVERS};
+use clap::{Args, Subcommand, ValueEnum};
+use sam_node::config::{ClusterConfig, Transport, LOCAL_BASE_PORT, LOCAL_CHECKPOINT_SERVERS, LOCAL_SERVERS};
 
 /// Start or stop a local cluster.
 #[derive(Subcommand, Debug)]
@@ -38,12 +38,26 @@ pub struct UpArgs {
     /// than two intervals behind catch up from a checkpoint.
     #[arg(long)]
     checkpoint_every: Option<u64>,
-    /// Only "multicast" is supported by this build.
-    #[arg(long, default_value = "multicast")]
-    transport: String,
+    /// How datagrams travel: IP multicast groups, or unicast fan-out with members relayed by
+    /// the data servers (for networks without multicast). A new cluster only.
+    #[arg(long, value_enum, default_value_t = TransportArg::Multicast)]
+    transport: TransportArg,
+    /// Member processes to start besides the servers: each keeps the replicated table and
+    /// writes every delivery to DIR/logs/member-I.jsonl.
+    #[arg(long, default_value_t = 0)]
+    members: usize,
     /// Start the servers and return; stop them with `sam local down --dir DIR`.
     #[arg(long)]
     detach: bool,
+}
+
+/// How a new local cluster's datagrams travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// Every channel is a multicast group on loopback.
+    Multicast,
+    /// Unicast fan-out; members register with a data server that relays to them.
+    Unicast,
 }
 
 /// Which cluster.
@@ -64,9 +78,6 @@ pub fn execute(command: LocalCommand) -> Result<std::process::ExitCode> {
 }
 
 fn up(args: &UpArgs) -> Result<()> {
-    if args.transport != "multicast" {
-        bail!("--transport {}: only multicast is supported by this build", args.transport);
-    }
     if pids_file(&args.dir).exists() {
         bail!("a cluster seems to run in {} already (stop it with `sam local down --dir {0}`)", args.dir.display());
     }
@@ -76,6 +87,10 @@ fn up(args: &UpArgs) -> Result<()> {
     let new = !config_path.exists();
     if new {
         let mut cluster = ClusterConfig::local(args.servers, args.checkpoint_servers, args.base_port, &dir);
+        if args.transport == TransportArg::Unicast {
+            cluster.transport = Transport::Unicast;
+            cluster.channels = None;
+        }
         if let Some(every) = args.checkpoint_every {
             cluster.protocol.checkpoint_every = every;
             cluster.protocol.catch_up_after = every.saturating_mul(2);
@@ -86,10 +101,11 @@ fn up(args: &UpArgs) -> Result<()> {
     }
     let cluster = ClusterConfig::load(&config_path)?;
     let mut servers = Servers::start(&config_path, &cluster, new, &dir)?;
-    print_help(&dir, &cluster, args.detach);
+    servers.start_members(&config_path, args.members)?;
+    print_help(&dir, &cluster, args);
     if args.detach {
         // The servers outlive this command: `sam local down` stops them by their pids.
-        servers.children.clear();
+        servers.detach();
         return Ok(());
     }
     crate::runtime()?.block_on(crate::stop_signal());
@@ -98,9 +114,11 @@ fn up(args: &UpArgs) -> Result<()> {
     Ok(())
 }
 
-/// The server processes of a local cluster, with their pids in `DIR/pids`.
+/// The server processes of a local cluster, with their pids in `DIR/pids`, and its member
+/// processes, with theirs in `DIR/member-pids`.
 pub struct Servers {
     children: Vec<Child>,
+    members: Vec<Child>,
     dir: PathBuf,
 }
 
@@ -108,7 +126,7 @@ impl Servers {
     /// Starts every server of `cluster` as a `sam server` process (`init`: new storage) and
     /// checks that none exited at once (a port in use, say).
     pub fn start(config: &Path, cluster: &ClusterConfig, init: bool, dir: &Path) -> Result<Servers> {
-        let mut servers = Servers { children: Vec::new(), dir: dir.to_path_buf() };
+        let mut servers = Servers { children: Vec::new(), members: Vec::new(), dir: dir.to_path_buf() };
         for server in &cluster.servers {
             match spawn_server(config, server.id.0, init, dir) {
                 Ok(child) => servers.children.push(child),
@@ -127,22 +145,46 @@ impl Servers {
         Ok(servers)
     }
 
+    /// Starts `count` members (`sam tail --format jsonl`, each into DIR/logs/member-I.jsonl).
+    pub fn start_members(&mut self, config: &Path, count: usize) -> Result<()> {
+        for i in 1..=count {
+            let out = fs::File::create(self.dir.join("logs").join(format!("member-{i}.jsonl")))?;
+            let log = fs::File::create(self.dir.join("logs").join(format!("member-{i}.log")))?;
+            let mut command = Command::new(std::env::current_exe()?);
+            command.arg("tail").arg("--config").arg(config).args(["--format", "jsonl"]);
+            command.stdin(Stdio::null()).stdout(out).stderr(log);
+            self.members.push(command.spawn().with_context(|| format!("starting member {i}"))?);
+        }
+        let pids: String = self.members.iter().map(|c| format!("{}\n", c.id())).collect();
+        fs::write(member_pids_file(&self.dir), pids)?;
+        Ok(())
+    }
+
     /// The servers' process ids, in the order of the configuration.
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
     }
 
-    /// Stops every server and forgets the pids file.
+    /// Stops every member and server and forgets the pids files.
     pub fn stop(&mut self) {
+        stop_all(&mut self.members);
         stop_all(&mut self.children);
+        self.members.clear();
         self.children.clear();
         let _ = fs::remove_file(pids_file(&self.dir));
+        let _ = fs::remove_file(member_pids_file(&self.dir));
+    }
+
+    /// Leaves every process running (they outlive this command; `sam local down` stops them).
+    fn detach(&mut self) {
+        self.children.clear();
+        self.members.clear();
     }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        if !self.children.is_empty() {
+        if !self.children.is_empty() || !self.members.is_empty() {
             self.stop();
         }
     }
@@ -161,18 +203,25 @@ fn spawn_server(config: &Path, id: u64, init: bool, dir: &Path) -> Result<Child>
     command.spawn().with_context(|| format!("starting server {id}"))
 }
 
-fn print_help(dir: &Path, cluster: &ClusterConfig, detached: bool) {
+fn print_help(dir: &Path, cluster: &ClusterConfig, args: &UpArgs) {
     let config = dir.join("sam.toml");
     let c = config.display();
-    eprintln!("local cluster of {} servers running; configuration in {c}", cluster.servers.len());
+    let transport = match cluster.transport {
+        Transport::Multicast => "multicast",
+        Transport::Unicast => "unicast",
+    };
+    eprintln!("local cluster of {} servers running over {transport}; configuration in {c}", cluster.servers.len());
     for server in &cluster.servers {
         let roles: Vec<&str> = server.roles.iter().map(|r| r.name()).collect();
         eprintln!("  server {} ({}) on {}", server.id.0, roles.join(", "), server.address);
     }
+    if args.members > 0 {
+        eprintln!("  {} members write their deliveries to {}", args.members, dir.join("logs/member-I.jsonl").display());
+    }
     eprintln!("try:");
     eprintln!("  sam send --config {c} hello world");
     eprintln!("  sam tail --config {c} --count 2");
-    if detached {
+    if args.detach {
         eprintln!("stop it with: sam local down --dir {}", dir.display());
     } else {
         eprintln!("Ctrl-C stops it");
@@ -181,6 +230,10 @@ fn print_help(dir: &Path, cluster: &ClusterConfig, detached: bool) {
 
 fn pids_file(dir: &Path) -> PathBuf {
     dir.join("pids")
+}
+
+fn member_pids_file(dir: &Path) -> PathBuf {
+    dir.join("member-pids")
 }
 
 /// Stops every server with SIGTERM (each syncs its log and exits), then waits for them.
@@ -204,11 +257,14 @@ fn down(dir: &Path) -> Result<()> {
     let file = pids_file(dir);
     let text = fs::read_to_string(&file)
         .with_context(|| format!("no cluster runs in {} ({})", dir.display(), file.display()))?;
-    let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    for pid in &pids {
+    let members = fs::read_to_string(member_pids_file(dir)).unwrap_or_default();
+    let _ = fs::remove_file(member_pids_file(dir));
+    let parse = |text: &str| -> Vec<u32> { text.lines().filter_map(|l| l.trim().parse().ok()).collect() };
+    let (members, pids) = (parse(&members), parse(&text));
+    for pid in members.iter().chain(&pids) {
         terminate(*pid);
     }
-    for pid in &pids {
+    for pid in members.iter().chain(&pids) {
         // Wait (bounded) until the process is gone.
         for _ in 0..100 {
             // SAFETY: signal 0 only checks that the process exists.
@@ -219,6 +275,6 @@ fn down(dir: &Path) -> Result<()> {
         }
     }
     fs::remove_file(&file)?;
-    eprintln!("stopped {} servers", pids.len());
+    eprintln!("stopped {} servers and {} members", pids.len(), members.len());
     Ok(())
 }

@@ -96,7 +96,37 @@ fn stdout((status, out, err): (ExitStatus, String, String)) -> String {
 /// Total order and integrity across processes: two senders, three tails, one sequence.
 #[test]
 fn two_senders_and_three_tails_print_one_identical_sequence() {
-    let cluster = Cluster::up(21_400, &[]);
+    two_senders_and_three_tails(&Cluster::up(21_400, &[]));
+}
+
+/// The same in unicast mode (DESIGN section 7): the tails register with the data servers,
+/// which relay the global channel to them; so do the two members `local up` started, whose
+/// delivery logs end up identical to the tails'.
+#[test]
+fn two_senders_and_three_tails_print_one_identical_sequence_over_unicast() {
+    let cluster = Cluster::up(22_400, &["--transport", "unicast", "--members", "2"]);
+    let config = std::fs::read_to_string(cluster.config()).expect("config");
+    assert!(config.contains("transport = \"unicast\"") && !config.contains("[channels"), "{config}");
+    let printed = two_senders_and_three_tails(&cluster);
+    let logs = cluster.dir.path().join("logs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 1..=2 {
+        let log = logs.join(format!("member-{i}.jsonl"));
+        let mut delivered = String::new();
+        while delivered.lines().count() < printed.lines().count() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            delivered = std::fs::read_to_string(&log).unwrap_or_default();
+        }
+        assert!(
+            delivered == printed,
+            "member {i} delivered {} lines, not the tails' sequence",
+            delivered.lines().count()
+        );
+    }
+}
+
+/// Two senders of 5,000 messages each and three tails; returns what every tail printed.
+fn two_senders_and_three_tails(cluster: &Cluster) -> String {
     const EACH: usize = 5_000;
     let tails: Vec<Running> = (0..3)
         .map(|_| spawn(cluster.sam(&["tail", "--count", &(2 * EACH).to_string(), "--format", "jsonl"])))
@@ -110,6 +140,7 @@ fn two_senders_and_three_tails_print_one_identical_sequence() {
     let outputs: Vec<String> = tails.into_iter().map(|t| stdout(finish(t, Duration::from_secs(120)))).collect();
     assert_eq!(outputs[0].lines().count(), 2 * EACH);
     assert!(outputs.iter().all(|o| *o == outputs[0]), "the tails printed different sequences");
+    outputs.into_iter().next().expect("three tails")
 }
 
 /// Durability on a real disk: a data server killed with SIGKILL restarts from its directory

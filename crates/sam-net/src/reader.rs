@@ -1,0 +1,140 @@
+//! Reading one socket: datagrams in, decoded messages out to the node.
+//!
+//! Each socket has a task of its own that decodes what arrives (a datagram that does not
+//! decode is counted and dropped, never fatal), reassembles fragments, and hands the messages
+//! to the node through a bounded queue: when the node falls behind, the task waits and the
+//! kernel's socket buffer drops, so memory stays bounded. In unicast mode the unicast socket's
+//! task also serves registrations and relays global frames (a data server), or notes that its
+//! relay is alive (a member).
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sam_core::wire::{decode_body, decode_datagram, register_frame, relay_frame, Body, Datagram};
+use sam_core::Pid;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::driver::{Incoming, NetStats, MAX_UDP_PAYLOAD_BYTES};
+use crate::peer::Peers;
+use crate::reassembly::Reassembly;
+use crate::relay::{Members, Registration};
+
+/// What this socket's task does besides decoding, in unicast mode.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Unicast {
+    /// Nothing: multicast mode, or a server that is not a data server.
+    #[default]
+    Plain,
+    /// A data server: registers members and relays global frames to them.
+    Relay,
+    /// A member: believes origins from the data servers and tells its registration what it
+    /// heard.
+    Member(Arc<Registration>),
+}
+
+/// What every socket's reading task shares.
+#[derive(Clone)]
+pub(crate) struct Reader {
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) stats: Arc<NetStats>,
+    pub(crate) tx: mpsc::Sender<Incoming>,
+    pub(crate) max_message: usize,
+}
+
+/// One task's state.
+struct Task {
+    reader: Reader,
+    socket: Arc<UdpSocket>,
+    unicast: Unicast,
+    reassembly: Reassembly,
+    members: Members,
+}
+
+impl Reader {
+    /// Reads `socket` until the driver is dropped.
+    pub(crate) fn spawn(&self, socket: Arc<UdpSocket>, unicast: Unicast) -> JoinHandle<()> {
+        let reassembly = Reassembly::new(self.max_message, 2 * self.max_message);
+        let task = Task { reader: self.clone(), socket, unicast, reassembly, members: Members::default() };
+        tokio::spawn(task.run())
+    }
+}
+
+impl Task {
+    async fn run(mut self) {
+        // One byte more than UDP carries: a datagram that fills it was cut short.
+        let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
+        loop {
+            let Ok((len, SocketAddr::V4(addr))) = self.socket.recv_from(&mut buf).await else { continue };
+            let datagram = Bytes::copy_from_slice(&buf[..len]);
+            let msgs = match decode_datagram(&datagram) {
+                Ok(decoded) if len <= MAX_UDP_PAYLOAD_BYTES => self.take(addr, &datagram, decoded).await,
+                _ => Err(()),
+            };
+            match msgs {
+                Ok(Some(incoming)) => {
+                    NetStats::add(&self.reader.stats.datagrams_in);
+                    if self.reader.tx.send(incoming).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => NetStats::add(&self.reader.stats.datagrams_in),
+                Err(()) => NetStats::add(&self.reader.stats.malformed),
+            }
+        }
+    }
+
+    /// What a decoded datagram from `addr` gives the node, if anything; `Err` for one to
+    /// count as malformed.
+    async fn take(&mut self, addr: SocketAddrV4, raw: &Bytes, datagram: Datagram) -> Result<Option<Incoming>, ()> {
+        let sender = self.reader.peers.pid_of(SocketAddr::V4(addr)).ok_or(())?;
+        if let Unicast::Member(registration) = &self.unicast {
+            registration.heard_from(addr);
+        }
+        let from = match (datagram.origin, &self.unicast) {
+            (None, _) => sender,
+            (Some(origin), Unicast::Member(r)) if r.is_relay(addr) => origin,
+            (Some(_), _) => return Err(()),
+        };
+        if datagram.global && matches!(self.unicast, Unicast::Relay) {
+            self.relay(raw, from).await;
+        }
+        let msgs = match datagram.body {
+            Body::Messages(msgs) => msgs,
+            Body::Fragment(fragment) => match self.reassembly.add(Instant::now(), from, fragment) {
+                Ok(Some(body)) => decode_body(&body).map_err(|_| ())?,
+                Ok(None) => return Ok(None),
+                Err(_) => return Err(()),
+            },
+            Body::Register { lease_ms } => {
+                self.register(addr, lease_ms).await;
+                return Ok(None);
+            }
+        };
+        Ok((!msgs.is_empty()).then_some(Incoming { from, msgs }))
+    }
+
+    /// Passes a global frame from `origin` on to every registered member.
+    async fn relay(&mut self, raw: &Bytes, origin: Pid) {
+        let frame = relay_frame(raw, origin);
+        for member in self.members.live(Instant::now()).collect::<Vec<_>>() {
+            match self.socket.send_to(&frame, member).await {
+                Ok(_) => NetStats::add(&self.reader.stats.relayed),
+                Err(_) => NetStats::add(&self.reader.stats.send_errors),
+            }
+        }
+    }
+
+    /// Grants a member's registration (a data server), or notes the grant (a member).
+    async fn register(&mut self, addr: SocketAddrV4, lease_ms: u64) {
+        if !matches!(self.unicast, Unicast::Relay) {
+            return;
+        }
+        if let Some(lease) = self.members.register(Instant::now(), addr, Duration::from_millis(lease_ms)) {
+            let _ = self.socket.send_to(&register_frame(lease.as_millis() as u64), addr).await;
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Unicast mode's relay (DESIGN section 7): members register, under a lease they renew, with
+//! a data server, which passes on to them every frame sent on the global channel.
+//!
+//! A member starts with the data server its port picks, so members spread over the data
+//! servers, renews its lease every third of it, and moves to the next data server when it has
+//! heard nothing from its own for half a lease (while a group is up, heartbeats flow every few
+//! milliseconds). A relay keeps at most [`MAX_MEMBERS`] leases and grants at most
+//! [`MAX_LEASE`]; a member that moved on is dropped when its lease runs out, and until then
+//! gets some frames twice, which the protocol tolerates as it does any duplicate.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sam_core::wire::register_frame;
+use tokio::net::UdpSocket;
+
+/// The most members one data server relays to.
+pub const MAX_MEMBERS: usize = 65_536;
+/// The longest lease a data server grants.
+pub const MAX_LEASE: Duration = Duration::from_secs(60);
+
+/// A data server's registered members and when their leases end.
+#[derive(Debug, Default)]
+pub(crate) struct Members {
+    leases: HashMap<SocketAddrV4, Instant>,
+    last_prune: Option<Instant>,
+}
+
+impl Members {
+    /// Grants `addr` a lease of `asked` (at most [`MAX_LEASE`]); `None` when full.
+    pub(crate) fn register(&mut self, now: Instant, addr: SocketAddrV4, asked: Duration) -> Option<Duration> {
+        self.prune(now);
+        if self.leases.len() >= MAX_MEMBERS && !self.leases.contains_key(&addr) {
+            return None;
+        }
+        let lease = asked.min(MAX_LEASE);
+        self.leases.insert(addr, now + lease);
+        Some(lease)
+    }
+
+    /// The members whose lease has not run out.
+    pub(crate) fn live(&mut self, now: Instant) -> impl Iterator<Item = SocketAddrV4> + '_ {
+        self.prune(now);
+        self.leases.keys().copied()
+    }
+
+    /// Forgets the members whose lease ran out (looking at most once a second).
+    fn prune(&mut self, now: Instant) {
+        if self.last_prune.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+            return;
+        }
+        self.last_prune = Some(now);
+        self.leases.retain(|_, end| *end > now);
+    }
+}
+
+/// A member's registration with one of the data servers.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    relays: Vec<SocketAddrV4>,
+    current: AtomicUsize,
+    /// When the current relay was last heard from, in ms after `epoch`.
+    heard: AtomicU64,
+    epoch: Instant,
+    lease: Duration,
+}
+
+impl Registration {
+    /// A registration of the member at `me` with one of `relays`, for leases of `lease`.
+    pub(crate) fn new(me: SocketAddrV4, relays: Vec<SocketAddrV4>, lease: Duration) -> Registration {
+        // Members take ports the system picks, so the port spreads them over the relays.
+        let first = usize::from(me.port()) % relays.len().max(1);
+        Registration {
+            relays,
+            current: AtomicUsize::new(first),
+            heard: AtomicU64::new(0),
+            epoch: Instant::now(),
+            lease,
+        }
+    }
+
+    /// Whether `addr` is one of the data servers (whose word on a frame's origin is believed).
+    pub(crate) fn is_relay(&self, addr: SocketAddrV4) -> bool {
+        self.relays.contains(&addr)
+    }
+
+    /// Notes a frame from `addr`: the current relay is alive.
+    pub(crate) fn heard_from(&self, addr: SocketAddrV4) {
+        if self.current() == Some(addr) {
+            self.heard.store(self.elapsed_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn current(&self) -> Option<SocketAddrV4> {
+        self.relays.get(self.current.load(Ordering::Relaxed)).copied()
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Registers and renews until the driver is dropped, moving to the next data server when
+    /// the current one falls silent.
+    pub(crate) async fn run(self: Arc<Self>, socket: Arc<UdpSocket>) {
+        if self.relays.is_empty() {
+            return;
+        }
+        let frame = register_frame(self.lease.as_millis() as u64);
+        let mut renew = tokio::time::interval(self.lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.heard.store(self.elapsed_ms(), Ordering::Relaxed);
+        loop {
+            renew.tick().await;
+            let silent = self.elapsed_ms().saturating_sub(self.heard.load(Ordering::Relaxed));
+            if u128::from(silent) > (self.lease / 2).as_millis() {
+                let next = (self.current.load(Ordering::Relaxed) + 1) % self.relays.len();
+                self.current.store(next, Ordering::Relaxed);
+                self.heard.store(self.elapsed_ms(), Ordering::Relaxed);
+            }
+            if let Some(relay) = self.current() {
+                // A refused send is a lost registration: the next renewal tries again.
+                let _ = socket.send_to(&frame, relay).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+    }
+
+    #[test]
+    fn leases_are_capped_and_run_out() {
+        let mut m = Members::default();
+        let now = Instant::now();
+        assert_eq!(m.register(now, addr(1), Duration::from_secs(3_600)), Some(MAX_LEASE));
+        assert_eq!(m.register(now, addr(2), Duration::from_secs(2)), Some(Duration::from_secs(2)));
+        assert_eq!(m.live(now).count(), 2);
+        let later = now + Duration::from_secs(3);
+        assert_eq!(m.live(later).collect::<Vec<_>>(), vec![addr(1)], "the short lease ran out");
+    }
+
+    #[test]
+    fn members_spread_over_the_relays() {
+        let relays: Vec<_> = (1..=3).map(addr).collect();
+        let chosen: std::collections::HashSet<_> = (1_000..1_030)
+            .map(|port| Registration::new(addr(port), relays.clone(), Duration::from_secs(3)).current())
+            .collect();
+        assert_eq!(chosen.len(), 3, "thirty members use every relay");
+    }
+}
