@@ -326,7 +326,7 @@ impl Client {
 
     /// Buffers a data message until its number is known and due (`from` tells a data server's
     /// answer from a sender's multicast).
-    pub fn handle_data(&mut self, now: Time, from: Pid, data: &Data, out: &mut Outbox) {
+    pub fn handle_data(&mut self, now: Time, from: Pid, data: Data, out: &mut Outbox) {
         let stale = self.cfg.lifetime_end(data.ts) <= self.delivered;
         if stale || self.was_delivered(&data.mid) {
             return;
@@ -335,7 +335,7 @@ impl Client {
         // Only an answer to a question lets the next question go at once: a sender's
         // multicast says nothing of whether the data server asked is alive.
         let answered = answer && self.fetching.contains(&data.mid);
-        if self.buffer_data(now, data.mid, data.ts, data.payload.clone(), answer) {
+        if self.buffer_data(now, data.mid, data.ts, data.payload, answer) {
             if answered {
                 self.data_asker.progress(now);
             }
@@ -977,11 +977,11 @@ mod tests {
     #[test]
     fn data_on_its_way_is_not_asked_again() {
         let (mut c, server, mut out) = asked();
-        c.handle_data(Time(10_200), server, &data(1), &mut out);
+        c.handle_data(Time(10_200), server, data(1), &mut out);
         c.handle_tick(Time(10_200), &mut out);
         assert!(fetches(&mut out).is_empty(), "2..=4 are on their way");
         assert_eq!(c.delivered(), Seq(1));
-        c.handle_data(Time(10_300), server, &data(3), &mut out);
+        c.handle_data(Time(10_300), server, data(3), &mut out);
         c.handle_tick(Time(10_300 + 2 * 250 + c.cfg.nack_delay_us + 1), &mut out);
         let again = fetches(&mut out);
         assert_eq!(again.iter().flat_map(|(_, m)| m.clone()).collect::<Vec<_>>(), vec![mid(2), mid(4)], "overdue");
@@ -993,8 +993,8 @@ mod tests {
     #[test]
     fn only_answers_pace_questions_and_an_overdue_answer_is_asked_of_the_next_server() {
         let (mut c, server, mut out) = asked();
-        c.handle_data(Time(10_200), server, &data(2), &mut out);
-        c.handle_data(Time(10_300), Pid(9), &data(3), &mut out);
+        c.handle_data(Time(10_200), server, data(2), &mut out);
+        c.handle_data(Time(10_300), Pid(9), data(3), &mut out);
         c.handle_tick(Time(10_300), &mut out);
         assert!(fetches(&mut out).is_empty(), "1 and 4 are on their way");
         let overdue = 10_300 + 2 * 200 + c.cfg.nack_delay_us + 1;
@@ -1029,7 +1029,7 @@ mod tests {
     /// Numbers 1..=`last` committed, each with its data at hand.
     fn committed_with_data(c: &mut Client, first: u64, last: u64, out: &mut Outbox) {
         for i in first..=last {
-            c.handle_data(Time(0), Pid(9), &data(i), out);
+            c.handle_data(Time(0), Pid(9), data(i), out);
         }
         let entries = (first..=last).map(|i| Assigned::Mid(mid(i))).collect();
         c.handle_commit(Time(0), &Commit { epoch: Epoch::initial(), first: Seq(first), entries }, out);
@@ -1082,7 +1082,7 @@ mod tests {
         let checkpoint = CheckpointInfo { seq: Seq(2), size: 1, blocks: 1, digest: Digest::of(b"s") };
         c.handle_heartbeat(Time(1), &heartbeat(3, Some(checkpoint)), &mut out);
         assert!(c.is_catching_up());
-        c.handle_data(Time(2), Pid(9), &data(4), &mut out);
+        c.handle_data(Time(2), Pid(9), data(4), &mut out);
         assert!(delivered_seqs(&mut out).is_empty(), "held while the checkpoint is fetched");
 
         let mut plain = client();

@@ -30,8 +30,14 @@ pub const INPUTS_PER_TURN: usize = 256;
 /// Sends taken from the application and waiting for room in the window; beyond it the
 /// application waits.
 pub const MAX_WAITING_SENDS: usize = 1_024;
-/// Events waiting for the application; when it falls behind, the node waits for it.
-pub const EVENT_QUEUE: usize = 65_536;
+/// Turns' worth of events waiting for the application (each turn's events travel as one
+/// batch).
+pub const EVENT_BATCHES: usize = 1_024;
+/// Events the node holds while the application is [`EVENT_BATCHES`] behind; beyond it the
+/// node stops reading the network (so deliveries wait in the socket buffer and are fetched
+/// again if dropped) but goes on serving the application's requests, which it may be waiting
+/// on.
+pub const EVENTS_HELD: usize = 65_536;
 
 /// How a node's storage starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,7 +216,9 @@ impl Reply {
 /// A handle on a running node.
 pub struct Node {
     commands: mpsc::Sender<Command>,
-    events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<Vec<Event>>,
+    /// Events of a batch taken from the node and not handed out yet.
+    ready: VecDeque<Event>,
     task: tokio::task::JoinHandle<Result<(), NodeError>>,
     local: std::net::SocketAddrV4,
     recovered: usize,
@@ -246,7 +254,7 @@ impl Node {
             process.attach_state_machine(now, machine);
         }
         let (commands, command_rx) = mpsc::channel(1024);
-        let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
+        let (event_tx, events) = mpsc::channel(EVENT_BATCHES);
         let host = Host {
             process,
             net,
@@ -254,6 +262,7 @@ impl Node {
             clock,
             writes: VecDeque::new(),
             events: event_tx,
+            turn_events: Vec::new(),
             waiting: VecDeque::new(),
             waiting_payloads: 0,
             fates: HashMap::new(),
@@ -262,7 +271,7 @@ impl Node {
             encoded: Vec::new(),
         };
         let task = tokio::spawn(host.run(command_rx, durable_rx));
-        Ok(Node { commands, events, task, local, recovered })
+        Ok(Node { commands, events, ready: VecDeque::new(), task, local, recovered })
     }
 
     /// How many records the node recovered from its log at start.
@@ -320,14 +329,25 @@ impl Node {
 
     /// The next event (`None` once the node stopped).
     pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
+        if self.ready.is_empty() {
+            self.ready.extend(self.events.recv().await?);
+        }
+        self.ready.pop_front()
     }
 
     /// Waits for at least one event, then appends up to `limit` waiting events to `into`;
     /// returns how many (0 once the node stopped). Cheaper per event than
     /// [`Node::next_event`] for an application that keeps up with a busy group.
     pub async fn next_events(&mut self, into: &mut Vec<Event>, limit: usize) -> usize {
-        self.events.recv_many(into, limit).await
+        while self.ready.is_empty() {
+            match self.events.recv().await {
+                Some(batch) => self.ready.extend(batch),
+                None => return 0,
+            }
+        }
+        let n = limit.min(self.ready.len());
+        into.extend(self.ready.drain(..n));
+        n
     }
 
     /// Stops the node after it wrote and sent what it had; returns why it stopped if it failed.
@@ -345,7 +365,9 @@ struct Host {
     clock: Instant,
     /// Writes appended and not durable yet: their ids and the position after each.
     writes: VecDeque<(WriteId, Position)>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Vec<Event>>,
+    /// The events of the current turn, sent to the application as one batch.
+    turn_events: Vec<Event>,
     /// Sends waiting for room in the window, oldest first.
     waiting: VecDeque<SendBatch>,
     /// The payloads in `waiting`.
@@ -373,8 +395,10 @@ impl Host {
         loop {
             let wake = self.process.poll_timeout().map(|t| self.clock + std::time::Duration::from_micros(t.0));
             let sleep = tokio::time::sleep_until(wake.map_or_else(far_future, tokio::time::Instant::from_std));
+            // A handle of its own, so that waiting for room does not hold `self`.
+            let events = self.events.clone();
             tokio::select! {
-                incoming = self.net.recv() => {
+                incoming = self.net.recv(), if self.turn_events.len() < EVENTS_HELD => {
                     let Some(first) = incoming else { return Ok(()) };
                     self.take(first);
                     for _ in 1..INPUTS_PER_TURN {
@@ -387,6 +411,14 @@ impl Host {
                     self.process.handle_tick(now);
                 }
                 Some(position) = durable.recv() => self.made_durable(position),
+                permit = events.reserve(), if !self.turn_events.is_empty() => {
+                    // An application that dropped its receiver is not listening: not an error.
+                    if let Ok(permit) = permit {
+                        permit.send(std::mem::take(&mut self.turn_events));
+                    } else {
+                        self.turn_events.clear();
+                    }
+                }
                 command = commands.recv(), if self.waiting_payloads < MAX_WAITING_SENDS => {
                     let Some(mut command) = command else { return self.stop().await };
                     for taken in 1.. {
@@ -458,8 +490,8 @@ impl Host {
 
     fn take(&mut self, incoming: sam_net::Incoming) {
         let now = self.now();
-        for msg in &incoming.msgs {
-            self.process.handle(now, incoming.from, msg);
+        for msg in incoming.msgs {
+            self.process.handle_owned(now, incoming.from, msg);
         }
     }
 
@@ -522,17 +554,32 @@ impl Host {
         let mut actions = std::mem::take(&mut self.actions);
         actions.extend(self.process.drain_actions());
         for action in actions.drain(..) {
-            self.carry(action).await?;
+            self.carry(action)?;
         }
         self.actions = actions;
         if let Some(log) = self.log.as_mut().filter(|_| !self.writes.is_empty()) {
             log.flush()?;
         }
         self.net.flush().await;
+        self.hand_over_events();
         Ok(())
     }
 
-    async fn carry(&mut self, action: Action) -> Result<(), NodeError> {
+    /// Gives the application this turn's events, unless it is behind: then they wait (see
+    /// [`EVENTS_HELD`]), and the node never waits on an application that may wait on it.
+    fn hand_over_events(&mut self) {
+        if self.turn_events.is_empty() {
+            return;
+        }
+        match self.events.try_send(std::mem::take(&mut self.turn_events)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(batch)) => self.turn_events = batch,
+            // Nobody listening (a server without an application) is not an error.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn carry(&mut self, action: Action) -> Result<(), NodeError> {
         let event = match action {
             Action::Send { to, msg } => {
                 // A message too large for a datagram was refused by the core's limits
@@ -557,10 +604,7 @@ impl Host {
             Action::CheckpointMismatch { seq, server, .. } => Some(Event::CheckpointMismatch { seq, server }),
             Action::Pong { from, pong } => Some(Event::Pong { from, nonce: pong.nonce, committed: pong.committed }),
         };
-        if let Some(event) = event {
-            // Nobody listening (a server without an application) is not an error.
-            let _ = self.events.send(event).await;
-        }
+        self.turn_events.extend(event);
         Ok(())
     }
 

@@ -88,11 +88,16 @@ async fn three_servers_and_three_members_deliver_one_order_over_loopback_multica
     for i in 1..=2 {
         tails.push(Node::start(member(i)).await.expect("member starts"));
     }
-    const MESSAGES: usize = 500;
     // Half one at a time, half handed over at once (more than one turn's worth of requests).
-    for i in 0..MESSAGES / 2 {
-        sender.send(Bytes::from(format!("message {i}"))).await.expect("send");
-    }
+    // The sender reads no events meanwhile: enough sends to fill its event queue, which must
+    // not stop the node from answering them.
+    const MESSAGES: usize = 6_000;
+    let one_at_a_time = async {
+        for i in 0..MESSAGES / 2 {
+            sender.send(Bytes::from(format!("message {i}"))).await.expect("send");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), one_at_a_time).await.expect("the node answers every send");
     let batch = (MESSAGES / 2..MESSAGES).map(|i| Bytes::from(format!("message {i}")));
     assert_eq!(sender.send_batch(batch).await.expect("send a batch").len(), MESSAGES / 2);
     // A client's send resolves to the number every member delivers it at.

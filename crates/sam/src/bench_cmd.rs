@@ -168,8 +168,12 @@ async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(D
     let (mut sent, mut settled, mut expired) = (0, 0, 0);
     let mut events = Vec::with_capacity(EVENTS_PER_READ);
     while settled < args.messages {
-        let room = (args.window - (sent - settled)).min(args.messages - sent).min(SEND_BATCH);
-        if room > 0 {
+        // Fill the window: a batch at a time, so the node packs each into few datagrams.
+        loop {
+            let room = (args.window - (sent - settled)).min(args.messages - sent).min(SEND_BATCH);
+            if room == 0 {
+                break;
+            }
             node.send_batch((0..room).map(|_| payload(start, args.size))).await?;
             sent += room;
         }
