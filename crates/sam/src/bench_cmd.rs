@@ -17,6 +17,7 @@ use sam_node::launch::member_spec;
 use sam_node::node::{Event, Node};
 use serde_json::json;
 
+use crate::bench_plot::{write_svg, Run};
 use crate::local_cmd::Servers;
 
 /// Measure committed and delivered messages per second and the latency from send to delivery.
@@ -43,6 +44,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also draw committed msgs/s over the run and latency by percentile into this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// Messages handed to the node at once.
@@ -57,6 +61,10 @@ struct Measured {
     p50_us: u64,
     p99_us: u64,
     expired: usize,
+    /// When each message was seen committed, from the first send.
+    commit_times: Vec<Duration>,
+    /// Every latency, in µs, sorted.
+    latencies_us: Vec<u64>,
 }
 
 /// Runs the benchmark.
@@ -83,6 +91,15 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
     }
     let m = measured?;
     let server_rss_bytes = rss.iter().copied().max().unwrap_or(0);
+    if let Some(path) = &args.plot {
+        let caption = format!(
+            "{} messages of {} bytes, {} members, window {}: {:.0} committed msgs/s",
+            args.messages, args.size, args.members, args.window, m.committed_per_s
+        );
+        let run = Run { caption, commit_times: &m.commit_times, latencies_us: &m.latencies_us };
+        write_svg(path, &run).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("plot written to {}", path.display());
+    }
     if args.json {
         let report = json!({
             "committed_per_s": m.committed_per_s.round(),
@@ -122,7 +139,8 @@ async fn run(cluster: &ClusterConfig, args: &BenchArgs) -> Result<Measured> {
     }
     let start = Instant::now();
     let receivers: Vec<_> = members.into_iter().map(|m| tokio::spawn(receive(m, args.messages, start))).collect();
-    let (commit_time, expired) = publish(&mut publisher, args, start).await?;
+    let (commit_times, expired) = publish(&mut publisher, args, start).await?;
+    let commit_time = commit_times.last().copied().unwrap_or_default();
     let mut latencies = Vec::with_capacity(args.messages * args.members);
     let mut last_delivery = Duration::ZERO;
     for receiver in receivers {
@@ -140,6 +158,8 @@ async fn run(cluster: &ClusterConfig, args: &BenchArgs) -> Result<Measured> {
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         expired,
+        commit_times,
+        latencies_us: latencies,
     })
 }
 
@@ -154,9 +174,9 @@ async fn wait_for_sequencer(node: &Node) -> Result<()> {
     Ok(())
 }
 
-/// Sends every message with at most `window` uncommitted; returns when the last was committed
-/// and how many expired.
-async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(Duration, usize)> {
+/// Sends every message with at most `window` uncommitted; returns when each was committed and
+/// how many expired.
+async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(Vec<Duration>, usize)> {
     let bar = ProgressBar::new(args.messages as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} committed {per_sec}")
@@ -167,6 +187,7 @@ async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(D
     }
     let (mut sent, mut settled, mut expired) = (0, 0, 0);
     let mut events = Vec::with_capacity(EVENTS_PER_READ);
+    let mut commit_times = Vec::with_capacity(args.messages);
     while settled < args.messages {
         // Fill the window: a batch at a time, so the node packs each into few datagrams.
         loop {
@@ -183,9 +204,13 @@ async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(D
             Ok(_) => {}
             Err(_) => bail!("nothing was committed for 10 s ({settled} of {} settled)", args.messages),
         }
+        let now = start.elapsed();
         for event in &events {
             match event {
-                Event::Committed { .. } => settled += 1,
+                Event::Committed { .. } => {
+                    settled += 1;
+                    commit_times.push(now);
+                }
                 Event::Expired { .. } | Event::OutcomeUnknown { .. } => {
                     settled += 1;
                     expired += 1;
@@ -196,7 +221,7 @@ async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(D
         bar.set_position(settled as u64);
     }
     bar.finish_and_clear();
-    Ok((start.elapsed(), expired))
+    Ok((commit_times, expired))
 }
 
 /// The send time (µs since `start`) followed by padding to `size` bytes.

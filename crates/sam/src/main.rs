@@ -1,6 +1,7 @@
 //! `sam`: the command line of SAM, Scalable Atomic Multicast.
 
 mod bench_cmd;
+mod bench_plot;
 mod local_cmd;
 mod model_cmd;
 mod send_cmd;

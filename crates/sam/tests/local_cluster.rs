@@ -298,8 +298,12 @@ fn status_shows_the_sequencer_and_which_servers_answer() {
 /// `sam bench` starts its own cluster, measures, stops it, and prints the figures as JSON.
 #[test]
 fn bench_reports_throughput_latency_and_server_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plot = dir.path().join("bench.svg");
     let out = Command::new(SAM)
         .args(["bench", "--members", "2", "--messages", "500", "--window", "64", "--json", "--base-port", "22000"])
+        .arg("--plot")
+        .arg(&plot)
         .output()
         .expect("run sam bench");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -309,4 +313,6 @@ fn bench_reports_throughput_latency_and_server_memory() {
     }
     assert!(report["p50_us"].as_f64() <= report["p99_us"].as_f64(), "{report}");
     assert_eq!(report["expired"].as_u64(), Some(0), "{report}");
+    let svg = std::fs::read_to_string(&plot).expect("the plot is written");
+    assert!(svg.contains("committed messages per second") && svg.contains("by percentile"));
 }
