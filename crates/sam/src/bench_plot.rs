@@ -122,7 +122,7 @@ mod tests {
     fn the_svg_has_both_charts() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bench.svg");
-        let times: Vec<Duration> = (0..1_000).map(|i| Duration::from_millis(i)).collect();
+        let times: Vec<Duration> = (0..1_000).map(Duration::from_millis).collect();
         let latencies: Vec<u64> = (1..=500).collect();
         write_svg(&path, &Run { caption: "test".into(), commit_times: &times, latencies_us: &latencies })
             .expect("written");
