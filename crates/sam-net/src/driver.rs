@@ -21,6 +21,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::batch;
 use crate::peer::Peers;
 use crate::reader::{Reader, Unicast};
 use crate::relay::Registration;
@@ -111,6 +112,8 @@ pub struct NetStats {
     pub datagrams_in: AtomicU64,
     /// Datagrams sent.
     pub datagrams_out: AtomicU64,
+    /// System calls that sent them (many datagrams per call where the platform allows).
+    pub send_calls: AtomicU64,
     /// Datagrams dropped because they did not decode (garbage, truncated, wrong version).
     pub malformed: AtomicU64,
     /// Messages dropped because their destination has no address.
@@ -297,24 +300,25 @@ impl Net {
                 self.ready.push((*target, frame));
             }
         }
-        for (target, frame) in std::mem::take(&mut self.ready) {
-            match target {
-                Target::One(addr) => self.send(&frame, addr).await,
-                Target::Fanout(channel) => {
-                    let Routes::Unicast(listeners) = &self.channels else { continue };
-                    for addr in listeners.get(&channel).into_iter().flatten() {
-                        self.send(&frame, *addr).await;
-                    }
+        let ready = std::mem::take(&mut self.ready);
+        let mut datagrams: Vec<(SocketAddrV4, &[u8])> = Vec::with_capacity(ready.len());
+        for (target, frame) in &ready {
+            match (target, &self.channels) {
+                (Target::One(addr), _) => datagrams.push((*addr, frame)),
+                (Target::Fanout(channel), Routes::Unicast(listeners)) => {
+                    datagrams.extend(listeners.get(channel).into_iter().flatten().map(|addr| (*addr, &frame[..])));
                 }
+                (Target::Fanout(_), Routes::Multicast(_)) => {}
             }
         }
-    }
-
-    async fn send(&self, frame: &[u8], addr: SocketAddrV4) {
-        match self.socket.send_to(frame, addr).await {
-            Ok(_) => NetStats::add(&self.stats.datagrams_out),
-            Err(_) => NetStats::add(&self.stats.send_errors),
-        }
+        let outcome = batch::send_all(&self.socket, &datagrams).await;
+        self.stats.datagrams_out.fetch_add(outcome.sent, Ordering::Relaxed);
+        self.stats.send_calls.fetch_add(outcome.calls, Ordering::Relaxed);
+        self.stats.send_errors.fetch_add(outcome.refused, Ordering::Relaxed);
+        drop(datagrams);
+        // The buffer is kept: no allocation per flush once it has grown.
+        self.ready = ready;
+        self.ready.clear();
     }
 
     /// The next datagram's messages (waits for one).

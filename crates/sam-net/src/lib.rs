@@ -14,6 +14,7 @@
 //!   counted in [`NetStats::malformed`] and dropped.
 #![deny(missing_docs)]
 
+mod batch;
 mod driver;
 pub mod peer;
 mod reader;

@@ -18,7 +18,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::batch;
 use crate::driver::{Incoming, NetStats, MAX_UDP_PAYLOAD_BYTES};
+
+/// Datagrams one system call may read (each has a buffer of the largest UDP payload).
+const RECV_BATCH: usize = 8;
 use crate::peer::Peers;
 use crate::reassembly::Reassembly;
 use crate::relay::{Members, Registration};
@@ -65,24 +69,32 @@ impl Reader {
 
 impl Task {
     async fn run(mut self) {
-        // One byte more than UDP carries: a datagram that fills it was cut short.
-        let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
+        // One byte more than UDP carries: a datagram that fills its buffer was cut short.
+        let mut bufs = vec![vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1]; RECV_BATCH];
+        let mut got = Vec::with_capacity(RECV_BATCH);
         loop {
-            let Ok((len, SocketAddr::V4(addr))) = self.socket.recv_from(&mut buf).await else { continue };
-            let datagram = Bytes::copy_from_slice(&buf[..len]);
-            let msgs = match decode_datagram(&datagram) {
-                Ok(decoded) if len <= MAX_UDP_PAYLOAD_BYTES => self.take(addr, &datagram, decoded).await,
-                _ => Err(()),
-            };
-            match msgs {
-                Ok(Some(incoming)) => {
-                    NetStats::add(&self.reader.stats.datagrams_in);
-                    if self.reader.tx.send(incoming).await.is_err() {
-                        return;
+            if batch::recv_some(&self.socket, &mut bufs, &mut got).await.is_err() {
+                continue;
+            }
+            for (i, (len, from)) in got.iter().enumerate() {
+                let datagram = bufs[i].get(..*len).filter(|_| *len <= MAX_UDP_PAYLOAD_BYTES);
+                let msgs = match (datagram.map(Bytes::copy_from_slice), from) {
+                    (Some(datagram), SocketAddr::V4(addr)) => match decode_datagram(&datagram) {
+                        Ok(decoded) => self.take(*addr, &datagram, decoded).await,
+                        Err(_) => Err(()),
+                    },
+                    _ => Err(()),
+                };
+                match msgs {
+                    Ok(Some(incoming)) => {
+                        NetStats::add(&self.reader.stats.datagrams_in);
+                        if self.reader.tx.send(incoming).await.is_err() {
+                            return;
+                        }
                     }
+                    Ok(None) => NetStats::add(&self.reader.stats.datagrams_in),
+                    Err(()) => NetStats::add(&self.reader.stats.malformed),
                 }
-                Ok(None) => NetStats::add(&self.reader.stats.datagrams_in),
-                Err(()) => NetStats::add(&self.reader.stats.malformed),
             }
         }
     }
