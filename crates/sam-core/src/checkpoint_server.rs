@@ -96,8 +96,11 @@ impl CheckpointServer {
         for record in records {
             match record {
                 Record::Checkpoint { seq, snapshot } => {
-                    if server.kept.back().is_none_or(|c| c.seq < *seq) {
-                        server.kept.push_back(Checkpoint::new(*seq, snapshot.clone()));
+                    // In order of number, whatever the order of the records (a log whose
+                    // records were copied forward holds an old one after newer ones).
+                    let at = server.kept.partition_point(|c| c.seq < *seq);
+                    if server.kept.get(at).is_none_or(|c| c.seq != *seq) {
+                        server.kept.insert(at, Checkpoint::new(*seq, snapshot.clone()));
                     }
                     if server.kept.len() > KEPT_CHECKPOINTS + 1 {
                         server.kept.pop_front();

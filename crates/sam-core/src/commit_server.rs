@@ -173,9 +173,17 @@ impl CommitServer {
             Record::Slots { first, slots } => {
                 for (i, slot) in slots.iter().enumerate() {
                     self.promised = self.promised.max(slot.epoch);
-                    let committed =
-                        self.stored(first.plus(i as u64)).is_some_and(|s| s.committed && s.slot.entry == slot.entry);
-                    self.put(first.plus(i as u64), Stored { slot: *slot, written_by: WriteId(0), committed });
+                    let seq = first.plus(i as u64);
+                    // Replaced only by a higher epoch, as when it was accepted: a log whose
+                    // records were copied forward replays them out of order.
+                    if self.stored(seq).is_some_and(|s| s.slot.epoch > slot.epoch) {
+                        continue;
+                    }
+                    // At or below a `Committed` record replayed before it, a slot of the
+                    // highest epoch holds the committed entry.
+                    let committed = seq <= self.committed
+                        || self.stored(seq).is_some_and(|s| s.committed && s.slot.entry == slot.entry);
+                    self.put(seq, Stored { slot: *slot, written_by: WriteId(0), committed });
                 }
             }
             Record::Committed(upto) => {

@@ -134,6 +134,29 @@ impl Process {
         self.client.as_ref()
     }
 
+    /// Whether a record in this process's log still says something a restart needs (DESIGN
+    /// section 5: what a checkpoint covers is garbage). A host may drop the records that are
+    /// not needed and copy the others forward, in any order, once every write made before it
+    /// asked is durable: replay does not depend on the order of the records kept.
+    pub fn needs(&self, record: &Record) -> bool {
+        let commit = self.commit.as_ref();
+        match record {
+            Record::Data(d) => self.data.as_ref().is_some_and(|ds| ds.holds(&d.mid)),
+            Record::Slots { first, slots } => commit.is_some_and(|c| first.plus(slots.len() as u64) > c.floor().next()),
+            Record::Promise(epoch) => commit.is_some_and(|c| *epoch == c.promised()),
+            Record::StorageLost => commit.is_some_and(CommitServer::is_rejoining),
+            Record::Floor { floor, .. } => commit.is_some_and(|c| *floor == c.floor()),
+            Record::Checkpoint { seq, .. } => {
+                self.checkpoint.as_ref().is_some_and(|cp| cp.kept().any(|k| k.seq == *seq))
+            }
+            // Losing it costs a refill from the peers; and a later one is written as commits go on.
+            Record::Committed(_) => false,
+            // It voids checkpoints written before it, which a host drops with it (retirement
+            // takes the oldest records first), and none kept after it.
+            Record::Diverged(_) => false,
+        }
+    }
+
     /// Sets where the client role's deliveries start (before the process hears anything).
     pub fn deliver_from(&mut self, from: DeliverFrom) {
         if let Some(c) = &mut self.client {

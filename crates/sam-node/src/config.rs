@@ -45,6 +45,9 @@ pub const DATAGRAM_BYTES_MAX: usize = 65_507;
 pub const MESSAGE_BYTES_DEFAULT: usize = 1 << 20;
 /// The largest message limit: a large message is reassembled in memory from its fragments.
 pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// The smallest log segment: a record larger than a segment gets one of its own, so tiny
+/// segments would mean a file per record.
+pub const SEGMENT_BYTES_MIN: u64 = 4_096;
 /// The default relay lease (unicast mode): a member moves to another data server 1.5 s after
 /// its own fell silent, well within the time a member takes to notice a gap anyway.
 pub const RELAY_LEASE_MS_DEFAULT: u64 = 3_000;
@@ -618,11 +621,18 @@ pub struct StorageConfig {
     pub durability: Durability,
     /// The directory under which each server without a `dir` of its own gets `server-ID`.
     pub dir: PathBuf,
+    /// The size at which a server's log starts a new segment; old segments are compacted
+    /// away whole once what checkpoints cover is garbage.
+    pub segment_bytes: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> StorageConfig {
-        StorageConfig { durability: Durability::Fsync, dir: PathBuf::from("data") }
+        StorageConfig {
+            durability: Durability::Fsync,
+            dir: PathBuf::from("data"),
+            segment_bytes: sam_store::SEGMENT_SIZE_BYTES_DEFAULT,
+        }
     }
 }
 
@@ -752,7 +762,7 @@ impl ClusterConfig {
             channels: Some(channels),
             servers: servers_list,
             protocol,
-            storage: StorageConfig { durability: Durability::Fsync, dir: dir.join("data") },
+            storage: StorageConfig { dir: dir.join("data"), ..StorageConfig::default() },
             network: NetworkConfig::default(),
         }
     }
@@ -813,6 +823,8 @@ impl ClusterConfig {
             return Err(ConfigError::NoChannels);
         }
         self.validate_network()?;
+        let segment = self.storage.segment_bytes;
+        check_ranges("storage", &[("segment_bytes", segment, SEGMENT_BYTES_MIN, sam_store::SEGMENT_SIZE_BYTES_MAX)])?;
         self.core().validate()?;
         Ok(())
     }

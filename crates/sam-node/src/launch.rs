@@ -118,6 +118,7 @@ pub fn server_spec(cluster: &ClusterConfig, id: Pid, start: StorageStart, seed: 
         state_machine,
         seed,
         deliver_from: DeliverFrom::Start,
+        segment_bytes: cluster.storage.segment_bytes,
     })
 }
 
@@ -148,5 +149,6 @@ pub fn member_spec(cluster: &ClusterConfig, seed: u64, table: bool) -> Result<No
         state_machine,
         seed,
         deliver_from: DeliverFrom::Start,
+        segment_bytes: cluster.storage.segment_bytes,
     })
 }

@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+mod compaction;
 pub mod config;
 pub mod launch;
 pub mod node;

@@ -24,6 +24,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{Client, SendFailure};
+use crate::compaction::{self, Compaction};
 
 /// Inputs handled per turn of the loop before the node writes and sends what they caused.
 pub const INPUTS_PER_TURN: usize = 256;
@@ -70,6 +71,8 @@ pub struct NodeSpec {
     pub state_machine: Option<Box<dyn StateMachine + Send>>,
     /// Seeds the process's randomness (NACK jitter, server rotation).
     pub seed: u64,
+    /// The size at which its log starts a new segment (the unit of compaction).
+    pub segment_bytes: u64,
     /// Where its member's deliveries start.
     pub deliver_from: DeliverFrom,
 }
@@ -231,7 +234,12 @@ impl Node {
         let on_durable: OnDurable = Arc::new(move |position: Position| {
             let _ = durable_tx.send(position);
         });
-        let options = LogOptions { durability: spec.durability, on_durable: Some(on_durable), ..LogOptions::default() };
+        let options = LogOptions {
+            durability: spec.durability,
+            on_durable: Some(on_durable),
+            segment_size_bytes: spec.segment_bytes,
+            ..LogOptions::default()
+        };
         let (log, records) = match spec.dir.clone() {
             Some(dir) => {
                 let (log, records) = open_log(dir, options).await?;
@@ -269,6 +277,8 @@ impl Node {
             max_message: spec.net.max_message_bytes,
             actions: Vec::new(),
             encoded: Vec::new(),
+            compaction: Compaction::new(std::time::Instant::now()),
+            segments: mpsc::channel(1),
         };
         let task = tokio::spawn(host.run(command_rx, durable_rx));
         Ok(Node { commands, events, ready: VecDeque::new(), task, local, recovered })
@@ -380,6 +390,10 @@ struct Host {
     actions: Vec<Action>,
     /// A buffer records are encoded into.
     encoded: Vec<u8>,
+    /// Where the compaction of the log stands.
+    compaction: Compaction,
+    /// Segments read for compaction, from the task that read them.
+    segments: (mpsc::Sender<compaction::Read>, mpsc::Receiver<compaction::Read>),
 }
 
 impl Host {
@@ -410,7 +424,8 @@ impl Host {
                     let now = self.now();
                     self.process.handle_tick(now);
                 }
-                Some(position) = durable.recv() => self.made_durable(position),
+                Some(position) = durable.recv() => self.made_durable(position)?,
+                Some(read) = self.segments.1.recv() => self.compact(read?)?,
                 permit = events.reserve(), if !self.turn_events.is_empty() => {
                     // An application that dropped its receiver is not listening: not an error.
                     if let Ok(permit) = permit {
@@ -435,6 +450,7 @@ impl Host {
             }
             self.send_waiting();
             self.carry_out().await?;
+            self.look_at_oldest_segment();
         }
     }
 
@@ -537,7 +553,7 @@ impl Host {
     }
 
     /// Tells the process which writes the log made durable.
-    fn made_durable(&mut self, durable: Position) {
+    fn made_durable(&mut self, durable: Position) -> Result<(), NodeError> {
         let mut upto = None;
         while self.writes.front().is_some_and(|(_, end)| *end <= durable) {
             upto = self.writes.pop_front().map(|(id, _)| id);
@@ -546,6 +562,59 @@ impl Host {
             let now = self.now();
             self.process.handle_durable(now, upto);
         }
+        self.retire(durable)
+    }
+
+    /// Starts reading the oldest sealed segment when a look is due (see [`crate::compaction`]).
+    fn look_at_oldest_segment(&mut self) {
+        let now = std::time::Instant::now();
+        let Some(log) = self.log.as_ref().filter(|_| self.compaction.due(now)) else { return };
+        let Some(segment) = log.oldest_sealed() else {
+            self.compaction = Compaction::new(now);
+            return;
+        };
+        self.compaction = Compaction::Reading;
+        let tx = self.segments.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let read = sam_store::read_sealed(&segment).map(|records| (segment, records));
+            let _ = tx.blocking_send(read);
+        });
+    }
+
+    /// Copies forward what a read segment holds that the process still needs, if that is at
+    /// most half of it; else looks again later.
+    fn compact(
+        &mut self,
+        (segment, records): (sam_store::SealedInfo, Vec<(Position, Bytes)>),
+    ) -> Result<(), NodeError> {
+        let Some(log) = self.log.as_mut() else { return Ok(()) };
+        // A record that does not decode is kept: only the process can tell it is garbage.
+        let process = &self.process;
+        let needed: Vec<&Bytes> = records
+            .iter()
+            .map(|(_, bytes)| bytes)
+            .filter(|b| decode_record(b).map_or(true, |r| process.needs(&r)))
+            .collect();
+        if !compaction::worth_compacting(needed.len(), records.len()) {
+            self.compaction = Compaction::Idle { next: std::time::Instant::now() + compaction::COMPACT_RETRY };
+            return Ok(());
+        }
+        for bytes in needed {
+            log.append(bytes)?;
+        }
+        log.flush()?;
+        self.compaction = Compaction::Retiring { end: segment.end, after: log.end() };
+        let durable = log.durable();
+        self.retire(durable)
+    }
+
+    /// Retires the segment being compacted once its copies are durable.
+    fn retire(&mut self, durable: Position) -> Result<(), NodeError> {
+        let (Some(log), Some(end)) = (self.log.as_mut(), self.compaction.retirable(durable)) else { return Ok(()) };
+        log.retire_before(end)?;
+        // The next segment may be garbage too: look at once.
+        self.compaction = Compaction::Idle { next: std::time::Instant::now() };
+        Ok(())
     }
 
     /// Carries out the process's actions, then writes and sends what they asked for.

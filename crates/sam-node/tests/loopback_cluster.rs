@@ -15,14 +15,22 @@ use sam_node::node::{Event, Node, NodeError, NodeSpec, StorageStart};
 use sam_store::Durability;
 
 const SERVERS: [u64; 3] = [1, 2, 3];
+/// The checkpoint server of the compaction test.
+const CHECKPOINT_SERVER: u64 = 4;
 
-fn server_addr(pid: u64) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::LOCALHOST, 45_100 + pid as u16)
+/// Each test runs on a site of its own: ports and groups no other test uses.
+#[derive(Clone, Copy)]
+struct Site(u16);
+
+impl Site {
+    fn server_addr(self, pid: u64) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 45_100 + self.0 * 20 + pid as u16)
+    }
 }
 
-fn plan(unicast: SocketAddrV4, listen: Vec<Channel>) -> NetPlan {
+fn plan(site: Site, unicast: SocketAddrV4, listen: Vec<Channel>) -> NetPlan {
     let group = |i: u16| Group {
-        addr: SocketAddrV4::new(Ipv4Addr::new(239, 255, 78, i as u8 + 1), 45_200 + i),
+        addr: SocketAddrV4::new(Ipv4Addr::new(239, 255, 78 + site.0 as u8, i as u8 + 1), 45_110 + site.0 * 20 + i),
         interface: Ipv4Addr::LOCALHOST,
         ttl: 0,
     };
@@ -33,7 +41,7 @@ fn plan(unicast: SocketAddrV4, listen: Vec<Channel>) -> NetPlan {
             groups: channels.iter().enumerate().map(|(i, c)| (*c, group(i as u16))).collect::<HashMap<_, _>>(),
             listen,
         },
-        servers: SERVERS.iter().map(|p| (Pid(*p), server_addr(*p))).collect(),
+        servers: SERVERS.iter().chain([&CHECKPOINT_SERVER]).map(|p| (Pid(*p), site.server_addr(*p))).collect(),
         max_datagram_bytes: 60_000,
         max_message_bytes: 1 << 20,
     }
@@ -51,6 +59,7 @@ fn spec(cfg: &Arc<Config>, pid: Pid, roles: Roles, net: NetPlan, dir: Option<&st
         state_machine: None,
         seed: pid.0,
         deliver_from: DeliverFrom::Start,
+        segment_bytes: sam_store::SEGMENT_SIZE_BYTES_DEFAULT,
     }
 }
 
@@ -67,6 +76,7 @@ async fn deliveries(node: &mut Node, count: usize) -> Vec<(Seq, Bytes)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_and_three_members_deliver_one_order_over_loopback_multicast() {
+    const SITE: Site = Site(0);
     let dir = tempfile::tempdir().expect("tempdir");
     let pids: Vec<Pid> = SERVERS.iter().map(|p| Pid(*p)).collect();
     let mut cfg = Config::new(pids.clone(), pids.clone(), vec![]);
@@ -75,12 +85,12 @@ async fn three_servers_and_three_members_deliver_one_order_over_loopback_multica
     let mut servers = Vec::new();
     for pid in &pids {
         let roles = Roles { commit: true, data: true, ..Roles::default() };
-        let net = plan(server_addr(pid.0), vec![Channel::Global, Channel::Data, Channel::Commit]);
+        let net = plan(SITE, SITE.server_addr(pid.0), vec![Channel::Global, Channel::Data, Channel::Commit]);
         servers.push(Node::start(spec(&cfg, *pid, roles, net, Some(dir.path()))).await.expect("server starts"));
     }
     let member = |i: u64| {
         let roles = Roles { client: Some(Incarnation(100 + i)), ..Roles::default() };
-        let net = plan(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
+        let net = plan(SITE, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
         spec(&cfg, Pid(1_000 + i), roles, net, None)
     };
     let sender = Node::start(member(0)).await.expect("sender starts");

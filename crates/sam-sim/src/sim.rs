@@ -82,6 +82,9 @@ struct Disk {
     durable: Vec<Record>,
     pending: Vec<(WriteId, Record)>,
     syncing: bool,
+    /// A compaction under way: the oldest durable records to drop once the copies of the
+    /// needed ones, written with the pending write of this id, are durable.
+    retiring: Option<(usize, WriteId)>,
     entries: FxHashMap<Seq, Assigned>,
     mids: FxHashSet<Mid>,
 }
@@ -112,26 +115,44 @@ impl Disk {
             }
             self.durable.push(record);
         }
+        if let Some((count, _)) = self.retiring.filter(|(_, id)| *id <= upto) {
+            self.durable.drain(..count);
+            self.retiring = None;
+        }
         accepted
+    }
+
+    /// Forgets the writes a crash loses, and the compaction that waited for them.
+    fn lose_pending(&mut self) {
+        self.pending.clear();
+        self.syncing = false;
+        self.retiring = None;
     }
 }
 
 impl Disk {
-    /// Drops the records a process no longer needs: slots at or below a commit server's
-    /// floor, messages a data server dropped, checkpoints older than those a checkpoint server
-    /// keeps. A restart then recovers what a real store would still hold.
+    /// Compacts as the node does (`sam_node`'s log retirement): the older half of the durable
+    /// records is read, the ones the process still needs ([`Process::needs`]) are copied to
+    /// the end, and the half is dropped once the copies and every write before them are
+    /// durable. A restart then replays what a real store would still hold, in that order.
     fn compact(&mut self, state: &Process) {
+        if self.retiring.is_none() {
+            let half = self.durable.len() / 2;
+            let copies: Vec<Record> = self.durable[..half].iter().filter(|r| state.needs(r)).cloned().collect();
+            match self.pending.last() {
+                Some(&(id, _)) => {
+                    self.pending.extend(copies.into_iter().map(|r| (id, r)));
+                    self.retiring = Some((half, id));
+                }
+                None => {
+                    self.durable.drain(..half);
+                    self.durable.extend(copies);
+                }
+            }
+        }
         let floor = state.commit_server().map_or(Seq::ZERO, sam_core::CommitServer::floor);
-        let data = state.data_server();
-        let oldest_kept = state.checkpoint_server().and_then(|c| c.kept().next()).map_or(Seq::ZERO, |c| c.seq);
-        self.durable.retain(|r| match r {
-            Record::Slots { first, slots } => first.plus(slots.len() as u64) > floor.next(),
-            Record::Data(d) => data.is_none_or(|ds| ds.holds(&d.mid)),
-            Record::Checkpoint { seq, .. } => *seq >= oldest_kept,
-            _ => true,
-        });
         self.entries.retain(|seq, _| *seq > floor);
-        if let Some(ds) = data {
+        if let Some(ds) = state.data_server() {
             self.mids.retain(|mid| ds.holds(mid));
         }
     }
@@ -592,8 +613,7 @@ impl Simulation {
                 }
                 p.state = None;
                 p.life += 1;
-                p.disk.pending.clear();
-                p.disk.syncing = false;
+                p.disk.lose_pending();
                 p.wake_at = None;
                 let commit = matches!(p.kind, ProcKind::Commit | ProcKind::Sequencer);
                 if commit && self.cfg.wipes && self.may_wipe(proc) && self.rng.random_bool(0.25) {
@@ -601,6 +621,7 @@ impl Simulation {
                     // it was acknowledged (a lost disk is one failure of its kind).
                     let p = &mut self.procs[proc];
                     p.disk.durable.clear();
+                    p.disk.retiring = None;
                     p.wiped = true;
                     self.faults.wipes += 1;
                 }

@@ -80,7 +80,8 @@ use std::fmt;
 pub use crate::error::{Corruption, RecordFault, StoreError};
 pub use crate::group_commit::{DurableWatch, OnDurable};
 pub use crate::log::{
-    Durability, Log, LogOptions, SEGMENT_SIZE_BYTES_DEFAULT, SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN,
+    read_sealed, Durability, Log, LogOptions, SealedInfo, SEGMENT_SIZE_BYTES_DEFAULT, SEGMENT_SIZE_BYTES_MAX,
+    SEGMENT_SIZE_BYTES_MIN,
 };
 pub use crate::recovery::{Recovered, TornTail};
 

@@ -7,6 +7,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use bytes::Bytes;
+
 use crate::disk::{self, DirLock};
 use crate::error::StoreError;
 use crate::format::{self, RECORD_LEN_MAX, SEGMENT_HEADER_LEN};
@@ -117,6 +119,25 @@ impl LogOptions {
             preallocate_bytes: self.preallocate.then_some(self.segment_size_bytes),
         }
     }
+}
+
+/// A sealed segment, to read with [`read_sealed`] (off the thread that drives the log, if
+/// need be: a sealed segment never changes) before compacting it away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedInfo {
+    /// Its file.
+    pub path: PathBuf,
+    /// The position of its first record.
+    pub base: Position,
+    /// The position after its last record: where the next segment starts.
+    pub end: Position,
+}
+
+/// Reads the records of a sealed segment, verifying each; any damage is an error.
+pub fn read_sealed(segment: &SealedInfo) -> Result<Vec<(Position, Bytes)>, StoreError> {
+    let mut records = Vec::new();
+    crate::recovery::read_sealed(&segment.path, segment.base, &mut records)?;
+    Ok(records)
 }
 
 /// An append-only log of byte records in a directory, with pipelined group commit.
@@ -268,6 +289,14 @@ impl Log {
             }
         }
         Ok(retired)
+    }
+
+    /// The oldest sealed segment (every record of it is durable), if there is one besides the
+    /// active segment: the one [`Log::retire_before`] retires first.
+    pub fn oldest_sealed(&self) -> Option<SealedInfo> {
+        let oldest = self.sealed.front()?;
+        let end = self.sealed.get(1).map_or(self.active.base, |next| next.base);
+        Some(SealedInfo { path: oldest.path.clone(), base: oldest.base, end })
     }
 
     /// Seals the active segment and starts the next one at the next position. The sealed segment

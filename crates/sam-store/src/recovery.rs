@@ -111,6 +111,11 @@ fn list_segments(dir: &Path) -> Result<Vec<(Position, PathBuf)>, StoreError> {
     Ok(segments)
 }
 
+/// Reads a sealed segment of a log that is open (it must be whole).
+pub(crate) fn read_sealed(path: &Path, base: Position, records: &mut Vec<(Position, Bytes)>) -> Result<(), StoreError> {
+    recover_sealed(path, base, None, records).map(|_| ())
+}
+
 /// Reads a segment that is not the last: it must be whole. Returns the position after its last
 /// record.
 fn recover_sealed(

@@ -250,10 +250,7 @@ fn a_segment_torn_while_being_created_is_started_again() {
 fn retire_before_deletes_only_whole_covered_segments() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_log(dir.path(), 60, options(256, true));
-    let bases: Vec<u64> = segment_files(dir.path())
-        .iter()
-        .map(|path| path.file_stem().and_then(|stem| stem.to_str()).expect("name").parse().expect("digits"))
-        .collect();
+    let bases = segment_bases(dir.path());
     assert!(bases.len() >= 4);
     let (mut log, _) = Log::open(dir.path(), options(256, true)).expect("open");
     // A position inside the third segment covers the first two only.
@@ -269,6 +266,35 @@ fn retire_before_deletes_only_whole_covered_segments() {
     let (log, recovered) = Log::open(dir.path(), options(256, true)).expect("open");
     assert_eq!(recovered.records.first().map(|(position, _)| *position), Some(log.start()));
     assert_eq!(recovered.records.last().map(|(position, _)| *position), Some(Position(59)));
+}
+
+/// Compaction's view of the log: the oldest sealed segment, read whole, is the one retired
+/// first, and the active segment is never offered.
+#[test]
+fn the_oldest_sealed_segment_is_read_whole_then_retired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), 60, options(256, true));
+    let (mut log, _) = Log::open(dir.path(), options(256, true)).expect("open");
+    let oldest = log.oldest_sealed().expect("a sealed segment");
+    assert_eq!(oldest.base, Position::ZERO);
+    let records = sam_store::read_sealed(&oldest).expect("read");
+    let positions: Vec<u64> = records.iter().map(|(p, _)| p.0).collect();
+    assert_eq!(positions, (0..oldest.end.0).collect::<Vec<_>>());
+    assert!(records.iter().all(|(p, bytes)| *bytes == record(p.0 as usize)));
+    assert_eq!(log.retire_before(oldest.end).expect("retire"), 1);
+    assert_eq!(log.start(), oldest.end);
+    while log.oldest_sealed().is_some() {
+        let next = log.oldest_sealed().expect("sealed");
+        log.retire_before(next.end).expect("retire");
+    }
+    assert_eq!(log.start(), Position(*segment_bases(dir.path()).last().expect("active")), "the active one stays");
+}
+
+fn segment_bases(dir: &Path) -> Vec<u64> {
+    segment_files(dir)
+        .iter()
+        .map(|path| path.file_stem().and_then(|stem| stem.to_str()).expect("name").parse().expect("digits"))
+        .collect()
 }
 
 #[test]
