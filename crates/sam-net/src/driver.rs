@@ -194,7 +194,14 @@ impl Net {
         let peers = Arc::new(Peers::new(plan.servers.iter().copied()));
         let stats = Arc::new(NetStats::default());
         let (tx, incoming) = mpsc::channel(INCOMING_QUEUE_DATAGRAMS);
-        let reader = Reader { peers: peers.clone(), stats: stats.clone(), tx, max_message: plan.max_message_bytes };
+        let max_datagram = plan.max_datagram_bytes.clamp(64, MAX_UDP_PAYLOAD_BYTES);
+        let reader = Reader {
+            peers: peers.clone(),
+            stats: stats.clone(),
+            tx,
+            max_message: plan.max_message_bytes,
+            max_datagram,
+        };
         let mut readers = Vec::new();
         let channels = match &plan.transport {
             TransportPlan::Multicast { groups, listen } => {
@@ -229,7 +236,7 @@ impl Net {
             local,
             channels,
             peers,
-            max_datagram: plan.max_datagram_bytes.clamp(64, MAX_UDP_PAYLOAD_BYTES),
+            max_datagram,
             packers: Vec::new(),
             series: first_series(),
             ready: Vec::new(),

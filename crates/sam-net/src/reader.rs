@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sam_core::wire::{decode_body, decode_datagram, register_frame, relay_frame, Body, Datagram};
+use sam_core::wire::{
+    decode_body, decode_datagram, register_frame, relay_frame, Body, Datagram, FRAGMENT_HEADER_MAX, HEADER_LEN,
+    RELAY_OVERHEAD,
+};
 use sam_core::Pid;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -47,6 +50,8 @@ pub(crate) struct Reader {
     pub(crate) stats: Arc<NetStats>,
     pub(crate) tx: mpsc::Sender<Incoming>,
     pub(crate) max_message: usize,
+    /// The group's datagram size (fragments are at most this long).
+    pub(crate) max_datagram: usize,
 }
 
 /// One task's state.
@@ -61,7 +66,8 @@ struct Task {
 impl Reader {
     /// Reads `socket` until the driver is dropped.
     pub(crate) fn spawn(&self, socket: Arc<UdpSocket>, unicast: Unicast) -> JoinHandle<()> {
-        let reassembly = Reassembly::new(self.max_message, 2 * self.max_message);
+        let min_chunk = self.max_datagram.saturating_sub(HEADER_LEN + FRAGMENT_HEADER_MAX + RELAY_OVERHEAD);
+        let reassembly = Reassembly::new(self.max_message, 2 * self.max_message, min_chunk);
         let task = Task { reader: self.clone(), socket, unicast, reassembly, members: Members::default() };
         tokio::spawn(task.run())
     }

@@ -45,19 +45,26 @@ pub struct Reassembly {
     series: HashMap<(Pid, u64), Series>,
     held: usize,
     max_message: usize,
+    /// The most fragments a series of the largest message needs: a series claiming more is
+    /// refused before its table of chunks is allocated.
+    max_count: usize,
     max_held: usize,
     last_sweep: Option<Instant>,
 }
 
 impl Reassembly {
     /// Reassembly of messages of at most `max_message` payload bytes, holding at most
-    /// `max_held` bytes of incomplete series.
-    pub fn new(max_message: usize, max_held: usize) -> Reassembly {
+    /// `max_held` bytes of incomplete series; every fragment but a series' last carries at
+    /// least `min_chunk` bytes (the group's datagram size less the headers), which bounds the
+    /// fragments a series may claim before its table of chunks is allocated.
+    pub fn new(max_message: usize, max_held: usize, min_chunk: usize) -> Reassembly {
         let max_message = max_message.saturating_add(ENCODING_SLACK);
+        let max_count = max_message.div_ceil(min_chunk.max(1)) + 1;
         Reassembly {
             series: HashMap::new(),
             held: 0,
             max_message,
+            max_count,
             max_held: max_held.max(max_message),
             last_sweep: None,
         }
@@ -72,9 +79,7 @@ impl Reassembly {
     /// series is complete.
     pub fn add(&mut self, now: Instant, from: Pid, fragment: Fragment) -> Result<Option<Bytes>, Refused> {
         self.sweep(now);
-        // A fragment is at least one byte of chunk, so no series needs more fragments than the
-        // largest message has bytes.
-        if fragment.count as usize > self.max_message {
+        if fragment.count as usize > self.max_count {
             return Err(Refused::TooLarge);
         }
         if fragment.count == 1 {
@@ -183,7 +188,7 @@ mod tests {
 
     #[test]
     fn a_series_completes_in_any_order_and_duplicates_are_ignored() {
-        let mut r = Reassembly::new(100, 1_000);
+        let mut r = Reassembly::new(100, 1_000, 1);
         let now = Instant::now();
         assert_eq!(r.add(now, Pid(1), fragment(5, 2, 3, &b"ef"[..])), Ok(None));
         assert_eq!(r.add(now, Pid(1), fragment(5, 0, 3, &b"ab"[..])), Ok(None));
@@ -196,9 +201,12 @@ mod tests {
 
     #[test]
     fn a_series_larger_than_the_largest_message_is_refused() {
-        let mut r = Reassembly::new(4, 1_000);
+        let mut r = Reassembly::new(4, 1_000, 1);
         let now = Instant::now();
         assert_eq!(r.add(now, Pid(1), fragment(1, 0, 1_000, &b"a"[..])), Err(Refused::TooLarge));
+        let mut big_chunks = Reassembly::new(1 << 20, 2 << 20, 1_000);
+        let claim = fragment(1, 0, 1_100, &b"a"[..]);
+        assert_eq!(big_chunks.add(now, Pid(1), claim), Err(Refused::TooLarge), "more fragments than 1 MiB needs");
         assert_eq!(r.add(now, Pid(1), fragment(2, 0, 3, vec![0u8; 40])), Ok(None));
         assert_eq!(r.add(now, Pid(1), fragment(2, 1, 3, vec![0u8; 40])), Err(Refused::TooLarge));
         assert_eq!(r.held(), 0, "the series is dropped");
@@ -209,7 +217,7 @@ mod tests {
 
     #[test]
     fn held_bytes_series_and_time_are_bounded() {
-        let mut r = Reassembly::new(10, 10);
+        let mut r = Reassembly::new(10, 10, 1);
         let start = Instant::now();
         for series in 0..MAX_SERIES as u64 + 10 {
             let _ = r.add(start, Pid(1), fragment(series, 0, 2, &b"x"[..]));
