@@ -23,12 +23,12 @@ use tokio::task::JoinHandle;
 
 use crate::batch;
 use crate::driver::{Incoming, NetStats, MAX_UDP_PAYLOAD_BYTES};
-
-/// Datagrams one system call may read (each has a buffer of the largest UDP payload).
-const RECV_BATCH: usize = 8;
 use crate::peer::Peers;
 use crate::reassembly::Reassembly;
 use crate::relay::{Members, Registration};
+
+/// Datagrams one system call may read (each has a buffer of the largest UDP payload).
+const RECV_BATCH: usize = 8;
 
 /// What this socket's task does besides decoding, in unicast mode.
 #[derive(Clone, Debug, Default)]
