@@ -81,6 +81,13 @@ impl CatchUp {
         self.shift > 0
     }
 
+    /// Whether every server left a round unanswered twice over: the checkpoint servers are
+    /// down or unreachable, and a member that waits for this fetch to start delivering should
+    /// not wait any longer.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.shift >= 2 * self.servers.len()
+    }
+
     /// The verified snapshot, once every block arrived.
     pub(crate) fn ready(&self) -> Option<&Bytes> {
         self.ready.as_ref()

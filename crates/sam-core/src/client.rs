@@ -69,7 +69,7 @@ pub enum DeliverFrom {
     #[default]
     Start,
     /// At the advertised checkpoint (its state restored), or at number 1 while none is
-    /// advertised.
+    /// advertised or while no checkpoint server answers the fetch.
     Checkpoint,
     /// After the highest number committed when the member first hears the sequencer: only
     /// later numbers are delivered. A member with a state machine starts at the checkpoint
@@ -225,12 +225,14 @@ impl Client {
     }
 
     /// Whether deliveries wait for where they start to be known: the first heartbeat (which
-    /// tells the committed head and the checkpoint), then the catch-up it started.
+    /// tells the committed head and the checkpoint), then the catch-up it started, unless
+    /// that fetch found no server to answer it (then they start at number 1, as the log
+    /// allows, rather than never).
     fn holding_deliveries(&mut self) -> bool {
         match self.deliver_from {
             DeliverFrom::Start => false,
             _ if self.sequencer.is_none() => true,
-            DeliverFrom::Checkpoint if self.catch_up.is_some() => true,
+            DeliverFrom::Checkpoint if self.catch_up.as_ref().is_some_and(|c| !c.abandoned()) => true,
             _ => {
                 self.deliver_from = DeliverFrom::Start;
                 false
@@ -1091,5 +1093,28 @@ mod tests {
         plain.handle_heartbeat(Time(1), &heartbeat(2, None), &mut out);
         committed_with_data(&mut plain, 3, 3, &mut out);
         assert_eq!(delivered_seqs(&mut out), vec![1, 2, 3]);
+    }
+
+    /// `--from-checkpoint` while no checkpoint server answers: deliveries start at number 1
+    /// once every server failed twice, instead of never (its own sends would never resolve).
+    #[test]
+    fn a_member_that_starts_at_an_unreachable_checkpoint_falls_back_to_the_log() {
+        let mut c = client();
+        c.deliver_from(DeliverFrom::Checkpoint);
+        let mut out = Outbox::new();
+        committed_with_data(&mut c, 1, 3, &mut out);
+        let checkpoint = CheckpointInfo { seq: Seq(2), size: 1, blocks: 1, digest: Digest::of(b"s") };
+        c.handle_heartbeat(Time(1), &heartbeat(3, Some(checkpoint)), &mut out);
+        let timeout = c.cfg.request_timeout_us;
+        let servers = c.cfg.checkpoint_servers.len() as u64;
+        let mut now = 1;
+        for _ in 0..2 * servers {
+            c.handle_tick(Time(now), &mut out);
+            assert!(delivered_seqs(&mut out).is_empty(), "held while a server may still answer");
+            now += timeout;
+        }
+        c.handle_tick(Time(now), &mut out);
+        committed_with_data(&mut c, 4, 4, &mut out);
+        assert_eq!(delivered_seqs(&mut out), vec![1, 2, 3, 4]);
     }
 }

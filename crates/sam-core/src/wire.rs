@@ -29,8 +29,9 @@
 //!
 //! # Flags
 //!
-//! The flags byte is either [`FLAG_REGISTER`] (`8`) alone, or any combination of these bits;
-//! a decoder rejects every other value:
+//! The flags byte is either [`FLAG_REGISTER`] (`8`) alone, or any combination of these bits
+//! but global with relayed (a relayed frame is never relayed again); a decoder rejects every
+//! other value:
 //!
 //! | bit | name              | meaning                                                          |
 //! |-----|-------------------|------------------------------------------------------------------|
@@ -56,8 +57,8 @@
 //! | count  | u32 varint: the fragments in the series, at least 1; `index < count`         |
 //! | chunk  | the rest of the body                                                         |
 //!
-//! The chunks, in index order, are the bytes of a frame body: one message (kind, length,
-//! fields) as above. A receiver keeps each series, by sender and series number, until all of
+//! The chunks, in index order, are the bytes of a frame body (kind, length, fields of each
+//! message, as above); a sender puts one message in it. A receiver keeps each series, by sender and series number, until all of
 //! it arrived, within bounds of its own on size and time, and drops what does not complete:
 //! the protocol retransmits as it does for any lost datagram.
 //!
@@ -1221,7 +1222,9 @@ pub fn decode_datagram(frame: &Bytes) -> Result<Datagram, DecodeError> {
     if version != VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    if flags != FLAG_REGISTER && flags & !(FLAG_FRAGMENT | FLAG_GLOBAL | FLAG_RELAYED) != 0 {
+    let unknown = flags & !(FLAG_FRAGMENT | FLAG_GLOBAL | FLAG_RELAYED) != 0;
+    let relayed_again = flags & (FLAG_GLOBAL | FLAG_RELAYED) == FLAG_GLOBAL | FLAG_RELAYED;
+    if flags != FLAG_REGISTER && (unknown || relayed_again) {
         return Err(DecodeError::UnknownFlags(flags));
     }
     let declared = u32::from_le_bytes([l0, l1, l2, l3]);
@@ -1684,6 +1687,7 @@ mod tests {
         assert_eq!(with(&|v| v[14] = 0), Err(DecodeError::BadFragment { index: 0, count: 0 }));
         assert_eq!(with(&|v| v[3] = 16), Err(DecodeError::UnknownFlags(16)));
         assert_eq!(with(&|v| v[3] = FLAG_REGISTER | FLAG_GLOBAL), Err(DecodeError::UnknownFlags(10)));
+        assert_eq!(with(&|v| v[3] = FLAG_GLOBAL | FLAG_RELAYED), Err(DecodeError::UnknownFlags(6)));
     }
 
     /// Unicast mode: a global frame relayed keeps its contents and names its origin; a

@@ -5,9 +5,10 @@
 //! to the node through a bounded queue: when the node falls behind, the task waits and the
 //! kernel's socket buffer drops, so memory stays bounded. In unicast mode the unicast socket's
 //! task also serves registrations and relays global frames (a data server), or notes that its
-//! relay is alive (a member).
+//! relay still relays (a member).
 
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,12 +110,14 @@ impl Task {
     /// count as malformed.
     async fn take(&mut self, addr: SocketAddrV4, raw: &Bytes, datagram: Datagram) -> Result<Option<Incoming>, ()> {
         let sender = self.reader.peers.pid_of(SocketAddr::V4(addr)).ok_or(())?;
-        if let Unicast::Member(registration) = &self.unicast {
-            registration.heard_from(addr);
-        }
         let from = match (datagram.origin, &self.unicast) {
             (None, _) => sender,
-            (Some(origin), Unicast::Member(r)) if r.is_relay(addr) => origin,
+            (Some(origin), Unicast::Member(r)) if r.is_relay(addr) => {
+                // Only a relayed frame shows the relay still hears the global channel: its
+                // grants and its own frames do not.
+                r.relayed_by(addr);
+                origin
+            }
             (Some(_), _) => return Err(()),
         };
         if datagram.global && matches!(self.unicast, Unicast::Relay) {
@@ -135,15 +138,17 @@ impl Task {
         Ok((!msgs.is_empty()).then_some(Incoming { from, msgs }))
     }
 
-    /// Passes a global frame from `origin` on to every registered member.
+    /// Passes a global frame from `origin` on to every registered member, in as few system
+    /// calls as the platform allows.
     async fn relay(&mut self, raw: &Bytes, origin: Pid) {
         let frame = relay_frame(raw, origin);
-        for member in self.members.live(Instant::now()).collect::<Vec<_>>() {
-            match self.socket.send_to(&frame, member).await {
-                Ok(_) => NetStats::add(&self.reader.stats.relayed),
-                Err(_) => NetStats::add(&self.reader.stats.send_errors),
-            }
-        }
+        let datagrams: Vec<(SocketAddrV4, &[u8])> =
+            self.members.live(Instant::now()).map(|m| (m, &frame[..])).collect();
+        let outcome = batch::send_all(&self.socket, &datagrams).await;
+        let stats = &self.reader.stats;
+        stats.relayed.fetch_add(outcome.sent, Ordering::Relaxed);
+        stats.send_calls.fetch_add(outcome.calls, Ordering::Relaxed);
+        stats.send_errors.fetch_add(outcome.refused, Ordering::Relaxed);
     }
 
     /// Grants a member's registration (a data server), or notes the grant (a member).

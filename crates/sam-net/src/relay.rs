@@ -2,11 +2,12 @@
 //! a data server, which passes on to them every frame sent on the global channel.
 //!
 //! A member starts with the data server its port picks, so members spread over the data
-//! servers, renews its lease every third of it, and moves to the next data server when it has
-//! heard nothing from its own for half a lease (while a group is up, heartbeats flow every few
-//! milliseconds). A relay keeps at most [`MAX_MEMBERS`] leases and grants at most
-//! [`MAX_LEASE`]; a member that moved on is dropped when its lease runs out, and until then
-//! gets some frames twice, which the protocol tolerates as it does any duplicate.
+//! servers, renews its lease every third of it, and moves to the next data server when its own
+//! relayed nothing for half a lease (while a group is up, heartbeats flow on the global channel
+//! every few milliseconds; a grant or the server's own frames do not count). A relay keeps at
+//! most [`MAX_MEMBERS`] leases and grants at most [`MAX_LEASE`]; a member that moved on is
+//! dropped when its lease runs out, and until then gets some frames twice, which the protocol
+//! tolerates as it does any duplicate.
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -87,8 +88,8 @@ impl Registration {
         self.relays.contains(&addr)
     }
 
-    /// Notes a frame from `addr`: the current relay is alive.
-    pub(crate) fn heard_from(&self, addr: SocketAddrV4) {
+    /// Notes a frame `addr` relayed: if it is the current relay, it still relays.
+    pub(crate) fn relayed_by(&self, addr: SocketAddrV4) {
         if self.current() == Some(addr) {
             self.heard.store(self.elapsed_ms(), Ordering::Relaxed);
         }

@@ -212,3 +212,36 @@ async fn a_member_whose_data_server_is_silent_registers_with_the_next() {
     assert_eq!(heard.from, Pid(2));
     assert_eq!(heard.msgs, vec![hb]);
 }
+
+/// A data server that grants registrations and sends frames of its own but relays nothing
+/// (it no longer hears the global channel) is no relay: the member moves to the next one.
+#[tokio::test]
+async fn a_member_moves_off_a_data_server_that_answers_but_relays_nothing() {
+    let addr = |port: u16| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let (mute, relay, source, me) = (addr(46_121), addr(46_122), addr(46_123), addr(46_124));
+    let servers = vec![(Pid(1), mute), (Pid(2), relay), (Pid(3), source)];
+    let listeners = HashMap::from([(Channel::Global, vec![relay])]);
+    let plan = |unicast: SocketAddrV4, role: RelayRole| unicast_plan(unicast, role, &listeners, &servers, 300);
+    let mut mute_net = Net::bind(&plan(mute, RelayRole::Relay)).expect("bind mute relay");
+    let mut relay_net = Net::bind(&plan(relay, RelayRole::Relay)).expect("bind relay");
+    let mut source_net = Net::bind(&plan(source, RelayRole::None)).expect("bind source");
+    let mut member = Net::bind(&plan(me, RelayRole::Member(vec![mute, relay]))).expect("bind member");
+    let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(3), committed: Seq(8), checkpoint: None });
+    let relayed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            mute_net.queue(Dest::Pid(sam_net::address_pid(me)), &hb).expect("queue");
+            mute_net.flush().await;
+            source_net.queue(Dest::Channel(Channel::Global), &hb).expect("queue");
+            source_net.flush().await;
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), relay_net.recv()).await {}
+            while let Ok(Some(incoming)) = tokio::time::timeout(Duration::from_millis(20), member.recv()).await {
+                if incoming.from == Pid(3) {
+                    return incoming;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the member reaches the data server that relays");
+    assert_eq!(relayed.msgs, vec![hb]);
+}

@@ -48,13 +48,14 @@ pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
 /// The smallest log segment: a record larger than a segment gets one of its own, so tiny
 /// segments would mean a file per record.
 pub const SEGMENT_BYTES_MIN: u64 = 4_096;
-/// The default relay lease (unicast mode): a member moves to another data server 1.5 s after
-/// its own fell silent, well within the time a member takes to notice a gap anyway.
+/// The default relay lease (unicast mode): a member renews it every second and moves to
+/// another data server 1.5 to 2.5 s after its own stopped relaying (half a lease, checked at
+/// each renewal), well within the time a member takes to notice a gap anyway.
 pub const RELAY_LEASE_MS_DEFAULT: u64 = 3_000;
 /// The shortest relay lease: renewals every third of it must not flood the data servers.
 pub const RELAY_LEASE_MS_MIN: u64 = 300;
 /// The longest relay lease a data server grants.
-pub const RELAY_LEASE_MS_MAX: u64 = 60_000;
+pub const RELAY_LEASE_MS_MAX: u64 = sam_net::relay::MAX_LEASE.as_millis() as u64;
 /// The longest timer, an hour: a longer one is a typo, and keeps microseconds far from overflow.
 pub const TIMER_MS_MAX: u64 = 3_600_000;
 /// The largest batch of one message (NACK queries, assignments, recent commits): batches have

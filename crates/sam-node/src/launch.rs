@@ -99,7 +99,8 @@ fn unicast_plan(cluster: &ClusterConfig, who: &Who) -> UnicastPlan {
     UnicastPlan { listeners, role, lease: Duration::from_millis(cluster.network.relay_lease_ms) }
 }
 
-/// The spec of server `id`. A checkpoint server runs the built-in key-value table.
+/// The spec of server `id`; its application takes no deliveries. A checkpoint server runs
+/// the built-in key-value table.
 pub fn server_spec(cluster: &ClusterConfig, id: Pid, start: StorageStart, seed: u64) -> Result<NodeSpec, LaunchError> {
     let server = cluster.server(id).ok_or(LaunchError::UnknownServer(id.0))?;
     let checkpoint = server.roles.contains(Role::Checkpoint);
@@ -119,6 +120,7 @@ pub fn server_spec(cluster: &ClusterConfig, id: Pid, start: StorageStart, seed: 
         seed,
         deliver_from: DeliverFrom::Start,
         segment_bytes: cluster.storage.segment_bytes,
+        deliveries: false,
     })
 }
 
@@ -150,5 +152,6 @@ pub fn member_spec(cluster: &ClusterConfig, seed: u64, table: bool) -> Result<No
         seed,
         deliver_from: DeliverFrom::Start,
         segment_bytes: cluster.storage.segment_bytes,
+        deliveries: true,
     })
 }

@@ -23,6 +23,7 @@ use sam_store::{Durability, Log, LogOptions, OnDurable, Position, StoreError};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backlog::Backlog;
 use crate::client::{Client, SendFailure};
 use crate::compaction::{self, Compaction};
 
@@ -31,13 +32,12 @@ pub const INPUTS_PER_TURN: usize = 256;
 /// Sends taken from the application and waiting for room in the window; beyond it the
 /// application waits.
 pub const MAX_WAITING_SENDS: usize = 1_024;
-/// Turns' worth of events waiting for the application (each turn's events travel as one
-/// batch).
-pub const EVENT_BATCHES: usize = 1_024;
-/// Events the node holds while the application is [`EVENT_BATCHES`] behind; beyond it the
-/// node stops reading the network (so deliveries wait in the socket buffer and are fetched
-/// again if dropped) but goes on serving the application's requests, which it may be waiting
-/// on.
+/// Events handed to the application and not taken yet (each turn's events travel as one
+/// batch) beyond which it is behind. Then a member-only node stops reading the network (so
+/// deliveries wait in the socket buffer and are fetched again if dropped) but goes on
+/// serving the application's requests, which it may be waiting on; a node with server roles,
+/// which the group waits for, goes on and counts the deliveries its application misses in
+/// an [`Event::Lagged`].
 pub const EVENTS_HELD: usize = 65_536;
 
 /// How a node's storage starts.
@@ -75,6 +75,10 @@ pub struct NodeSpec {
     pub segment_bytes: u64,
     /// Where its member's deliveries start.
     pub deliver_from: DeliverFrom,
+    /// Whether the application receives [`Event::Deliver`] and [`Event::Restored`]. An
+    /// application that only sends turns them off; one that keeps them on must read its
+    /// events (see [`EVENTS_HELD`]).
+    pub deliveries: bool,
 }
 
 /// What the node tells the application.
@@ -126,6 +130,14 @@ pub enum Event {
         seq: Seq,
         /// The server whose digest disagrees.
         server: Pid,
+    },
+    /// The application of a node with server roles fell [`EVENTS_HELD`] events behind:
+    /// `missed` deliveries from number `first` on were not given to it.
+    Lagged {
+        /// The first number missed.
+        first: Seq,
+        /// How many deliveries were missed.
+        missed: u64,
     },
 }
 
@@ -220,7 +232,8 @@ impl Reply {
 /// A handle on a running node.
 pub struct Node {
     commands: mpsc::Sender<Command>,
-    events: mpsc::Receiver<Vec<Event>>,
+    events: mpsc::UnboundedReceiver<Vec<Event>>,
+    backlog: Arc<Backlog>,
     /// Events of a batch taken from the node and not handed out yet.
     ready: VecDeque<Event>,
     task: tokio::task::JoinHandle<Result<(), NodeError>>,
@@ -259,11 +272,14 @@ impl Node {
             Process::start(spec.cfg.clone(), spec.pid, spec.roles, spec.seed, now, &records)
         };
         process.deliver_from(spec.deliver_from);
+        let serves = spec.roles.commit || spec.roles.data || spec.roles.checkpoint;
         if let Some(machine) = spec.state_machine {
             process.attach_state_machine(now, machine);
         }
         let (commands, command_rx) = mpsc::channel(1024);
-        let (event_tx, events) = mpsc::channel(EVENT_BATCHES);
+        // Unbounded in batches: the backlog bounds it in events.
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::default());
         let host = Host {
             process,
             net,
@@ -271,6 +287,8 @@ impl Node {
             clock,
             writes: VecDeque::new(),
             events: event_tx,
+            backlog: backlog.clone(),
+            lagged: None,
             turn_events: Vec::new(),
             waiting: VecDeque::new(),
             waiting_payloads: 0,
@@ -280,9 +298,11 @@ impl Node {
             encoded: Vec::new(),
             compaction: Compaction::new(std::time::Instant::now()),
             segments: mpsc::channel(1),
+            deliveries: spec.deliveries,
+            serves,
         };
         let task = tokio::spawn(host.run(command_rx, durable_rx));
-        Ok(Node { commands, events, ready: VecDeque::new(), task, local, recovered })
+        Ok(Node { commands, events, backlog, ready: VecDeque::new(), task, local, recovered })
     }
 
     /// How many records the node recovered from its log at start.
@@ -341,7 +361,7 @@ impl Node {
     /// The next event (`None` once the node stopped).
     pub async fn next_event(&mut self) -> Option<Event> {
         if self.ready.is_empty() {
-            self.ready.extend(self.events.recv().await?);
+            self.take_batch().await?;
         }
         self.ready.pop_front()
     }
@@ -351,14 +371,21 @@ impl Node {
     /// [`Node::next_event`] for an application that keeps up with a busy group.
     pub async fn next_events(&mut self, into: &mut Vec<Event>, limit: usize) -> usize {
         while self.ready.is_empty() {
-            match self.events.recv().await {
-                Some(batch) => self.ready.extend(batch),
-                None => return 0,
+            if self.take_batch().await.is_none() {
+                return 0;
             }
         }
         let n = limit.min(self.ready.len());
         into.extend(self.ready.drain(..n));
         n
+    }
+
+    /// Moves the next batch of events into `ready`; `None` once the node stopped.
+    async fn take_batch(&mut self) -> Option<()> {
+        let batch = self.events.recv().await?;
+        self.backlog.taken(batch.len());
+        self.ready.extend(batch);
+        Some(())
     }
 
     /// Stops the node after it wrote and sent what it had; returns why it stopped if it failed.
@@ -376,7 +403,12 @@ struct Host {
     clock: Instant,
     /// Writes appended and not durable yet: their ids and the position after each.
     writes: VecDeque<(WriteId, Position)>,
-    events: mpsc::Sender<Vec<Event>>,
+    events: mpsc::UnboundedSender<Vec<Event>>,
+    /// How far behind the application is.
+    backlog: Arc<Backlog>,
+    /// Deliveries a node that serves did not give its application while it was behind: the
+    /// first number and how many.
+    lagged: Option<(Seq, u64)>,
     /// The events of the current turn, sent to the application as one batch.
     turn_events: Vec<Event>,
     /// Sends waiting for room in the window, oldest first.
@@ -395,6 +427,10 @@ struct Host {
     compaction: Compaction,
     /// Segments read for compaction, from the task that read them.
     segments: (mpsc::Sender<compaction::Read>, mpsc::Receiver<compaction::Read>),
+    /// Whether the application takes deliveries.
+    deliveries: bool,
+    /// Whether the node holds a server role: then it never stops reading the network.
+    serves: bool,
 }
 
 impl Host {
@@ -410,10 +446,9 @@ impl Host {
         loop {
             let wake = self.process.poll_timeout().map(|t| self.clock + std::time::Duration::from_micros(t.0));
             let sleep = tokio::time::sleep_until(wake.map_or_else(far_future, tokio::time::Instant::from_std));
-            // A handle of its own, so that waiting for room does not hold `self`.
-            let events = self.events.clone();
+            let behind = self.backlog.full();
             tokio::select! {
-                incoming = self.net.recv(), if self.turn_events.len() < EVENTS_HELD => {
+                incoming = self.net.recv(), if self.serves || !behind => {
                     let Some(first) = incoming else { return Ok(()) };
                     self.take(first);
                     for _ in 1..INPUTS_PER_TURN {
@@ -427,14 +462,7 @@ impl Host {
                 }
                 Some(position) = durable.recv() => self.made_durable(position)?,
                 Some(read) = self.segments.1.recv() => self.compact(read?)?,
-                permit = events.reserve(), if !self.turn_events.is_empty() => {
-                    // An application that dropped its receiver is not listening: not an error.
-                    if let Ok(permit) = permit {
-                        permit.send(std::mem::take(&mut self.turn_events));
-                    } else {
-                        self.turn_events.clear();
-                    }
-                }
+                () = self.backlog.room(), if behind => {}
                 command = commands.recv(), if self.waiting_payloads < MAX_WAITING_SENDS => {
                     let Some(mut command) = command else { return self.stop().await };
                     for taken in 1.. {
@@ -639,17 +667,27 @@ impl Host {
         Ok(())
     }
 
-    /// Gives the application this turn's events, unless it is behind: then they wait (see
-    /// [`EVENTS_HELD`]), and the node never waits on an application that may wait on it.
+    /// Gives the application this turn's events; the node never waits on an application
+    /// that may wait on it (see [`EVENTS_HELD`]).
     fn hand_over_events(&mut self) {
+        self.tell_lagged();
         if self.turn_events.is_empty() {
             return;
         }
-        match self.events.try_send(std::mem::take(&mut self.turn_events)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(batch)) => self.turn_events = batch,
-            // Nobody listening (a server without an application) is not an error.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        let n = self.turn_events.len();
+        // Nobody listening (the handle is gone) is not an error.
+        if self.events.send(std::mem::take(&mut self.turn_events)).is_ok() {
+            self.backlog.handed(n);
+        }
+    }
+
+    /// Tells the application, once it caught up, which deliveries it missed.
+    fn tell_lagged(&mut self) {
+        if self.backlog.full() {
+            return;
+        }
+        if let Some((first, missed)) = self.lagged.take() {
+            self.turn_events.push(Event::Lagged { first, missed });
         }
     }
 
@@ -668,18 +706,32 @@ impl Host {
                 self.writes.push_back((id, position.next()));
                 return Ok(());
             }
-            Action::Deliver { seq, mid, payload } => Some(Event::Deliver { seq, mid, payload }),
+            Action::Deliver { seq, mid, payload } => self.delivery(seq, mid, payload),
             Action::Committed { mid, seq } => self.fate(mid, Ok(seq), Event::Committed { mid, seq }),
             Action::Expired { mid } => self.fate(mid, Err(SendFailure::Expired(mid)), Event::Expired { mid }),
             Action::OutcomeUnknown { mid } => {
                 self.fate(mid, Err(SendFailure::OutcomeUnknown(mid)), Event::OutcomeUnknown { mid })
             }
-            Action::Restored { seq, .. } => Some(Event::Restored { seq }),
+            Action::Restored { seq, .. } => self.deliveries.then_some(Event::Restored { seq }),
             Action::CheckpointMismatch { seq, server, .. } => Some(Event::CheckpointMismatch { seq, server }),
             Action::Pong { from, pong } => Some(Event::Pong { from, nonce: pong.nonce, committed: pong.committed }),
         };
         self.turn_events.extend(event);
         Ok(())
+    }
+
+    /// A delivery for the application: none when it takes none; counted in an
+    /// [`Event::Lagged`] instead when it is [`EVENTS_HELD`] behind on a node that serves.
+    fn delivery(&mut self, seq: Seq, mid: Mid, payload: Bytes) -> Option<Event> {
+        if !self.deliveries {
+            return None;
+        }
+        if !self.serves || !self.backlog.full() {
+            self.tell_lagged();
+            return Some(Event::Deliver { seq, mid, payload });
+        }
+        self.lagged.get_or_insert((seq, 0)).1 += 1;
+        None
     }
 
     /// Tells a send's fate to the [`Client`] waiting for it; `event` tells it otherwise.

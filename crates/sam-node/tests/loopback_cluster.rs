@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sam_core::{Channel, Config, DeliverFrom, Incarnation, Pid, Roles, Seq};
 use sam_net::{Group, NetPlan, TransportPlan};
-use sam_node::client::SendFailure;
+use sam_node::client::{Client, SendFailure};
 use sam_node::node::{Event, Node, NodeError, NodeSpec, StorageStart};
 use sam_store::Durability;
 
@@ -60,6 +60,7 @@ fn spec(cfg: &Arc<Config>, pid: Pid, roles: Roles, net: NetPlan, dir: Option<&st
         seed: pid.0,
         deliver_from: DeliverFrom::Start,
         segment_bytes: sam_store::SEGMENT_SIZE_BYTES_DEFAULT,
+        deliveries: true,
     }
 }
 
@@ -99,8 +100,7 @@ async fn three_servers_and_three_members_deliver_one_order_over_loopback_multica
         tails.push(Node::start(member(i)).await.expect("member starts"));
     }
     // Half one at a time, half handed over at once (more than one turn's worth of requests).
-    // The sender reads no events meanwhile: enough sends to fill its event queue, which must
-    // not stop the node from answering them.
+    // The sender reads no events meanwhile, which must not stop the node from answering them.
     const MESSAGES: usize = 6_000;
     let one_at_a_time = async {
         for i in 0..MESSAGES / 2 {
@@ -133,4 +133,161 @@ async fn three_servers_and_three_members_deliver_one_order_over_loopback_multica
     for node in tails.into_iter().chain([sender]).chain(servers) {
         node.stop().await.expect("clean stop");
     }
+}
+
+/// An application that never reads its events stalls neither its own sends nor the group:
+/// a send-only member turns deliveries off, and a server whose application is
+/// `EVENTS_HELD` behind goes on serving and reports the deliveries it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_that_never_read_events_stall_neither_their_sends_nor_the_group() {
+    const SITE: Site = Site(1);
+    const MESSAGES: usize = sam_node::node::EVENTS_HELD + 4_464;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pids: Vec<Pid> = SERVERS.iter().map(|p| Pid(*p)).collect();
+    let cfg = Arc::new(Config::new(pids.clone(), pids.clone(), vec![]));
+    let mut servers = Vec::new();
+    for pid in &pids {
+        // Server 1 also delivers, to an application that reads nothing until the end.
+        let client = (pid.0 == 1).then_some(Incarnation(7));
+        let roles = Roles { commit: true, data: true, client, ..Roles::default() };
+        let net = plan(SITE, SITE.server_addr(pid.0), vec![Channel::Global, Channel::Data, Channel::Commit]);
+        servers.push(Node::start(spec(&cfg, *pid, roles, net, Some(dir.path()))).await.expect("server starts"));
+    }
+    let roles = Roles { client: Some(Incarnation(100)), ..Roles::default() };
+    let net = plan(SITE, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
+    let mut sender_spec = spec(&cfg, Pid(1_000), roles, net, None);
+    sender_spec.deliveries = false;
+    let sender = Node::start(sender_spec).await.expect("sender starts");
+    let client = sender.client();
+    let all_sent = send_each(&client, (0..MESSAGES).map(|i| Bytes::from(format!("message {i}"))));
+    tokio::time::timeout(Duration::from_secs(120), all_sent).await.expect("every send resolves");
+
+    let lazy = &mut servers[0];
+    let (mut delivered, mut missed, mut last) = (0, 0, Seq::ZERO);
+    while delivered + missed < MESSAGES as u64 {
+        let event = tokio::time::timeout(Duration::from_secs(20), lazy.next_event()).await.expect("event in time");
+        match event.expect("running") {
+            Event::Deliver { seq, .. } => {
+                assert!(seq > last, "in order after what was missed");
+                (delivered, last) = (delivered + 1, seq);
+            }
+            Event::Lagged { first, missed: n } => {
+                assert!(first > last, "the missed numbers follow the last delivered");
+                (missed, last) = (missed + n, Seq(first.0 + n - 1));
+            }
+            _ => {}
+        }
+    }
+    assert!(missed > 0, "the application was behind");
+    assert!(delivered >= sam_node::node::EVENTS_HELD as u64, "what it held, it was given");
+    for node in [sender].into_iter().chain(servers) {
+        node.stop().await.expect("clean stop");
+    }
+}
+
+/// The bytes of the segment files in `dir`, and whether the first segment is still there.
+fn segments(dir: &std::path::Path) -> (u64, bool) {
+    let mut bytes = 0;
+    let mut first = false;
+    for entry in std::fs::read_dir(dir).expect("log dir") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name().into_string().expect("utf-8 name");
+        if name.ends_with(".seg") {
+            bytes += entry.metadata().expect("metadata").len();
+            first |= name.trim_end_matches(".seg").trim_start_matches('0').is_empty();
+        }
+    }
+    (bytes, first)
+}
+
+/// Log compaction (DESIGN section 5, garbage collection): with small segments and a
+/// checkpoint every 100 numbers, a server's log retires what checkpoints cover, so its disk
+/// stays far below what it wrote; the server restarts from the compacted log, and the group
+/// commits with it while another server is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_log_retires_what_checkpoints_cover_and_restarts_from_what_is_left() {
+    const SITE: Site = Site(2);
+    const MESSAGES: usize = 6_000;
+    const PAYLOAD: usize = 200;
+    const SEGMENT: u64 = 16 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pids: Vec<Pid> = SERVERS.iter().map(|p| Pid(*p)).collect();
+    let mut cfg = Config::new(pids.clone(), pids.clone(), vec![Pid(CHECKPOINT_SERVER)]);
+    cfg.k_checkpoint = 1;
+    cfg.checkpoint_every = 100;
+    cfg.max_lifetime = 200;
+    cfg.catch_up_after = 200;
+    let cfg = Arc::new(cfg);
+    let server_spec = |pid: Pid, start: StorageStart| {
+        let roles = Roles { commit: true, data: true, ..Roles::default() };
+        let net = plan(SITE, SITE.server_addr(pid.0), vec![Channel::Global, Channel::Data, Channel::Commit]);
+        let mut s = spec(&cfg, pid, roles, net, Some(dir.path()));
+        (s.start, s.segment_bytes) = (start, SEGMENT);
+        s
+    };
+    let mut servers = Vec::new();
+    for pid in &pids {
+        servers.push(Node::start(server_spec(*pid, StorageStart::Fresh)).await.expect("server starts"));
+    }
+    let roles = Roles { checkpoint: true, client: Some(Incarnation(40)), ..Roles::default() };
+    let net = plan(SITE, SITE.server_addr(CHECKPOINT_SERVER), vec![Channel::Global, Channel::Checkpoint]);
+    let mut checkpoint_spec = spec(&cfg, Pid(CHECKPOINT_SERVER), roles, net, Some(dir.path()));
+    checkpoint_spec.state_machine = Some(Box::new(sam_core::KvTable::new()));
+    let checkpoint = Node::start(checkpoint_spec).await.expect("checkpoint server starts");
+    let roles = Roles { client: Some(Incarnation(100)), ..Roles::default() };
+    let member_net = || plan(SITE, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
+    let mut sender_spec = spec(&cfg, Pid(1_000), roles, member_net(), None);
+    sender_spec.deliveries = false;
+    let sender = Node::start(sender_spec).await.expect("sender starts");
+    let client = sender.client();
+    let payload = |i: usize| Bytes::from(format!("{i:0PAYLOAD$}"));
+    // At most 100 in flight: a message numbered more than `max_lifetime` after its
+    // timestamp expires.
+    let mut last = Seq::ZERO;
+    for first in (0..MESSAGES).step_by(100) {
+        last = send_each(&client, (first..first + 100).map(payload)).await;
+    }
+    // Each server logged every message once at least: 6,000 × 200 bytes and more.
+    let log = dir.path().join("1");
+    let written = (MESSAGES * PAYLOAD) as u64;
+    let compacted = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let (bytes, first) = segments(&log);
+            if !first && bytes < written / 4 {
+                return bytes;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the log is compacted");
+    assert!(compacted > 0, "what is still needed is kept");
+
+    let restarted = servers.remove(0);
+    restarted.stop().await.expect("clean stop");
+    let restarted = Node::start(server_spec(pids[0], StorageStart::Recover)).await.expect("restart");
+    assert!(restarted.recovered() > 0, "the compacted log has records");
+    servers.remove(0).stop().await.expect("server 2 stops");
+    // Servers 1 and 3 are the commit quorum now: the restarted one must take part.
+    let more = tokio::time::timeout(Duration::from_secs(30), client.send(payload(MESSAGES))).await;
+    let seq = more.expect("in time").expect("committed with the restarted server");
+    assert!(seq > last);
+    for node in [sender, restarted, checkpoint].into_iter().chain(servers) {
+        node.stop().await.expect("clean stop");
+    }
+}
+
+/// Sends every payload at once through `client`, each its own send; returns the highest
+/// number they were committed at.
+async fn send_each(client: &Client, payloads: impl Iterator<Item = Bytes>) -> Seq {
+    let mut sends = tokio::task::JoinSet::new();
+    for payload in payloads {
+        let client = client.clone();
+        sends.spawn(async move { client.send(payload).await });
+    }
+    let mut last = Seq::ZERO;
+    while let Some(fate) = sends.join_next().await {
+        last = last.max(fate.expect("task").expect("committed"));
+    }
+    last
 }

@@ -37,7 +37,8 @@ pub struct SendArgs {
 pub fn execute(args: SendArgs) -> Result<std::process::ExitCode> {
     let cluster = ClusterConfig::load(&args.config)?;
     let payloads = payloads(&args)?;
-    let spec = member_spec(&cluster, rand::random(), false)?;
+    let mut spec = member_spec(&cluster, rand::random(), false)?;
+    spec.deliveries = false;
     crate::runtime()?.block_on(async move {
         let mut node = Node::start(spec).await.context("starting a member")?;
         let (committed, expired) = send_all(&mut node, payloads, Duration::from_secs(args.timeout)).await?;
