@@ -1072,17 +1072,23 @@ mod tests {
         assert_eq!(delivered_seqs(&mut out), vec![1, 2, 3]);
     }
 
-    /// `--from-checkpoint`: with one advertised the member fetches it at once, though far
-    /// less than `catch_up_after` behind, and delivers nothing before it; without one it
-    /// starts at number 1.
-    #[test]
-    fn a_member_that_starts_at_the_checkpoint_fetches_it_before_delivering() {
+    /// A `--from-checkpoint` member that knows 1..=3 committed and hears the checkpoint at 2.
+    fn starting_at_the_checkpoint() -> (Client, Outbox) {
         let mut c = client();
         c.deliver_from(DeliverFrom::Checkpoint);
         let mut out = Outbox::new();
         committed_with_data(&mut c, 1, 3, &mut out);
         let checkpoint = CheckpointInfo { seq: Seq(2), size: 1, blocks: 1, digest: Digest::of(b"s") };
         c.handle_heartbeat(Time(1), &heartbeat(3, Some(checkpoint)), &mut out);
+        (c, out)
+    }
+
+    /// `--from-checkpoint`: with one advertised the member fetches it at once, though far
+    /// less than `catch_up_after` behind, and delivers nothing before it; without one it
+    /// starts at number 1.
+    #[test]
+    fn a_member_that_starts_at_the_checkpoint_fetches_it_before_delivering() {
+        let (mut c, mut out) = starting_at_the_checkpoint();
         assert!(c.is_catching_up());
         c.handle_data(Time(2), Pid(9), data(4), &mut out);
         assert!(delivered_seqs(&mut out).is_empty(), "held while the checkpoint is fetched");
@@ -1099,12 +1105,7 @@ mod tests {
     /// once every server failed twice, instead of never (its own sends would never resolve).
     #[test]
     fn a_member_that_starts_at_an_unreachable_checkpoint_falls_back_to_the_log() {
-        let mut c = client();
-        c.deliver_from(DeliverFrom::Checkpoint);
-        let mut out = Outbox::new();
-        committed_with_data(&mut c, 1, 3, &mut out);
-        let checkpoint = CheckpointInfo { seq: Seq(2), size: 1, blocks: 1, digest: Digest::of(b"s") };
-        c.handle_heartbeat(Time(1), &heartbeat(3, Some(checkpoint)), &mut out);
+        let (mut c, mut out) = starting_at_the_checkpoint();
         let timeout = c.cfg.request_timeout_us;
         let servers = c.cfg.checkpoint_servers.len() as u64;
         let mut now = 1;
