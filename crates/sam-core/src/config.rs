@@ -25,6 +25,32 @@ pub enum Mutation {
     AcceptOldEpoch,
 }
 
+impl Mutation {
+    /// Every variant.
+    pub const ALL: [Mutation; 7] = [
+        Mutation::AcceptBeforeDurable,
+        Mutation::NoGapRecovery,
+        Mutation::NoDeduplication,
+        Mutation::NoRetransmission,
+        Mutation::PromiseTooFew,
+        Mutation::KeepLowestEpoch,
+        Mutation::AcceptOldEpoch,
+    ];
+
+    /// Its name in configuration files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::AcceptBeforeDurable => "accept-before-durable",
+            Mutation::NoGapRecovery => "no-gap-recovery",
+            Mutation::NoDeduplication => "no-deduplication",
+            Mutation::NoRetransmission => "no-retransmission",
+            Mutation::PromiseTooFew => "promise-too-few",
+            Mutation::KeepLowestEpoch => "keep-lowest-epoch",
+            Mutation::AcceptOldEpoch => "accept-old-epoch",
+        }
+    }
+}
+
 /// The configuration every role of one group shares.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {

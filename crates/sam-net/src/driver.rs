@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::batch;
+use crate::injected::InjectedFaults;
 use crate::peer::Peers;
 use crate::reader::{Reader, Unicast};
 use crate::relay::Registration;
@@ -45,6 +46,8 @@ pub struct NetPlan {
     pub max_datagram_bytes: usize,
     /// The longest payload reassembled from fragments; a longer one is dropped.
     pub max_message_bytes: usize,
+    /// Faults injected on receipt (tests only; none by default).
+    pub faults: InjectedFaults,
 }
 
 /// How a process's channels travel (DESIGN section 7).
@@ -122,6 +125,10 @@ pub struct NetStats {
     pub send_errors: AtomicU64,
     /// Frames relayed to members (unicast mode, a data server).
     pub relayed: AtomicU64,
+    /// Datagrams dropped on purpose ([`InjectedFaults`]).
+    pub injected_drops: AtomicU64,
+    /// Datagrams taken twice on purpose ([`InjectedFaults`]).
+    pub injected_duplicates: AtomicU64,
 }
 
 impl NetStats {
@@ -201,6 +208,7 @@ impl Net {
             tx,
             max_message: plan.max_message_bytes,
             max_datagram,
+            faults: plan.faults,
         };
         let mut readers = Vec::new();
         let channels = match &plan.transport {

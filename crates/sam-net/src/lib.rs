@@ -16,6 +16,7 @@
 
 mod batch;
 mod driver;
+pub mod injected;
 pub mod peer;
 mod reader;
 pub mod reassembly;
@@ -26,5 +27,6 @@ pub use driver::{
     Incoming, Net, NetError, NetPlan, NetStats, RelayRole, TransportPlan, UnicastPlan, INCOMING_QUEUE_DATAGRAMS,
     MAX_UDP_PAYLOAD_BYTES,
 };
+pub use injected::InjectedFaults;
 pub use peer::{address_pid, Peers, ADDRESS_PIDS};
 pub use socket::Group;

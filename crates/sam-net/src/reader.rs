@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::batch;
 use crate::driver::{Incoming, NetStats, MAX_UDP_PAYLOAD_BYTES};
+use crate::injected::{InjectedFaults, Injector};
 use crate::peer::Peers;
 use crate::reassembly::Reassembly;
 use crate::relay::{Members, Registration};
@@ -53,6 +54,8 @@ pub(crate) struct Reader {
     pub(crate) max_message: usize,
     /// The group's datagram size (fragments are at most this long).
     pub(crate) max_datagram: usize,
+    /// Faults to inject on receipt.
+    pub(crate) faults: InjectedFaults,
 }
 
 /// One task's state.
@@ -62,6 +65,7 @@ struct Task {
     unicast: Unicast,
     reassembly: Reassembly,
     members: Members,
+    injector: Injector,
 }
 
 impl Reader {
@@ -69,7 +73,10 @@ impl Reader {
     pub(crate) fn spawn(&self, socket: Arc<UdpSocket>, unicast: Unicast) -> JoinHandle<()> {
         let min_chunk = self.max_datagram.saturating_sub(HEADER_LEN + FRAGMENT_HEADER_MAX + RELAY_OVERHEAD);
         let reassembly = Reassembly::new(self.max_message, 2 * self.max_message, min_chunk);
-        let task = Task { reader: self.clone(), socket, unicast, reassembly, members: Members::default() };
+        // Each socket's task makes its own choices: seeded by the port it reads.
+        let seed = socket.local_addr().map_or(0, |a| u64::from(a.port())) ^ u64::from(std::process::id());
+        let injector = Injector::new(self.faults, seed);
+        let task = Task { reader: self.clone(), socket, unicast, reassembly, members: Members::default(), injector };
         tokio::spawn(task.run())
     }
 }
@@ -84,26 +91,41 @@ impl Task {
                 continue;
             }
             for (i, (len, from)) in got.iter().enumerate() {
-                let datagram = bufs[i].get(..*len).filter(|_| *len <= MAX_UDP_PAYLOAD_BYTES);
-                let msgs = match (datagram.map(Bytes::copy_from_slice), from) {
-                    (Some(datagram), SocketAddr::V4(addr)) => match decode_datagram(&datagram) {
-                        Ok(decoded) => self.take(*addr, &datagram, decoded).await,
-                        Err(_) => Err(()),
-                    },
-                    _ => Err(()),
-                };
-                match msgs {
-                    Ok(Some(incoming)) => {
-                        NetStats::add(&self.reader.stats.datagrams_in);
-                        if self.reader.tx.send(incoming).await.is_err() {
-                            return;
-                        }
+                let copies = self.injector.copies();
+                match copies {
+                    0 => NetStats::add(&self.reader.stats.injected_drops),
+                    2 => NetStats::add(&self.reader.stats.injected_duplicates),
+                    _ => {}
+                }
+                let datagram =
+                    bufs[i].get(..*len).filter(|_| *len <= MAX_UDP_PAYLOAD_BYTES).map(Bytes::copy_from_slice);
+                for _ in 0..copies {
+                    if !self.handle(datagram.clone(), *from).await {
+                        return;
                     }
-                    Ok(None) => NetStats::add(&self.reader.stats.datagrams_in),
-                    Err(()) => NetStats::add(&self.reader.stats.malformed),
                 }
             }
         }
+    }
+
+    /// Decodes one datagram and hands what it holds to the node; `false` once the node is gone.
+    async fn handle(&mut self, datagram: Option<Bytes>, from: SocketAddr) -> bool {
+        let msgs = match (datagram, from) {
+            (Some(datagram), SocketAddr::V4(addr)) => match decode_datagram(&datagram) {
+                Ok(decoded) => self.take(addr, &datagram, decoded).await,
+                Err(_) => Err(()),
+            },
+            _ => Err(()),
+        };
+        match msgs {
+            Ok(Some(incoming)) => {
+                NetStats::add(&self.reader.stats.datagrams_in);
+                return self.reader.tx.send(incoming).await.is_ok();
+            }
+            Ok(None) => NetStats::add(&self.reader.stats.datagrams_in),
+            Err(()) => NetStats::add(&self.reader.stats.malformed),
+        }
+        true
     }
 
     /// What a decoded datagram from `addr` gives the node, if anything; `Err` for one to

@@ -32,6 +32,7 @@ fn plan(test: u8, me: u16, listen: Vec<Channel>) -> NetPlan {
         servers: vec![server(1), server(2)],
         max_datagram_bytes: 1_400,
         max_message_bytes: 100_000,
+        faults: Default::default(),
     }
 }
 
@@ -139,6 +140,7 @@ fn unicast_plan(
         servers: servers.to_vec(),
         max_datagram_bytes: 1_400,
         max_message_bytes: 100_000,
+        faults: Default::default(),
     }
 }
 

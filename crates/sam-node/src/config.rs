@@ -223,6 +223,17 @@ pub enum ConfigError {
         /// The address given.
         group: Ipv4Addr,
     },
+    /// `testing.mutation` names no variant.
+    #[error("testing.mutation: {name:?} is not one of {known}")]
+    UnknownMutation {
+        /// The name given.
+        name: String,
+        /// The names there are.
+        known: String,
+    },
+    /// `testing.mutation` is set in a build without broken variants.
+    #[error("testing.mutation: this build has no broken protocol variants (build sam with the `mutations` feature)")]
+    NoMutations,
     /// A channel's interface is a multicast address.
     #[error("channels.{channel}.interface: {interface} is a multicast address, not an interface's")]
     MulticastInterface {
@@ -660,6 +671,67 @@ impl Default for NetworkConfig {
     }
 }
 
+/// Faults and broken variants for tests of the real program; absent in production.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingConfig {
+    /// Received datagrams dropped, per thousand (at most 500).
+    pub drop_per_mille: u16,
+    /// Received datagrams taken twice, per thousand (at most 500).
+    pub duplicate_per_mille: u16,
+    /// A deliberately broken protocol variant, by name (such as `"no-deduplication"`): only
+    /// builds with the `mutations` feature accept one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mutation: Option<String>,
+}
+
+impl TestingConfig {
+    /// Whether nothing is injected or broken.
+    pub fn is_off(&self) -> bool {
+        *self == TestingConfig::default()
+    }
+
+    /// The faults the network driver injects.
+    pub fn faults(&self) -> sam_net::InjectedFaults {
+        sam_net::InjectedFaults { drop_per_mille: self.drop_per_mille, duplicate_per_mille: self.duplicate_per_mille }
+    }
+
+    /// The broken variant named, if any.
+    #[cfg(feature = "mutations")]
+    pub fn mutation(&self) -> Result<Option<sam_core::Mutation>, ConfigError> {
+        let Some(name) = &self.mutation else { return Ok(None) };
+        let all = sam_core::Mutation::ALL;
+        match all.into_iter().find(|m| m.name() == name) {
+            Some(m) => Ok(Some(m)),
+            None => {
+                let known = all.map(sam_core::Mutation::name).join(", ");
+                Err(ConfigError::UnknownMutation { name: name.clone(), known })
+            }
+        }
+    }
+
+    /// The broken variant named: none in this build, which refuses a name.
+    #[cfg(not(feature = "mutations"))]
+    pub fn mutation(&self) -> Result<Option<std::convert::Infallible>, ConfigError> {
+        match self.mutation {
+            Some(_) => Err(ConfigError::NoMutations),
+            None => Ok(None),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let max = u64::from(sam_net::injected::MAX_PER_MILLE);
+        check_ranges(
+            "testing",
+            &[
+                ("drop_per_mille", u64::from(self.drop_per_mille), 0, max),
+                ("duplicate_per_mille", u64::from(self.duplicate_per_mille), 0, max),
+            ],
+        )?;
+        self.mutation().map(drop)
+    }
+}
+
 /// The whole configuration file of one group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -681,6 +753,9 @@ pub struct ClusterConfig {
     /// Bounds on datagrams and messages.
     #[serde(default)]
     pub network: NetworkConfig,
+    /// Faults injected for tests (none unless the file asks).
+    #[serde(default, skip_serializing_if = "TestingConfig::is_off")]
+    pub testing: TestingConfig,
 }
 
 impl ClusterConfig {
@@ -765,6 +840,7 @@ impl ClusterConfig {
             protocol,
             storage: StorageConfig { dir: dir.join("data"), ..StorageConfig::default() },
             network: NetworkConfig::default(),
+            testing: TestingConfig::default(),
         }
     }
 
@@ -792,6 +868,11 @@ impl ClusterConfig {
         c.member_buffer_bytes = p.member_buffer_bytes;
         c.checkpoint_every = p.checkpoint_every;
         c.catch_up_after = p.catch_up_after;
+        #[cfg(feature = "mutations")]
+        {
+            // Validation refused an unknown name.
+            c.mutation = self.testing.mutation().ok().flatten();
+        }
         c
     }
 
@@ -824,6 +905,7 @@ impl ClusterConfig {
             return Err(ConfigError::NoChannels);
         }
         self.validate_network()?;
+        self.testing.validate()?;
         let segment = self.storage.segment_bytes;
         check_ranges("storage", &[("segment_bytes", segment, SEGMENT_BYTES_MIN, sam_store::SEGMENT_SIZE_BYTES_MAX)])?;
         self.core().validate()?;
@@ -1153,6 +1235,23 @@ address = "127.0.0.1:17406"
 
     fn with_protocol(lines: &str) -> String {
         format!("{VALID}\n[protocol]\n{lines}\n")
+    }
+
+    /// The testing switch: rates within bounds reach the driver; a rate too high or a broken
+    /// variant this build lacks (or that does not exist) is refused by its key.
+    #[test]
+    fn the_testing_section_is_checked_and_reaches_the_driver() {
+        let c = ClusterConfig::from_toml_str(&format!(
+            "{VALID}\n[testing]\ndrop_per_mille = 20\nduplicate_per_mille = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.testing.faults(), sam_net::InjectedFaults { drop_per_mille: 20, duplicate_per_mille: 5 });
+        assert!(ClusterConfig::from_toml_str(VALID).unwrap().testing.is_off());
+        refused_naming(&format!("{VALID}\n[testing]\ndrop_per_mille = 600\n"), "testing.drop_per_mille");
+        let e = refused_naming(&format!("{VALID}\n[testing]\nmutation = \"no-such-bug\"\n"), "testing.mutation");
+        if cfg!(feature = "mutations") {
+            assert!(e.to_string().contains("no-deduplication"), "names the known ones: {e}");
+        }
     }
 
     #[test]

@@ -56,6 +56,7 @@ fn net_plan(cluster: &ClusterConfig, unicast: SocketAddrV4, who: Who) -> Result<
         servers: cluster.servers.iter().map(|s| (s.id, s.address)).collect(),
         max_datagram_bytes: cluster.network.max_datagram_bytes,
         max_message_bytes: cluster.network.max_message_bytes,
+        faults: cluster.testing.faults(),
     })
 }
 

@@ -44,6 +44,7 @@ fn plan(site: Site, unicast: SocketAddrV4, listen: Vec<Channel>) -> NetPlan {
         servers: SERVERS.iter().chain([&CHECKPOINT_SERVER]).map(|p| (Pid(*p), site.server_addr(*p))).collect(),
         max_datagram_bytes: 60_000,
         max_message_bytes: 1 << 20,
+        faults: Default::default(),
     }
 }
 
