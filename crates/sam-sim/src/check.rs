@@ -126,6 +126,11 @@ impl Checker {
         self.committed.len() as u64
     }
 
+    /// How many sends were reported committed.
+    pub fn outcomes_committed(&self) -> u64 {
+        self.outcomes.values().filter(|o| matches!(o, Outcome::Committed(_))).count() as u64
+    }
+
     /// How many sends were reported expired.
     pub fn expired(&self) -> u64 {
         self.outcomes.values().filter(|o| **o == Outcome::Expired).count() as u64
@@ -167,13 +172,19 @@ impl Checker {
 
     /// A member life restored the checkpoint at `seq` whose snapshot has `digest`.
     pub fn on_restored(&mut self, at: Time, life: Life, seq: Seq, digest: Digest) {
+        self.on_caught_up(at, life, seq);
+        self.restores.push((life, seq, digest));
+        self.compare_restores(at);
+    }
+
+    /// A member life skipped to the checkpoint at `seq`: its deliveries go on after it (a
+    /// member without a state machine, whose snapshot there is nothing to compare).
+    pub fn on_caught_up(&mut self, at: Time, life: Life, seq: Seq) {
         let cursor = self.cursors.get(&life).copied().unwrap_or(Seq::ZERO);
         if seq < cursor && !self.diverged.contains(&life) {
             self.violate(Promise::Integrity, at, format!("member {life:?} went back from {cursor} to {seq}"));
         }
         self.cursors.insert(life, seq);
-        self.restores.push((life, seq, digest));
-        self.compare_restores(at);
     }
 
     /// A checkpoint server's own checkpoint disagreed with the advertised one: it may restore

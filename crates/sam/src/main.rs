@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod bench_plot;
+mod fault;
 mod local_cmd;
 mod model_cmd;
 mod send_cmd;
@@ -43,6 +44,10 @@ enum Command {
     Status(status_cmd::StatusArgs),
     /// Measure throughput and latency: one publisher, many members, real processes and disks.
     Bench(bench_cmd::BenchArgs),
+    /// Fault tests of the real program: a cluster of processes under kills, pauses,
+    /// partitions, loss and duplication, its history checked against every promise.
+    #[command(subcommand)]
+    Fault(fault::FaultCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Command::Table(args) => table_cmd::execute(args),
         Command::Status(args) => status_cmd::execute(args),
         Command::Bench(args) => bench_cmd::execute(args),
+        Command::Fault(command) => fault::execute(command),
     };
     match result {
         Ok(code) => code,
