@@ -67,18 +67,34 @@ fn assert_clean_quick_run(code: Option<i32>, report: &serde_json::Value) {
     assert!(committed > 1_000, "messages went on being committed: {report}");
     assert!(report["deliveries_checked"].as_u64().unwrap_or(0) >= 3 * committed, "three tails checked: {report}");
     assert!(report["failover_ms"]["count"].as_u64().unwrap_or(0) >= 3, "each sequencer fault measured: {report}");
+    let faults = report["sequencer_faults"].as_u64();
+    assert!(faults >= Some(3), "{report}");
+    assert_eq!(report["sequencer_deposed"].as_u64(), faults, "a new sequencer before the old came back: {report}");
+}
+
+/// The namespaces of run `run` are gone.
+fn assert_no_namespaces_left(run: u8) {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    let list = String::from_utf8_lossy(&out.stdout);
+    let server = format!("sam{run}s");
+    let ours = |n: &str| {
+        n == format!("sam{run}m") || n.strip_prefix(&server).is_some_and(|i| i.chars().all(|c| c.is_ascii_digit()))
+    };
+    assert!(!list.split_whitespace().any(ours), "left behind: {list}");
 }
 
 #[test]
 fn a_quick_run_across_namespaces_over_multicast_has_no_violation() {
     let (code, report) = fault_run(&["--quick", "--hosts", "netns", "--run", "11"]);
     assert_clean_quick_run(code, &report);
+    assert_no_namespaces_left(11);
 }
 
 #[test]
 fn a_quick_run_across_namespaces_over_unicast_has_no_violation() {
     let (code, report) = fault_run(&["--quick", "--hosts", "netns", "--transport", "unicast", "--run", "12"]);
     assert_clean_quick_run(code, &report);
+    assert_no_namespaces_left(12);
 }
 
 /// The sequencer numbering retransmitted messages again (no de-duplication) is caught: the run

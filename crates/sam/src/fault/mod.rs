@@ -182,6 +182,7 @@ fn run(args: &RunArgs) -> Result<std::process::ExitCode> {
         sequencer: None,
         cursors: vec![0; args.tails],
         committed: 0,
+        deposed: (0, 0),
         garbled: 0,
         start: Instant::now(),
         checkpoint_servers: cluster.servers.iter().filter(|s| s.roles.contains(Role::Checkpoint)).count(),
@@ -200,7 +201,8 @@ fn run(args: &RunArgs) -> Result<std::process::ExitCode> {
         (Some(_), true) => None,
         _ => Some(temp.map_or(dir.clone(), tempfile::TempDir::keep)),
     };
-    report(args, seed, &faults, &verdict, &failovers, harness.garbled, kept.as_deref());
+    let run = Summary { seed, faults, failovers, deposed: harness.deposed, garbled: harness.garbled, kept };
+    report(args, &run, &verdict);
     Ok(std::process::ExitCode::from(u8::from(!verdict.violations.is_empty())))
 }
 
@@ -246,6 +248,9 @@ struct Harness {
     cursors: Vec<u64>,
     /// The highest number a sender was told its message is committed at.
     committed: u64,
+    /// Faults that took the sequencer away and, of those, the ones after which the tails
+    /// followed a newer sequencer before the old one came back.
+    deposed: (u64, u64),
     garbled: u64,
     start: Instant,
     checkpoint_servers: usize,
@@ -310,35 +315,52 @@ impl Harness {
             return Ok(None);
         };
         self.note(&fault, "start");
-        match fault {
-            Fault::KillSequencer { server, down }
-            | Fault::KillServer { server, down }
-            | Fault::KillCheckpoint { server, down } => {
-                self.fleet.kill(server);
-                self.wait(down);
-                self.fleet.start_server(server, false)?;
-            }
-            Fault::PauseSequencer { server, paused } => {
-                self.fleet.pause(server, true);
-                self.wait(paused);
-                self.fleet.pause(server, false);
-            }
-            Fault::IsolateSequencer { server, with, held } => {
-                self.fleet.hosts().context("partitions need --hosts netns")?.partition(&[server + 1, with + 1])?;
-                self.wait(held);
-                self.heal()?;
-            }
-            Fault::CutLink { server, held } => {
-                self.fleet.hosts().context("cut links need --hosts netns")?.cut(server + 1, false)?;
-                self.wait(held);
-                self.heal()?;
-            }
-            Fault::Rest { .. } => {}
+        let epoch = self.sequencer.map(|(epoch, _)| epoch);
+        self.begin(&fault)?;
+        self.wait(fault.length());
+        if fault.takes_the_sequencer() {
+            // Before it comes back, the group must have moved on to a new sequencer.
+            self.deposed.1 += 1;
+            self.deposed.0 += u64::from(self.sequencer.map(|(e, _)| e) > epoch);
         }
+        self.end(&fault)?;
         self.note(&fault, "end");
         // Each fault ends before the next begins: the group needs a majority to go on.
         self.wait(fault.rest_after());
         Ok(Some(fault))
+    }
+
+    fn begin(&mut self, fault: &Fault) -> Result<()> {
+        match *fault {
+            Fault::KillSequencer { server, .. }
+            | Fault::KillServer { server, .. }
+            | Fault::KillCheckpoint { server, .. } => {
+                self.fleet.kill(server);
+            }
+            Fault::PauseSequencer { server, .. } => self.fleet.pause(server, true),
+            Fault::IsolateSequencer { server, with, .. } => {
+                self.fleet.hosts().context("partitions need --hosts netns")?.partition(&[server + 1, with + 1])?;
+            }
+            Fault::CutLink { server, .. } => {
+                self.fleet.hosts().context("cut links need --hosts netns")?.cut(server + 1, false)?
+            }
+            Fault::Rest { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, fault: &Fault) -> Result<()> {
+        match *fault {
+            Fault::KillSequencer { server, .. }
+            | Fault::KillServer { server, .. }
+            | Fault::KillCheckpoint { server, .. } => self.fleet.start_server(server, false),
+            Fault::PauseSequencer { server, .. } => {
+                self.fleet.pause(server, false);
+                Ok(())
+            }
+            Fault::IsolateSequencer { .. } | Fault::CutLink { .. } => self.heal(),
+            Fault::Rest { .. } => Ok(()),
+        }
     }
 
     /// Picks the fault's target among the running servers.
@@ -487,20 +509,23 @@ fn failover_times(records: &[Record]) -> Vec<f64> {
     times
 }
 
-fn report(
-    args: &RunArgs,
+/// What a run did, besides what its history says.
+struct Summary {
     seed: u64,
-    faults: &[Fault],
-    verdict: &Verdict,
-    failovers: &[f64],
+    faults: Vec<Fault>,
+    failovers: Vec<f64>,
+    deposed: (u64, u64),
     garbled: u64,
-    kept: Option<&Path>,
-) {
+    kept: Option<PathBuf>,
+}
+
+fn report(args: &RunArgs, run: &Summary, verdict: &Verdict) {
+    let (seed, faults, kept) = (run.seed, &run.faults, run.kept.as_deref());
     let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
     for f in faults {
         *by_kind.entry(f.kind()).or_default() += 1;
     }
-    let mut sorted = failovers.to_vec();
+    let mut sorted = run.failovers.clone();
     sorted.sort_by(f64::total_cmp);
     // The nearest-rank median.
     let p50 = sorted.get(sorted.len().saturating_sub(1) / 2).copied();
@@ -522,7 +547,9 @@ fn report(
         "deliveries_checked": verdict.deliveries,
         "highest_seq": verdict.highest,
         "failover_ms": { "count": sorted.len(), "p50": p50, "max": max },
-        "garbled_lines": garbled,
+        "sequencer_faults": run.deposed.1,
+        "sequencer_deposed": run.deposed.0,
+        "garbled_lines": run.garbled,
         "violations": violations,
         "kept_dir": kept.map(|d| d.display().to_string()),
     });
@@ -538,6 +565,7 @@ fn report(
     if let (Some(p50), Some(max)) = (p50, max) {
         println!("  failover: {} times, p50 {p50:.0} ms, max {max:.0} ms", sorted.len());
     }
+    println!("  sequencer deposed before it came back: {} of {} faults", run.deposed.0, run.deposed.1);
     if violations.is_empty() {
         println!("  no violations");
     } else {

@@ -65,7 +65,13 @@ impl Fault {
         }
     }
 
-    fn length(&self) -> Duration {
+    /// Whether it takes the sequencer away (its target is the sequencer when it begins).
+    pub fn takes_the_sequencer(&self) -> bool {
+        matches!(self, Fault::KillSequencer { .. } | Fault::PauseSequencer { .. } | Fault::IsolateSequencer { .. })
+    }
+
+    /// How long it holds.
+    pub fn length(&self) -> Duration {
         match self {
             Fault::KillSequencer { down, .. } | Fault::KillServer { down, .. } | Fault::KillCheckpoint { down, .. } => {
                 *down
