@@ -192,7 +192,13 @@ fn run(args: &RunArgs) -> Result<std::process::ExitCode> {
     harness.fleet.stop();
     harness.pump();
     let _ = harness.file.flush();
-    let faults = outcome?;
+    let faults = match outcome {
+        Ok(faults) => faults,
+        Err(e) => {
+            let kept = temp.map_or(dir, tempfile::TempDir::keep);
+            return Err(e.context(format!("the run stopped; its history and logs are in {}", kept.display())));
+        }
+    };
     let tails: Vec<usize> = (0..args.tails).collect();
     let senders: Vec<usize> = (args.tails..args.tails + args.senders).collect();
     let verdict = history::check(&harness.records, &tails, &senders);
