@@ -232,6 +232,8 @@ fn cluster_config(args: &RunArgs, dir: &Path, hosts: Option<&Hosts>) -> Result<C
         cluster.transport = Transport::Unicast;
         cluster.channels = None;
     }
+    // Unicast members leave a lost relay after half a lease: about a failure timeout here.
+    cluster.network.relay_lease_ms = 1_000;
     cluster.protocol.checkpoint_every = 2_000;
     cluster.protocol.catch_up_after = 4_000;
     cluster.storage.segment_bytes = 1 << 20;
