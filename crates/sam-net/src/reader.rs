@@ -97,10 +97,13 @@ impl Task {
                     2 => NetStats::add(&self.reader.stats.injected_duplicates),
                     _ => {}
                 }
-                let datagram =
+                let mut datagram =
                     bufs[i].get(..*len).filter(|_| *len <= MAX_UDP_PAYLOAD_BYTES).map(Bytes::copy_from_slice);
-                for _ in 0..copies {
-                    if !self.handle(datagram.clone(), *from).await {
+                for left in (0..copies).rev() {
+                    // The last copy is the datagram itself: no clone (and no shared buffer) on
+                    // the usual path.
+                    let copy = if left == 0 { datagram.take() } else { datagram.clone() };
+                    if !self.handle(copy, *from).await {
                         return;
                     }
                 }
