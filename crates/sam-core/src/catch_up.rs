@@ -32,6 +32,10 @@ pub(crate) struct CatchUp {
     whole_from: Option<usize>,
     /// Blocks asked for in the current round and not received yet.
     awaited: usize,
+    /// Rounds in a row that timed out without a single block arriving.
+    silent_rounds: usize,
+    /// Whether a block arrived in the current round.
+    heard: bool,
     next_ask: Time,
     timeout_us: u64,
     /// Blocks received, counting those fetched again.
@@ -59,6 +63,8 @@ impl CatchUp {
             shift: 0,
             whole_from: None,
             awaited: 0,
+            silent_rounds: 0,
+            heard: false,
             next_ask: now,
             timeout_us,
             fetched: 0,
@@ -81,11 +87,12 @@ impl CatchUp {
         self.shift > 0
     }
 
-    /// Whether every server left a round unanswered twice over: the checkpoint servers are
-    /// down or unreachable, and a member that waits for this fetch to start delivering should
-    /// not wait any longer.
+    /// Whether `2 n` rounds in a row (`n` servers) brought not one block: every server was
+    /// asked and stayed silent at least twice, so the checkpoint servers are down or
+    /// unreachable, and a member that waits for this fetch to start delivering should not
+    /// wait any longer. Slow or lossy fetches, which bring some blocks, never count.
     pub(crate) fn abandoned(&self) -> bool {
-        self.shift >= 2 * self.servers.len()
+        self.silent_rounds >= 2 * self.servers.len()
     }
 
     /// The verified snapshot, once every block arrived.
@@ -99,6 +106,7 @@ impl CatchUp {
             return;
         }
         if self.awaited > 0 {
+            self.silent_rounds = if self.heard { 0 } else { self.silent_rounds + 1 };
             self.shift += 1;
             if let Some(k) = self.whole_from {
                 // A whole snapshot comes from one server: what the silent one sent is dropped.
@@ -115,6 +123,7 @@ impl CatchUp {
             }
         }
         self.awaited = asks.iter().map(Vec::len).sum();
+        self.heard = false;
         for (j, blocks) in asks.into_iter().enumerate().filter(|(_, b)| !b.is_empty()) {
             let fetch = FetchBlocks { seq: self.checkpoint.seq, blocks };
             out.send(Dest::Pid(self.servers[j]), Message::FetchBlocks(fetch));
@@ -133,6 +142,7 @@ impl CatchUp {
         *slot = Some(block.bytes.clone());
         self.missing -= 1;
         self.fetched += 1;
+        (self.heard, self.silent_rounds) = (true, 0);
         self.awaited = self.awaited.saturating_sub(1);
         if self.awaited == 0 {
             self.next_ask = now;
@@ -237,6 +247,36 @@ mod tests {
         }
         assert_eq!(fetch.ready(), Some(&snapshot));
         assert_eq!(fetch.fetched(), 6);
+    }
+
+    /// A lossy fetch that brings one block a round is never abandoned, however many rounds
+    /// time out; `2 n` rounds in which nothing comes abandon it.
+    #[test]
+    fn only_rounds_that_bring_nothing_abandon_a_fetch() {
+        let snapshot: Bytes = (0..BLOCK_BYTES * 12).map(|i| (i % 241) as u8).collect::<Vec<_>>().into();
+        let cp = Checkpoint::new(Seq(100), snapshot);
+        let mut server = CheckpointServer::new();
+        server.install(cp.clone());
+        let mut fetch = CatchUp::start(cp.info(), vec![Pid(1), Pid(2)], Time(0), 1_000).unwrap();
+        let mut out = Outbox::new();
+        let mut now = 0;
+        for _ in 0..8 {
+            fetch.handle_tick(Time(now), &mut out);
+            let round = asks(&mut out);
+            let (pid, ask) = &round[0];
+            let one = FetchBlocks { seq: ask.seq, blocks: ask.blocks[..1].to_vec() };
+            serve(&server, &one).iter().for_each(|b| fetch.handle_block(Time(now + 1), *pid, b));
+            now += 1_000;
+            assert!(!fetch.abandoned(), "a block came in every round");
+        }
+        for _ in 0..4 {
+            fetch.handle_tick(Time(now), &mut out);
+            out.drain().for_each(drop);
+            now += 1_000;
+        }
+        assert!(!fetch.abandoned(), "three silent rounds so far: the last one is not over");
+        fetch.handle_tick(Time(now), &mut out);
+        assert!(fetch.abandoned(), "four silent rounds with two servers");
     }
 
     /// A server whose snapshot differs (its blocks match their own digests) spoils the first

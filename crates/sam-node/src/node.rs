@@ -131,13 +131,14 @@ pub enum Event {
         /// The server whose digest disagrees.
         server: Pid,
     },
-    /// The application of a node with server roles fell [`EVENTS_HELD`] events behind:
-    /// `missed` deliveries from number `first` on were not given to it.
+    /// The application of a node with server roles fell [`EVENTS_HELD`] events behind: the
+    /// deliveries (and any checkpoint restored) from number `first` through `last` were not
+    /// given to it.
     Lagged {
         /// The first number missed.
         first: Seq,
-        /// How many deliveries were missed.
-        missed: u64,
+        /// The last number missed.
+        last: Seq,
     },
 }
 
@@ -406,9 +407,9 @@ struct Host {
     events: mpsc::UnboundedSender<Vec<Event>>,
     /// How far behind the application is.
     backlog: Arc<Backlog>,
-    /// Deliveries a node that serves did not give its application while it was behind: the
-    /// first number and how many.
-    lagged: Option<(Seq, u64)>,
+    /// The numbers a node that serves did not give its application while it was behind:
+    /// the first and the last.
+    lagged: Option<(Seq, Seq)>,
     /// The events of the current turn, sent to the application as one batch.
     turn_events: Vec<Event>,
     /// Sends waiting for room in the window, oldest first.
@@ -446,7 +447,8 @@ impl Host {
         loop {
             let wake = self.process.poll_timeout().map(|t| self.clock + std::time::Duration::from_micros(t.0));
             let sleep = tokio::time::sleep_until(wake.map_or_else(far_future, tokio::time::Instant::from_std));
-            let behind = self.backlog.full();
+            // An application that dropped its handle takes nothing: nothing to wait for.
+            let behind = self.backlog.full() && !self.events.is_closed();
             tokio::select! {
                 incoming = self.net.recv(), if self.serves || !behind => {
                     let Some(first) = incoming else { return Ok(()) };
@@ -675,9 +677,11 @@ impl Host {
             return;
         }
         let n = self.turn_events.len();
+        // Counted before it is sent, so that the application never takes more than was handed.
+        self.backlog.handed(n);
         // Nobody listening (the handle is gone) is not an error.
-        if self.events.send(std::mem::take(&mut self.turn_events)).is_ok() {
-            self.backlog.handed(n);
+        if self.events.send(std::mem::take(&mut self.turn_events)).is_err() {
+            self.backlog.taken(n);
         }
     }
 
@@ -686,8 +690,8 @@ impl Host {
         if self.backlog.full() {
             return;
         }
-        if let Some((first, missed)) = self.lagged.take() {
-            self.turn_events.push(Event::Lagged { first, missed });
+        if let Some((first, last)) = self.lagged.take() {
+            self.turn_events.push(Event::Lagged { first, last });
         }
     }
 
@@ -706,13 +710,13 @@ impl Host {
                 self.writes.push_back((id, position.next()));
                 return Ok(());
             }
-            Action::Deliver { seq, mid, payload } => self.delivery(seq, mid, payload),
+            Action::Deliver { seq, mid, payload } => self.for_application(seq, Event::Deliver { seq, mid, payload }),
             Action::Committed { mid, seq } => self.fate(mid, Ok(seq), Event::Committed { mid, seq }),
             Action::Expired { mid } => self.fate(mid, Err(SendFailure::Expired(mid)), Event::Expired { mid }),
             Action::OutcomeUnknown { mid } => {
                 self.fate(mid, Err(SendFailure::OutcomeUnknown(mid)), Event::OutcomeUnknown { mid })
             }
-            Action::Restored { seq, .. } => self.deliveries.then_some(Event::Restored { seq }),
+            Action::Restored { seq, .. } => self.for_application(seq, Event::Restored { seq }),
             Action::CheckpointMismatch { seq, server, .. } => Some(Event::CheckpointMismatch { seq, server }),
             Action::Pong { from, pong } => Some(Event::Pong { from, nonce: pong.nonce, committed: pong.committed }),
         };
@@ -720,17 +724,17 @@ impl Host {
         Ok(())
     }
 
-    /// A delivery for the application: none when it takes none; counted in an
-    /// [`Event::Lagged`] instead when it is [`EVENTS_HELD`] behind on a node that serves.
-    fn delivery(&mut self, seq: Seq, mid: Mid, payload: Bytes) -> Option<Event> {
+    /// A delivery or restore at `seq` for the application: none when it takes none; part of
+    /// an [`Event::Lagged`] instead when it is [`EVENTS_HELD`] behind on a node that serves.
+    fn for_application(&mut self, seq: Seq, event: Event) -> Option<Event> {
         if !self.deliveries {
             return None;
         }
         if !self.serves || !self.backlog.full() {
             self.tell_lagged();
-            return Some(Event::Deliver { seq, mid, payload });
+            return Some(event);
         }
-        self.lagged.get_or_insert((seq, 0)).1 += 1;
+        self.lagged.get_or_insert((seq, seq)).1 = seq;
         None
     }
 

@@ -165,6 +165,7 @@ async fn applications_that_never_read_events_stall_neither_their_sends_nor_the_g
 
     let lazy = &mut servers[0];
     let (mut delivered, mut missed, mut last) = (0, 0, Seq::ZERO);
+    // No message expires and no number is a no-op here: numbers and deliveries agree.
     while delivered + missed < MESSAGES as u64 {
         let event = tokio::time::timeout(Duration::from_secs(20), lazy.next_event()).await.expect("event in time");
         match event.expect("running") {
@@ -172,9 +173,9 @@ async fn applications_that_never_read_events_stall_neither_their_sends_nor_the_g
                 assert!(seq > last, "in order after what was missed");
                 (delivered, last) = (delivered + 1, seq);
             }
-            Event::Lagged { first, missed: n } => {
-                assert!(first > last, "the missed numbers follow the last delivered");
-                (missed, last) = (missed + n, Seq(first.0 + n - 1));
+            Event::Lagged { first, last: to } => {
+                assert!(first > last && to >= first, "the missed numbers follow the last delivered");
+                (missed, last) = (missed + to.0 - first.0 + 1, to);
             }
             _ => {}
         }
@@ -194,7 +195,8 @@ fn segments(dir: &std::path::Path) -> (u64, bool) {
         let entry = entry.expect("entry");
         let name = entry.file_name().into_string().expect("utf-8 name");
         if name.ends_with(".seg") {
-            bytes += entry.metadata().expect("metadata").len();
+            // A segment retired meanwhile has no size any more.
+            bytes += entry.metadata().map_or(0, |m| m.len());
             first |= name.trim_end_matches(".seg").trim_start_matches('0').is_empty();
         }
     }

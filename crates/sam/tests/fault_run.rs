@@ -65,7 +65,9 @@ fn assert_clean_quick_run(code: Option<i32>, report: &serde_json::Value) {
     }
     let committed = report["committed"].as_u64().unwrap_or(0);
     assert!(committed > 1_000, "messages went on being committed: {report}");
-    assert!(report["deliveries_checked"].as_u64().unwrap_or(0) >= 3 * committed, "three tails checked: {report}");
+    assert_eq!(report["unknown"].as_u64(), Some(0), "every sender learned its messages' fate: {report}");
+    // Tails that fall behind catch up from a checkpoint and skip what it covers.
+    assert!(report["deliveries_checked"].as_u64().unwrap_or(0) >= 2 * committed, "the tails were checked: {report}");
     assert!(report["failover_ms"]["count"].as_u64().unwrap_or(0) >= 3, "each sequencer fault measured: {report}");
     let faults = report["sequencer_faults"].as_u64();
     assert!(faults >= Some(3), "{report}");
@@ -98,10 +100,13 @@ fn a_quick_run_across_namespaces_over_unicast_has_no_violation() {
 }
 
 /// The sequencer numbering retransmitted messages again (no de-duplication) is caught: the run
-/// fails and says which promise broke.
+/// fails and says which promise broke, where the same run without it passes.
 #[test]
 fn a_quick_run_of_a_known_bad_variant_fails() {
-    let (code, report) = fault_run(&["--quick", "--run", "13", "--mutation", "no-deduplication", "--quiescence", "10"]);
+    let args = ["--quick", "--run", "13", "--quiescence", "10"];
+    let (code, report) = fault_run(&args);
+    assert_eq!(code, Some(0), "the same run without the broken variant is clean: {report}");
+    let (code, report) = fault_run(&[&args[..], &["--mutation", "no-deduplication"]].concat());
     assert_eq!(code, Some(1), "the run fails: {report}");
     let violations = report["violations"].as_array().cloned().unwrap_or_default();
     assert!(!violations.is_empty(), "{report}");

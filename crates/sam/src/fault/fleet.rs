@@ -1,13 +1,16 @@
 //! The processes of a fault run: the servers (`sam server`), which the harness kills, pauses
 //! and restarts from their disks, and the members (`sam fault member`), whose history records
 //! a thread per member reads from its standard output. Every process is stopped by its pid
-//! when the fleet is dropped.
+//! when the fleet is dropped (killed if it does not stop in time), and dies with the harness
+//! if the harness itself is killed. A process that exits on its own is reported.
 
 use std::fs;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -32,6 +35,15 @@ struct Server {
     state: State,
 }
 
+/// One member process and the thread that reads its records.
+struct Member {
+    child: Option<Child>,
+    reader: Option<JoinHandle<()>>,
+}
+
+/// How long a process asked to stop may take before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
 /// What a member's reader thread passes on: a record, or a line that is none.
 pub enum Line {
     /// A history record.
@@ -46,7 +58,7 @@ pub struct Fleet {
     config: PathBuf,
     dir: PathBuf,
     servers: Vec<Server>,
-    members: Vec<Child>,
+    members: Vec<Member>,
     lines: mpsc::Sender<Line>,
     hosts: Option<Hosts>,
 }
@@ -91,7 +103,7 @@ impl Fleet {
             command.arg("--init");
         }
         command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let child = command.spawn().with_context(|| format!("starting server {id}"))?;
+        let child = spawn(&mut command).with_context(|| format!("starting server {id}"))?;
         let server = &mut self.servers[i];
         (server.child, server.state) = (Some(child), State::Up);
         Ok(())
@@ -103,10 +115,10 @@ impl Fleet {
         let mut command = self.command(None);
         command.args(["fault", "member", "--config"]).arg(&self.config).arg("--member").arg(member.to_string());
         command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
-        let mut child = command.spawn().with_context(|| format!("starting member {member}"))?;
+        let mut child = spawn(&mut command).with_context(|| format!("starting member {member}"))?;
         let stdout = child.stdout.take().context("a member's output")?;
         let lines = self.lines.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let parsed = serde_json::from_str(&line).map_or(Line::Garbled(line), Line::Record);
@@ -115,8 +127,29 @@ impl Fleet {
                 }
             }
         });
-        self.members.push(child);
+        self.members.push(Member { child: Some(child), reader: Some(reader) });
         Ok(())
+    }
+
+    /// A process that exited without being asked to: its name and how it ended.
+    pub fn unexpected_exit(&mut self) -> Option<String> {
+        for server in &mut self.servers {
+            if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                server.child = None;
+                server.state = State::Down;
+                return Some(format!(
+                    "server {} exited by itself ({status}); see logs/server-{}.log",
+                    server.id, server.id
+                ));
+            }
+        }
+        for (i, member) in self.members.iter_mut().enumerate() {
+            if let Some(status) = member.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                member.child = None;
+                return Some(format!("member {i} exited by itself ({status}); see logs/member-{i}.log"));
+            }
+        }
+        None
     }
 
     /// Server `i`'s state.
@@ -148,13 +181,21 @@ impl Fleet {
         }
     }
 
-    /// Asks the members `members` to stop (`SIGTERM`) and waits for them.
+    /// Asks the members `members` to stop (`SIGTERM`), waits for them, and for their readers
+    /// to pass on the last of their records.
     pub fn stop_members(&mut self, members: std::ops::Range<usize>) {
-        for child in &self.members[members.clone()] {
-            signal(child.id(), libc::SIGTERM);
+        for member in &self.members[members.clone()] {
+            if let Some(child) = &member.child {
+                signal(child.id(), libc::SIGTERM);
+            }
         }
-        for child in &mut self.members[members] {
-            let _ = child.wait();
+        for member in &mut self.members[members] {
+            if let Some(child) = member.child.take() {
+                wait_or_kill(child);
+            }
+            if let Some(reader) = member.reader.take() {
+                let _ = reader.join();
+            }
         }
     }
 
@@ -163,10 +204,10 @@ impl Fleet {
         let all = 0..self.members.len();
         self.stop_members(all);
         for server in &mut self.servers {
-            if let Some(mut child) = server.child.take() {
+            if let Some(child) = server.child.take() {
                 signal(child.id(), libc::SIGCONT);
                 signal(child.id(), libc::SIGTERM);
-                let _ = child.wait();
+                wait_or_kill(child);
             }
             server.state = State::Down;
         }
@@ -179,8 +220,40 @@ impl Drop for Fleet {
     }
 }
 
+/// Starts `command` so that the process dies with the harness (`PR_SET_PDEATHSIG` survives
+/// the exec of `ip netns exec` and of `sam`, which `ip` execs in place: its pid is the
+/// server's).
+fn spawn(command: &mut Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
+    // which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// Waits for a process asked to stop; kills it if it takes longer than [`STOP_GRACE`].
+fn wait_or_kill(mut child: Child) {
+    let deadline = Instant::now() + STOP_GRACE;
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() >= deadline {
+            signal(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) of a process this fleet started and has not reaped yet.
+    // SAFETY: kill(2) of a process this fleet started and has not reaped (each `Child` is
+    // taken out of the fleet when it is waited for, so a reaped pid is never signalled).
     unsafe {
         libc::kill(pid as libc::pid_t, signal);
     }

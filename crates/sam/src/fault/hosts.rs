@@ -104,10 +104,25 @@ impl Hosts {
         Ok(())
     }
 
-    /// Removes whatever of this run exists (deleting a namespace deletes its veth pair).
+    /// Removes whatever of this run exists: processes still in its namespaces (left by a
+    /// run that was killed), the links, the namespaces and the bridges.
     fn remove(&self) {
         for host in self.all() {
-            let _ = quiet_ip(&["netns", "del", &self.namespace(host)]);
+            let ns = self.namespace(host);
+            for pid in Command::new("ip")
+                .args(["netns", "pids", &ns])
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+                .split(|b| b.is_ascii_whitespace())
+            {
+                if let Some(pid) = std::str::from_utf8(pid).ok().and_then(|p| p.parse::<libc::pid_t>().ok()) {
+                    // SAFETY: kill(2) of a process inside a namespace that only this run creates.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            let _ = quiet_ip(&["link", "del", &self.link(host)]);
+            let _ = quiet_ip(&["netns", "del", &ns]);
         }
         for bridge in [self.bridge(0), self.bridge(1)] {
             let _ = quiet_ip(&["link", "del", &bridge]);

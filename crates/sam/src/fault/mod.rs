@@ -180,7 +180,9 @@ fn run(args: &RunArgs) -> Result<std::process::ExitCode> {
         file: std::io::BufWriter::new(history),
         records: Vec::new(),
         sequencer: None,
-        cursors: vec![0; args.tails],
+        cursors: tails_of(args).map(|t| (t, 0)).collect(),
+        delivered: 0,
+        broken: None,
         committed: 0,
         deposed: (0, 0),
         garbled: 0,
@@ -199,7 +201,7 @@ fn run(args: &RunArgs) -> Result<std::process::ExitCode> {
             return Err(e.context(format!("the run stopped; its history and logs are in {}", kept.display())));
         }
     };
-    let tails: Vec<usize> = (0..args.tails).collect();
+    let tails: Vec<usize> = tails_of(args).collect();
     let senders: Vec<usize> = (args.tails..args.tails + args.senders).collect();
     let verdict = history::check(&harness.records, &tails, &senders);
     let failovers = failover_times(&harness.records);
@@ -210,6 +212,16 @@ fn run(args: &RunArgs) -> Result<std::process::ExitCode> {
     let run = Summary { seed, faults, failovers, deposed: harness.deposed, garbled: harness.garbled, kept };
     report(args, &run, &verdict);
     Ok(std::process::ExitCode::from(u8::from(!verdict.violations.is_empty())))
+}
+
+/// The member number of the tail that joins once the faults are over (after the senders).
+fn late_tail(args: &RunArgs) -> usize {
+    args.tails + args.senders
+}
+
+/// The member numbers of every tail: those that run throughout, and the late one.
+fn tails_of(args: &RunArgs) -> impl Iterator<Item = usize> {
+    (0..args.tails).chain([late_tail(args)])
 }
 
 /// The run's configuration: the local cluster's layout, on the run's own addresses, with
@@ -253,7 +265,11 @@ struct Harness {
     /// The newest sequencer a tail heard of: its epoch and pid.
     sequencer: Option<(u64, u64)>,
     /// The last number each tail delivered.
-    cursors: Vec<u64>,
+    cursors: BTreeMap<usize, u64>,
+    /// The highest number any tail delivered.
+    delivered: u64,
+    /// A process that exited by itself, which ends the run.
+    broken: Option<String>,
     /// The highest number a sender was told its message is committed at.
     committed: u64,
     /// Faults that took the sequencer away and, of those, the ones after which the tails
@@ -287,6 +303,9 @@ impl Harness {
             if interrupted() {
                 bail!("interrupted");
             }
+            if let Some(why) = self.broken.take() {
+                bail!(why);
+            }
             if Instant::now() >= faults_end {
                 break;
             }
@@ -302,13 +321,19 @@ impl Harness {
         self.pump();
         self.progress("waiting for the tails to deliver everything committed");
         let quiescence = Duration::from_secs(args.quiescence);
-        let quiet = self.wait_until(quiescence, |h| h.cursors.iter().all(|c| *c >= h.committed));
-        if !quiet {
+        let caught_up = |h: &Harness| h.cursors.values().all(|c| *c >= h.committed.max(h.delivered));
+        // A tail that joins after every fault reads back what the restarted servers kept.
+        self.fleet.start_member(late_tail(args), &[])?;
+        if !self.wait_until(quiescence, caught_up) {
             self.progress("the tails did not reach the highest committed number: the check will say what is missing");
         }
         // Whatever arrives meanwhile is delivered too: a moment more, then the tails stop.
         self.wait(Duration::from_secs(1));
-        self.fleet.stop_members(0..args.tails);
+        self.fleet.stop_members(0..late_tail(args) + 1);
+        self.pump();
+        if let Some(why) = self.broken.take() {
+            bail!(why);
+        }
         if interrupted() {
             bail!("interrupted");
         }
@@ -451,9 +476,10 @@ impl Harness {
                 self.sequencer = Some((*epoch, *pid));
             }
             Record::Deliver { member, seq, .. } | Record::Restored { member, seq, .. } => {
-                if let Some(c) = self.cursors.get_mut(*member) {
+                if let Some(c) = self.cursors.get_mut(member) {
                     *c = (*c).max(*seq);
                 }
+                self.delivered = self.delivered.max(*seq);
             }
             Record::Outcome { fate: Fate::Committed, seq: Some(seq), .. } => self.committed = self.committed.max(*seq),
             _ => {}
@@ -476,7 +502,10 @@ impl Harness {
             if done(self) {
                 return true;
             }
-            if Instant::now() >= end || interrupted() {
+            if self.broken.is_none() {
+                self.broken = self.fleet.unexpected_exit();
+            }
+            if Instant::now() >= end || interrupted() || self.broken.is_some() {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
