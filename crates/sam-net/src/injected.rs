@@ -36,15 +36,12 @@ impl Injector {
         if self.faults == InjectedFaults::default() {
             return 1;
         }
-        let roll = (self.rng.next_u32() % 1_000) as u16;
-        if roll < self.faults.drop_per_mille.min(MAX_PER_MILLE) {
-            0
-        } else if roll
-            < self.faults.drop_per_mille.min(MAX_PER_MILLE) + self.faults.duplicate_per_mille.min(MAX_PER_MILLE)
-        {
-            2
-        } else {
-            1
+        let drop = self.faults.drop_per_mille.min(MAX_PER_MILLE);
+        let duplicate = self.faults.duplicate_per_mille.min(MAX_PER_MILLE);
+        match (self.rng.next_u32() % 1_000) as u16 {
+            roll if roll < drop => 0,
+            roll if roll < drop + duplicate => 2,
+            _ => 1,
         }
     }
 }

@@ -26,7 +26,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use sam_node::config::{ClusterConfig, Role, Transport};
+use sam_node::config::{ClusterConfig, Transport};
 use serde_json::json;
 
 use fleet::{Fleet, Line, State};
@@ -187,7 +187,6 @@ fn run(args: &RunArgs) -> Result<std::process::ExitCode> {
         deposed: (0, 0),
         garbled: 0,
         start: Instant::now(),
-        checkpoint_servers: cluster.servers.iter().filter(|s| s.roles.contains(Role::Checkpoint)).count(),
         rng: Xoshiro256PlusPlus::seed_from_u64(seed),
     };
     let outcome = harness.run(args, schedule);
@@ -277,7 +276,6 @@ struct Harness {
     deposed: (u64, u64),
     garbled: u64,
     start: Instant,
-    checkpoint_servers: usize,
     rng: Xoshiro256PlusPlus,
 }
 
@@ -401,7 +399,7 @@ impl Harness {
         let sequencer = self.sequencer_index();
         let up = |h: &Harness, i: usize| h.fleet.state(i) == State::Up;
         let others: Vec<usize> = (0..SERVERS).filter(|i| Some(*i) != sequencer && up(self, *i)).collect();
-        let checkpoints: Vec<usize> = (SERVERS..SERVERS + self.checkpoint_servers).filter(|i| up(self, *i)).collect();
+        let checkpoints: Vec<usize> = (SERVERS..SERVERS + CHECKPOINT_SERVERS).filter(|i| up(self, *i)).collect();
         let pick = |rng: &mut Xoshiro256PlusPlus, from: &[usize]| {
             (!from.is_empty()).then(|| from[rng.random_range(0..from.len())])
         };
@@ -431,7 +429,7 @@ impl Harness {
         if let Some(h) = self.fleet.hosts() {
             h.heal()?;
         }
-        for i in 0..SERVERS + self.checkpoint_servers {
+        for i in 0..SERVERS + CHECKPOINT_SERVERS {
             match self.fleet.state(i) {
                 State::Paused => self.fleet.pause(i, false),
                 State::Down => self.fleet.start_server(i, false)?,

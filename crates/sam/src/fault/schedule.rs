@@ -95,7 +95,7 @@ pub struct Schedule {
     duration: Duration,
 }
 
-const fn secs(ms: u64) -> Duration {
+const fn millis(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
 
@@ -108,14 +108,14 @@ impl Schedule {
             return Schedule { quick: Vec::new().into_iter(), soak: Some((rng, netns)), duration };
         }
         let mut faults = vec![
-            Fault::KillSequencer { server: 0, down: secs(2_000) },
-            Fault::KillServer { server: 0, down: secs(2_000) },
-            Fault::PauseSequencer { server: 0, paused: secs(2_500) },
-            Fault::KillCheckpoint { server: 0, down: secs(1_500) },
+            Fault::KillSequencer { server: 0, down: millis(2_000) },
+            Fault::KillServer { server: 0, down: millis(2_000) },
+            Fault::PauseSequencer { server: 0, paused: millis(2_500) },
+            Fault::KillCheckpoint { server: 0, down: millis(1_500) },
         ];
         if netns {
-            faults.insert(2, Fault::IsolateSequencer { server: 0, with: 0, held: secs(4_000) });
-            faults.push(Fault::CutLink { server: 0, held: secs(2_000) });
+            faults.insert(2, Fault::IsolateSequencer { server: 0, with: 0, held: millis(4_000) });
+            faults.push(Fault::CutLink { server: 0, held: millis(2_000) });
         }
         // The quick run ends when its faults do.
         Schedule { quick: faults.into_iter(), soak: None, duration: Duration::from_secs(3_600) }
@@ -133,7 +133,7 @@ impl Iterator for Schedule {
     fn next(&mut self) -> Option<Fault> {
         let Some((rng, netns)) = &mut self.soak else { return self.quick.next() };
         let kinds = if *netns { 7 } else { 5 };
-        let ms = |rng: &mut Xoshiro256PlusPlus, lo: u64, hi: u64| secs(rng.random_range(lo..=hi));
+        let ms = |rng: &mut Xoshiro256PlusPlus, lo: u64, hi: u64| millis(rng.random_range(lo..=hi));
         Some(match rng.random_range(0..kinds) {
             0 => Fault::KillSequencer { server: 0, down: ms(rng, 500, 4_000) },
             1 => Fault::KillServer { server: 0, down: ms(rng, 500, 4_000) },
