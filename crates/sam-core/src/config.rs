@@ -92,6 +92,11 @@ pub struct Config {
     pub heartbeat_recent: usize,
     /// The bytes of uncommitted data a member buffers before it drops and fetches later.
     pub member_buffer_bytes: usize,
+    /// The bytes of uncommitted data a data server holds for one sender pid (all its
+    /// incarnations); beyond it, that sender's new messages wait for its retransmissions.
+    pub data_sender_bytes_max: usize,
+    /// The bytes of uncommitted data a data server holds in all.
+    pub data_uncommitted_bytes_max: usize,
     /// Checkpoints fall at the multiples of this number (DESIGN section 5).
     pub checkpoint_every: u64,
     /// A member more than this many numbers behind the committed prefix catches up from the
@@ -192,6 +197,8 @@ impl Config {
             batch_entries: 512,
             heartbeat_recent: 64,
             member_buffer_bytes: 64 << 20,
+            data_sender_bytes_max: 256 << 20,
+            data_uncommitted_bytes_max: 1 << 30,
             checkpoint_every: 50_000,
             catch_up_after: 100_000,
             #[cfg(feature = "mutations")]
@@ -221,6 +228,8 @@ impl Config {
             ("nack_batch", self.nack_batch as u64),
             ("batch_entries", self.batch_entries as u64),
             ("member_buffer_bytes", self.member_buffer_bytes as u64),
+            ("data_sender_bytes_max", self.data_sender_bytes_max as u64),
+            ("data_uncommitted_bytes_max", self.data_uncommitted_bytes_max as u64),
             ("checkpoint_every", self.checkpoint_every),
             ("catch_up_after", self.catch_up_after),
         ];

@@ -6,6 +6,11 @@
 //! so a lost `Order` costs one retransmission interval and no timer of its own. It serves the
 //! messages members missed (`Fetch`), and follows heartbeats to know where the sequencer is.
 //!
+//! Bounds (DESIGN section 12): a message whose timestamp lies beyond what can be numbered
+//! soon (more than `max_lifetime` above the committed prefix heard) is refused, and so is one
+//! that would lift the uncommitted bytes held for its sender pid, or in all, above their caps;
+//! the sender's retransmission brings it again once there is room.
+//!
 //! Garbage collection (DESIGN section 5): once a checkpoint is advertised, it drops every
 //! message committed at or below the checkpoint before it, `c`, and every message whose
 //! lifetime ends at or below `c` (never committed, or committed where this server missed the
@@ -50,6 +55,13 @@ pub struct DataServer {
     checkpoint: Option<CheckpointInfo>,
     /// The checkpoint before it: what it covers is garbage here.
     floor: Seq,
+    /// The highest committed prefix heard in a heartbeat.
+    committed: Seq,
+    /// Uncommitted payload bytes held, per sender pid and in all.
+    uncommitted_by_pid: FxHashMap<Pid, usize>,
+    uncommitted_bytes: usize,
+    /// Data messages refused by the bounds.
+    refused: u64,
 }
 
 impl DataServer {
@@ -66,7 +78,47 @@ impl DataServer {
             epoch: Epoch::NONE,
             checkpoint: None,
             floor: Seq::ZERO,
+            committed: Seq::ZERO,
+            uncommitted_by_pid: FxHashMap::default(),
+            uncommitted_bytes: 0,
+            refused: 0,
         }
+    }
+
+    /// Data messages refused by the bounds: a timestamp beyond what can be numbered, or a
+    /// sender (or the server) over its cap of uncommitted bytes.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Uncommitted payload bytes held.
+    pub fn uncommitted_bytes(&self) -> usize {
+        self.uncommitted_bytes
+    }
+
+    /// Counts `len` uncommitted bytes of `pid` in (`held`) or out.
+    fn account(&mut self, pid: Pid, len: usize, held: bool) {
+        let of_pid = self.uncommitted_by_pid.entry(pid).or_default();
+        if held {
+            *of_pid += len;
+            self.uncommitted_bytes += len;
+        } else {
+            debug_assert!(*of_pid >= len && self.uncommitted_bytes >= len, "uncommitted bytes counted out twice");
+            *of_pid -= len;
+            self.uncommitted_bytes -= len;
+            if *of_pid == 0 {
+                self.uncommitted_by_pid.remove(&pid);
+            }
+        }
+    }
+
+    /// Whether a new message fits the bounds.
+    fn admits(&self, data: &Data) -> bool {
+        let len = data.payload.len();
+        let of_pid = self.uncommitted_by_pid.get(&data.mid.source.pid).copied().unwrap_or(0);
+        data.ts <= self.committed.plus(self.cfg.max_lifetime)
+            && of_pid + len <= self.cfg.data_sender_bytes_max
+            && self.uncommitted_bytes + len <= self.cfg.data_uncommitted_bytes_max
     }
 
     /// Whether this server holds `mid` (a host's store may drop the others).
@@ -97,6 +149,7 @@ impl DataServer {
                     durable: true,
                     committed: None,
                 };
+                server.account(data.mid.source.pid, data.payload.len(), true);
                 server.held.insert(data.mid, held);
             }
         }
@@ -116,7 +169,9 @@ impl DataServer {
                 self.flush_orders(out);
             }
             Some(_) => {}
+            None if !self.admits(data) => self.refused += 1,
             None => {
+                self.account(data.mid.source.pid, data.payload.len(), true);
                 let digest = Digest::of(&data.payload);
                 let id = out.persist(Record::Data(data.clone()));
                 self.unsynced.push_back((id, data.mid));
@@ -148,13 +203,17 @@ impl DataServer {
         self.orders.clear();
     }
 
-    /// Notes which held messages are committed (they need no more orders).
+    /// Notes which held messages are committed (they need no more orders, and count no more
+    /// against their sender's cap).
     pub fn handle_commit(&mut self, commit: &Commit) {
         for (i, assigned) in commit.entries.iter().enumerate() {
-            if let Assigned::Mid(mid) = assigned {
-                if let Some(h) = self.held.get_mut(mid) {
-                    h.committed = Some(commit.first.plus(i as u64));
-                }
+            let Assigned::Mid(mid) = assigned else { continue };
+            let Some(h) = self.held.get_mut(mid) else { continue };
+            let newly = h.committed.is_none();
+            h.committed = Some(commit.first.plus(i as u64));
+            if newly {
+                let len = h.payload.len();
+                self.account(mid.source.pid, len, false);
             }
         }
     }
@@ -162,6 +221,7 @@ impl DataServer {
     /// Follows the highest epoch's sequencer. A new sequencer gets every held, uncommitted
     /// message ordered again (DESIGN section 6): the orders its predecessor counted are lost.
     pub fn handle_heartbeat(&mut self, hb: &Heartbeat, out: &mut Outbox) {
+        self.committed = self.committed.max(hb.committed);
         if let Some(c) = hb.checkpoint.filter(|c| self.checkpoint.is_none_or(|known| c.seq > known.seq)) {
             self.floor = self.checkpoint.map_or(Seq::ZERO, |known| known.seq);
             self.checkpoint = Some(c);
@@ -184,7 +244,17 @@ impl DataServer {
     /// it is.
     fn collect_garbage(&mut self) {
         let (cfg, floor) = (&self.cfg, self.floor);
-        self.held.retain(|_, h| !h.durable || h.committed.unwrap_or(cfg.lifetime_end(h.ts)) > floor);
+        let mut freed = Vec::new();
+        self.held.retain(|mid, h| {
+            let keep = !h.durable || h.committed.unwrap_or(cfg.lifetime_end(h.ts)) > floor;
+            if !keep && h.committed.is_none() {
+                freed.push((mid.source.pid, h.payload.len()));
+            }
+            keep
+        });
+        for (pid, len) in freed {
+            self.account(pid, len, false);
+        }
     }
 
     /// Serves the messages a member asks for (those it holds). When it lacks the first (the
@@ -237,6 +307,35 @@ mod tests {
         let o = orders(&mut out);
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].items.len(), 3);
+    }
+
+    #[test]
+    fn data_beyond_the_numberable_range_or_over_the_caps_is_refused_until_room_returns() {
+        let mut cfg = Config::new(vec![Pid(1)], vec![Pid(2)], vec![]);
+        cfg.data_sender_bytes_max = 8;
+        cfg.data_uncommitted_bytes_max = 12;
+        let mut d = DataServer::new(Arc::new(cfg.clone()));
+        let mut out = Outbox::new();
+        let far = Data { ts: Seq(cfg.max_lifetime + 1), ..data(9) };
+        d.handle_data(&far, &mut out);
+        assert_eq!((d.held(), d.refused()), (0, 1), "a timestamp nothing can number yet");
+        for c in 1..=3 {
+            d.handle_data(&data(c), &mut out);
+        }
+        assert_eq!((d.held(), d.refused(), d.uncommitted_bytes()), (2, 2, 8), "4-byte payloads, 8 per sender");
+        let other = |counter| {
+            let mid = Mid { source: Source { pid: Pid(10), incarnation: Incarnation(1) }, counter };
+            Data { mid, ts: Seq(0), payload: Bytes::from_static(b"abcd") }
+        };
+        d.handle_data(&other(1), &mut out);
+        d.handle_data(&other(2), &mut out);
+        assert_eq!((d.held(), d.refused()), (3, 3), "12 bytes in all");
+        let commit = Commit { epoch: Epoch::initial(), first: Seq(1), entries: vec![Assigned::Mid(data(1).mid)] };
+        d.handle_commit(&commit);
+        d.handle_commit(&commit);
+        assert_eq!(d.uncommitted_bytes(), 8, "committed bytes count once, and no more");
+        d.handle_data(&data(3), &mut out);
+        assert_eq!(d.held(), 4, "the retransmission finds room");
     }
 
     #[test]

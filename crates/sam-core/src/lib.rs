@@ -53,6 +53,7 @@ pub mod ids;
 pub mod message;
 pub mod process;
 pub mod record_format;
+pub mod senders;
 pub mod sequencer;
 pub mod state_machine;
 pub mod wire;

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::data_server::DataServer;
 use crate::ids::{Epoch, Incarnation, Mid, Pid, Seq, Source, Time};
 use crate::message::{Data, Entry, Heartbeat, Message, Pong, PreVoteGranted};
+use crate::senders::Senders;
 use crate::sequencer::{Sequencer, Takeover};
 use crate::state_machine::{KvTable, StateMachine};
 
@@ -54,6 +55,9 @@ pub struct Process {
     checkpoint: Option<CheckpointServer>,
     client: Option<Client>,
     out: Outbox,
+    /// Who may say what, and the messages not believed.
+    senders: Senders,
+    unbelieved: u64,
 }
 
 impl Process {
@@ -73,8 +77,12 @@ impl Process {
             checkpoint: roles.checkpoint.then(|| CheckpointServer::recover(records)),
             client: roles.client.map(|incarnation| Client::new(cfg.clone(), Source { pid, incarnation }, fork())),
             out: Outbox::new(),
+            senders: Senders::default(),
+            unbelieved: 0,
             cfg,
         };
+        let promised = process.commit.as_ref().map_or(Epoch::NONE, CommitServer::promised);
+        process.senders = Senders::new(promised);
         if roles.checkpoint {
             process.attach_state_machine(now, Box::new(KvTable::new()));
         }
@@ -174,15 +182,33 @@ impl Process {
 
     /// Routes a message from `from` to the roles that handle its kind.
     pub fn handle(&mut self, now: Time, from: Pid, msg: &Message) {
+        if !self.believes(from, msg) {
+            return;
+        }
         let mark = self.out.len();
         self.route(now, from, msg);
         self.after_input(mark);
+    }
+
+    /// Messages not believed: from a sender whose role does not send them, or out of bounds
+    /// (DESIGN section 12). Each is dropped.
+    pub fn unbelieved(&self) -> u64 {
+        self.unbelieved
+    }
+
+    fn believes(&mut self, from: Pid, msg: &Message) -> bool {
+        let believed = self.senders.believes(&self.cfg, from, msg).is_ok();
+        self.unbelieved += u64::from(!believed);
+        believed
     }
 
     /// [`Process::handle`] taking the message: a data message's payload moves into the
     /// member's buffer instead of being shared, which spares a reference count per message on
     /// the node's hot path.
     pub fn handle_owned(&mut self, now: Time, from: Pid, msg: Message) {
+        if !self.believes(from, &msg) {
+            return;
+        }
         let mark = self.out.len();
         match msg {
             Message::Data(data) => self.route_data(now, from, data),
