@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sam_core::wire::{encode_fragments, EncodeError, FramePacker, FLAG_GLOBAL, RELAY_OVERHEAD};
+use sam_core::wire::{encode_fragments, EncodeError, FramePacker, FLAG_GLOBAL};
 use sam_core::{Channel, Dest, Message, Pid};
 use thiserror::Error;
 use tokio::net::UdpSocket;
@@ -26,6 +26,8 @@ use crate::injected::InjectedFaults;
 use crate::peer::Peers;
 use crate::reader::{Reader, Unicast};
 use crate::relay::Registration;
+use crate::security::envelope::{RELAY_ENVELOPE_LEN, SEAL_OVERHEAD};
+use crate::security::{SealFor, Sealer, SecurityError, SecurityPlan};
 use crate::socket::{self, Group};
 
 /// The largest datagram UDP carries over IPv4.
@@ -36,6 +38,10 @@ pub const INCOMING_QUEUE_DATAGRAMS: usize = 4_096;
 /// What a process's network looks like.
 #[derive(Clone, Debug)]
 pub struct NetPlan {
+    /// This process.
+    pub pid: Pid,
+    /// How frames are sealed and checked.
+    pub security: SecurityPlan,
     /// The unicast address this process sends from and is reached at (port 0: any free one).
     pub unicast: SocketAddrV4,
     /// How channels travel.
@@ -84,7 +90,7 @@ pub enum RelayRole {
     /// A data server: it relays the global channel to the members registered with it.
     Relay,
     /// A member: it registers with one of these data servers.
-    Member(Vec<SocketAddrV4>),
+    Member(Vec<(Pid, SocketAddrV4)>),
 }
 
 /// Why the network could not be set up, or a message not sent.
@@ -106,6 +112,9 @@ pub enum NetError {
     /// A message does not fit in one datagram.
     #[error(transparent)]
     TooLarge(#[from] EncodeError),
+    /// Frames cannot be sealed with the keys given.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// Counters of what the driver saw; read at any time.
@@ -119,6 +128,22 @@ pub struct NetStats {
     pub send_calls: AtomicU64,
     /// Datagrams dropped because they did not decode (garbage, truncated, wrong version).
     pub malformed: AtomicU64,
+    /// Frames of another cluster, mode or suite.
+    pub foreign: AtomicU64,
+    /// Frames sealed with a key this process does not hold, or sent on another channel.
+    pub unkeyed: AtomicU64,
+    /// Frames whose tag or second tag did not verify, or whose sender may not use its key.
+    pub unauthenticated: AtomicU64,
+    /// Frames seen before, or below a sender's replay window.
+    pub replayed: AtomicU64,
+    /// Frames of a session older than the sender's two newest, or out of time bounds.
+    pub stale_sessions: AtomicU64,
+    /// New senders refused because the replay table was full of live ones (an alarm).
+    pub replay_table_full: AtomicU64,
+    /// Messages an authenticated sender may not send in its role (dropped).
+    pub refused: AtomicU64,
+    /// Members whose address could not be remembered (the table was full).
+    pub members_unlearned: AtomicU64,
     /// Messages dropped because their destination has no address.
     pub unroutable: AtomicU64,
     /// Datagrams the system refused to send.
@@ -154,10 +179,11 @@ pub struct Net {
     channels: Routes,
     peers: Arc<Peers>,
     max_datagram: usize,
-    packers: Vec<(Target, FramePacker)>,
+    packers: Vec<(Dest, FramePacker)>,
     /// The number of the next series of fragments.
     series: u64,
-    ready: Vec<(Target, Bytes)>,
+    ready: Vec<(Dest, Bytes)>,
+    sealer: Arc<Mutex<Sealer>>,
     incoming: mpsc::Receiver<Incoming>,
     stats: Arc<NetStats>,
     readers: Vec<JoinHandle<()>>,
@@ -170,15 +196,6 @@ enum Routes {
     Multicast(HashMap<Channel, Group>),
     /// To each of the channel's listeners.
     Unicast(HashMap<Channel, Vec<SocketAddrV4>>),
-}
-
-/// The destination of one packer's frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
-    /// One address (a process, or a multicast group).
-    One(SocketAddrV4),
-    /// Every listener of a channel (unicast mode).
-    Fanout(Channel),
 }
 
 impl Net {
@@ -199,6 +216,7 @@ impl Net {
         };
         let socket = Arc::new(socket);
         let peers = Arc::new(Peers::new(plan.servers.iter().copied()));
+        let sealer = Arc::new(Mutex::new(Sealer::new(plan.security.clone(), plan.pid)?));
         let stats = Arc::new(NetStats::default());
         let (tx, incoming) = mpsc::channel(INCOMING_QUEUE_DATAGRAMS);
         let max_datagram = plan.max_datagram_bytes.clamp(64, MAX_UDP_PAYLOAD_BYTES);
@@ -209,11 +227,13 @@ impl Net {
             max_message: plan.max_message_bytes,
             max_datagram,
             faults: plan.faults,
+            security: plan.security.clone(),
+            sealer: sealer.clone(),
         };
         let mut readers = Vec::new();
         let channels = match &plan.transport {
             TransportPlan::Multicast { groups, listen } => {
-                readers.push(reader.spawn(socket.clone(), Unicast::Plain));
+                readers.push(reader.spawn(socket.clone(), Unicast::Plain, Some(vec![None])));
                 for channel in listen {
                     let group = groups.get(channel).ok_or(NetError::NoGroup(*channel))?;
                     let listener = socket::listener(group).map_err(|source| NetError::Socket {
@@ -221,7 +241,7 @@ impl Net {
                         addr: group.addr,
                         source,
                     })?;
-                    readers.push(reader.spawn(Arc::new(listener), Unicast::Plain));
+                    readers.push(reader.spawn(Arc::new(listener), Unicast::Plain, Some(vec![Some(*channel)])));
                 }
                 Routes::Multicast(groups.clone())
             }
@@ -231,11 +251,11 @@ impl Net {
                     RelayRole::Relay => Unicast::Relay,
                     RelayRole::Member(relays) => {
                         let registration = Arc::new(Registration::new(local, relays.clone(), unicast.lease));
-                        readers.push(tokio::spawn(registration.clone().run(socket.clone())));
+                        readers.push(tokio::spawn(registration.clone().run(socket.clone(), sealer.clone())));
                         Unicast::Member(registration)
                     }
                 };
-                readers.push(reader.spawn(socket.clone(), role));
+                readers.push(reader.spawn(socket.clone(), role, None));
                 Routes::Unicast(unicast.listeners.clone())
             }
         };
@@ -248,6 +268,7 @@ impl Net {
             packers: Vec::new(),
             series: first_series(),
             ready: Vec::new(),
+            sealer,
             incoming,
             stats,
             readers,
@@ -269,71 +290,80 @@ impl Net {
     /// was queued for `dest` before it. A destination with no known address is counted and
     /// dropped.
     pub fn queue(&mut self, dest: Dest, msg: &Message) -> Result<(), NetError> {
-        let Some(target) = self.target(dest)? else {
+        if !self.routable(dest)? {
             NetStats::add(&self.stats.unroutable);
             return Ok(());
+        }
+        // Sealing adds its header and tags; a global frame in unicast mode is relayed inside
+        // an envelope: room is left for both.
+        let (max, flags) = match (dest, &self.channels) {
+            (Dest::Channel(Channel::Global), Routes::Unicast(_)) => {
+                (self.max_datagram - SEAL_OVERHEAD - RELAY_ENVELOPE_LEN, FLAG_GLOBAL)
+            }
+            _ => (self.max_datagram - SEAL_OVERHEAD, 0),
         };
-        // A global frame in unicast mode is relayed with its origin added: room is left for it.
-        let (max, flags) = match target {
-            Target::Fanout(Channel::Global) => (self.max_datagram - RELAY_OVERHEAD, FLAG_GLOBAL),
-            _ => (self.max_datagram, 0),
-        };
-        let packer = match self.packers.iter().position(|(t, _)| *t == target) {
+        let packer = match self.packers.iter().position(|(d, _)| *d == dest) {
             Some(i) => &mut self.packers[i].1,
             None => {
-                self.packers.push((target, FramePacker::with_flags(max, flags)));
+                self.packers.push((dest, FramePacker::with_flags(max, flags)));
                 &mut self.packers.last_mut().expect("just pushed").1
             }
         };
         match packer.push(msg) {
-            Ok(frame) => self.ready.extend(frame.map(|f| (target, f))),
+            Ok(frame) => self.ready.extend(frame.map(|f| (dest, f))),
             Err(EncodeError::TooLarge { .. }) => {
-                self.ready.extend(packer.finish().map(|f| (target, f)));
+                self.ready.extend(packer.finish().map(|f| (dest, f)));
                 self.series = self.series.wrapping_add(1);
                 let fragments = encode_fragments(msg, self.series, max, flags)?;
-                self.ready.extend(fragments.into_iter().map(|f| (target, f)));
+                self.ready.extend(fragments.into_iter().map(|f| (dest, f)));
             }
         }
         Ok(())
     }
 
-    fn target(&self, dest: Dest) -> Result<Option<Target>, NetError> {
+    /// Whether `dest` has an address (a channel always has: an unknown one is an error).
+    fn routable(&self, dest: Dest) -> Result<bool, NetError> {
         Ok(match (dest, &self.channels) {
-            (Dest::Pid(pid), _) => self.peers.addr_of(pid).map(Target::One),
+            (Dest::Pid(pid), _) => self.peers.addr_of(pid).is_some(),
             (Dest::Channel(channel), Routes::Multicast(groups)) => {
-                Some(Target::One(groups.get(&channel).ok_or(NetError::NoGroup(channel))?.addr))
+                groups.get(&channel).ok_or(NetError::NoGroup(channel))?;
+                true
             }
-            (Dest::Channel(channel), Routes::Unicast(_)) => Some(Target::Fanout(channel)),
+            (Dest::Channel(_), Routes::Unicast(_)) => true,
         })
     }
 
     /// Sends every queued datagram. A datagram the system refuses (a peer's port closed, a
     /// full buffer) is counted: UDP promises nothing and the protocol recovers.
     pub async fn flush(&mut self) {
-        for (target, packer) in &mut self.packers {
+        for (dest, packer) in &mut self.packers {
             if let Some(frame) = packer.finish() {
-                self.ready.push((*target, frame));
+                self.ready.push((*dest, frame));
             }
         }
-        let ready = std::mem::take(&mut self.ready);
-        let mut datagrams: Vec<(SocketAddrV4, &[u8])> = Vec::with_capacity(ready.len());
-        for (target, frame) in &ready {
-            match (target, &self.channels) {
-                (Target::One(addr), _) => datagrams.push((*addr, frame)),
-                (Target::Fanout(channel), Routes::Unicast(listeners)) => {
+        let sealed: Vec<(Dest, Bytes)> = {
+            let mut sealer = self.sealer.lock().unwrap_or_else(|e| e.into_inner());
+            self.ready.drain(..).map(|(dest, frame)| (dest, sealer.seal(seal_for(dest), &frame))).collect()
+        };
+        let mut datagrams: Vec<(SocketAddrV4, &[u8])> = Vec::with_capacity(sealed.len());
+        for (dest, frame) in &sealed {
+            match (dest, &self.channels) {
+                (Dest::Pid(pid), _) => match self.peers.addr_of(*pid) {
+                    Some(addr) => datagrams.push((addr, frame)),
+                    None => NetStats::add(&self.stats.unroutable),
+                },
+                (Dest::Channel(channel), Routes::Multicast(groups)) => {
+                    datagrams.extend(groups.get(channel).map(|g| (g.addr, &frame[..])));
+                }
+                (Dest::Channel(channel), Routes::Unicast(listeners)) => {
                     datagrams.extend(listeners.get(channel).into_iter().flatten().map(|addr| (*addr, &frame[..])));
                 }
-                (Target::Fanout(_), Routes::Multicast(_)) => {}
             }
         }
         let outcome = batch::send_all(&self.socket, &datagrams).await;
         self.stats.datagrams_out.fetch_add(outcome.sent, Ordering::Relaxed);
         self.stats.send_calls.fetch_add(outcome.calls, Ordering::Relaxed);
         self.stats.send_errors.fetch_add(outcome.refused, Ordering::Relaxed);
-        drop(datagrams);
-        // The buffer is kept: no allocation per flush once it has grown.
-        self.ready = ready;
-        self.ready.clear();
     }
 
     /// The next datagram's messages (waits for one).
@@ -352,6 +382,14 @@ impl Drop for Net {
         for reader in &self.readers {
             reader.abort();
         }
+    }
+}
+
+/// What a frame for `dest` is sealed for.
+pub(crate) fn seal_for(dest: Dest) -> SealFor {
+    match dest {
+        Dest::Pid(pid) => SealFor::Pid(pid),
+        Dest::Channel(channel) => SealFor::Channel(channel),
     }
 }
 

@@ -9,9 +9,10 @@
 //! - Many messages share a datagram, up to `max_datagram_bytes` (about 64 KiB on loopback,
 //!   the path MTU across hosts); a message too long for one travels as fragments and is
 //!   reassembled within bounds ([`reassembly`]).
-//! - A datagram carries no sender id: the source address names the sender ([`peer`]).
-//! - Nothing from the network can stop the driver: a datagram that does not decode is
-//!   counted in [`NetStats::malformed`] and dropped.
+//! - Every datagram is a sealed frame naming its cluster and sender ([`security`]); the source
+//!   address is never an identity ([`peer`]).
+//! - Nothing from the network can stop the driver: a datagram that does not open or decode is
+//!   counted in [`NetStats`] by why, and dropped.
 #![deny(missing_docs)]
 
 mod batch;
@@ -21,6 +22,7 @@ pub mod peer;
 mod reader;
 pub mod reassembly;
 pub mod relay;
+pub mod security;
 pub mod socket;
 
 pub use driver::{
@@ -28,5 +30,5 @@ pub use driver::{
     MAX_UDP_PAYLOAD_BYTES,
 };
 pub use injected::InjectedFaults;
-pub use peer::{address_pid, Peers, ADDRESS_PIDS};
+pub use peer::Peers;
 pub use socket::Group;

@@ -1,78 +1,83 @@
-//! Who sent a datagram: the pid behind a source address.
+//! Where to reach a pid.
 //!
-//! A frame does not name its sender; the source address does. Servers send everything, their
-//! multicasts included, from the unicast address the configuration gives them, so a datagram
-//! from that address is theirs. Any other address (a member, a sender outside the group) gets
-//! a pid made from the address itself, in a range no server may use: replies to that pid go
-//! back to that address, and no table of strangers has to be kept or bounded.
+//! Every frame names its sender's pid (authenticated when security is on); the source address
+//! is never an identity. Servers are reached at the addresses the configuration gives them.
+//! A member is reached at the address its last direct (not relayed) frame came from: a
+//! bounded table, whose entries idle for [`MEMBER_IDLE`] make room for new members.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use sam_core::Pid;
 
-/// Pids at or above this are addresses, not configured servers.
-pub const ADDRESS_PIDS: u64 = 1 << 63;
+/// Members whose address a process remembers.
+pub const MEMBER_ADDRESSES_MAX: usize = 65_536;
+/// A member unheard for this long may be forgotten when the table is full.
+pub const MEMBER_IDLE: Duration = Duration::from_secs(180);
 
-/// The pids of the configured servers and the addresses behind them.
-#[derive(Clone, Debug, Default)]
+/// The configured servers' addresses, and the members' last heard.
+#[derive(Debug, Default)]
 pub struct Peers {
-    by_addr: HashMap<SocketAddrV4, Pid>,
-    by_pid: HashMap<Pid, SocketAddrV4>,
+    servers: HashMap<Pid, SocketAddrV4>,
+    members: RwLock<HashMap<Pid, (SocketAddrV4, Instant)>>,
 }
 
 impl Peers {
-    /// The configured servers (every pid below [`ADDRESS_PIDS`]).
+    /// The configured servers.
     pub fn new(servers: impl IntoIterator<Item = (Pid, SocketAddrV4)>) -> Peers {
-        let mut peers = Peers::default();
-        for (pid, addr) in servers {
-            debug_assert!(pid.0 < ADDRESS_PIDS, "server pids lie below the address range");
-            peers.by_addr.insert(addr, pid);
-            peers.by_pid.insert(pid, addr);
-        }
-        peers
+        Peers { servers: servers.into_iter().collect(), members: RwLock::default() }
     }
 
-    /// The pid of whoever sends from `addr`; `None` for an address that is not IPv4.
-    pub fn pid_of(&self, addr: SocketAddr) -> Option<Pid> {
-        let SocketAddr::V4(addr) = addr else { return None };
-        Some(self.by_addr.get(&addr).copied().unwrap_or_else(|| address_pid(addr)))
+    /// The configured address of server `pid`.
+    pub fn server(&self, pid: Pid) -> Option<SocketAddrV4> {
+        self.servers.get(&pid).copied()
     }
 
     /// The address to reach `pid` at.
     pub fn addr_of(&self, pid: Pid) -> Option<SocketAddrV4> {
-        self.by_pid.get(&pid).copied().or_else(|| pid_address(pid))
+        self.server(pid).or_else(|| self.members.read().ok()?.get(&pid).map(|(a, _)| *a))
     }
-}
 
-/// The pid a process that is not a configured server gets from its address.
-pub fn address_pid(addr: SocketAddrV4) -> Pid {
-    Pid(ADDRESS_PIDS | u64::from(addr.ip().to_bits()) << 16 | u64::from(addr.port()))
-}
-
-/// The address behind an address pid.
-fn pid_address(pid: Pid) -> Option<SocketAddrV4> {
-    if pid.0 < ADDRESS_PIDS || pid.0 >> 48 != ADDRESS_PIDS >> 48 {
-        return None;
+    /// Notes that member `pid` sent from `addr` at `now`; `false` when the table is full of
+    /// members heard recently.
+    pub fn learn(&self, pid: Pid, addr: SocketAddrV4, now: Instant) -> bool {
+        let Ok(mut members) = self.members.write() else { return false };
+        if let Some(entry) = members.get_mut(&pid) {
+            *entry = (addr, now);
+            return true;
+        }
+        if members.len() >= MEMBER_ADDRESSES_MAX {
+            members.retain(|_, (_, heard)| now.saturating_duration_since(*heard) < MEMBER_IDLE);
+            if members.len() >= MEMBER_ADDRESSES_MAX {
+                return false;
+            }
+        }
+        members.insert(pid, (addr, now));
+        true
     }
-    let ip = Ipv4Addr::from_bits((pid.0 >> 16) as u32);
-    Some(SocketAddrV4::new(ip, pid.0 as u16))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
-    fn servers_are_known_by_address_and_strangers_get_their_address_as_pid() {
+    fn servers_by_configuration_and_members_by_their_last_frame() {
         let server = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7000);
         let peers = Peers::new([(Pid(1), server)]);
-        assert_eq!(peers.pid_of(server.into()), Some(Pid(1)));
         assert_eq!(peers.addr_of(Pid(1)), Some(server));
-        let member = SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 40_000);
-        let pid = peers.pid_of(member.into()).unwrap();
-        assert!(pid.0 >= ADDRESS_PIDS);
-        assert_eq!(peers.addr_of(pid), Some(member));
-        assert_eq!(peers.addr_of(Pid(5)), None, "an unknown server pid has no address");
+        let member = Pid(1 << 63 | 5);
+        assert_eq!(peers.addr_of(member), None);
+        let now = Instant::now();
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 40_000);
+        assert!(peers.learn(member, a, now));
+        assert_eq!(peers.addr_of(member), Some(a));
+        let b = SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 40_001);
+        assert!(peers.learn(member, b, now));
+        assert_eq!(peers.addr_of(member), Some(b), "the last address wins");
     }
 }

@@ -1,23 +1,20 @@
 //! Reading one socket: datagrams in, decoded messages out to the node.
 //!
-//! Each socket has a task of its own that decodes what arrives (a datagram that does not
-//! decode is counted and dropped, never fatal), reassembles fragments, and hands the messages
-//! to the node through a bounded queue: when the node falls behind, the task waits and the
+//! Each socket has a task of its own that opens what arrives (security, DESIGN section 12: a
+//! datagram that does not open or decode is counted and dropped, never answered nor fatal),
+//! reassembles fragments, and hands the messages to the node through a bounded queue: when the node falls behind, the task waits and the
 //! kernel's socket buffer drops, so memory stays bounded. In unicast mode the unicast socket's
 //! task also serves registrations and relays global frames (a data server), or notes that its
 //! relay still relays (a member).
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sam_core::wire::{
-    decode_body, decode_datagram, register_frame, relay_frame, Body, Datagram, FRAGMENT_HEADER_MAX, HEADER_LEN,
-    RELAY_OVERHEAD,
-};
-use sam_core::Pid;
+use sam_core::wire::{decode_body, decode_datagram, register_frame, Body, Datagram, FRAGMENT_HEADER_MAX, HEADER_LEN};
+use sam_core::{Channel, Pid};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -28,6 +25,10 @@ use crate::injected::{InjectedFaults, Injector};
 use crate::peer::Peers;
 use crate::reassembly::Reassembly;
 use crate::relay::{Members, Registration};
+use crate::security::envelope::{relay_envelope, unwrap_relayed, Mode, RELAY_ENVELOPE_LEN, SEAL_OVERHEAD};
+use crate::security::keys::is_member_pid;
+use crate::security::replay::Refusal;
+use crate::security::{now_ms, Dropped, Opened, Opener, SealFor, Sealer, SecurityPlan};
 
 /// Datagrams one system call may read (each has a buffer of the largest UDP payload).
 const RECV_BATCH: usize = 8;
@@ -56,6 +57,10 @@ pub(crate) struct Reader {
     pub(crate) max_datagram: usize,
     /// Faults to inject on receipt.
     pub(crate) faults: InjectedFaults,
+    /// How frames are checked.
+    pub(crate) security: SecurityPlan,
+    /// Seals what this task sends (grants).
+    pub(crate) sealer: Arc<Mutex<Sealer>>,
 }
 
 /// One task's state.
@@ -66,17 +71,26 @@ struct Task {
     reassembly: Reassembly,
     members: Members,
     injector: Injector,
+    opener: Opener,
 }
 
 impl Reader {
-    /// Reads `socket` until the driver is dropped.
-    pub(crate) fn spawn(&self, socket: Arc<UdpSocket>, unicast: Unicast) -> JoinHandle<()> {
-        let min_chunk = self.max_datagram.saturating_sub(HEADER_LEN + FRAGMENT_HEADER_MAX + RELAY_OVERHEAD);
+    /// Reads `socket`, whose frames may name `channels` (`None`: any).
+    pub(crate) fn spawn(
+        &self,
+        socket: Arc<UdpSocket>,
+        unicast: Unicast,
+        channels: Option<Vec<Option<Channel>>>,
+    ) -> JoinHandle<()> {
+        let min_chunk =
+            self.max_datagram.saturating_sub(SEAL_OVERHEAD + RELAY_ENVELOPE_LEN + HEADER_LEN + FRAGMENT_HEADER_MAX);
         let reassembly = Reassembly::new(self.max_message, 2 * self.max_message, min_chunk);
         // Each socket's task makes its own choices: seeded by the port it reads.
         let seed = socket.local_addr().map_or(0, |a| u64::from(a.port())) ^ u64::from(std::process::id());
         let injector = Injector::new(self.faults, seed);
-        let task = Task { reader: self.clone(), socket, unicast, reassembly, members: Members::default(), injector };
+        let opener = Opener::new(self.security.clone(), channels);
+        let task =
+            Task { reader: self.clone(), socket, unicast, reassembly, members: Members::default(), injector, opener };
         tokio::spawn(task.run())
     }
 }
@@ -111,62 +125,102 @@ impl Task {
         }
     }
 
-    /// Decodes one datagram and hands what it holds to the node; `false` once the node is gone.
+    /// Opens one datagram and hands what it holds to the node; `false` once the node is gone.
     async fn handle(&mut self, datagram: Option<Bytes>, from: SocketAddr) -> bool {
-        let msgs = match (datagram, from) {
-            (Some(datagram), SocketAddr::V4(addr)) => match decode_datagram(&datagram) {
-                Ok(decoded) => self.take(addr, &datagram, decoded).await,
-                Err(_) => Err(()),
-            },
-            _ => Err(()),
+        let stats = self.reader.stats.clone();
+        let outcome = match (datagram, from) {
+            (Some(datagram), SocketAddr::V4(addr)) => self.take(addr, datagram).await,
+            _ => Err(Dropped::Malformed),
         };
-        match msgs {
+        match outcome {
             Ok(Some(incoming)) => {
-                NetStats::add(&self.reader.stats.datagrams_in);
+                NetStats::add(&stats.datagrams_in);
                 return self.reader.tx.send(incoming).await.is_ok();
             }
-            Ok(None) => NetStats::add(&self.reader.stats.datagrams_in),
-            Err(()) => NetStats::add(&self.reader.stats.malformed),
+            Ok(None) => NetStats::add(&stats.datagrams_in),
+            Err(dropped) => NetStats::add(match dropped {
+                Dropped::Malformed => &stats.malformed,
+                Dropped::Foreign => &stats.foreign,
+                Dropped::Unkeyed => &stats.unkeyed,
+                Dropped::Unauthenticated => &stats.unauthenticated,
+                Dropped::Replay(Refusal::Replayed) => &stats.replayed,
+                Dropped::Replay(Refusal::StaleSession) => &stats.stale_sessions,
+                Dropped::Replay(Refusal::TableFull) => &stats.replay_table_full,
+            }),
         }
         true
     }
 
-    /// What a decoded datagram from `addr` gives the node, if anything; `Err` for one to
-    /// count as malformed.
-    async fn take(&mut self, addr: SocketAddrV4, raw: &Bytes, datagram: Datagram) -> Result<Option<Incoming>, ()> {
-        let sender = self.reader.peers.pid_of(SocketAddr::V4(addr)).ok_or(())?;
-        let from = match (datagram.origin, &self.unicast) {
-            (None, _) => sender,
-            (Some(origin), Unicast::Member(r)) if r.is_relay(addr) => {
-                // Only a relayed frame shows the relay still hears the global channel: its
-                // grants and its own frames do not.
-                r.relayed_by(addr);
-                origin
-            }
-            (Some(_), _) => return Err(()),
+    /// What a datagram from `addr` gives the node, if anything, or why it was dropped: the
+    /// sealed frame is opened (inside a relay envelope only at a member), then decoded.
+    async fn take(&mut self, addr: SocketAddrV4, datagram: Bytes) -> Result<Option<Incoming>, Dropped> {
+        let (sealed, relayed) = match unwrap_relayed(&datagram) {
+            Some(inner) if matches!(self.unicast, Unicast::Member(_)) => (inner, true),
+            Some(_) => return Err(Dropped::Malformed),
+            None => (datagram, false),
         };
-        if datagram.global && matches!(self.unicast, Unicast::Relay) {
-            self.relay(raw, from).await;
+        let opened = self.opener.open(now_ms(), &sealed)?;
+        let decoded = decode_datagram(&opened.payload).map_err(|_| Dropped::Malformed)?;
+        let from = opened.header.pid;
+        self.note_sender(addr, &opened, relayed, &decoded)?;
+        if decoded.global && !relayed && matches!(self.unicast, Unicast::Relay) {
+            self.relay(&sealed).await;
         }
-        let msgs = match datagram.body {
+        let mut msgs = match decoded.body {
             Body::Messages(msgs) => msgs,
             Body::Fragment(fragment) => match self.reassembly.add(Instant::now(), from, fragment) {
-                Ok(Some(body)) => decode_body(&body).map_err(|_| ())?,
+                Ok(Some(body)) => decode_body(&body).map_err(|_| Dropped::Malformed)?,
                 Ok(None) => return Ok(None),
-                Err(_) => return Err(()),
+                Err(_) => return Err(Dropped::Malformed),
             },
             Body::Register { lease_ms } => {
-                self.register(addr, lease_ms).await;
+                self.register(from, addr, lease_ms).await;
                 return Ok(None);
             }
         };
+        let before = msgs.len();
+        msgs.retain(|msg| opened.authority.permits(msg));
+        let refused = (before - msgs.len()) as u64;
+        self.reader.stats.refused.fetch_add(refused, Ordering::Relaxed);
         Ok((!msgs.is_empty()).then_some(Incoming { from, msgs }))
     }
 
-    /// Passes a global frame from `origin` on to every registered member, in as few system
-    /// calls as the platform allows.
-    async fn relay(&mut self, raw: &Bytes, origin: Pid) {
-        let frame = relay_frame(raw, origin);
+    /// Checks how a frame that opened travelled, and remembers where its sender is.
+    fn note_sender(
+        &self,
+        addr: SocketAddrV4,
+        opened: &Opened,
+        relayed: bool,
+        decoded: &Datagram,
+    ) -> Result<(), Dropped> {
+        let pid = opened.header.pid;
+        if decoded.origin.is_some() || (relayed && !decoded.global) {
+            // Relays pass on global frames only, in an envelope, never rewritten.
+            return Err(Dropped::Malformed);
+        }
+        if relayed {
+            if let Unicast::Member(registration) = &self.unicast {
+                // Only a relayed frame shows the relay still hears the global channel.
+                registration.relayed_by(addr);
+            }
+            return Ok(());
+        }
+        let peers = &self.reader.peers;
+        if is_member_pid(pid) {
+            if !peers.learn(pid, addr, Instant::now()) {
+                NetStats::add(&self.reader.stats.members_unlearned);
+            }
+        } else if self.reader.security.mode == Mode::Off && peers.server(pid) != Some(addr) {
+            // Without keys a server pid is believed only from the server's own address.
+            return Err(Dropped::Unauthenticated);
+        }
+        Ok(())
+    }
+
+    /// Passes a global frame on to every registered member, byte for byte inside a relay
+    /// envelope, in as few system calls as the platform allows.
+    async fn relay(&mut self, sealed: &Bytes) {
+        let frame = relay_envelope(sealed);
         let datagrams: Vec<(SocketAddrV4, &[u8])> =
             self.members.live(Instant::now()).map(|m| (m, &frame[..])).collect();
         let outcome = batch::send_all(&self.socket, &datagrams).await;
@@ -177,12 +231,14 @@ impl Task {
     }
 
     /// Grants a member's registration (a data server), or notes the grant (a member).
-    async fn register(&mut self, addr: SocketAddrV4, lease_ms: u64) {
-        if !matches!(self.unicast, Unicast::Relay) {
+    async fn register(&mut self, pid: Pid, addr: SocketAddrV4, lease_ms: u64) {
+        if !matches!(self.unicast, Unicast::Relay) || !is_member_pid(pid) {
             return;
         }
-        if let Some(lease) = self.members.register(Instant::now(), addr, Duration::from_millis(lease_ms)) {
-            let _ = self.socket.send_to(&register_frame(lease.as_millis() as u64), addr).await;
+        if let Some(lease) = self.members.register(Instant::now(), pid, addr, Duration::from_millis(lease_ms)) {
+            let grant = register_frame(lease.as_millis() as u64);
+            let sealed = self.reader.sealer.lock().unwrap_or_else(|e| e.into_inner()).seal(SealFor::Pid(pid), &grant);
+            let _ = self.socket.send_to(&sealed, addr).await;
         }
     }
 }

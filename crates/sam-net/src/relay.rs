@@ -12,40 +12,45 @@
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sam_core::wire::register_frame;
+use sam_core::Pid;
 use tokio::net::UdpSocket;
+
+use crate::security::{SealFor, Sealer};
 
 /// The most members one data server relays to.
 pub const MAX_MEMBERS: usize = 65_536;
 /// The longest lease a data server grants.
 pub const MAX_LEASE: Duration = Duration::from_secs(60);
 
-/// A data server's registered members and when their leases end.
+/// A data server's registered members (one registration per member pid), where they are
+/// and when their leases end.
 #[derive(Debug, Default)]
 pub(crate) struct Members {
-    leases: HashMap<SocketAddrV4, Instant>,
+    leases: HashMap<Pid, (SocketAddrV4, Instant)>,
     last_prune: Option<Instant>,
 }
 
 impl Members {
-    /// Grants `addr` a lease of `asked` (at most [`MAX_LEASE`]); `None` when full.
-    pub(crate) fn register(&mut self, now: Instant, addr: SocketAddrV4, asked: Duration) -> Option<Duration> {
+    /// Grants member `pid` at `addr` a lease of `asked` (at most [`MAX_LEASE`]); `None` when
+    /// full.
+    pub(crate) fn register(&mut self, now: Instant, pid: Pid, addr: SocketAddrV4, asked: Duration) -> Option<Duration> {
         self.prune(now);
-        if self.leases.len() >= MAX_MEMBERS && !self.leases.contains_key(&addr) {
+        if self.leases.len() >= MAX_MEMBERS && !self.leases.contains_key(&pid) {
             return None;
         }
         let lease = asked.min(MAX_LEASE);
-        self.leases.insert(addr, now + lease);
+        self.leases.insert(pid, (addr, now + lease));
         Some(lease)
     }
 
-    /// The members whose lease has not run out.
+    /// The addresses of the members whose lease has not run out.
     pub(crate) fn live(&mut self, now: Instant) -> impl Iterator<Item = SocketAddrV4> + '_ {
         self.prune(now);
-        self.leases.keys().copied()
+        self.leases.values().map(|(addr, _)| *addr)
     }
 
     /// Forgets the members whose lease ran out (looking at most once a second).
@@ -54,14 +59,14 @@ impl Members {
             return;
         }
         self.last_prune = Some(now);
-        self.leases.retain(|_, end| *end > now);
+        self.leases.retain(|_, (_, end)| *end > now);
     }
 }
 
 /// A member's registration with one of the data servers.
 #[derive(Debug)]
 pub(crate) struct Registration {
-    relays: Vec<SocketAddrV4>,
+    relays: Vec<(Pid, SocketAddrV4)>,
     current: AtomicUsize,
     /// When the current relay was last heard from, in ms after `epoch`.
     heard: AtomicU64,
@@ -71,7 +76,7 @@ pub(crate) struct Registration {
 
 impl Registration {
     /// A registration of the member at `me` with one of `relays`, for leases of `lease`.
-    pub(crate) fn new(me: SocketAddrV4, relays: Vec<SocketAddrV4>, lease: Duration) -> Registration {
+    pub(crate) fn new(me: SocketAddrV4, relays: Vec<(Pid, SocketAddrV4)>, lease: Duration) -> Registration {
         // Members take ports the system picks, so the port spreads them over the relays.
         let first = usize::from(me.port()) % relays.len().max(1);
         Registration {
@@ -83,19 +88,14 @@ impl Registration {
         }
     }
 
-    /// Whether `addr` is one of the data servers (whose word on a frame's origin is believed).
-    pub(crate) fn is_relay(&self, addr: SocketAddrV4) -> bool {
-        self.relays.contains(&addr)
-    }
-
     /// Notes a frame `addr` relayed: if it is the current relay, it still relays.
     pub(crate) fn relayed_by(&self, addr: SocketAddrV4) {
-        if self.current() == Some(addr) {
+        if self.current().is_some_and(|(_, a)| a == addr) {
             self.heard.store(self.elapsed_ms(), Ordering::Relaxed);
         }
     }
 
-    fn current(&self) -> Option<SocketAddrV4> {
+    fn current(&self) -> Option<(Pid, SocketAddrV4)> {
         self.relays.get(self.current.load(Ordering::Relaxed)).copied()
     }
 
@@ -105,7 +105,7 @@ impl Registration {
 
     /// Registers and renews until the driver is dropped, moving to the next data server when
     /// the current one falls silent.
-    pub(crate) async fn run(self: Arc<Self>, socket: Arc<UdpSocket>) {
+    pub(crate) async fn run(self: Arc<Self>, socket: Arc<UdpSocket>, sealer: Arc<Mutex<Sealer>>) {
         if self.relays.is_empty() {
             return;
         }
@@ -121,9 +121,11 @@ impl Registration {
                 self.current.store(next, Ordering::Relaxed);
                 self.heard.store(self.elapsed_ms(), Ordering::Relaxed);
             }
-            if let Some(relay) = self.current() {
+            if let Some((pid, relay)) = self.current() {
+                // A fresh seal each time: a counter is used once.
+                let sealed = sealer.lock().unwrap_or_else(|e| e.into_inner()).seal(SealFor::Pid(pid), &frame);
                 // A refused send is a lost registration: the next renewal tries again.
-                let _ = socket.send_to(&frame, relay).await;
+                let _ = socket.send_to(&sealed, relay).await;
             }
         }
     }
@@ -143,8 +145,8 @@ mod tests {
     fn leases_are_capped_and_run_out() {
         let mut m = Members::default();
         let now = Instant::now();
-        assert_eq!(m.register(now, addr(1), Duration::from_secs(3_600)), Some(MAX_LEASE));
-        assert_eq!(m.register(now, addr(2), Duration::from_secs(2)), Some(Duration::from_secs(2)));
+        assert_eq!(m.register(now, Pid(1), addr(1), Duration::from_secs(3_600)), Some(MAX_LEASE));
+        assert_eq!(m.register(now, Pid(2), addr(2), Duration::from_secs(2)), Some(Duration::from_secs(2)));
         assert_eq!(m.live(now).count(), 2);
         let later = now + Duration::from_secs(3);
         assert_eq!(m.live(later).collect::<Vec<_>>(), vec![addr(1)], "the short lease ran out");
@@ -152,7 +154,7 @@ mod tests {
 
     #[test]
     fn members_spread_over_the_relays() {
-        let relays: Vec<_> = (1..=3).map(addr).collect();
+        let relays: Vec<_> = (1..=3).map(|p| (Pid(p.into()), addr(p))).collect();
         let chosen: std::collections::HashSet<_> = (1_000..1_030)
             .map(|port| Registration::new(addr(port), relays.clone(), Duration::from_secs(3)).current())
             .collect();

@@ -9,7 +9,46 @@ use std::time::Duration;
 use bytes::Bytes;
 use sam_core::message::{Data, Heartbeat};
 use sam_core::{Channel, Dest, Epoch, Incarnation, Message, Mid, Pid, Seq, Source};
+use sam_net::security::envelope::Mode;
+use sam_net::security::keys::{ClusterId, Keyring, Suite};
+use sam_net::security::{SecurityPlan, ServerKeys};
 use sam_net::{Incoming, Net, NetPlan, RelayRole, TransportPlan, UnicastPlan};
+
+const CLUSTER: ClusterId = ClusterId(0xBEEF);
+
+/// Keys made once for every test: the servers', and a member credential's.
+fn keyring(member: bool) -> std::sync::Arc<Keyring> {
+    static KEYS: std::sync::OnceLock<(std::sync::Arc<Keyring>, std::sync::Arc<Keyring>)> = std::sync::OnceLock::new();
+    let (server, m) = KEYS.get_or_init(|| {
+        let server = Keyring::generate_server(CLUSTER, Suite::Aes256Gcm).expect("keys");
+        let member = Keyring::member_from(&server, "loopback");
+        (std::sync::Arc::new(server), std::sync::Arc::new(member))
+    });
+    if member {
+        m.clone()
+    } else {
+        server.clone()
+    }
+}
+
+/// A member's pid under the test credential.
+fn member_pid(i: u64) -> Pid {
+    Pid(keyring(true).member.expect("a member credential").0 | i)
+}
+
+/// Mode encrypt, as `pid` (a member when it is not one of `servers`).
+fn sealed(pid: Pid, servers: &[(Pid, SocketAddrV4)]) -> (Pid, SecurityPlan) {
+    let is_server = servers.iter().any(|(p, _)| *p == pid);
+    let server_keys = servers.iter().map(|(p, _)| (*p, ServerKeys::Server)).collect();
+    (
+        pid,
+        SecurityPlan {
+            mode: Mode::Encrypt,
+            keys: Some(keyring(!is_server)),
+            ..SecurityPlan::off(CLUSTER, server_keys)
+        },
+    )
+}
 
 /// Each test uses its own groups and ports (tests run in parallel).
 fn plan(test: u8, me: u16, listen: Vec<Channel>) -> NetPlan {
@@ -26,10 +65,15 @@ fn plan(test: u8, me: u16, listen: Vec<Channel>) -> NetPlan {
     ]);
     let server =
         |i: u16| (Pid(u64::from(i)), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 46_000 + u16::from(test) * 10 + i));
+    let servers = vec![server(1), server(2)];
+    let pid = if me == 0 { member_pid(1) } else { Pid(u64::from(me)) };
+    let (pid, security) = sealed(pid, &servers);
     NetPlan {
+        pid,
+        security,
         unicast: server(me).1,
         transport: TransportPlan::Multicast { groups, listen },
-        servers: vec![server(1), server(2)],
+        servers,
         max_datagram_bytes: 1_400,
         max_message_bytes: 100_000,
         faults: Default::default(),
@@ -60,7 +104,7 @@ async fn a_multicast_reaches_every_listener_and_its_sender_packed_in_few_datagra
         let mut got = Vec::new();
         while got.len() < msgs.len() {
             let incoming = next(net).await;
-            assert_eq!(incoming.from, Pid(1), "the sender is named by its address");
+            assert_eq!(incoming.from, Pid(1), "the sender is named by its sealed frame");
             got.extend(incoming.msgs);
         }
         assert_eq!(got, msgs);
@@ -68,15 +112,20 @@ async fn a_multicast_reaches_every_listener_and_its_sender_packed_in_few_datagra
 }
 
 #[tokio::test]
-async fn unicast_reaches_one_process_and_a_stranger_is_answered_at_its_address() {
+async fn unicast_reaches_one_process_and_a_member_is_answered_at_its_address() {
     let mut server = Net::bind(&plan(2, 1, vec![])).expect("bind server");
     let stranger_plan = NetPlan { unicast: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), ..plan(2, 0, vec![]) };
     let mut stranger = Net::bind(&stranger_plan).expect("bind stranger");
     let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(1), committed: Seq(7), checkpoint: None });
+    let ping = Message::Ping(sam_core::message::Ping { nonce: 5 });
+    // A member's heartbeat is refused (a server-role message); its ping is not.
     stranger.queue(Dest::Pid(Pid(1)), &hb).expect("queue");
+    stranger.queue(Dest::Pid(Pid(1)), &ping).expect("queue");
     stranger.flush().await;
     let incoming = next(&mut server).await;
-    assert_eq!(incoming.from, sam_net::address_pid(stranger.local_addr()));
+    assert_eq!(incoming.from, member_pid(1), "the member's pid, from its sealed frame");
+    assert_eq!(incoming.msgs, vec![ping]);
+    assert_eq!(server.stats().refused.load(Ordering::Relaxed), 1);
     server.queue(Dest::Pid(incoming.from), &hb).expect("queue");
     server.flush().await;
     assert_eq!(next(&mut stranger).await.msgs, vec![hb]);
@@ -87,10 +136,10 @@ async fn garbage_is_counted_and_dropped_and_the_driver_goes_on() {
     let mut server = Net::bind(&plan(3, 1, vec![])).expect("bind");
     let raw = std::net::UdpSocket::bind("127.0.0.1:0").expect("raw socket");
     raw.send_to(b"not a frame at all", server.local_addr()).expect("send garbage");
-    let mut frame = sam_core::wire::encode_frame(&[data(1, 10)]).to_vec();
-    frame[20] ^= 0xff;
-    raw.send_to(&frame, server.local_addr()).expect("send a damaged frame");
-    raw.send_to(&sam_core::wire::encode_frame(&[data(2, 10)]), server.local_addr()).expect("send a frame");
+    raw.send_to(&sam_core::wire::encode_frame(&[data(1, 10)]), server.local_addr()).expect("send an unsealed frame");
+    let mut member_net = Net::bind(&plan(3, 0, vec![])).expect("bind member");
+    member_net.queue(Dest::Pid(Pid(1)), &data(2, 10)).expect("queue");
+    member_net.flush().await;
     assert_eq!(next(&mut server).await.msgs, vec![data(2, 10)]);
     assert_eq!(server.stats().malformed.load(Ordering::Relaxed), 2);
 }
@@ -130,7 +179,11 @@ fn unicast_plan(
     servers: &[(Pid, SocketAddrV4)],
     lease_ms: u64,
 ) -> NetPlan {
+    let pid = servers.iter().find(|(_, a)| *a == unicast).map_or(member_pid(unicast.port().into()), |(p, _)| *p);
+    let (pid, security) = sealed(pid, servers);
     NetPlan {
+        pid,
+        security,
         unicast,
         transport: TransportPlan::Unicast(UnicastPlan {
             listeners: listeners.clone(),
@@ -145,8 +198,8 @@ fn unicast_plan(
 }
 
 /// Unicast mode (DESIGN section 7): a channel is its listeners; a member registers with a data
-/// server, which relays the global channel to it naming each frame's origin; a relayed frame
-/// from anyone but a data server is refused.
+/// server, which relays the global channel to it byte for byte; a relayed frame is believed
+/// for its seal, never for the relay, and a forged one is refused.
 #[tokio::test]
 async fn unicast_mode_fans_channels_out_and_a_data_server_relays_the_global_channel() {
     let addr = |port: u16| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
@@ -161,7 +214,7 @@ async fn unicast_mode_fans_channels_out_and_a_data_server_relays_the_global_chan
     let plan = |unicast: SocketAddrV4, role: RelayRole| unicast_plan(unicast, role, &listeners, &servers, 600);
     let mut relay_net = Net::bind(&plan(relay, RelayRole::Relay)).expect("bind relay");
     let mut plain_net = Net::bind(&plan(plain, RelayRole::None)).expect("bind plain");
-    let mut member = Net::bind(&plan(addr(0), RelayRole::Member(vec![relay]))).expect("bind member");
+    let mut member = Net::bind(&plan(addr(0), RelayRole::Member(vec![(Pid(1), relay)]))).expect("bind member");
     // The member registers at once; wait for the grant to reach it.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(2), committed: Seq(7), checkpoint: None });
@@ -181,11 +234,12 @@ async fn unicast_mode_fans_channels_out_and_a_data_server_relays_the_global_chan
     member.queue(Dest::Channel(Channel::Data), &data(2, 10)).expect("queue");
     member.flush().await;
     assert_eq!(next(&mut relay_net).await.msgs, vec![data(2, 10)], "the data channel is the data servers");
-    let forged = sam_core::wire::relay_frame(&sam_core::wire::encode_frame(&[data(3, 10)]), Pid(1));
+    let mut forged = b"SM\x02\x80".to_vec();
+    forged.extend_from_slice(&sam_core::wire::encode_frame(&[data(3, 10)]));
     let stranger = std::net::UdpSocket::bind("127.0.0.1:0").expect("raw socket");
     stranger.send_to(&forged, member.local_addr()).expect("send");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(member.stats().malformed.load(Ordering::Relaxed), 1, "an origin only a data server may name");
+    assert_eq!(member.stats().malformed.load(Ordering::Relaxed), 1, "a relay envelope around no sealed frame");
 }
 
 /// A member whose data server falls silent moves to the next one and hears the global channel
@@ -198,7 +252,8 @@ async fn a_member_whose_data_server_is_silent_registers_with_the_next() {
     let listeners = HashMap::from([(Channel::Global, vec![dead, relay])]);
     let plan = |unicast: SocketAddrV4, role: RelayRole| unicast_plan(unicast, role, &listeners, &servers, 300);
     let mut relay_net = Net::bind(&plan(relay, RelayRole::Relay)).expect("bind relay");
-    let mut member = Net::bind(&plan(addr(46_114), RelayRole::Member(vec![dead, relay]))).expect("bind member");
+    let mut member =
+        Net::bind(&plan(addr(46_114), RelayRole::Member(vec![(Pid(1), dead), (Pid(2), relay)]))).expect("bind member");
     let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(2), committed: Seq(7), checkpoint: None });
     let heard = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -227,11 +282,12 @@ async fn a_member_moves_off_a_data_server_that_answers_but_relays_nothing() {
     let mut mute_net = Net::bind(&plan(mute, RelayRole::Relay)).expect("bind mute relay");
     let mut relay_net = Net::bind(&plan(relay, RelayRole::Relay)).expect("bind relay");
     let mut source_net = Net::bind(&plan(source, RelayRole::None)).expect("bind source");
-    let mut member = Net::bind(&plan(me, RelayRole::Member(vec![mute, relay]))).expect("bind member");
+    let mut member =
+        Net::bind(&plan(me, RelayRole::Member(vec![(Pid(1), mute), (Pid(2), relay)]))).expect("bind member");
     let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(3), committed: Seq(8), checkpoint: None });
     let relayed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            mute_net.queue(Dest::Pid(sam_net::address_pid(me)), &hb).expect("queue");
+            mute_net.queue(Dest::Pid(member_pid(me.port().into())), &hb).expect("queue");
             mute_net.flush().await;
             source_net.queue(Dest::Channel(Channel::Global), &hb).expect("queue");
             source_net.flush().await;

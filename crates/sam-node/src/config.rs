@@ -9,6 +9,12 @@
 //! `protocol.k_commit: 4 is more than the 3 commit servers`.
 //!
 //! `crates/sam-node/examples/sam.toml` is a commented example of every key.
+//!
+//! Security (DESIGN section 12) is never implicit: a file names its `cluster_id` and a
+//! `[security]` table whose `mode` is required, so that running without protection is a choice
+//! written down. The key files it names are read only by [`ClusterConfig::keyring`], by the
+//! process that needs them, since a file is validated in places (a client's host, before
+//! `sam keygen` ran) where the servers' keys are not.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,12 +26,15 @@ use std::str::FromStr;
 
 use sam_core::config::{MAX_LIFETIME, MAX_SERVERS_PER_KIND, MAX_WINDOW};
 use sam_core::{Channel, Incarnation, Pid};
+use sam_net::security::keys::{member_pid, ClusterId, KeyKind, Keyring, Suite};
 use sam_store::Durability;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use toml::de::{DeTable, DeValue};
+
+use crate::credential::{self, CredentialError};
 
 /// The interface a channel uses when the file names none: loopback, so that a cluster written
 /// without thinking about networks stays on one host.
@@ -72,6 +81,12 @@ pub const LOCAL_CHECKPOINT_SERVERS: usize = 2;
 /// The first port of the default local cluster, below Linux's ephemeral range so that outgoing
 /// sockets never hold it.
 pub const LOCAL_BASE_PORT: u16 = 17_400;
+
+/// The member credential that every member process of a local cluster shares (a credential
+/// owns 65,536 pids, one per process that uses it).
+pub const LOCAL_MEMBER: &str = "local";
+/// The directory, under a local cluster's, of its key files.
+pub const LOCAL_KEYS_DIR: &str = "keys";
 
 /// The multicast groups of a local cluster, one per channel, in the site-local scope
 /// 239.255.0.0/16 (RFC 2365), which routers do not forward.
@@ -269,13 +284,91 @@ pub enum ConfigError {
     /// A message could never be buffered whole by a member.
     #[error(
         "network.max_message_bytes: {max_message_bytes} is more than \
-         protocol.member_buffer_bytes ({member_buffer_bytes})"
+         {key} ({bytes})"
     )]
     MessageAboveBuffer {
         /// The message limit.
         max_message_bytes: usize,
-        /// The member buffer.
-        member_buffer_bytes: usize,
+        /// The buffer or cap it exceeds.
+        key: &'static str,
+        /// Its bytes.
+        bytes: usize,
+    },
+    /// The file has no cluster id.
+    #[error(
+        "cluster_id: required: the 16 hex digits every frame of the cluster names \
+         (`sam keygen --dir DIR` draws one and prints the line)"
+    )]
+    NoClusterId,
+    /// The file has no `[security]` table.
+    #[error(
+        "security: the table is required: run `sam keygen --dir DIR` and add the lines it prints, \
+         or write `[security]` with `mode = \"off\"` to run without protection"
+    )]
+    NoSecurity,
+    /// The security mode needs a key file that the file does not name.
+    #[error("{key}: required with mode = \"{mode}\": {hint}")]
+    MissingKey {
+        /// The key path, e.g. `security.server_key`.
+        key: &'static str,
+        /// The mode.
+        mode: SecurityMode,
+        /// How to get the file.
+        hint: &'static str,
+    },
+    /// A path is empty.
+    #[error("{key}: the path must not be empty")]
+    EmptyPath {
+        /// The key path.
+        key: String,
+    },
+    /// A revoked name is no member name.
+    #[error("{key}: {name:?} is not a member name (1 to {} of A-Z a-z 0-9 . _ -)", credential::MEMBER_NAME_MAX)]
+    MemberName {
+        /// The key path, e.g. `security.revoked[0]`.
+        key: String,
+        /// The name given.
+        name: String,
+    },
+    /// A key file could not be read or written.
+    #[error("{key}: {source}")]
+    KeyFile {
+        /// The key path that names the file (`security` for files being written).
+        key: &'static str,
+        /// What went wrong; it names the file.
+        source: CredentialError,
+    },
+    /// A key file belongs to another cluster.
+    #[error("{key}: {} holds keys of cluster {file}, but this file's cluster_id is {config}", path.display())]
+    OtherCluster {
+        /// The key path.
+        key: &'static str,
+        /// The key file.
+        path: PathBuf,
+        /// The cluster id in the key file.
+        file: ClusterId,
+        /// The cluster id in the configuration.
+        config: ClusterId,
+    },
+    /// A key file lacks keys its reader needs, or holds keys it must not.
+    #[error("{key}: {} {problem}", path.display())]
+    WrongKeys {
+        /// The key path.
+        key: &'static str,
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong and which file belongs there.
+        problem: String,
+    },
+    /// This process's member credential is revoked.
+    #[error("{key}: {} is the credential of a revoked member (pid {pid}, listed in security.revoked)", path.display())]
+    Revoked {
+        /// The key path.
+        key: &'static str,
+        /// The key file.
+        path: PathBuf,
+        /// The credential's pid.
+        pid: u64,
     },
     /// The protocol core refused the configuration (the checks above should have caught it
     /// first; this is the last line of defence).
@@ -591,6 +684,10 @@ pub struct ProtocolConfig {
     pub heartbeat_recent: usize,
     /// The bytes of uncommitted data a member buffers before it drops and fetches later.
     pub member_buffer_bytes: usize,
+    /// The bytes of uncommitted data a data server holds for one sender pid.
+    pub data_sender_bytes_max: usize,
+    /// The bytes of uncommitted data a data server holds in all.
+    pub data_uncommitted_bytes_max: usize,
     /// Checkpoints fall at the multiples of this number.
     pub checkpoint_every: u64,
     /// A member further behind than this catches up from a checkpoint rather than the log.
@@ -617,6 +714,8 @@ impl Default for ProtocolConfig {
             batch_entries: c.batch_entries,
             heartbeat_recent: c.heartbeat_recent,
             member_buffer_bytes: c.member_buffer_bytes,
+            data_sender_bytes_max: c.data_sender_bytes_max,
+            data_uncommitted_bytes_max: c.data_uncommitted_bytes_max,
             checkpoint_every: c.checkpoint_every,
             catch_up_after: c.catch_up_after,
         }
@@ -732,6 +831,176 @@ impl TestingConfig {
     }
 }
 
+/// How frames are protected (DESIGN section 12). There is no default: `"off"` has to be
+/// written down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecurityMode {
+    /// No seal: only the cluster id and the sanity bounds protect the group. For closed test
+    /// networks; announced at start.
+    Off,
+    /// Every frame is sealed with an empty plaintext and its body as associated data: forged
+    /// and replayed frames are dropped, payloads stay readable on the wire.
+    Authenticate,
+    /// Every frame is sealed: authenticated and encrypted.
+    Encrypt,
+}
+
+impl SecurityMode {
+    /// Its byte on the wire (bound into every seal).
+    pub fn code(self) -> u8 {
+        match self {
+            SecurityMode::Off => 0,
+            SecurityMode::Authenticate => 1,
+            SecurityMode::Encrypt => 2,
+        }
+    }
+
+    /// Its name in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurityMode::Off => "off",
+            SecurityMode::Authenticate => "authenticate",
+            SecurityMode::Encrypt => "encrypt",
+        }
+    }
+}
+
+impl fmt::Display for SecurityMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The `[security]` table: the mode, and where this host's key files are. Paths name files
+/// that may exist only on some hosts (the server key on servers, a member credential on a
+/// member's host); only [`ClusterConfig::keyring`] reads them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// How frames are protected.
+    pub mode: SecurityMode,
+    /// The servers' key file (server, group and member-master keys): required unless the mode
+    /// is off, since every cluster has servers that need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<PathBuf>,
+    /// The checkpoint servers' key file (derived from the server key), read by servers that
+    /// hold only the checkpoint role; required when there is one and the mode is not off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_key: Option<PathBuf>,
+    /// This host's member credential, read by members; [`ClusterConfig::keyring`] refuses to
+    /// run a member without one unless the mode is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_key: Option<PathBuf>,
+    /// Member names whose credentials servers refuse.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<String>,
+}
+
+impl SecurityConfig {
+    /// No protection and no key files.
+    pub fn off() -> SecurityConfig {
+        SecurityConfig {
+            mode: SecurityMode::Off,
+            server_key: None,
+            checkpoint_key: None,
+            member_key: None,
+            revoked: Vec::new(),
+        }
+    }
+
+    /// The credential pids of the revoked members.
+    pub fn revoked_pids(&self) -> impl Iterator<Item = Pid> + '_ {
+        self.revoked.iter().map(|name| member_pid(name))
+    }
+
+    /// The key file `who` reads.
+    pub fn path(&self, who: KeyUser) -> Option<&PathBuf> {
+        match who {
+            KeyUser::Server { checkpoint_only: false } => self.server_key.as_ref(),
+            KeyUser::Server { checkpoint_only: true } => self.checkpoint_key.as_ref(),
+            KeyUser::Member => self.member_key.as_ref(),
+        }
+    }
+
+    /// Every key file's path, to resolve relative ones.
+    fn paths_mut(&mut self) -> [&mut Option<PathBuf>; 3] {
+        [&mut self.server_key, &mut self.checkpoint_key, &mut self.member_key]
+    }
+}
+
+/// Which process reads its keys, and so which key file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyUser {
+    /// A server: the server key file, or, for a server that holds only the checkpoint role,
+    /// the checkpoint key file (DESIGN section 12: checkpoint servers hold a key of their own).
+    Server {
+        /// The server holds the checkpoint role and no other.
+        checkpoint_only: bool,
+    },
+    /// A member (sender, tail, table client): its member credential.
+    Member,
+}
+
+impl KeyUser {
+    /// Every key user.
+    pub const ALL: [KeyUser; 3] =
+        [KeyUser::Server { checkpoint_only: false }, KeyUser::Server { checkpoint_only: true }, KeyUser::Member];
+
+    /// The key user a server holding `roles` is.
+    pub fn server(roles: ServerRoles) -> KeyUser {
+        KeyUser::Server { checkpoint_only: roles.iter().eq([Role::Checkpoint]) }
+    }
+
+    /// The key path of the file it reads.
+    fn key(self) -> &'static str {
+        match self {
+            KeyUser::Server { checkpoint_only: false } => "security.server_key",
+            KeyUser::Server { checkpoint_only: true } => "security.checkpoint_key",
+            KeyUser::Member => "security.member_key",
+        }
+    }
+
+    /// How to get the file it reads.
+    fn hint(self) -> &'static str {
+        match self {
+            KeyUser::Server { checkpoint_only: false } => {
+                "`sam keygen --dir DIR` writes the servers' key file DIR/server.key"
+            }
+            KeyUser::Server { checkpoint_only: true } => {
+                "`sam keygen --dir DIR` writes DIR/checkpoint.key, for the servers that hold only the checkpoint role"
+            }
+            KeyUser::Member => "`sam keygen --dir DIR --member NAME` writes a member credential DIR/member-NAME.key",
+        }
+    }
+
+    /// Whether `ring` holds what this user needs and nothing it must not; the problem names
+    /// the file that belongs there.
+    fn check(self, ring: &Keyring) -> Result<(), String> {
+        let (needs, refuses, file): (&[KeyKind], &[KeyKind], &str) = match self {
+            KeyUser::Server { checkpoint_only: false } => {
+                (&[KeyKind::Server, KeyKind::Group, KeyKind::MemberMaster], &[], "the servers' server.key")
+            }
+            KeyUser::Server { checkpoint_only: true } => {
+                (&[KeyKind::Checkpoint, KeyKind::Group], &[KeyKind::Server, KeyKind::MemberMaster], "checkpoint.key")
+            }
+            KeyUser::Member => (&[KeyKind::Member, KeyKind::Group], &[], "a member-NAME.key"),
+        };
+        let is_member = ring.member.is_some();
+        if is_member != (self == KeyUser::Member) {
+            let what = if is_member { "is a member credential" } else { "is no member credential" };
+            return Err(format!("{what}; name {file} here"));
+        }
+        if let Some(kind) = needs.iter().find(|&&k| ring.sealing(k).is_none()) {
+            return Err(format!("holds no {} key that seals; name {file} here", kind.name()));
+        }
+        if let Some(kind) = refuses.iter().find(|&&k| ring.of_kind(k).next().is_some()) {
+            return Err(format!("holds {} keys, which a checkpoint server must not; name {file} here", kind.name()));
+        }
+        Ok(())
+    }
+}
+
 /// The whole configuration file of one group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -739,11 +1008,17 @@ pub struct ClusterConfig {
     /// How datagrams travel.
     #[serde(default)]
     pub transport: Transport,
+    /// The cluster's id, named by every frame so that clusters sharing groups and ports never
+    /// hear each other; 16 hex digits in the file.
+    #[serde(with = "cluster_id_hex")]
+    pub cluster_id: ClusterId,
     /// The multicast groups; required with multicast transport.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Channels>,
     /// The server processes, in rank order.
     pub servers: Vec<ServerConfig>,
+    /// How frames are protected, and the key files.
+    pub security: SecurityConfig,
     /// The protocol's tunables.
     #[serde(default)]
     pub protocol: ProtocolConfig,
@@ -774,6 +1049,7 @@ impl ClusterConfig {
         };
         resolve(&mut config.storage.dir);
         config.servers.iter_mut().filter_map(|s| s.dir.as_mut()).for_each(resolve);
+        config.security.paths_mut().into_iter().filter_map(Option::as_mut).for_each(resolve);
         config.validate()?;
         Ok(config)
     }
@@ -795,11 +1071,13 @@ impl ClusterConfig {
     /// then `checkpoint_servers` processes holding a checkpoint server, with pids from 1. The
     /// channels take ports `base_port..base_port + 4` and the servers the ports after; storage
     /// goes under `dir/data`. Redundancy factors are the defaults, lowered to the number of
-    /// servers when there are fewer.
+    /// servers when there are fewer. The cluster id is fresh; security is off
+    /// ([`ClusterConfig::with_local_keys`] turns it on).
     ///
     /// # Panics
     ///
-    /// If the ports would run past 65535.
+    /// If the ports would run past 65535, or the operating system's random number generator
+    /// fails (nothing secure can run then).
     pub fn local(servers: usize, checkpoint_servers: usize, base_port: u16, dir: &Path) -> ClusterConfig {
         let port = |offset: usize| -> u16 {
             u16::try_from(usize::from(base_port) + offset)
@@ -835,13 +1113,67 @@ impl ClusterConfig {
         }
         ClusterConfig {
             transport: Transport::Multicast,
+            cluster_id: ClusterId::generate().expect("the operating system's random number generator failed"),
             channels: Some(channels),
             servers: servers_list,
+            security: SecurityConfig::off(),
             protocol,
             storage: StorageConfig { dir: dir.join("data"), ..StorageConfig::default() },
             network: NetworkConfig::default(),
             testing: TestingConfig::default(),
         }
+    }
+
+    /// Turns security on with new keys: writes `dir/keys/server.key`, `checkpoint.key` and the
+    /// member credential `member-local.key` (shared by every member process of a local
+    /// cluster), sets mode `"encrypt"` and names the three files by absolute path (so that the
+    /// configuration file may be written anywhere).
+    pub fn with_local_keys(&mut self, dir: &Path) -> Result<(), ConfigError> {
+        let keys = dir.join(LOCAL_KEYS_DIR);
+        let failed = |source| ConfigError::KeyFile { key: "security", source };
+        let keys = std::path::absolute(&keys)
+            .map_err(|source| failed(CredentialError::Write { path: keys.clone(), source }))?;
+        let server = credential::write_cluster_keys(&keys, self.cluster_id, Suite::Aes256Gcm).map_err(failed)?;
+        let member_path = keys.join(credential::member_file(LOCAL_MEMBER));
+        credential::save(&Keyring::member_from(&server, LOCAL_MEMBER), &member_path, Some(LOCAL_MEMBER))
+            .map_err(failed)?;
+        self.security = SecurityConfig {
+            mode: SecurityMode::Encrypt,
+            server_key: Some(keys.join(credential::SERVER_FILE)),
+            checkpoint_key: Some(keys.join(credential::CHECKPOINT_FILE)),
+            member_key: Some(member_path),
+            revoked: Vec::new(),
+        };
+        Ok(())
+    }
+
+    /// The keys `who` seals and opens with: `None` when the mode is off. Reads the key file
+    /// (refused unless private to this user), and checks that it is of this cluster, holds the
+    /// keys `who` needs (and, for a checkpoint server, no server key), and, for a member, that
+    /// its credential is not revoked.
+    pub fn keyring(&self, who: KeyUser) -> Result<Option<Keyring>, ConfigError> {
+        let s = &self.security;
+        if s.mode == SecurityMode::Off {
+            return Ok(None);
+        }
+        let key = who.key();
+        let Some(path) = s.path(who) else {
+            return Err(ConfigError::MissingKey { key, mode: s.mode, hint: who.hint() });
+        };
+        let ring = credential::load(path).map_err(|source| ConfigError::KeyFile { key, source })?;
+        if ring.cluster != self.cluster_id {
+            return Err(ConfigError::OtherCluster {
+                key,
+                path: path.clone(),
+                file: ring.cluster,
+                config: self.cluster_id,
+            });
+        }
+        who.check(&ring).map_err(|problem| ConfigError::WrongKeys { key, path: path.clone(), problem })?;
+        if let Some(pid) = ring.member.filter(|pid| s.revoked_pids().any(|r| r == *pid)) {
+            return Err(ConfigError::Revoked { key, path: path.clone(), pid: pid.0 });
+        }
+        Ok(Some(ring))
     }
 
     /// The protocol core's configuration: each role's pids in file order, and the tunables.
@@ -866,6 +1198,8 @@ impl ClusterConfig {
         c.batch_entries = p.batch_entries;
         c.heartbeat_recent = p.heartbeat_recent;
         c.member_buffer_bytes = p.member_buffer_bytes;
+        c.data_sender_bytes_max = p.data_sender_bytes_max;
+        c.data_uncommitted_bytes_max = p.data_uncommitted_bytes_max;
         c.checkpoint_every = p.checkpoint_every;
         c.catch_up_after = p.catch_up_after;
         #[cfg(feature = "mutations")]
@@ -905,6 +1239,7 @@ impl ClusterConfig {
             return Err(ConfigError::NoChannels);
         }
         self.validate_network()?;
+        self.validate_security()?;
         self.testing.validate()?;
         let segment = self.storage.segment_bytes;
         check_ranges("storage", &[("segment_bytes", segment, SEGMENT_BYTES_MIN, sam_store::SEGMENT_SIZE_BYTES_MAX)])?;
@@ -918,6 +1253,14 @@ impl ClusterConfig {
         // from errors in values, and gives the spans that turn an error's place into a key path.
         let root = DeTable::parse(text).map_err(ConfigError::Toml)?;
         toml::from_str(text).map_err(|e| match e.span() {
+            // A required table or key missing at the top level: say how to get it. Serde
+            // reports missing fields only once every value present parsed, in field order.
+            _ if e.message() == "missing field `cluster_id`" && !has_top_level(&root, "cluster_id") => {
+                ConfigError::NoClusterId
+            }
+            _ if e.message() == "missing field `security`" && !has_top_level(&root, "security") => {
+                ConfigError::NoSecurity
+            }
             Some(span) => {
                 let (line, column) = line_and_column(text, span.start);
                 let key = key_path_at(root.get_ref(), span.clone());
@@ -1018,6 +1361,8 @@ impl ClusterConfig {
             ("batch_entries", p.batch_entries as u64, 1, batch),
             ("heartbeat_recent", p.heartbeat_recent as u64, 0, batch),
             ("member_buffer_bytes", p.member_buffer_bytes as u64, 1, MEMBER_BUFFER_BYTES_MAX as u64),
+            ("data_sender_bytes_max", p.data_sender_bytes_max as u64, 1, MEMBER_BUFFER_BYTES_MAX as u64),
+            ("data_uncommitted_bytes_max", p.data_uncommitted_bytes_max as u64, 1, MEMBER_BUFFER_BYTES_MAX as u64),
             ("checkpoint_every", p.checkpoint_every, 1, u64::MAX),
             ("catch_up_after", p.catch_up_after, 1, u64::MAX),
         ];
@@ -1064,6 +1409,32 @@ impl ClusterConfig {
         Ok(())
     }
 
+    /// The security table's rules; the key files themselves are [`ClusterConfig::keyring`]'s.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let s = &self.security;
+        for who in KeyUser::ALL {
+            if s.path(who).is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(ConfigError::EmptyPath { key: who.key().to_string() });
+            }
+        }
+        if let Some((i, name)) = s.revoked.iter().enumerate().find(|(_, n)| !credential::is_member_name(n)) {
+            return Err(ConfigError::MemberName { key: format!("security.revoked[{i}]"), name: name.clone() });
+        }
+        if s.mode == SecurityMode::Off {
+            return Ok(());
+        }
+        // Every cluster has servers that read the server key; members are checked when they
+        // start, since a server's host needs no member credential.
+        let checkpoint_only = KeyUser::Server { checkpoint_only: true };
+        let has_checkpoint_only = self.servers.iter().any(|server| KeyUser::server(server.roles) == checkpoint_only);
+        let mut users = vec![KeyUser::Server { checkpoint_only: false }];
+        users.extend(has_checkpoint_only.then_some(checkpoint_only));
+        match users.into_iter().find(|&who| s.path(who).is_none()) {
+            Some(who) => Err(ConfigError::MissingKey { key: who.key(), mode: s.mode, hint: who.hint() }),
+            None => Ok(()),
+        }
+    }
+
     fn validate_network(&self) -> Result<(), ConfigError> {
         let n = &self.network;
         check_ranges(
@@ -1079,11 +1450,14 @@ impl ClusterConfig {
                 ("relay_lease_ms", n.relay_lease_ms, RELAY_LEASE_MS_MIN, RELAY_LEASE_MS_MAX),
             ],
         )?;
-        if n.max_message_bytes > self.protocol.member_buffer_bytes {
-            return Err(ConfigError::MessageAboveBuffer {
-                max_message_bytes: n.max_message_bytes,
-                member_buffer_bytes: self.protocol.member_buffer_bytes,
-            });
+        let p = &self.protocol;
+        let smallest = [
+            ("protocol.member_buffer_bytes", p.member_buffer_bytes),
+            ("protocol.data_sender_bytes_max", p.data_sender_bytes_max),
+            ("protocol.data_uncommitted_bytes_max", p.data_uncommitted_bytes_max),
+        ];
+        if let Some((key, bytes)) = smallest.into_iter().find(|(_, bytes)| n.max_message_bytes > *bytes) {
+            return Err(ConfigError::MessageAboveBuffer { max_message_bytes: n.max_message_bytes, key, bytes });
         }
         Ok(())
     }
@@ -1096,6 +1470,11 @@ fn check_ranges(table: &str, ranges: &[(&str, u64, u64, u64)]) -> Result<(), Con
         }
         None => Ok(()),
     }
+}
+
+/// Whether the document has the top-level key `key`.
+fn has_top_level(root: &toml::Spanned<DeTable<'_>>, key: &str) -> bool {
+    root.get_ref().iter().any(|(k, _)| k.get_ref() == key)
 }
 
 /// The 1-based line and character column of byte `offset` in `text`.
@@ -1176,6 +1555,22 @@ mod pid_as_u64 {
     }
 }
 
+/// The cluster id as 16 hex digits.
+mod cluster_id_hex {
+    use sam_net::security::keys::ClusterId;
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &ClusterId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ClusterId, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::credential::parse_cluster_id(&text)
+            .ok_or_else(|| de::Error::custom(format!("{text:?} is not 16 hex digits (such as \"0123456789abcdef\")")))
+    }
+}
+
 /// The storage layer's durability, by its configuration name.
 mod durability_by_name {
     use sam_store::Durability;
@@ -1195,8 +1590,9 @@ mod durability_by_name {
 mod tests {
     use super::*;
 
-    /// A small valid file; each test breaks one thing in it.
-    const VALID: &str = r#"
+    /// A small valid file; each test breaks one thing in it. Its first line is the cluster id,
+    /// so that lines keep their numbers and text before it stays at the top level.
+    const VALID: &str = r#"cluster_id = "0123456789abcdef"
 [channels]
 global = { group = "239.255.0.1", port = 17400 }
 data = { group = "239.255.0.2", port = 17401 }
@@ -1217,6 +1613,9 @@ address = "127.0.0.1:17405"
 id = 3
 roles = ["commit", "data", "checkpoint"]
 address = "127.0.0.1:17406"
+
+[security]
+mode = "off"
 "#;
 
     fn refused(text: &str) -> ConfigError {
@@ -1439,7 +1838,7 @@ address = "127.0.0.1:17406"
     #[test]
     fn multicast_needs_channels_and_unicast_does_not() {
         let start = VALID.find("[[servers]]").unwrap();
-        let without = &VALID[start..];
+        let without = &format!("cluster_id = \"0123456789abcdef\"\n{}", &VALID[start..]);
         assert!(matches!(refused_naming(without, "channels"), ConfigError::NoChannels));
         let unicast = format!("transport = \"unicast\"\n{without}");
         assert_eq!(ClusterConfig::from_toml_str(&unicast).unwrap().transport, Transport::Unicast);
@@ -1484,7 +1883,9 @@ address = "127.0.0.1:17406"
     fn a_missing_key_names_its_table() {
         let e = refused_naming(&VALID.replace("address = \"127.0.0.1:17405\"", ""), "servers[1]");
         assert!(e.to_string().contains("address"), "{e}");
-        refused_naming("transport = \"unicast\"\n", "(top level)");
+        let no_servers = "transport = \"unicast\"\ncluster_id = \"0123456789abcdef\"\n[security]\nmode = \"off\"\n";
+        let e = refused_naming(no_servers, "(top level)");
+        assert!(e.to_string().contains("servers"), "{e}");
     }
 
     #[test]
@@ -1549,6 +1950,155 @@ address = "127.0.0.1:17406"
         assert!(core.commit && !core.data && core.checkpoint && core.client == Some(Incarnation(7)));
         assert_eq!("data".parse::<Role>(), Ok(Role::Data));
         assert_eq!("comit".parse::<Role>(), Err(UnknownRole("comit".to_string())));
+    }
+
+    /// VALID with its `[security]` table replaced by `lines` (none: no table).
+    fn with_security(lines: Option<&str>) -> String {
+        let without = VALID.replace("\n[security]\nmode = \"off\"\n", "\n");
+        match lines {
+            Some(lines) => format!("{without}\n[security]\n{lines}\n"),
+            None => without,
+        }
+    }
+
+    #[test]
+    fn a_file_without_security_is_refused_saying_how_to_get_it() {
+        let e = refused_naming(&with_security(None), "security");
+        assert!(matches!(e, ConfigError::NoSecurity), "{e:?}");
+        let message = e.to_string();
+        assert!(message.contains("sam keygen") && message.contains("mode = \"off\""), "{message}");
+        let e = refused_naming(&with_security(Some("server_key = \"k\"")), "security");
+        assert!(e.to_string().contains("missing field `mode`"), "the mode has no default: {e}");
+    }
+
+    #[test]
+    fn a_file_without_a_cluster_id_or_with_a_malformed_one_is_refused() {
+        let e = refused_naming(&VALID.replacen("cluster_id = \"0123456789abcdef\"", "", 1), "cluster_id");
+        assert!(matches!(e, ConfigError::NoClusterId) && e.to_string().contains("sam keygen"), "{e}");
+        for bad in ["123", "0123456789abcdefa", "0123456789abcdeg", "+123456789abcdef"] {
+            let e = refused_naming(&VALID.replacen("0123456789abcdef", bad, 1), "cluster_id");
+            assert!(e.to_string().contains("16 hex digits"), "{e}");
+        }
+        refused_naming(&VALID.replacen("\"0123456789abcdef\"", "81985529216486895", 1), "cluster_id");
+        let c = ClusterConfig::from_toml_str(&VALID.replacen("0123456789abcdef", "0123456789ABCDEF", 1)).unwrap();
+        assert_eq!(c.cluster_id, ClusterId(0x0123_4567_89ab_cdef));
+        assert!(c.to_toml_string().unwrap().contains("cluster_id = \"0123456789abcdef\""));
+    }
+
+    #[test]
+    fn a_mode_other_than_off_needs_the_key_files_its_servers_read() {
+        for mode in ["encrypt", "authenticate"] {
+            let e = refused_naming(&with_security(Some(&format!("mode = \"{mode}\""))), "security.server_key");
+            assert!(matches!(e, ConfigError::MissingKey { .. }), "{e:?}");
+            assert!(e.to_string().contains("sam keygen"), "{e}");
+            let c =
+                ClusterConfig::from_toml_str(&with_security(Some(&format!("mode = \"{mode}\"\nserver_key = \"s\""))))
+                    .unwrap();
+            assert_eq!(c.security.mode.name(), mode);
+        }
+        // A server that holds only the checkpoint role reads the checkpoint key file.
+        let mut c = ClusterConfig::local(3, 1, 17_400, Path::new("d"));
+        c.security.mode = SecurityMode::Encrypt;
+        c.security.server_key = Some(PathBuf::from("s"));
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().starts_with("security.checkpoint_key: "), "{e}");
+        c.security.checkpoint_key = Some(PathBuf::from("c"));
+        c.validate().unwrap();
+        c.security.member_key = Some(PathBuf::new());
+        assert!(c.validate().unwrap_err().to_string().starts_with("security.member_key: the path must not be empty"));
+    }
+
+    #[test]
+    fn mode_off_is_accepted_when_written_and_unknown_security_keys_are_not() {
+        let c = ClusterConfig::from_toml_str(VALID).unwrap();
+        assert_eq!(c.security, SecurityConfig::off());
+        refused_naming(&with_security(Some("mode = \"none\"")), "security.mode");
+        refused_naming(&with_security(Some("mode = \"off\"\nserver_keys = \"s\"")), "security.server_keys");
+        assert_eq!(
+            [SecurityMode::Off, SecurityMode::Authenticate, SecurityMode::Encrypt].map(SecurityMode::code),
+            [0, 1, 2]
+        );
+    }
+
+    #[test]
+    fn revoked_names_are_member_names_and_give_their_pids() {
+        let c = ClusterConfig::from_toml_str(&with_security(Some("mode = \"off\"\nrevoked = [\"alice\", \"bob\"]")))
+            .unwrap();
+        let pids: Vec<Pid> = c.security.revoked_pids().collect();
+        assert_eq!(pids, vec![member_pid("alice"), member_pid("bob")]);
+        let e = refused_naming(
+            &with_security(Some("mode = \"off\"\nrevoked = [\"alice\", \"b o b\"]")),
+            "security.revoked[1]",
+        );
+        assert!(matches!(e, ConfigError::MemberName { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn local_keys_give_each_user_its_keyring() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ClusterConfig::local(3, 2, 17_400, dir.path());
+        assert_eq!(c.keyring(KeyUser::Member).unwrap(), None, "security off: no keys");
+        c.with_local_keys(dir.path()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.security.mode, SecurityMode::Encrypt);
+        let text = c.to_toml_string().unwrap();
+        assert_eq!(ClusterConfig::from_toml_str(&text).unwrap(), c, "{text}");
+        let server = c.keyring(KeyUser::server(c.servers[0].roles)).unwrap().unwrap();
+        assert!(server.sealing(KeyKind::Server).is_some() && server.cluster == c.cluster_id);
+        let checkpoint = c.keyring(KeyUser::server(c.servers[4].roles)).unwrap().unwrap();
+        assert_eq!(checkpoint, Keyring::checkpoint_from(&server));
+        let member = c.keyring(KeyUser::Member).unwrap().unwrap();
+        assert_eq!(member.member, Some(member_pid(LOCAL_MEMBER)));
+        assert_eq!(member, Keyring::member_from(&server, LOCAL_MEMBER));
+        let e = c.clone().with_local_keys(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("exists already"), "keys are never overwritten: {e}");
+    }
+
+    #[test]
+    fn keyring_refuses_a_file_of_another_cluster_or_of_the_wrong_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ClusterConfig::local(3, 2, 17_400, dir.path());
+        c.with_local_keys(dir.path()).unwrap();
+        let ours = c.cluster_id;
+        let mut other = c.clone();
+        other.cluster_id = ClusterId(ours.0 ^ 1);
+        let e = other.keyring(KeyUser::Member).unwrap_err();
+        assert!(matches!(e, ConfigError::OtherCluster { .. }), "{e:?}");
+        let message = e.to_string();
+        assert!(message.starts_with("security.member_key: "), "{message}");
+        assert!(message.contains(&ours.to_string()) && message.contains(&other.cluster_id.to_string()), "{message}");
+        let server_key = c.security.server_key.clone();
+        let mut wrong = c.clone();
+        wrong.security.member_key.clone_from(&server_key);
+        let e = wrong.keyring(KeyUser::Member).unwrap_err();
+        assert!(e.to_string().contains("is no member credential"), "{e}");
+        wrong.security.checkpoint_key.clone_from(&server_key);
+        let e = wrong.keyring(KeyUser::Server { checkpoint_only: true }).unwrap_err();
+        assert!(e.to_string().contains("holds no checkpoint key that seals; name checkpoint.key here"), "{e}");
+        let server = c.keyring(KeyUser::Server { checkpoint_only: false }).unwrap().unwrap();
+        let mut both = Keyring::checkpoint_from(&server);
+        both.keys.extend(server.of_kind(KeyKind::Server).cloned());
+        let both_path = dir.path().join("both.key");
+        credential::save(&both, &both_path, None).unwrap();
+        wrong.security.checkpoint_key = Some(both_path);
+        let e = wrong.keyring(KeyUser::Server { checkpoint_only: true }).unwrap_err();
+        assert!(e.to_string().contains("holds server keys, which a checkpoint server must not"), "{e}");
+        wrong.security.server_key.clone_from(&c.security.member_key);
+        let e = wrong.keyring(KeyUser::Server { checkpoint_only: false }).unwrap_err();
+        assert!(e.to_string().starts_with("security.server_key: ") && e.to_string().contains("is a member credential"));
+        wrong.security.member_key = None;
+        let e = wrong.keyring(KeyUser::Member).unwrap_err();
+        assert!(
+            e.to_string().starts_with("security.member_key: required") && e.to_string().contains("--member"),
+            "{e}"
+        );
+        let mut revoked = c.clone();
+        revoked.security.revoked = vec![LOCAL_MEMBER.to_string()];
+        assert!(matches!(revoked.keyring(KeyUser::Member).unwrap_err(), ConfigError::Revoked { .. }));
+        let mut missing = c.clone();
+        missing.security.server_key = Some(dir.path().join("nowhere.key"));
+        let e = missing.keyring(KeyUser::Server { checkpoint_only: false }).unwrap_err();
+        assert!(matches!(e, ConfigError::KeyFile { .. }) && e.to_string().contains("nowhere.key"), "{e}");
     }
 
     #[test]

@@ -2,13 +2,17 @@
 //! by its id, or a member (`sam send`, `sam tail`) on a port of its own.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sam_core::{Channel, DeliverFrom, Incarnation, KvTable, Pid, StateMachine};
+use sam_net::security::envelope::Mode;
+use sam_net::security::keys::{Keyring, MEMBER_INSTANCE_BITS, MEMBER_PIDS};
+use sam_net::security::{SecurityPlan, ServerKeys, REPLAY_SENDERS_DEFAULT};
 use sam_net::{Group, NetPlan, RelayRole, TransportPlan, UnicastPlan};
 
-use crate::config::{ClusterConfig, Role, Transport};
+use crate::config::{ClusterConfig, ConfigError, KeyUser, Role, SecurityMode, Transport};
 use crate::node::{NodeSpec, StorageStart};
 
 /// Why a process of the cluster cannot be launched.
@@ -20,6 +24,9 @@ pub enum LaunchError {
     /// Multicast transport without channels (a configuration built in code, not loaded).
     #[error("transport \"multicast\" needs the [channels] table")]
     NoChannels,
+    /// The keys could not be read.
+    #[error(transparent)]
+    Keys(#[from] ConfigError),
 }
 
 /// Which process a plan is for.
@@ -43,14 +50,55 @@ impl Who {
     }
 }
 
+/// The file in a server's directory that keeps its latest session's time, so that its
+/// sessions only grow across restarts (DESIGN section 12).
+pub const SESSION_FILE: &str = "session";
+
 const CHANNELS: [Channel; 4] = [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint];
 
-fn net_plan(cluster: &ClusterConfig, unicast: SocketAddrV4, who: Who) -> Result<NetPlan, LaunchError> {
+/// What seals and opens this process's frames.
+fn security_plan(cluster: &ClusterConfig, keys: Option<Keyring>, session_file: Option<PathBuf>) -> SecurityPlan {
+    let servers = cluster
+        .servers
+        .iter()
+        .map(|s| {
+            let keys = match KeyUser::server(s.roles) {
+                KeyUser::Server { checkpoint_only: true } => ServerKeys::Checkpoint,
+                _ => ServerKeys::Server,
+            };
+            (s.id, keys)
+        })
+        .collect();
+    let mode = match cluster.security.mode {
+        SecurityMode::Off => Mode::Off,
+        SecurityMode::Authenticate => Mode::Authenticate,
+        SecurityMode::Encrypt => Mode::Encrypt,
+    };
+    SecurityPlan {
+        mode,
+        cluster: cluster.cluster_id,
+        keys: keys.map(Arc::new),
+        servers,
+        revoked: cluster.security.revoked_pids().collect(),
+        session_file,
+        replay_senders_max: REPLAY_SENDERS_DEFAULT,
+    }
+}
+
+fn net_plan(
+    cluster: &ClusterConfig,
+    pid: Pid,
+    security: SecurityPlan,
+    unicast: SocketAddrV4,
+    who: Who,
+) -> Result<NetPlan, LaunchError> {
     let transport = match cluster.transport {
         Transport::Multicast => multicast(cluster, who.listens())?,
         Transport::Unicast => TransportPlan::Unicast(unicast_plan(cluster, &who)),
     };
     Ok(NetPlan {
+        pid,
+        security,
         unicast,
         transport,
         servers: cluster.servers.iter().map(|s| (s.id, s.address)).collect(),
@@ -77,9 +125,15 @@ fn multicast(cluster: &ClusterConfig, listen: Vec<Channel>) -> Result<TransportP
 /// Unicast mode: every server hears the global channel, each role's servers its channel, and
 /// the data servers relay the global channel to the members.
 fn unicast_plan(cluster: &ClusterConfig, who: &Who) -> UnicastPlan {
-    let holding = |role: Option<Role>| -> Vec<SocketAddrV4> {
-        cluster.servers.iter().filter(|s| role.map_or(true, |r| s.roles.contains(r))).map(|s| s.address).collect()
+    let holding = |role: Option<Role>| -> Vec<(Pid, SocketAddrV4)> {
+        cluster
+            .servers
+            .iter()
+            .filter(|s| role.map_or(true, |r| s.roles.contains(r)))
+            .map(|s| (s.id, s.address))
+            .collect()
     };
+    let addresses = |role| holding(role).into_iter().map(|(_, a)| a).collect::<Vec<_>>();
     let listeners = CHANNELS
         .into_iter()
         .map(|channel| {
@@ -89,7 +143,7 @@ fn unicast_plan(cluster: &ClusterConfig, who: &Who) -> UnicastPlan {
                 Channel::Commit => Some(Role::Commit),
                 Channel::Checkpoint => Some(Role::Checkpoint),
             };
-            (channel, holding(role))
+            (channel, addresses(role))
         })
         .collect();
     let role = match who {
@@ -108,13 +162,16 @@ pub fn server_spec(cluster: &ClusterConfig, id: Pid, start: StorageStart, seed: 
     let client = checkpoint.then_some(Incarnation(seed));
     let roles = server.roles.to_core(client);
     let who = Who::Server { commit: roles.commit, data: roles.data, checkpoint };
+    let dir = cluster.server_dir(server);
+    let keys = cluster.keyring(KeyUser::server(server.roles))?;
+    let security = security_plan(cluster, keys, Some(dir.join(SESSION_FILE)));
     let state_machine = checkpoint.then(|| Box::new(KvTable::new()) as Box<dyn StateMachine + Send>);
     Ok(NodeSpec {
         cfg: Arc::new(cluster.core()),
         pid: id,
         roles,
-        net: net_plan(cluster, server.address, who)?,
-        dir: Some(cluster.server_dir(server)),
+        net: net_plan(cluster, id, security, server.address, who)?,
+        dir: Some(dir),
         durability: cluster.storage.durability,
         start,
         state_machine,
@@ -135,17 +192,25 @@ fn member_interface(cluster: &ClusterConfig) -> Ipv4Addr {
     }
 }
 
-/// The spec of a member that sends and delivers, on a free port of its interface; its pid is
-/// the one its address gives it (see `sam_net::peer`), so it is fixed once bound. `seed`
-/// gives its incarnation: a restarted member never reuses a message id (DESIGN section 3).
+/// The spec of a member that sends and delivers, on a free port of its interface. Its pid is
+/// one of its credential's (the low bits from `seed`, so that processes sharing a credential
+/// differ), or with security off one in the member range drawn from `seed`. `seed` also gives
+/// its incarnation: a restarted member never reuses a message id (DESIGN section 3).
 pub fn member_spec(cluster: &ClusterConfig, seed: u64, table: bool) -> Result<NodeSpec, LaunchError> {
     let roles = sam_core::Roles { client: Some(Incarnation(seed)), ..sam_core::Roles::default() };
+    let keys = cluster.keyring(KeyUser::Member)?;
+    let pid = match keys.as_ref().and_then(|k| k.member) {
+        Some(credential) => Pid(credential.0 | (seed & ((1 << MEMBER_INSTANCE_BITS) - 1))),
+        None => Pid(seed | MEMBER_PIDS),
+    };
+    let security = security_plan(cluster, keys, None);
+    let unicast = SocketAddrV4::new(member_interface(cluster), 0);
     let state_machine = table.then(|| Box::new(KvTable::new()) as Box<dyn StateMachine + Send>);
     Ok(NodeSpec {
         cfg: Arc::new(cluster.core()),
-        pid: Pid(seed | sam_net::ADDRESS_PIDS),
+        pid,
         roles,
-        net: net_plan(cluster, SocketAddrV4::new(member_interface(cluster), 0), Who::Member)?,
+        net: net_plan(cluster, pid, security, unicast, Who::Member)?,
         dir: None,
         durability: cluster.storage.durability,
         start: StorageStart::Fresh,

@@ -5,5 +5,6 @@ mod backlog;
 pub mod client;
 mod compaction;
 pub mod config;
+pub mod credential;
 pub mod launch;
 pub mod node;

@@ -263,7 +263,8 @@ impl Node {
             None => (None, Vec::new()),
         };
         let recovered = records.len();
-        let net = Net::bind(&spec.net)?;
+        // The process seals as the pid it runs as.
+        let net = Net::bind(&sam_net::NetPlan { pid: spec.pid, ..spec.net.clone() })?;
         let local = net.local_addr();
         let clock = Instant::now();
         let now = Time(0);

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sam_core::{Channel, Config, DeliverFrom, Incarnation, Pid, Roles, Seq};
+use sam_net::security::envelope::Mode;
+use sam_net::security::keys::{ClusterId, Keyring, Suite};
+use sam_net::security::{SecurityPlan, ServerKeys};
 use sam_net::{Group, NetPlan, TransportPlan};
 use sam_node::client::{Client, SendFailure};
 use sam_node::node::{Event, Node, NodeError, NodeSpec, StorageStart};
@@ -28,7 +31,34 @@ impl Site {
     }
 }
 
+const CLUSTER: ClusterId = ClusterId(0xC0FFEE);
+
+/// Every test's cluster seals frames (mode encrypt) with keys made once.
+fn keys(member: bool) -> Arc<Keyring> {
+    static KEYS: std::sync::OnceLock<(Arc<Keyring>, Arc<Keyring>)> = std::sync::OnceLock::new();
+    let (server, member_ring) = KEYS.get_or_init(|| {
+        let server = Keyring::generate_server(CLUSTER, Suite::Aes256Gcm).expect("keys");
+        let member = Keyring::member_from(&server, "tests");
+        (Arc::new(server), Arc::new(member))
+    });
+    if member {
+        member_ring.clone()
+    } else {
+        server.clone()
+    }
+}
+
+/// A member's pid: one of the test credential's.
+fn member_pid(i: u64) -> Pid {
+    Pid(keys(true).member.expect("a member credential").0 | i)
+}
+
 fn plan(site: Site, unicast: SocketAddrV4, listen: Vec<Channel>) -> NetPlan {
+    let member = unicast.port() == 0;
+    let servers: Vec<Pid> = SERVERS.iter().chain([&CHECKPOINT_SERVER]).map(|p| Pid(*p)).collect();
+    let server_keys = servers.iter().map(|p| (*p, ServerKeys::Server)).collect();
+    let security =
+        SecurityPlan { mode: Mode::Encrypt, keys: Some(keys(member)), ..SecurityPlan::off(CLUSTER, server_keys) };
     let group = |i: u16| Group {
         addr: SocketAddrV4::new(Ipv4Addr::new(239, 255, 78 + site.0 as u8, i as u8 + 1), 45_110 + site.0 * 20 + i),
         interface: Ipv4Addr::LOCALHOST,
@@ -36,6 +66,8 @@ fn plan(site: Site, unicast: SocketAddrV4, listen: Vec<Channel>) -> NetPlan {
     };
     let channels = [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint];
     NetPlan {
+        pid: Pid(0),
+        security,
         unicast,
         transport: TransportPlan::Multicast {
             groups: channels.iter().enumerate().map(|(i, c)| (*c, group(i as u16))).collect::<HashMap<_, _>>(),
@@ -93,7 +125,7 @@ async fn three_servers_and_three_members_deliver_one_order_over_loopback_multica
     let member = |i: u64| {
         let roles = Roles { client: Some(Incarnation(100 + i)), ..Roles::default() };
         let net = plan(SITE, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
-        spec(&cfg, Pid(1_000 + i), roles, net, None)
+        spec(&cfg, member_pid(1_000 + i), roles, net, None)
     };
     let sender = Node::start(member(0)).await.expect("sender starts");
     let mut tails = Vec::new();
@@ -156,7 +188,7 @@ async fn applications_that_never_read_events_stall_neither_their_sends_nor_the_g
     }
     let roles = Roles { client: Some(Incarnation(100)), ..Roles::default() };
     let net = plan(SITE, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
-    let mut sender_spec = spec(&cfg, Pid(1_000), roles, net, None);
+    let mut sender_spec = spec(&cfg, member_pid(1_000), roles, net, None);
     sender_spec.deliveries = false;
     let sender = Node::start(sender_spec).await.expect("sender starts");
     let client = sender.client();
@@ -239,7 +271,7 @@ async fn a_servers_log_retires_what_checkpoints_cover_and_restarts_from_what_is_
     let checkpoint = Node::start(checkpoint_spec).await.expect("checkpoint server starts");
     let roles = Roles { client: Some(Incarnation(100)), ..Roles::default() };
     let member_net = || plan(SITE, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
-    let mut sender_spec = spec(&cfg, Pid(1_000), roles, member_net(), None);
+    let mut sender_spec = spec(&cfg, member_pid(1_000), roles, member_net(), None);
     sender_spec.deliveries = false;
     let sender = Node::start(sender_spec).await.expect("sender starts");
     let client = sender.client();

@@ -77,7 +77,8 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
         Some(path) => (ClusterConfig::load(path)?, None),
         None => {
             let dir = temp.path();
-            let cluster = ClusterConfig::local(LOCAL_SERVERS, LOCAL_CHECKPOINT_SERVERS, args.base_port, dir);
+            let mut cluster = ClusterConfig::local(LOCAL_SERVERS, LOCAL_CHECKPOINT_SERVERS, args.base_port, dir);
+            cluster.with_local_keys(dir).context("writing the cluster's keys")?;
             let path = dir.join("sam.toml");
             std::fs::write(&path, cluster.to_toml_string()?)?;
             let servers = Servers::start(&path, &cluster, true, dir)?;

@@ -87,6 +87,7 @@ fn up(args: &UpArgs) -> Result<()> {
     let new = !config_path.exists();
     if new {
         let mut cluster = ClusterConfig::local(args.servers, args.checkpoint_servers, args.base_port, &dir);
+        cluster.with_local_keys(&dir).context("writing the cluster's keys")?;
         if args.transport == TransportArg::Unicast {
             cluster.transport = Transport::Unicast;
             cluster.channels = None;
@@ -211,6 +212,7 @@ fn print_help(dir: &Path, cluster: &ClusterConfig, args: &UpArgs) {
         Transport::Unicast => "unicast",
     };
     eprintln!("local cluster of {} servers running over {transport}; configuration in {c}", cluster.servers.len());
+    eprintln!("  security: {}, cluster id {}", cluster.security.mode, cluster.cluster_id);
     for server in &cluster.servers {
         let roles: Vec<&str> = server.roles.iter().map(|r| r.name()).collect();
         eprintln!("  server {} ({}) on {}", server.id.0, roles.join(", "), server.address);

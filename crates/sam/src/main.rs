@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod bench_plot;
 mod fault;
+mod keygen_cmd;
 mod local_cmd;
 mod model_cmd;
 mod send_cmd;
@@ -42,6 +43,8 @@ enum Command {
     Table(table_cmd::TableArgs),
     /// Where the group stands, and each server's reachability and lag.
     Status(status_cmd::StatusArgs),
+    /// Write a cluster's key files, member credentials, and rotate keys.
+    Keygen(keygen_cmd::KeygenArgs),
     /// Measure throughput and latency: one publisher, many members, real processes and disks.
     Bench(bench_cmd::BenchArgs),
     /// Fault tests of the real program: a cluster of processes under kills, pauses,
@@ -61,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Tail(args) => tail_cmd::execute(args),
         Command::Table(args) => table_cmd::execute(args),
         Command::Status(args) => status_cmd::execute(args),
+        Command::Keygen(args) => keygen_cmd::execute(args),
         Command::Bench(args) => bench_cmd::execute(args),
         Command::Fault(command) => fault::execute(command),
     };

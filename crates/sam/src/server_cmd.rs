@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use sam_core::Pid;
-use sam_node::config::ClusterConfig;
+use sam_node::config::{ClusterConfig, SecurityMode};
 use sam_node::launch::server_spec;
 use sam_node::node::{Event, Node, StorageStart};
 
@@ -34,7 +34,16 @@ pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
     runtime.block_on(async move {
         let mut node = Node::start(spec).await.with_context(|| format!("server {} in {}", args.id, dir.display()))?;
         let (addr, recovered) = (node.local_addr(), node.recovered());
-        eprintln!("server {} running on {addr}, storage in {} ({recovered} records recovered)", args.id, dir.display());
+        let mode = cluster.security.mode;
+        eprintln!(
+            "server {} running on {addr}, storage in {} ({recovered} records recovered), security {mode}, cluster {}",
+            args.id,
+            dir.display(),
+            cluster.cluster_id
+        );
+        if mode == SecurityMode::Off {
+            eprintln!("warning: security.mode is \"off\": anyone who can reach this network can forge, replay and read the group's traffic");
+        }
         loop {
             tokio::select! {
                 event = node.next_event() => match event {

@@ -23,7 +23,8 @@ fn an_unknown_flag_is_refused_with_usage() {
 fn a_broken_configuration_names_the_key_and_a_missing_file_its_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("sam.toml");
-    std::fs::write(&path, "[[servers]]\nid = 1\nroles = [\"comit\"]\naddress = \"127.0.0.1:9000\"\n").expect("write");
+    let text = "cluster_id = \"0123456789abcdef\"\n[[servers]]\nid = 1\nroles = [\"comit\"]\naddress = \"127.0.0.1:9000\"\n\n[security]\nmode = \"off\"\n";
+    std::fs::write(&path, text).expect("write");
     let (code, _, err) = sam(&["send", "--config", path.to_str().unwrap(), "hello"]);
     assert_ne!(code, 0);
     assert!(err.contains("servers[0].roles") && err.contains("comit"), "{err}");

@@ -228,6 +228,7 @@ fn tails_of(args: &RunArgs) -> impl Iterator<Item = usize> {
 fn cluster_config(args: &RunArgs, dir: &Path, hosts: Option<&Hosts>) -> Result<ClusterConfig> {
     let base_port = 23_000 + u16::from(args.run) * 20;
     let mut cluster = ClusterConfig::local(SERVERS, CHECKPOINT_SERVERS, base_port, dir);
+    cluster.with_local_keys(dir).context("writing the cluster's keys")?;
     if let Some(h) = hosts {
         for (i, s) in cluster.servers.iter_mut().enumerate() {
             s.address = SocketAddrV4::new(h.address(Some(i + 1)), s.address.port());

@@ -1,0 +1,322 @@
+//! The sealed frame: what every datagram looks like on the wire (DESIGN section 12,
+//! "Sealing"). This comment is the specification.
+//!
+//! A datagram is a *sealed frame*, or a *relay envelope* around one. A sealed frame is a
+//! 54-byte cleartext header, the *payload* (a wire-format frame of `sam_core::wire`, version 1,
+//! encrypted in mode `encrypt`), and a trailer. Integers are little-endian.
+//!
+//! | bytes    | field          | contents                                                            |
+//! |----------|----------------|---------------------------------------------------------------------|
+//! | `0..2`   | magic          | `S` `M`                                                             |
+//! | `2`      | version        | `2` ([`VERSION`])                                                   |
+//! | `3`      | flags          | `0` (a relay envelope has `0x80` here instead, below)               |
+//! | `4`      | mode           | `0` off, `1` authenticate, `2` encrypt                              |
+//! | `5`      | suite          | `0` with mode off; `1` AES-256-GCM, `2` ChaCha20-Poly1305           |
+//! | `6`      | tier           | the key that seals it: `0` group, `1` server, `2` checkpoint        |
+//! | `7`      | channel        | `0` unicast, `1` global, `2` data, `3` commit, `4` checkpoint      |
+//! | `8..10`  | key id         | `u16`: which key of the tier                                        |
+//! | `10..18` | cluster id     | `u64`: frames of another cluster are dropped                        |
+//! | `18..26` | pid            | `u64`: the sender                                                   |
+//! | `26..34` | session time   | `u64`: milliseconds since 1970 when the sender's session began      |
+//! | `34..42` | session random | `u64`: drawn from the OS RNG for the session                        |
+//! | `42..50` | counter        | `u64`: the frame's number in its session, used by exactly one seal  |
+//! | `50..54` | payload length | `u32`                                                               |
+//!
+//! The trailer is, in mode off, the CRC-32C of the header (4 bytes; the payload carries its
+//! own). In modes authenticate and encrypt it is the AEAD tag (16 bytes) and, when the tier is
+//! group, a second tag (16 bytes): `HMAC-SHA256` under the sender's own key (a member's
+//! credential key, or the key servers derive for it) of every byte before it, truncated.
+//! The datagram's length must be exactly header + payload + trailer.
+//!
+//! The AEAD key is `HKDF-SHA256(tier key, salt = cluster id, "sam/1 frame" ‖ suite ‖ mode ‖
+//! key id ‖ pid ‖ session time ‖ session random)`, the nonce `0u32 ‖ counter`, and the
+//! associated data the whole header; mode encrypt seals the payload, mode authenticate seals
+//! an empty plaintext with header ‖ payload as associated data.
+//!
+//! A *relay envelope* (unicast mode: a data server passing a global frame on to its members)
+//! is `S` `M` `2` `0x80` followed by the sealed frame byte for byte: receivers authenticate
+//! the frame inside, never the relay.
+
+use bytes::Bytes;
+use sam_core::{Channel, Pid};
+
+use super::keys::ClusterId;
+
+/// The first two bytes of every datagram.
+pub const MAGIC: [u8; 2] = *b"SM";
+/// The version of sealed frames.
+pub const VERSION: u8 = 2;
+/// The length of a sealed frame's header.
+pub const HEADER_LEN: usize = 54;
+/// The length of an AEAD tag, and of a second tag.
+pub const TAG_LEN: usize = 16;
+/// The flags byte of a relay envelope.
+pub const RELAY_FLAG: u8 = 0x80;
+/// The bytes a relay envelope adds.
+pub const RELAY_ENVELOPE_LEN: usize = 4;
+/// The most bytes sealing adds to a payload (header and both tags).
+pub const SEAL_OVERHEAD: usize = HEADER_LEN + 2 * TAG_LEN;
+
+/// How much protection frames get (DESIGN section 12); the same across a cluster, never
+/// negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// No keys: a CRC, a cluster id, nothing an attacker cannot forge. Chosen explicitly only.
+    Off,
+    /// Every frame authenticated, payloads readable on the wire.
+    Authenticate,
+    /// Every frame authenticated and its payload encrypted (the default).
+    Encrypt,
+}
+
+impl Mode {
+    /// Its byte on the wire.
+    pub fn code(self) -> u8 {
+        match self {
+            Mode::Off => 0,
+            Mode::Authenticate => 1,
+            Mode::Encrypt => 2,
+        }
+    }
+
+    /// Its name in configuration files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Authenticate => "authenticate",
+            Mode::Encrypt => "encrypt",
+        }
+    }
+}
+
+/// Which key seals a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// The group key: anything to the global channel or to members, and all that members send.
+    Group,
+    /// The server key: servers to servers.
+    Server,
+    /// The checkpoint key: checkpoint servers to servers.
+    Checkpoint,
+}
+
+impl Tier {
+    fn code(self) -> u8 {
+        match self {
+            Tier::Group => 0,
+            Tier::Server => 1,
+            Tier::Checkpoint => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Tier> {
+        [Tier::Group, Tier::Server, Tier::Checkpoint].into_iter().find(|t| t.code() == code)
+    }
+
+    /// Its index in per-tier tables.
+    pub(crate) fn index(self) -> usize {
+        usize::from(self.code())
+    }
+}
+
+/// A sender's session: renewed every minute or 2^23 frames, so that a counter never repeats
+/// under one key; ordered by time, then by its random half.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Session {
+    /// Milliseconds since 1970 when it began; only grows within a process (servers persist it).
+    pub time_ms: u64,
+    /// From the OS RNG.
+    pub random: u64,
+}
+
+/// A sealed frame's cleartext header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Its protection.
+    pub mode: Mode,
+    /// The AEAD's code (`0` with mode off).
+    pub suite: u8,
+    /// The key tier.
+    pub tier: Tier,
+    /// The channel it was sent on; `None` for unicast to one process.
+    pub channel: Option<Channel>,
+    /// Which key of the tier.
+    pub key_id: u16,
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// The sender.
+    pub pid: Pid,
+    /// The sender's session.
+    pub session: Session,
+    /// The frame's number in the session.
+    pub counter: u64,
+    /// The payload's length.
+    pub len: u32,
+}
+
+/// Why a datagram is not a well-formed sealed frame (before any key is tried).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Shorter than a header, wrong magic or version, unknown code in a field, or a length
+    /// that does not add up.
+    #[error("not a well-formed sealed frame")]
+    Malformed,
+}
+
+fn channel_code(channel: Option<Channel>) -> u8 {
+    match channel {
+        None => 0,
+        Some(Channel::Global) => 1,
+        Some(Channel::Data) => 2,
+        Some(Channel::Commit) => 3,
+        Some(Channel::Checkpoint) => 4,
+    }
+}
+
+fn channel_from(code: u8) -> Option<Option<Channel>> {
+    Some(match code {
+        0 => None,
+        1 => Some(Channel::Global),
+        2 => Some(Channel::Data),
+        3 => Some(Channel::Commit),
+        4 => Some(Channel::Checkpoint),
+        _ => return None,
+    })
+}
+
+fn mode_from(code: u8) -> Option<Mode> {
+    [Mode::Off, Mode::Authenticate, Mode::Encrypt].into_iter().find(|m| m.code() == code)
+}
+
+impl Header {
+    /// The trailer's length for this header.
+    pub fn trailer_len(&self) -> usize {
+        match (self.mode, self.tier) {
+            (Mode::Off, _) => 4,
+            (_, Tier::Group) => 2 * TAG_LEN,
+            _ => TAG_LEN,
+        }
+    }
+
+    /// Its bytes.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..2].copy_from_slice(&MAGIC);
+        h[2] = VERSION;
+        h[4] = self.mode.code();
+        h[5] = self.suite;
+        h[6] = self.tier.code();
+        h[7] = channel_code(self.channel);
+        h[8..10].copy_from_slice(&self.key_id.to_le_bytes());
+        h[10..18].copy_from_slice(&self.cluster.0.to_le_bytes());
+        h[18..26].copy_from_slice(&self.pid.0.to_le_bytes());
+        h[26..34].copy_from_slice(&self.session.time_ms.to_le_bytes());
+        h[34..42].copy_from_slice(&self.session.random.to_le_bytes());
+        h[42..50].copy_from_slice(&self.counter.to_le_bytes());
+        h[50..54].copy_from_slice(&self.len.to_le_bytes());
+        h
+    }
+
+    /// Reads the header of `datagram` and checks that its length adds up.
+    pub fn decode(datagram: &[u8]) -> Result<Header, EnvelopeError> {
+        let h: &[u8; HEADER_LEN] =
+            datagram.get(..HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or(EnvelopeError::Malformed)?;
+        if h[0..2] != MAGIC || h[2] != VERSION || h[3] != 0 {
+            return Err(EnvelopeError::Malformed);
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or_default());
+        let header = Header {
+            mode: mode_from(h[4]).ok_or(EnvelopeError::Malformed)?,
+            suite: h[5],
+            tier: Tier::from_code(h[6]).ok_or(EnvelopeError::Malformed)?,
+            channel: channel_from(h[7]).ok_or(EnvelopeError::Malformed)?,
+            key_id: u16::from_le_bytes([h[8], h[9]]),
+            cluster: ClusterId(u64_at(10)),
+            pid: Pid(u64_at(18)),
+            session: Session { time_ms: u64_at(26), random: u64_at(34) },
+            counter: u64_at(42),
+            len: u32::from_le_bytes([h[50], h[51], h[52], h[53]]),
+        };
+        let expected = usize::try_from(header.len).ok().and_then(|l| l.checked_add(HEADER_LEN + header.trailer_len()));
+        if expected != Some(datagram.len()) {
+            return Err(EnvelopeError::Malformed);
+        }
+        Ok(header)
+    }
+}
+
+/// A relay envelope around `sealed`.
+pub fn relay_envelope(sealed: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(RELAY_ENVELOPE_LEN + sealed.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&[VERSION, RELAY_FLAG]);
+    out.extend_from_slice(sealed);
+    Bytes::from(out)
+}
+
+/// The sealed frame inside a relay envelope, or `None` when `datagram` is not one.
+pub fn unwrap_relayed(datagram: &Bytes) -> Option<Bytes> {
+    let is_envelope = datagram.len() > RELAY_ENVELOPE_LEN
+        && datagram[0..2] == MAGIC
+        && datagram[2] == VERSION
+        && datagram[3] == RELAY_FLAG;
+    is_envelope.then(|| datagram.slice(RELAY_ENVELOPE_LEN..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            mode: Mode::Encrypt,
+            suite: 1,
+            tier: Tier::Group,
+            channel: Some(Channel::Commit),
+            key_id: 3,
+            cluster: ClusterId(0x0102_0304_0506_0708),
+            pid: Pid(u64::MAX),
+            session: Session { time_ms: 1_700_000_000_000, random: 42 },
+            counter: 7,
+            len: 5,
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_length_must_add_up() {
+        let h = header();
+        let mut datagram = h.encode().to_vec();
+        datagram.extend_from_slice(&[0u8; 5 + 32]);
+        assert_eq!(Header::decode(&datagram), Ok(h));
+        assert_eq!(Header::decode(&datagram[..datagram.len() - 1]), Err(EnvelopeError::Malformed));
+        datagram.push(0);
+        assert_eq!(Header::decode(&datagram), Err(EnvelopeError::Malformed));
+        let server = Header { tier: Tier::Server, ..h };
+        let mut datagram = server.encode().to_vec();
+        datagram.extend_from_slice(&[0u8; 5 + 16]);
+        assert_eq!(Header::decode(&datagram), Ok(server), "no second tag under the server key");
+    }
+
+    #[test]
+    fn bad_fields_are_malformed() {
+        let good = {
+            let mut d = header().encode().to_vec();
+            d.extend_from_slice(&[0u8; 37]);
+            d
+        };
+        for (at, value) in [(0, b'X'), (2, 1), (3, 1), (4, 3), (6, 3), (7, 5)] {
+            let mut d = good.clone();
+            d[at] = value;
+            assert_eq!(Header::decode(&d), Err(EnvelopeError::Malformed), "byte {at} = {value}");
+        }
+        assert_eq!(Header::decode(&[]), Err(EnvelopeError::Malformed));
+    }
+
+    #[test]
+    fn relay_envelopes_wrap_byte_for_byte() {
+        let sealed = Bytes::from_static(b"SM\x02\x00sealed");
+        let env = relay_envelope(&sealed);
+        assert_eq!(unwrap_relayed(&env), Some(sealed.clone()));
+        assert_eq!(unwrap_relayed(&sealed), None);
+    }
+}

@@ -1,0 +1,577 @@
+//! Security (DESIGN section 12): every datagram is a sealed frame ([`envelope`]) under one of
+//! the cluster's keys ([`keys`]); receivers check it in a fixed order — header sanity, replay
+//! pre-check, AEAD, second tag, replay update ([`replay`]) — before anything is decoded, and
+//! tell the driver who vouched for it ([`Authority`]), which decides what that sender may say.
+//!
+//! [`Sealer`] is the sending half (one per process: sessions, counters, subkeys), [`Opener`]
+//! the receiving half (one per socket task: its own replay table).
+
+pub mod envelope;
+pub mod keys;
+pub mod replay;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, NONCE_LEN};
+use ring::hmac;
+use sam_core::{Channel, Message, Pid};
+use subtle::ConstantTimeEq;
+
+use envelope::{Header, Mode, Session, Tier, HEADER_LEN, TAG_LEN};
+use keys::{derive, is_member_pid, ClusterId, Key, KeyKind, Keyring};
+use replay::{Refusal, ReplayTable};
+
+/// A session is renewed after this long...
+pub const SESSION_RENEW_MS: u64 = 60_000;
+/// ...or after this many frames, whichever comes first.
+pub const SESSION_RENEW_FRAMES: u64 = 1 << 23;
+/// Senders a replay table holds by default.
+pub const REPLAY_SENDERS_DEFAULT: usize = 16_384;
+
+/// Which keys a configured server holds, which decides the tag it signs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKeys {
+    /// A commit or data server: the server key.
+    Server,
+    /// A server holding only a checkpoint server: the checkpoint key.
+    Checkpoint,
+}
+
+/// What a process needs to seal and open frames.
+#[derive(Clone, Debug)]
+pub struct SecurityPlan {
+    /// The cluster's protection.
+    pub mode: Mode,
+    /// The cluster.
+    pub cluster: ClusterId,
+    /// This process's keys (`None` with mode off).
+    pub keys: Option<Arc<Keyring>>,
+    /// The configured servers and the keys they hold.
+    pub servers: Vec<(Pid, ServerKeys)>,
+    /// Member credentials (their pids) that servers refuse.
+    pub revoked: Vec<Pid>,
+    /// Where a server keeps the time of its latest session, so that sessions only grow across
+    /// restarts.
+    pub session_file: Option<PathBuf>,
+    /// The most senders one replay table holds.
+    pub replay_senders_max: usize,
+}
+
+impl SecurityPlan {
+    /// A plan with security off.
+    pub fn off(cluster: ClusterId, servers: Vec<(Pid, ServerKeys)>) -> SecurityPlan {
+        SecurityPlan {
+            mode: Mode::Off,
+            cluster,
+            keys: None,
+            servers,
+            revoked: Vec::new(),
+            session_file: None,
+            replay_senders_max: REPLAY_SENDERS_DEFAULT,
+        }
+    }
+
+    fn server_keys(&self, pid: Pid) -> Option<ServerKeys> {
+        self.servers.iter().find(|(p, _)| *p == pid).map(|(_, k)| *k)
+    }
+}
+
+/// Why a plan cannot seal.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    /// The mode needs keys the keyring does not hold.
+    #[error("mode {mode} needs a {kind} key, and none is held")]
+    MissingKey {
+        /// The mode.
+        mode: &'static str,
+        /// The kind missing.
+        kind: &'static str,
+    },
+    /// The keyring belongs to another cluster.
+    #[error("the keys are for cluster {keys}, the configuration for {config}")]
+    WrongCluster {
+        /// The keys' cluster.
+        keys: ClusterId,
+        /// The configuration's.
+        config: ClusterId,
+    },
+    /// The OS RNG failed.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// The session file could not be read or written.
+    #[error("session file {path}: {source}")]
+    SessionFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Who vouched for a frame that opened: what the driver's role rules go by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authority {
+    /// Sealed under the server key, or under the group key with a valid server tag.
+    Server,
+    /// Sealed under the checkpoint key, or under the group key with a valid checkpoint tag.
+    Checkpoint,
+    /// A member whose credential's tag was checked.
+    Member,
+    /// Sealed under the group key only (this receiver holds no key to check the second tag:
+    /// a member, or a checkpoint-only server), or security is off.
+    Group,
+}
+
+impl Authority {
+    /// Whether a frame this authority vouched for may carry `msg` (DESIGN section 12: nothing a
+    /// member sends is believed as a server-role message). Which server of a role may send
+    /// what is the protocol core's rule (`sam_core::senders`), applied to every message after
+    /// this one.
+    pub fn permits(self, msg: &Message) -> bool {
+        let member_kind = matches!(
+            msg,
+            Message::Data(_)
+                | Message::QueryEntries(_)
+                | Message::Fetch(_)
+                | Message::FetchBlocks(_)
+                | Message::Ping(_)
+                | Message::Pong(_)
+        );
+        match self {
+            Authority::Server | Authority::Group => true,
+            Authority::Checkpoint => member_kind || matches!(msg, Message::Block(_) | Message::CheckpointReport(_)),
+            Authority::Member => member_kind,
+        }
+    }
+}
+
+/// A frame that opened.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// Its header.
+    pub header: Header,
+    /// Who vouched for it.
+    pub authority: Authority,
+    /// The wire-format frame it carried, in the clear.
+    pub payload: Bytes,
+}
+
+/// Why a datagram was dropped: each is counted, none is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// Not a sealed frame of this format.
+    Malformed,
+    /// Another cluster's, or another mode or suite.
+    Foreign,
+    /// Sealed with a key tier or id this process does not hold, or on the wrong channel.
+    Unkeyed,
+    /// Its AEAD tag or second tag does not verify, or its sender may not use that key.
+    Unauthenticated,
+    /// Replay protection refused it.
+    Replay(Refusal),
+}
+
+/// A 16-byte second tag key, and the id of the key it came from.
+type TagKey = hmac::Key;
+
+/// Milliseconds since 1970 by the system clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn aead_key(suite: keys::Suite, secret: &keys::Secret) -> LessSafeKey {
+    // Every suite takes 32-byte keys, which is what secrets are.
+    LessSafeKey::new(UnboundKey::new(suite.algorithm(), secret.expose()).expect("a 32-byte AEAD key"))
+}
+
+/// The AEAD subkey of a sender's session under `key`.
+fn frame_key(key: &Key, keyring: &Keyring, mode: Mode, pid: Pid, session: Session) -> LessSafeKey {
+    let info: [&[u8]; 7] = [
+        b"sam/1 frame",
+        &[keyring.suite.code(), mode.code()],
+        &key.id.to_le_bytes(),
+        &pid.0.to_le_bytes(),
+        &session.time_ms.to_le_bytes(),
+        &session.random.to_le_bytes(),
+        &[],
+    ];
+    aead_key(keyring.suite, &derive(key.secret.expose(), keyring.cluster, &info))
+}
+
+/// The second-tag key a server (or checkpoint server) derives from its tier key.
+fn role_tag_key(key: &Key, cluster: ClusterId) -> TagKey {
+    let label: &[u8] = match key.kind {
+        KeyKind::Checkpoint => b"sam/1 checkpoint-tag",
+        _ => b"sam/1 server-tag",
+    };
+    hmac::Key::new(hmac::HMAC_SHA256, derive(key.secret.expose(), cluster, &[label, &key.id.to_le_bytes()]).expose())
+}
+
+fn member_tag_key(member: &Key) -> TagKey {
+    hmac::Key::new(hmac::HMAC_SHA256, member.secret.expose())
+}
+
+fn tag2(key: &TagKey, bytes: &[u8]) -> [u8; TAG_LEN] {
+    let full = hmac::sign(key, bytes);
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(&full.as_ref()[..TAG_LEN]);
+    out
+}
+
+fn nonce(counter: u64) -> Nonce {
+    let mut n = [0u8; NONCE_LEN];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+/// Where a frame goes, as far as the choice of key is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealFor {
+    /// A channel.
+    Channel(Channel),
+    /// One process.
+    Pid(Pid),
+}
+
+/// The sending half: this process's session, counter and subkeys.
+#[derive(Debug)]
+pub struct Sealer {
+    plan: SecurityPlan,
+    pid: Pid,
+    session: Session,
+    counter: u64,
+    /// Per tier: the sealing key's id and the session's subkey.
+    keys: [Option<(u16, LessSafeKey)>; 3],
+    /// The second tag this process signs group frames with.
+    tag2: Option<TagKey>,
+}
+
+impl Sealer {
+    /// The sealer of process `pid`; starts its first session.
+    pub fn new(plan: SecurityPlan, pid: Pid) -> Result<Sealer, SecurityError> {
+        if let Some(keys) = &plan.keys {
+            if keys.cluster != plan.cluster {
+                return Err(SecurityError::WrongCluster { keys: keys.cluster, config: plan.cluster });
+            }
+        }
+        let mut sealer = Sealer {
+            plan,
+            pid,
+            session: Session { time_ms: 0, random: 0 },
+            counter: 0,
+            keys: [None, None, None],
+            tag2: None,
+        };
+        let floor = sealer.read_session_floor()?;
+        sealer.session.time_ms = floor;
+        sealer.renew()?;
+        Ok(sealer)
+    }
+
+    /// The current session.
+    pub fn session(&self) -> Session {
+        self.session
+    }
+
+    fn read_session_floor(&self) -> Result<u64, SecurityError> {
+        let Some(path) = &self.plan.session_file else { return Ok(0) };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(text.trim().parse().unwrap_or(0)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(source) => Err(SecurityError::SessionFile { path: path.clone(), source }),
+        }
+    }
+
+    /// Starts a new session: a time above the last one's, a fresh random half, fresh subkeys.
+    fn renew(&mut self) -> Result<(), SecurityError> {
+        let time_ms = now_ms().max(self.session.time_ms.saturating_add(1));
+        self.session = Session { time_ms, random: u64::from_le_bytes(keys::random()?) };
+        self.counter = 0;
+        if let Some(path) = &self.plan.session_file {
+            std::fs::write(path, time_ms.to_string())
+                .map_err(|source| SecurityError::SessionFile { path: path.clone(), source })?;
+        }
+        let Some(ring) = self.plan.keys.clone() else { return Ok(()) };
+        let mode = self.plan.mode;
+        let need = |kind: KeyKind| {
+            ring.sealing(kind).ok_or(SecurityError::MissingKey { mode: mode.name(), kind: kind.name() })
+        };
+        let mine = self.plan.server_keys(self.pid);
+        let (tier_kind, tag_key) = match mine {
+            Some(ServerKeys::Server) => {
+                let k = need(KeyKind::Server)?;
+                ((Tier::Server, k), role_tag_key(k, ring.cluster))
+            }
+            Some(ServerKeys::Checkpoint) => {
+                let k = need(KeyKind::Checkpoint)?;
+                ((Tier::Checkpoint, k), role_tag_key(k, ring.cluster))
+            }
+            None => {
+                let group = need(KeyKind::Group)?;
+                ((Tier::Group, group), member_tag_key(need(KeyKind::Member)?))
+            }
+        };
+        let group = need(KeyKind::Group)?;
+        self.keys = [None, None, None];
+        self.keys[Tier::Group.index()] = Some((group.id, frame_key(group, &ring, mode, self.pid, self.session)));
+        let (tier, key) = tier_kind;
+        self.keys[tier.index()] = Some((key.id, frame_key(key, &ring, mode, self.pid, self.session)));
+        self.tag2 = Some(tag_key);
+        Ok(())
+    }
+
+    /// The tier a frame for `dest` is sealed under: the server (or checkpoint) key between
+    /// servers that hold the server key, the group key for everything the group or a member
+    /// hears and for everything a member sends.
+    pub fn tier_for(&self, dest: SealFor) -> Tier {
+        let own = match self.plan.server_keys(self.pid) {
+            Some(ServerKeys::Server) => Tier::Server,
+            Some(ServerKeys::Checkpoint) => Tier::Checkpoint,
+            None => return Tier::Group,
+        };
+        let to_servers = match dest {
+            SealFor::Channel(c) => matches!(c, Channel::Data | Channel::Commit),
+            SealFor::Pid(p) => self.plan.server_keys(p) == Some(ServerKeys::Server),
+        };
+        if to_servers && self.plan.mode != Mode::Off {
+            own
+        } else {
+            Tier::Group
+        }
+    }
+
+    /// Seals the wire-format frame `payload` for `dest`.
+    pub fn seal(&mut self, dest: SealFor, payload: &[u8]) -> Bytes {
+        if self.counter >= SESSION_RENEW_FRAMES || now_ms().saturating_sub(self.session.time_ms) >= SESSION_RENEW_MS {
+            // A failed renewal (the RNG, a session file) keeps the session: its counter has
+            // 2^64 values, renewal only bounds how long one key lives.
+            let _ = self.renew();
+        }
+        let tier = self.tier_for(dest);
+        let channel = match dest {
+            SealFor::Channel(c) => Some(c),
+            SealFor::Pid(_) => None,
+        };
+        let counter = self.counter;
+        self.counter += 1;
+        let mode = self.plan.mode;
+        let (suite, key_id) = match (&self.plan.keys, &self.keys[tier.index()]) {
+            (Some(ring), Some((id, _))) if mode != Mode::Off => (ring.suite.code(), *id),
+            _ => (0, 0),
+        };
+        let header = Header {
+            mode,
+            suite,
+            tier,
+            channel,
+            key_id,
+            cluster: self.plan.cluster,
+            pid: self.pid,
+            session: self.session,
+            counter,
+            len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+        };
+        let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len() + header.trailer_len());
+        out.extend_from_slice(&header.encode());
+        out.extend_from_slice(payload);
+        match (mode, &self.keys[tier.index()]) {
+            (Mode::Off, _) | (_, None) => {
+                out.extend_from_slice(&crc32c::crc32c(&out[..HEADER_LEN]).to_le_bytes());
+                return out.freeze();
+            }
+            (Mode::Encrypt, Some((_, key))) => {
+                let (head, body) = out.split_at_mut(HEADER_LEN);
+                let tag = key.seal_in_place_separate_tag(nonce(counter), Aad::from(&head[..]), body);
+                // Sealing fails only past the AEAD's length limit (GBs), far beyond a datagram.
+                out.extend_from_slice(tag.expect("a datagram is within the AEAD's limit").as_ref());
+            }
+            (Mode::Authenticate, Some((_, key))) => {
+                let tag = key.seal_in_place_separate_tag(nonce(counter), Aad::from(&out[..]), &mut []);
+                out.extend_from_slice(tag.expect("a datagram is within the AEAD's limit").as_ref());
+            }
+        }
+        if tier == Tier::Group {
+            if let Some(k) = &self.tag2 {
+                let t = tag2(k, &out);
+                out.extend_from_slice(&t);
+            }
+        }
+        out.freeze()
+    }
+}
+
+/// Keys cached per sender session in a replay table.
+#[derive(Debug, Default)]
+pub struct SessionKeys {
+    aead: [Option<(u16, LessSafeKey)>; 3],
+    tag2: Option<(Authority, TagKey)>,
+}
+
+/// The receiving half: one per socket task, with its own replay table.
+#[derive(Debug)]
+pub struct Opener {
+    plan: SecurityPlan,
+    table: ReplayTable<SessionKeys>,
+    /// Whether this process holds the server key (and so checks second tags).
+    checks_tag2: bool,
+    /// Channels frames may name on this socket (`None`: any).
+    channels: Option<Vec<Option<Channel>>>,
+}
+
+impl Opener {
+    /// An opener for a socket that hears `channels` (`None`: every channel, unicast mode's
+    /// one socket; `Some(None)` in the list stands for unicast to this process).
+    pub fn new(plan: SecurityPlan, channels: Option<Vec<Option<Channel>>>) -> Opener {
+        let checks_tag2 = plan.keys.as_ref().is_some_and(|k| k.sealing(KeyKind::Server).is_some());
+        let table = ReplayTable::new(plan.replay_senders_max);
+        Opener { plan, table, checks_tag2, channels }
+    }
+
+    /// Frames of an older session of a pid heard long after a newer one.
+    pub fn duplicate_pid_alarms(&self) -> u64 {
+        self.table.duplicate_pid_alarms
+    }
+
+    /// Checks and opens a sealed frame (not a relay envelope) received at `now_ms`.
+    pub fn open(&mut self, now_ms: u64, datagram: &Bytes) -> Result<Opened, Dropped> {
+        let header = Header::decode(datagram).map_err(|_| Dropped::Malformed)?;
+        self.check_header(&header)?;
+        let payload_end = HEADER_LEN + header.len as usize;
+        if header.mode == Mode::Off {
+            let crc = crc32c::crc32c(&datagram[..HEADER_LEN]).to_le_bytes();
+            if datagram[payload_end..] != crc {
+                return Err(Dropped::Malformed);
+            }
+            return Ok(Opened {
+                header,
+                authority: Authority::Group,
+                payload: datagram.slice(HEADER_LEN..payload_end),
+            });
+        }
+        let (pid, session, counter) = (header.pid, header.session, header.counter);
+        let slot = self.table.check(now_ms, pid, session, counter).map_err(Dropped::Replay)?;
+        let mut fresh = SessionKeys::default();
+        let Opener { plan, table, checks_tag2, .. } = self;
+        let keys = match table.keys_mut(pid, slot) {
+            Some(cached) => cached,
+            None => &mut fresh,
+        };
+        let payload = open_aead(plan, &header, datagram, keys)?;
+        let authority = authority(plan, *checks_tag2, &header, datagram, keys)?;
+        self.table.admit(now_ms, pid, session, counter, slot, || fresh).map_err(Dropped::Replay)?;
+        Ok(Opened { header, authority, payload })
+    }
+
+    fn check_header(&self, h: &Header) -> Result<(), Dropped> {
+        let suite = self.plan.keys.as_ref().map_or(0, |k| k.suite.code());
+        if h.cluster != self.plan.cluster || h.mode != self.plan.mode || (h.mode != Mode::Off && h.suite != suite) {
+            return Err(Dropped::Foreign);
+        }
+        if self.channels.as_ref().is_some_and(|c| !c.contains(&h.channel)) {
+            return Err(Dropped::Unkeyed);
+        }
+        // A configured server's pid is never a member's, and members hold only the group key.
+        let server = self.plan.server_keys(h.pid);
+        let fits = match h.tier {
+            Tier::Group => server.is_some() || is_member_pid(h.pid),
+            Tier::Server => server == Some(ServerKeys::Server),
+            Tier::Checkpoint => server == Some(ServerKeys::Checkpoint),
+        };
+        if !fits {
+            return Err(Dropped::Unauthenticated);
+        }
+        if is_member_pid(h.pid) && self.plan.revoked.contains(&keys::credential_of(h.pid)) {
+            return Err(Dropped::Unauthenticated);
+        }
+        Ok(())
+    }
+}
+
+/// Who vouched for a frame whose AEAD opened: the tier key, or for group frames the second
+/// tag (checked only by a process holding the server key).
+fn authority(
+    plan: &SecurityPlan,
+    checks_tag2: bool,
+    h: &Header,
+    datagram: &[u8],
+    keys: &mut SessionKeys,
+) -> Result<Authority, Dropped> {
+    match h.tier {
+        Tier::Server => return Ok(Authority::Server),
+        Tier::Checkpoint => return Ok(Authority::Checkpoint),
+        Tier::Group if !checks_tag2 => return Ok(Authority::Group),
+        Tier::Group => {}
+    }
+    let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
+    let verifies = |k: &TagKey| bool::from(tag2(k, signed).ct_eq(tag));
+    if let Some((authority, k)) = &keys.tag2 {
+        return if verifies(k) { Ok(*authority) } else { Err(Dropped::Unauthenticated) };
+    }
+    let found = tag2_candidates(plan, h.pid).into_iter().find(|(_, k)| verifies(k));
+    let (authority, k) = found.ok_or(Dropped::Unauthenticated)?;
+    keys.tag2 = Some((authority, k));
+    Ok(authority)
+}
+
+/// The keys a sender's second tag may be under (more than one during a rotation).
+fn tag2_candidates(plan: &SecurityPlan, pid: Pid) -> Vec<(Authority, TagKey)> {
+    let Some(ring) = &plan.keys else { return Vec::new() };
+    match plan.server_keys(pid) {
+        Some(ServerKeys::Server) => {
+            ring.of_kind(KeyKind::Server).map(|k| (Authority::Server, role_tag_key(k, ring.cluster))).collect()
+        }
+        Some(ServerKeys::Checkpoint) => ring
+            .of_kind(KeyKind::Server)
+            .map(|k| (Authority::Checkpoint, role_tag_key(&keys::checkpoint_key(k, ring.cluster), ring.cluster)))
+            .collect(),
+        None => ring
+            .of_kind(KeyKind::MemberMaster)
+            .map(|m| (Authority::Member, member_tag_key(&keys::member_key(m, ring.cluster, pid))))
+            .collect(),
+    }
+}
+
+/// Opens the AEAD of a frame whose header passed: the payload in the clear.
+fn open_aead(plan: &SecurityPlan, h: &Header, datagram: &Bytes, keys: &mut SessionKeys) -> Result<Bytes, Dropped> {
+    let ring = plan.keys.as_ref().ok_or(Dropped::Unkeyed)?;
+    let slot = &mut keys.aead[h.tier.index()];
+    if !matches!(slot, Some((id, _)) if *id == h.key_id) {
+        let kind = match h.tier {
+            Tier::Group => KeyKind::Group,
+            Tier::Server => KeyKind::Server,
+            Tier::Checkpoint => KeyKind::Checkpoint,
+        };
+        let key = match h.tier {
+            // Servers hold the server key and derive the checkpoint key from it.
+            Tier::Checkpoint if ring.key(kind, h.key_id).is_none() => ring
+                .key(KeyKind::Server, h.key_id)
+                .map(|k| keys::checkpoint_key(k, ring.cluster))
+                .ok_or(Dropped::Unkeyed)?,
+            _ => ring.key(kind, h.key_id).cloned().ok_or(Dropped::Unkeyed)?,
+        };
+        *slot = Some((h.key_id, frame_key(&key, ring, h.mode, h.pid, h.session)));
+    }
+    let Some((_, key)) = slot else { return Err(Dropped::Unkeyed) };
+    let payload_end = HEADER_LEN + h.len as usize;
+    let tag_bytes = &datagram[payload_end..payload_end + TAG_LEN];
+    let tag = Tag::try_from(tag_bytes).map_err(|_| Dropped::Malformed)?;
+    match h.mode {
+        Mode::Authenticate => {
+            key.open_in_place_separate_tag(nonce(h.counter), Aad::from(&datagram[..payload_end]), tag, &mut [], 0..)
+                .map_err(|_| Dropped::Unauthenticated)?;
+            Ok(datagram.slice(HEADER_LEN..payload_end))
+        }
+        _ => {
+            let mut body = BytesMut::from(&datagram[HEADER_LEN..payload_end]);
+            key.open_in_place_separate_tag(nonce(h.counter), Aad::from(&datagram[..HEADER_LEN]), tag, &mut body, 0..)
+                .map_err(|_| Dropped::Unauthenticated)?;
+            Ok(body.freeze())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! Sealing and opening: each mode round-trips, and every way a frame may be forged, altered
+//! or replayed is refused.
+
+use super::*;
+use keys::Suite;
+
+const CLUSTER: ClusterId = ClusterId(0x5A5A);
+const SEQUENCER: Pid = Pid(1);
+const CHECKPOINTER: Pid = Pid(4);
+
+struct Cluster {
+    server: Arc<Keyring>,
+    checkpoint: Arc<Keyring>,
+    alice: Arc<Keyring>,
+}
+
+fn cluster(suite: Suite) -> Cluster {
+    let server = Keyring::generate_server(CLUSTER, suite).unwrap();
+    let checkpoint = Keyring::checkpoint_from(&server);
+    let alice = Keyring::member_from(&server, "alice");
+    Cluster { server: Arc::new(server), checkpoint: Arc::new(checkpoint), alice: Arc::new(alice) }
+}
+
+fn plan(mode: Mode, keys: Option<Arc<Keyring>>) -> SecurityPlan {
+    let servers =
+        vec![(SEQUENCER, ServerKeys::Server), (Pid(2), ServerKeys::Server), (CHECKPOINTER, ServerKeys::Checkpoint)];
+    SecurityPlan { mode, keys, ..SecurityPlan::off(CLUSTER, servers) }
+}
+
+fn alice_pid(c: &Cluster) -> Pid {
+    Pid(c.alice.member.unwrap().0 | 7)
+}
+
+fn open(opener: &mut Opener, frame: &Bytes) -> Result<Opened, Dropped> {
+    opener.open(now_ms(), frame)
+}
+
+#[test]
+fn every_mode_and_suite_round_trips_and_names_its_sender() {
+    for suite in Suite::ALL {
+        let c = cluster(suite);
+        for mode in [Mode::Encrypt, Mode::Authenticate] {
+            let mut alice = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
+            let mut server = Opener::new(plan(mode, Some(c.server.clone())), None);
+            let mut member = Opener::new(plan(mode, Some(c.alice.clone())), None);
+            let frame = alice.seal(SealFor::Channel(Channel::Global), b"payload");
+            let hidden = !frame.windows(7).any(|w| w == b"payload");
+            assert_eq!(hidden, mode == Mode::Encrypt, "{mode:?}: the payload is readable only when authenticated");
+            let opened = open(&mut server, &frame).unwrap();
+            assert_eq!(
+                (&opened.payload[..], opened.header.pid, opened.authority),
+                (&b"payload"[..], alice_pid(&c), Authority::Member)
+            );
+            assert_eq!(
+                open(&mut member, &frame).unwrap().authority,
+                Authority::Group,
+                "members check only the group key"
+            );
+            let mut seq = Sealer::new(plan(mode, Some(c.server.clone())), SEQUENCER).unwrap();
+            let to_servers = seq.seal(SealFor::Channel(Channel::Commit), b"assign");
+            assert_eq!(Header::decode(&to_servers).unwrap().tier, Tier::Server);
+            assert_eq!(open(&mut server, &to_servers).unwrap().authority, Authority::Server);
+            assert_eq!(open(&mut member, &to_servers).unwrap_err(), Dropped::Unkeyed, "members hold no server key");
+            let to_group = seq.seal(SealFor::Channel(Channel::Global), b"commit");
+            assert_eq!(open(&mut server, &to_group).unwrap().authority, Authority::Server, "server tag");
+            assert_eq!(open(&mut member, &to_group).unwrap().payload, Bytes::from_static(b"commit"));
+        }
+    }
+}
+
+#[test]
+fn mode_off_names_the_cluster_and_checks_a_crc() {
+    let mut sealer = Sealer::new(plan(Mode::Off, None), Pid(1 << 63)).unwrap();
+    let mut opener = Opener::new(plan(Mode::Off, None), None);
+    let frame = sealer.seal(SealFor::Channel(Channel::Global), b"x");
+    assert_eq!(open(&mut opener, &frame).unwrap().payload, Bytes::from_static(b"x"));
+    let mut flipped = frame.to_vec();
+    flipped[20] ^= 1;
+    assert_eq!(open(&mut opener, &Bytes::from(flipped)).unwrap_err(), Dropped::Malformed);
+    let other = SecurityPlan { cluster: ClusterId(1), ..plan(Mode::Off, None) };
+    assert_eq!(Opener::new(other, None).open(now_ms(), &frame).unwrap_err(), Dropped::Foreign);
+}
+
+#[test]
+fn every_flipped_bit_is_refused_and_each_frame_opens_once() {
+    let c = cluster(Suite::Aes256Gcm);
+    let mut alice = Sealer::new(plan(Mode::Encrypt, Some(c.alice.clone())), alice_pid(&c)).unwrap();
+    let frame = alice.seal(SealFor::Pid(SEQUENCER), b"fetch this");
+    for bit in 0..frame.len() * 8 {
+        let mut f = frame.to_vec();
+        f[bit / 8] ^= 1 << (bit % 8);
+        let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), None);
+        assert!(open(&mut server, &Bytes::from(f)).is_err(), "bit {bit}");
+    }
+    let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), None);
+    assert!(open(&mut server, &frame).is_ok());
+    assert_eq!(open(&mut server, &frame).unwrap_err(), Dropped::Replay(Refusal::Replayed));
+    // A later frame opens; the earlier one still does not.
+    let next = alice.seal(SealFor::Pid(SEQUENCER), b"more");
+    assert!(open(&mut server, &next).is_ok());
+    assert_eq!(open(&mut server, &frame).unwrap_err(), Dropped::Replay(Refusal::Replayed));
+}
+
+#[test]
+fn a_member_cannot_pass_as_a_server_or_as_another_member() {
+    let c = cluster(Suite::Aes256Gcm);
+    let mode = Mode::Encrypt;
+    let mut server = Opener::new(plan(mode, Some(c.server.clone())), None);
+    // Alice claims the sequencer's pid: she can seal under the group key, not tag as a server.
+    let mut forger = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
+    forger.pid = SEQUENCER;
+    let forged = forger.seal(SealFor::Channel(Channel::Global), b"heartbeat");
+    assert_eq!(open(&mut server, &forged).unwrap_err(), Dropped::Unauthenticated);
+    // Alice claims Bob's pid.
+    let bob = keys::member_pid("bob");
+    forger.pid = bob;
+    forger.renew().unwrap();
+    let forged = forger.seal(SealFor::Channel(Channel::Global), b"data");
+    assert_eq!(open(&mut server, &forged).unwrap_err(), Dropped::Unauthenticated);
+    // Revoked: refused before any key is tried.
+    let revoked = SecurityPlan { revoked: vec![c.alice.member.unwrap()], ..plan(mode, Some(c.server.clone())) };
+    let mut alice = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
+    let frame = alice.seal(SealFor::Channel(Channel::Global), b"data");
+    assert_eq!(Opener::new(revoked, None).open(now_ms(), &frame).unwrap_err(), Dropped::Unauthenticated);
+    // A member credential of another cluster's master.
+    let stranger = Keyring::member_from(&Keyring::generate_server(CLUSTER, Suite::Aes256Gcm).unwrap(), "alice");
+    let stranger = Keyring {
+        keys: c.alice.of_kind(KeyKind::Group).cloned().chain(stranger.of_kind(KeyKind::Member).cloned()).collect(),
+        ..stranger
+    };
+    let mut s = Sealer::new(plan(mode, Some(Arc::new(stranger))), alice_pid(&c)).unwrap();
+    let forged = s.seal(SealFor::Channel(Channel::Global), b"data");
+    assert_eq!(open(&mut server, &forged).unwrap_err(), Dropped::Unauthenticated);
+}
+
+#[test]
+fn checkpoint_servers_seal_under_their_key_which_servers_derive() {
+    let c = cluster(Suite::Aes256Gcm);
+    let mut ckpt = Sealer::new(plan(Mode::Encrypt, Some(c.checkpoint.clone())), CHECKPOINTER).unwrap();
+    let report = ckpt.seal(SealFor::Pid(SEQUENCER), b"report");
+    assert_eq!(Header::decode(&report).unwrap().tier, Tier::Checkpoint);
+    let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), None);
+    assert_eq!(open(&mut server, &report).unwrap().authority, Authority::Checkpoint);
+    let block = ckpt.seal(SealFor::Pid(alice_pid(&c)), b"block");
+    assert_eq!(open(&mut server, &block).unwrap().authority, Authority::Checkpoint, "checkpoint tag");
+    // A checkpoint key may not seal as if it were the server key's owner.
+    let lie = SecurityPlan {
+        servers: vec![(SEQUENCER, ServerKeys::Checkpoint)],
+        ..plan(Mode::Encrypt, Some(c.checkpoint.clone()))
+    };
+    let mut forger = Sealer::new(lie, SEQUENCER).unwrap();
+    let forged = forger.seal(SealFor::Channel(Channel::Global), b"x");
+    assert_eq!(open(&mut server, &forged).unwrap_err(), Dropped::Unauthenticated);
+}
+
+#[test]
+fn foreign_mode_suite_cluster_and_channel_are_refused() {
+    let c = cluster(Suite::Aes256Gcm);
+    let mut alice = Sealer::new(plan(Mode::Encrypt, Some(c.alice.clone())), alice_pid(&c)).unwrap();
+    let frame = alice.seal(SealFor::Channel(Channel::Data), b"d");
+    let server = || plan(Mode::Encrypt, Some(c.server.clone()));
+    let auth = SecurityPlan { mode: Mode::Authenticate, ..server() };
+    assert_eq!(Opener::new(auth, None).open(now_ms(), &frame).unwrap_err(), Dropped::Foreign);
+    let other = SecurityPlan { cluster: ClusterId(9), ..server() };
+    assert_eq!(Opener::new(other, None).open(now_ms(), &frame).unwrap_err(), Dropped::Foreign);
+    let commit_socket = Opener::new(server(), Some(vec![Some(Channel::Commit)])).open(now_ms(), &frame);
+    assert_eq!(commit_socket.unwrap_err(), Dropped::Unkeyed, "a data-channel frame replayed to the commit group");
+    let chacha = cluster(Suite::ChaCha20Poly1305);
+    let mut opener = Opener::new(plan(Mode::Encrypt, Some(chacha.server.clone())), None);
+    assert_eq!(open(&mut opener, &frame).unwrap_err(), Dropped::Foreign);
+}
+
+#[test]
+fn sessions_grow_across_restarts_through_the_session_file() {
+    let dir = std::env::temp_dir().join(format!("sam-session-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("session");
+    let far = now_ms() + 3_600_000;
+    std::fs::write(&file, far.to_string()).unwrap();
+    let c = cluster(Suite::Aes256Gcm);
+    let p = SecurityPlan { session_file: Some(file.clone()), ..plan(Mode::Encrypt, Some(c.server.clone())) };
+    let s = Sealer::new(p, SEQUENCER).unwrap();
+    assert!(s.session().time_ms > far, "a session never goes below the last one stored");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), s.session().time_ms.to_string());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn members_and_checkpoint_servers_may_send_only_what_their_role_sends() {
+    use sam_core::message::{Accepted, Fetch, Heartbeat, Ping};
+    use sam_core::{Epoch, Seq};
+    let heartbeat =
+        Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(1), committed: Seq(1), checkpoint: None });
+    let accepted = Message::Accepted(Accepted { epoch: Epoch(1), upto: Seq(1) });
+    let fetch = Message::Fetch(Fetch { mids: vec![] });
+    let ping = Message::Ping(Ping { nonce: 1 });
+    for msg in [&heartbeat, &accepted] {
+        assert!(!Authority::Member.permits(msg) && !Authority::Checkpoint.permits(msg), "{msg:?}");
+        assert!(Authority::Server.permits(msg));
+    }
+    for msg in [&fetch, &ping] {
+        assert!(Authority::Member.permits(msg) && Authority::Checkpoint.permits(msg));
+    }
+}
