@@ -43,7 +43,8 @@
 //! to it every frame it receives flagged global, flagged relayed instead and prefixed with the
 //! pid of the process it came from (a receiver believes that pid only from a data server). A
 //! *register* frame's body is one varint: the lease in milliseconds a member asks for, or the
-//! one a data server grants in reply.
+//! one a data server grants in reply, then any number of zero bytes: padding, so that a
+//! registration is never shorter than the cookie challenge a relay may answer it with.
 //!
 //! # Fragments
 //!
@@ -826,11 +827,15 @@ pub fn relay_frame(frame: &[u8], origin: Pid) -> Bytes {
     seal_with(&mut buf, (flags & FLAG_FRAGMENT) | FLAG_RELAYED)
 }
 
+/// The zero bytes a register frame carries after its lease.
+pub const REGISTER_PADDING: usize = 16;
+
 /// A register frame asking for, or granting, a lease of `lease_ms` milliseconds.
 pub fn register_frame(lease_ms: u64) -> Bytes {
-    let mut buf = BytesMut::with_capacity(HEADER_LEN + MAX_VARINT_LEN);
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + MAX_VARINT_LEN + REGISTER_PADDING);
     start_frame(&mut buf);
     buf.varint(lease_ms);
+    buf.put_bytes(0, REGISTER_PADDING);
     seal_with(&mut buf, FLAG_REGISTER)
 }
 
@@ -1241,7 +1246,8 @@ pub fn decode_datagram(frame: &Bytes) -> Result<Datagram, DecodeError> {
     let mut r = Reader::new(&body);
     if flags == FLAG_REGISTER {
         let lease_ms = r.varint()?;
-        return match r.remaining() {
+        let padding = body.get(r.pos..).unwrap_or_default();
+        return match padding.iter().filter(|b| **b != 0).count() {
             0 => Ok(Datagram { global: false, origin: None, body: Body::Register { lease_ms } }),
             unread => Err(DecodeError::FrameTrailing { unread }),
         };
@@ -1721,7 +1727,7 @@ mod tests {
         let register = decode_datagram(&register_frame(3_000)).expect("decodes");
         assert_eq!(register.body, Body::Register { lease_ms: 3_000 });
         let mut long = register_frame(3_000).to_vec();
-        long.push(0);
+        long.push(1);
         long[4] += 1;
         let crc = crc32c::crc32c_append(crc32c::crc32c(&long[0..8]), &long[HEADER_LEN..]);
         long[8..12].copy_from_slice(&crc.to_le_bytes());

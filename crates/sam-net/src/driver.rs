@@ -26,6 +26,7 @@ use crate::injected::InjectedFaults;
 use crate::peer::Peers;
 use crate::reader::{Reader, Unicast};
 use crate::relay::Registration;
+use crate::security::cookie::CookieJar;
 use crate::security::envelope::{RELAY_ENVELOPE_LEN, SEAL_OVERHEAD};
 use crate::security::{SealFor, Sealer, SecurityError, SecurityPlan};
 use crate::socket::{self, Group};
@@ -144,6 +145,8 @@ pub struct NetStats {
     pub refused: AtomicU64,
     /// Members whose address could not be remembered (the table was full).
     pub members_unlearned: AtomicU64,
+    /// Cookie challenges sent (requests without a valid cookie, or with last bucket's).
+    pub challenges: AtomicU64,
     /// Messages dropped because their destination has no address.
     pub unroutable: AtomicU64,
     /// Datagrams the system refused to send.
@@ -229,6 +232,7 @@ impl Net {
             faults: plan.faults,
             security: plan.security.clone(),
             sealer: sealer.clone(),
+            cookies: Arc::new(CookieJar::new().map_err(SecurityError::from)?),
         };
         let mut readers = Vec::new();
         let channels = match &plan.transport {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sam_core::wire::{decode_body, decode_datagram, register_frame, Body, Datagram, FRAGMENT_HEADER_MAX, HEADER_LEN};
-use sam_core::{Channel, Pid};
+use sam_core::{Channel, Message, Pid};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -25,10 +25,11 @@ use crate::injected::{InjectedFaults, Injector};
 use crate::peer::Peers;
 use crate::reassembly::Reassembly;
 use crate::relay::{Members, Registration};
+use crate::security::cookie::{CookieJar, Echo};
 use crate::security::envelope::{relay_envelope, unwrap_relayed, Mode, RELAY_ENVELOPE_LEN, SEAL_OVERHEAD};
 use crate::security::keys::is_member_pid;
 use crate::security::replay::Refusal;
-use crate::security::{now_ms, Dropped, Opened, Opener, SealFor, Sealer, SecurityPlan};
+use crate::security::{now_ms, Authority, Dropped, Opened, Opener, SealFor, Sealer, SecurityPlan};
 
 /// Datagrams one system call may read (each has a buffer of the largest UDP payload).
 const RECV_BATCH: usize = 8;
@@ -59,8 +60,15 @@ pub(crate) struct Reader {
     pub(crate) faults: InjectedFaults,
     /// How frames are checked.
     pub(crate) security: SecurityPlan,
-    /// Seals what this task sends (grants).
+    /// Seals what this task sends (grants, challenges).
     pub(crate) sealer: Arc<Mutex<Sealer>>,
+    /// Grants and checks the cookies of requests.
+    pub(crate) cookies: Arc<CookieJar>,
+}
+
+/// Whether `msg` is a request whose answer may be far larger than it.
+fn is_request(msg: &Message) -> bool {
+    matches!(msg, Message::Fetch(_) | Message::QueryEntries(_) | Message::FetchBlocks(_))
 }
 
 /// One task's state.
@@ -160,6 +168,10 @@ impl Task {
             None => (datagram, false),
         };
         let opened = self.opener.open(now_ms(), &sealed)?;
+        if opened.header.challenge {
+            self.note_challenge(addr, &opened, relayed)?;
+            return Ok(None);
+        }
         let decoded = decode_datagram(&opened.payload).map_err(|_| Dropped::Malformed)?;
         let from = opened.header.pid;
         self.note_sender(addr, &opened, relayed, &decoded)?;
@@ -174,7 +186,9 @@ impl Task {
                 Err(_) => return Err(Dropped::Malformed),
             },
             Body::Register { lease_ms } => {
-                self.register(from, addr, lease_ms).await;
+                if self.echoed(addr, &opened, sealed.len()).await {
+                    self.register(from, addr, lease_ms).await;
+                }
                 return Ok(None);
             }
         };
@@ -182,7 +196,48 @@ impl Task {
         msgs.retain(|msg| opened.authority.permits(msg));
         let refused = (before - msgs.len()) as u64;
         self.reader.stats.refused.fetch_add(refused, Ordering::Relaxed);
+        if msgs.iter().any(is_request) && !self.echoed(addr, &opened, sealed.len()).await {
+            msgs.retain(|msg| !is_request(msg));
+        }
         Ok((!msgs.is_empty()).then_some(Incoming { from, msgs }))
+    }
+
+    /// Whether a request from `addr` may be answered: it came from a server that vouched for
+    /// itself with the server key, or echoed its cookie. A request without one is answered
+    /// with a challenge, when that is no larger than the request, and not served; one with
+    /// last bucket's cookie is served and given the current one (DESIGN section 12).
+    async fn echoed(&mut self, addr: SocketAddrV4, opened: &Opened, request_len: usize) -> bool {
+        if opened.authority == Authority::Server {
+            return true;
+        }
+        let (pid, now) = (opened.header.pid, now_ms());
+        let echo = self.reader.cookies.check(now, addr, pid, opened.header.cookie.as_ref());
+        if echo != Echo::Current {
+            let cookie = self.reader.cookies.mint(now, addr, pid);
+            let challenge = self.reader.sealer.lock().unwrap_or_else(|e| e.into_inner()).seal_challenge(pid, cookie);
+            if challenge.len() <= request_len {
+                NetStats::add(&self.reader.stats.challenges);
+                let _ = self.socket.send_to(&challenge, addr).await;
+            }
+        }
+        echo != Echo::Missing
+    }
+
+    /// Takes the cookie a server granted: frames to it carry it from now on, and a waiting
+    /// registration is sent again at once.
+    fn note_challenge(&self, addr: SocketAddrV4, opened: &Opened, relayed: bool) -> Result<(), Dropped> {
+        let (pid, cookie) = (opened.header.pid, opened.header.cookie);
+        let from_server = self.reader.peers.server(pid).is_some();
+        // Without keys a challenge is believed only from the server's own address.
+        let believed = self.reader.security.mode != Mode::Off || self.reader.peers.server(pid) == Some(addr);
+        let (Some(cookie), true, true, false) = (cookie, from_server, believed, relayed) else {
+            return Err(Dropped::Unauthenticated);
+        };
+        self.reader.sealer.lock().unwrap_or_else(|e| e.into_inner()).set_cookie(pid, cookie);
+        if let Unicast::Member(registration) = &self.unicast {
+            registration.renew_now();
+        }
+        Ok(())
     }
 
     /// Checks how a frame that opened travelled, and remembers where its sender is.

@@ -25,6 +25,8 @@ use crate::security::{SealFor, Sealer};
 pub const MAX_MEMBERS: usize = 65_536;
 /// The longest lease a data server grants.
 pub const MAX_LEASE: Duration = Duration::from_secs(60);
+/// The most members one IP address may register with one data server.
+pub const MAX_MEMBERS_PER_IP: usize = 256;
 
 /// A data server's registered members (one registration per member pid), where they are
 /// and when their leases end.
@@ -39,7 +41,11 @@ impl Members {
     /// full.
     pub(crate) fn register(&mut self, now: Instant, pid: Pid, addr: SocketAddrV4, asked: Duration) -> Option<Duration> {
         self.prune(now);
-        if self.leases.len() >= MAX_MEMBERS && !self.leases.contains_key(&pid) {
+        // One registration per address: a new pid from it replaces the old one.
+        self.leases.retain(|p, (a, _)| *p == pid || *a != addr);
+        let known = self.leases.contains_key(&pid);
+        let same_ip = self.leases.values().filter(|(a, _)| a.ip() == addr.ip()).count();
+        if !known && (self.leases.len() >= MAX_MEMBERS || same_ip >= MAX_MEMBERS_PER_IP) {
             return None;
         }
         let lease = asked.min(MAX_LEASE);
@@ -67,6 +73,8 @@ impl Members {
 #[derive(Debug)]
 pub(crate) struct Registration {
     relays: Vec<(Pid, SocketAddrV4)>,
+    /// Wakes the renewal loop at once (a relay's cookie arrived).
+    renew: tokio::sync::Notify,
     current: AtomicUsize,
     /// When the current relay was last heard from, in ms after `epoch`.
     heard: AtomicU64,
@@ -81,6 +89,7 @@ impl Registration {
         let first = usize::from(me.port()) % relays.len().max(1);
         Registration {
             relays,
+            renew: tokio::sync::Notify::new(),
             current: AtomicUsize::new(first),
             heard: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -93,6 +102,11 @@ impl Registration {
         if self.current().is_some_and(|(_, a)| a == addr) {
             self.heard.store(self.elapsed_ms(), Ordering::Relaxed);
         }
+    }
+
+    /// Sends the registration again now (a relay challenged it, and its cookie is here).
+    pub(crate) fn renew_now(&self) {
+        self.renew.notify_one();
     }
 
     fn current(&self) -> Option<(Pid, SocketAddrV4)> {
@@ -114,7 +128,10 @@ impl Registration {
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.heard.store(self.elapsed_ms(), Ordering::Relaxed);
         loop {
-            renew.tick().await;
+            tokio::select! {
+                _ = renew.tick() => {}
+                () = self.renew.notified() => {}
+            }
             let silent = self.elapsed_ms().saturating_sub(self.heard.load(Ordering::Relaxed));
             if u128::from(silent) > (self.lease / 2).as_millis() {
                 let next = (self.current.load(Ordering::Relaxed) + 1) % self.relays.len();
@@ -150,6 +167,21 @@ mod tests {
         assert_eq!(m.live(now).count(), 2);
         let later = now + Duration::from_secs(3);
         assert_eq!(m.live(later).collect::<Vec<_>>(), vec![addr(1)], "the short lease ran out");
+    }
+
+    #[test]
+    fn one_registration_per_address_and_a_bounded_number_per_ip() {
+        let mut m = Members::default();
+        let now = Instant::now();
+        let lease = Duration::from_secs(10);
+        assert!(m.register(now, Pid(1), addr(1), lease).is_some());
+        assert!(m.register(now, Pid(2), addr(1), lease).is_some());
+        assert_eq!(m.leases.len(), 1, "the new pid from one address replaces the old");
+        for port in 2..=MAX_MEMBERS_PER_IP as u16 {
+            assert!(m.register(now, Pid(u64::from(port) + 10), addr(port), lease).is_some());
+        }
+        assert!(m.register(now, Pid(9_999), addr(9_999), lease).is_none(), "the IP's share is used up");
+        assert!(m.register(now, Pid(1_000), SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 1), lease).is_some());
     }
 
     #[test]

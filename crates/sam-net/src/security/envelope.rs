@@ -9,7 +9,7 @@
 //! |----------|----------------|---------------------------------------------------------------------|
 //! | `0..2`   | magic          | `S` `M`                                                             |
 //! | `2`      | version        | `2` ([`VERSION`])                                                   |
-//! | `3`      | flags          | `0` (a relay envelope has `0x80` here instead, below)               |
+//! | `3`      | flags          | bit 0: a cookie follows the header; bit 1: a cookie challenge (bit 0 set too, empty payload); a relay envelope has `0x80` here instead (below) |
 //! | `4`      | mode           | `0` off, `1` authenticate, `2` encrypt                              |
 //! | `5`      | suite          | `0` with mode off; `1` AES-256-GCM, `2` ChaCha20-Poly1305           |
 //! | `6`      | tier           | the key that seals it: `0` group, `1` server, `2` checkpoint        |
@@ -21,6 +21,12 @@
 //! | `34..42` | session random | `u64`: drawn from the OS RNG for the session                        |
 //! | `42..50` | counter        | `u64`: the frame's number in its session, used by exactly one seal  |
 //! | `50..54` | payload length | `u32`                                                               |
+//!
+//! With flag bit 0 a 16-byte *cookie* follows the header; it counts as header from here on
+//! (associated data, CRC). A process whose requests may be answered with more than 3× their
+//! bytes (fetches, entry queries, block fetches, relay registrations) echoes the cookie the
+//! server gave it in a *challenge* — a frame with flag bits 0 and 1, the cookie, and no
+//! payload, never longer than the request it answers (DESIGN section 12, "No reflection").
 //!
 //! The trailer is, in mode off, the CRC-32C of the header (4 bytes; the payload carries its
 //! own). In modes authenticate and encrypt it is the AEAD tag (16 bytes) and, when the tier is
@@ -54,8 +60,17 @@ pub const TAG_LEN: usize = 16;
 pub const RELAY_FLAG: u8 = 0x80;
 /// The bytes a relay envelope adds.
 pub const RELAY_ENVELOPE_LEN: usize = 4;
-/// The most bytes sealing adds to a payload (header and both tags).
-pub const SEAL_OVERHEAD: usize = HEADER_LEN + 2 * TAG_LEN;
+/// The length of a cookie.
+pub const COOKIE_LEN: usize = 16;
+/// Flags bit: a cookie follows the header.
+pub const FLAG_COOKIE: u8 = 1;
+/// Flags bit: the frame is a cookie challenge.
+pub const FLAG_CHALLENGE: u8 = 2;
+/// The most bytes sealing adds to a payload (header, cookie and both tags).
+pub const SEAL_OVERHEAD: usize = HEADER_LEN + COOKIE_LEN + 2 * TAG_LEN;
+
+/// A cookie: proof that a sender receives at the address it sends from.
+pub type Cookie = [u8; COOKIE_LEN];
 
 /// How much protection frames get (DESIGN section 12); the same across a cluster, never
 /// negotiated.
@@ -152,6 +167,10 @@ pub struct Header {
     pub counter: u64,
     /// The payload's length.
     pub len: u32,
+    /// The cookie echoed, or granted by a challenge.
+    pub cookie: Option<Cookie>,
+    /// A cookie challenge (the cookie is the one granted).
+    pub challenge: bool,
 }
 
 /// Why a datagram is not a well-formed sealed frame (before any key is tried).
@@ -189,6 +208,16 @@ fn mode_from(code: u8) -> Option<Mode> {
 }
 
 impl Header {
+    /// The length of the header with its cookie: what the associated data covers.
+    pub fn header_len(&self) -> usize {
+        HEADER_LEN + if self.cookie.is_some() { COOKIE_LEN } else { 0 }
+    }
+
+    /// The whole datagram's length for this header.
+    pub fn datagram_len(&self) -> usize {
+        self.header_len() + self.len as usize + self.trailer_len()
+    }
+
     /// The trailer's length for this header.
     pub fn trailer_len(&self) -> usize {
         match (self.mode, self.tier) {
@@ -198,11 +227,20 @@ impl Header {
         }
     }
 
-    /// Its bytes.
-    pub fn encode(&self) -> [u8; HEADER_LEN] {
+    /// Appends its bytes (the cookie included) to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.encode());
+        if let Some(cookie) = &self.cookie {
+            out.extend_from_slice(cookie);
+        }
+    }
+
+    /// The fixed part of its bytes (without the cookie).
+    fn encode(&self) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..2].copy_from_slice(&MAGIC);
         h[2] = VERSION;
+        h[3] = if self.cookie.is_some() { FLAG_COOKIE } else { 0 } | if self.challenge { FLAG_CHALLENGE } else { 0 };
         h[4] = self.mode.code();
         h[5] = self.suite;
         h[6] = self.tier.code();
@@ -221,9 +259,18 @@ impl Header {
     pub fn decode(datagram: &[u8]) -> Result<Header, EnvelopeError> {
         let h: &[u8; HEADER_LEN] =
             datagram.get(..HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or(EnvelopeError::Malformed)?;
-        if h[0..2] != MAGIC || h[2] != VERSION || h[3] != 0 {
+        let flags = h[3];
+        let known = flags & !(FLAG_COOKIE | FLAG_CHALLENGE) == 0;
+        let challenge = flags & FLAG_CHALLENGE != 0;
+        if h[0..2] != MAGIC || h[2] != VERSION || !known || (challenge && flags & FLAG_COOKIE == 0) {
             return Err(EnvelopeError::Malformed);
         }
+        let cookie = if flags & FLAG_COOKIE != 0 {
+            let bytes = datagram.get(HEADER_LEN..HEADER_LEN + COOKIE_LEN).ok_or(EnvelopeError::Malformed)?;
+            Some(bytes.try_into().map_err(|_| EnvelopeError::Malformed)?)
+        } else {
+            None
+        };
         let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or_default());
         let header = Header {
             mode: mode_from(h[4]).ok_or(EnvelopeError::Malformed)?,
@@ -236,9 +283,10 @@ impl Header {
             session: Session { time_ms: u64_at(26), random: u64_at(34) },
             counter: u64_at(42),
             len: u32::from_le_bytes([h[50], h[51], h[52], h[53]]),
+            cookie,
+            challenge,
         };
-        let expected = usize::try_from(header.len).ok().and_then(|l| l.checked_add(HEADER_LEN + header.trailer_len()));
-        if expected != Some(datagram.len()) {
+        if header.datagram_len() != datagram.len() || (challenge && header.len != 0) {
             return Err(EnvelopeError::Malformed);
         }
         Ok(header)
@@ -279,32 +327,40 @@ mod tests {
             session: Session { time_ms: 1_700_000_000_000, random: 42 },
             counter: 7,
             len: 5,
+            cookie: None,
+            challenge: false,
         }
+    }
+
+    fn encoded(h: &Header, rest: usize) -> Vec<u8> {
+        let mut d = Vec::new();
+        h.encode_into(&mut d);
+        d.resize(d.len() + rest, 0);
+        d
     }
 
     #[test]
     fn header_round_trips_and_length_must_add_up() {
         let h = header();
-        let mut datagram = h.encode().to_vec();
-        datagram.extend_from_slice(&[0u8; 5 + 32]);
+        let mut datagram = encoded(&h, 5 + 32);
         assert_eq!(Header::decode(&datagram), Ok(h));
         assert_eq!(Header::decode(&datagram[..datagram.len() - 1]), Err(EnvelopeError::Malformed));
         datagram.push(0);
         assert_eq!(Header::decode(&datagram), Err(EnvelopeError::Malformed));
         let server = Header { tier: Tier::Server, ..h };
-        let mut datagram = server.encode().to_vec();
-        datagram.extend_from_slice(&[0u8; 5 + 16]);
-        assert_eq!(Header::decode(&datagram), Ok(server), "no second tag under the server key");
+        assert_eq!(Header::decode(&encoded(&server, 5 + 16)), Ok(server), "no second tag under the server key");
+        let with_cookie = Header { cookie: Some([7; COOKIE_LEN]), ..h };
+        assert_eq!(Header::decode(&encoded(&with_cookie, 5 + 32)), Ok(with_cookie));
+        let challenge = Header { cookie: Some([7; COOKIE_LEN]), challenge: true, len: 0, ..h };
+        assert_eq!(Header::decode(&encoded(&challenge, 32)), Ok(challenge));
+        let bad = Header { len: 5, ..challenge };
+        assert_eq!(Header::decode(&encoded(&bad, 5 + 32)), Err(EnvelopeError::Malformed), "a challenge has no payload");
     }
 
     #[test]
     fn bad_fields_are_malformed() {
-        let good = {
-            let mut d = header().encode().to_vec();
-            d.extend_from_slice(&[0u8; 37]);
-            d
-        };
-        for (at, value) in [(0, b'X'), (2, 1), (3, 1), (4, 3), (6, 3), (7, 5)] {
+        let good = encoded(&header(), 37);
+        for (at, value) in [(0, b'X'), (2, 1), (3, 1), (3, 2), (3, 4), (4, 3), (6, 3), (7, 5)] {
             let mut d = good.clone();
             d[at] = value;
             assert_eq!(Header::decode(&d), Err(EnvelopeError::Malformed), "byte {at} = {value}");

@@ -6,10 +6,12 @@
 //! [`Sealer`] is the sending half (one per process: sessions, counters, subkeys), [`Opener`]
 //! the receiving half (one per socket task: its own replay table).
 
+pub mod cookie;
 pub mod envelope;
 pub mod keys;
 pub mod replay;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,7 +22,7 @@ use ring::hmac;
 use sam_core::{Channel, Message, Pid};
 use subtle::ConstantTimeEq;
 
-use envelope::{Header, Mode, Session, Tier, HEADER_LEN, TAG_LEN};
+use envelope::{Cookie, Header, Mode, Session, Tier, TAG_LEN};
 use keys::{derive, is_member_pid, ClusterId, Key, KeyKind, Keyring};
 use replay::{Refusal, ReplayTable};
 
@@ -247,6 +249,8 @@ pub struct Sealer {
     keys: [Option<(u16, LessSafeKey)>; 3],
     /// The second tag this process signs group frames with.
     tag2: Option<TagKey>,
+    /// The cookies servers granted this process (one per server, the latest).
+    cookies: HashMap<Pid, Cookie>,
 }
 
 impl Sealer {
@@ -264,6 +268,7 @@ impl Sealer {
             counter: 0,
             keys: [None, None, None],
             tag2: None,
+            cookies: HashMap::new(),
         };
         let floor = sealer.read_session_floor()?;
         sealer.session.time_ms = floor;
@@ -343,8 +348,26 @@ impl Sealer {
         }
     }
 
-    /// Seals the wire-format frame `payload` for `dest`.
+    /// Notes the cookie server `pid` granted this process: frames to it carry it from now on.
+    pub fn set_cookie(&mut self, pid: Pid, cookie: Cookie) {
+        self.cookies.insert(pid, cookie);
+    }
+
+    /// Seals the wire-format frame `payload` for `dest`, with the cookie `dest` granted.
     pub fn seal(&mut self, dest: SealFor, payload: &[u8]) -> Bytes {
+        let cookie = match dest {
+            SealFor::Pid(pid) => self.cookies.get(&pid).copied(),
+            SealFor::Channel(_) => None,
+        };
+        self.seal_frame(dest, cookie, false, payload)
+    }
+
+    /// A cookie challenge to `to`: the cookie it must echo, and nothing else.
+    pub fn seal_challenge(&mut self, to: Pid, cookie: Cookie) -> Bytes {
+        self.seal_frame(SealFor::Pid(to), Some(cookie), true, &[])
+    }
+
+    fn seal_frame(&mut self, dest: SealFor, cookie: Option<Cookie>, challenge: bool, payload: &[u8]) -> Bytes {
         if self.counter >= SESSION_RENEW_FRAMES || now_ms().saturating_sub(self.session.time_ms) >= SESSION_RENEW_MS {
             // A failed renewal (the RNG, a session file) keeps the session: its counter has
             // 2^64 values, renewal only bounds how long one key lives.
@@ -373,18 +396,21 @@ impl Sealer {
             session: self.session,
             counter,
             len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+            cookie,
+            challenge,
         };
-        let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len() + header.trailer_len());
-        out.extend_from_slice(&header.encode());
+        let head = header.header_len();
+        let mut out = Vec::with_capacity(header.datagram_len());
+        header.encode_into(&mut out);
         out.extend_from_slice(payload);
         match (mode, &self.keys[tier.index()]) {
             (Mode::Off, _) | (_, None) => {
-                out.extend_from_slice(&crc32c::crc32c(&out[..HEADER_LEN]).to_le_bytes());
-                return out.freeze();
+                out.extend_from_slice(&crc32c::crc32c(&out[..head]).to_le_bytes());
+                return Bytes::from(out);
             }
             (Mode::Encrypt, Some((_, key))) => {
-                let (head, body) = out.split_at_mut(HEADER_LEN);
-                let tag = key.seal_in_place_separate_tag(nonce(counter), Aad::from(&head[..]), body);
+                let (aad, body) = out.split_at_mut(head);
+                let tag = key.seal_in_place_separate_tag(nonce(counter), Aad::from(&aad[..]), body);
                 // Sealing fails only past the AEAD's length limit (GBs), far beyond a datagram.
                 out.extend_from_slice(tag.expect("a datagram is within the AEAD's limit").as_ref());
             }
@@ -399,7 +425,7 @@ impl Sealer {
                 out.extend_from_slice(&t);
             }
         }
-        out.freeze()
+        Bytes::from(out)
     }
 }
 
@@ -439,17 +465,14 @@ impl Opener {
     pub fn open(&mut self, now_ms: u64, datagram: &Bytes) -> Result<Opened, Dropped> {
         let header = Header::decode(datagram).map_err(|_| Dropped::Malformed)?;
         self.check_header(&header)?;
-        let payload_end = HEADER_LEN + header.len as usize;
+        let head = header.header_len();
+        let payload_end = head + header.len as usize;
         if header.mode == Mode::Off {
-            let crc = crc32c::crc32c(&datagram[..HEADER_LEN]).to_le_bytes();
+            let crc = crc32c::crc32c(&datagram[..head]).to_le_bytes();
             if datagram[payload_end..] != crc {
                 return Err(Dropped::Malformed);
             }
-            return Ok(Opened {
-                header,
-                authority: Authority::Group,
-                payload: datagram.slice(HEADER_LEN..payload_end),
-            });
+            return Ok(Opened { header, authority: Authority::Group, payload: datagram.slice(head..payload_end) });
         }
         let (pid, session, counter) = (header.pid, header.session, header.counter);
         let slot = self.table.check(now_ms, pid, session, counter).map_err(Dropped::Replay)?;
@@ -555,18 +578,19 @@ fn open_aead(plan: &SecurityPlan, h: &Header, datagram: &Bytes, keys: &mut Sessi
         *slot = Some((h.key_id, frame_key(&key, ring, h.mode, h.pid, h.session)));
     }
     let Some((_, key)) = slot else { return Err(Dropped::Unkeyed) };
-    let payload_end = HEADER_LEN + h.len as usize;
+    let head = h.header_len();
+    let payload_end = head + h.len as usize;
     let tag_bytes = &datagram[payload_end..payload_end + TAG_LEN];
     let tag = Tag::try_from(tag_bytes).map_err(|_| Dropped::Malformed)?;
     match h.mode {
         Mode::Authenticate => {
             key.open_in_place_separate_tag(nonce(h.counter), Aad::from(&datagram[..payload_end]), tag, &mut [], 0..)
                 .map_err(|_| Dropped::Unauthenticated)?;
-            Ok(datagram.slice(HEADER_LEN..payload_end))
+            Ok(datagram.slice(head..payload_end))
         }
         _ => {
-            let mut body = BytesMut::from(&datagram[HEADER_LEN..payload_end]);
-            key.open_in_place_separate_tag(nonce(h.counter), Aad::from(&datagram[..HEADER_LEN]), tag, &mut body, 0..)
+            let mut body = BytesMut::from(&datagram[head..payload_end]);
+            key.open_in_place_separate_tag(nonce(h.counter), Aad::from(&datagram[..head]), tag, &mut body, 0..)
                 .map_err(|_| Dropped::Unauthenticated)?;
             Ok(body.freeze())
         }
