@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use sam_node::config::{ClusterConfig, LOCAL_CHECKPOINT_SERVERS, LOCAL_SERVERS};
+use sam_node::config::{ClusterConfig, SecurityMode, LOCAL_CHECKPOINT_SERVERS, LOCAL_SERVERS};
 use sam_node::launch::member_spec;
 use sam_node::node::{Event, Node};
 use serde_json::json;
@@ -47,6 +47,31 @@ pub struct BenchArgs {
     /// Also draw committed msgs/s over the run and latency by percentile into this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// How the local cluster started without --config protects its frames (to measure what
+    /// security costs).
+    #[arg(long, value_enum, default_value_t = SecurityArg::Encrypt)]
+    security: SecurityArg,
+}
+
+/// `security.mode` of the benchmark's own cluster.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum SecurityArg {
+    /// Every frame sealed and encrypted (the default of every local cluster).
+    Encrypt,
+    /// Every frame sealed, payloads in the clear.
+    Authenticate,
+    /// No keys: a CRC and the cluster id only.
+    Off,
+}
+
+impl SecurityArg {
+    fn mode(self) -> SecurityMode {
+        match self {
+            SecurityArg::Encrypt => SecurityMode::Encrypt,
+            SecurityArg::Authenticate => SecurityMode::Authenticate,
+            SecurityArg::Off => SecurityMode::Off,
+        }
+    }
 }
 
 /// Messages handed to the node at once.
@@ -79,6 +104,7 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
             let dir = temp.path();
             let mut cluster = ClusterConfig::local(LOCAL_SERVERS, LOCAL_CHECKPOINT_SERVERS, args.base_port, dir);
             cluster.with_local_keys(dir).context("writing the cluster's keys")?;
+            cluster.security.mode = args.security.mode();
             let path = dir.join("sam.toml");
             std::fs::write(&path, cluster.to_toml_string()?)?;
             let servers = Servers::start(&path, &cluster, true, dir)?;
@@ -114,10 +140,14 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
             "messages": args.messages,
             "size": args.size,
             "window": args.window,
+            "security": config.security.mode.name(),
         });
         println!("{report}");
     } else {
-        println!("{} messages of {} bytes, {} members, window {}", args.messages, args.size, args.members, args.window);
+        println!(
+            "{} messages of {} bytes, {} members, window {}, security {}",
+            args.messages, args.size, args.members, args.window, config.security.mode
+        );
         println!("  committed   {:>10.0} msgs/s", m.committed_per_s);
         println!("  delivered   {:>10.0} msgs/s (messages × members)", m.delivered_per_s);
         println!("  latency     p50 {} µs, p99 {} µs (send to delivery)", m.p50_us, m.p99_us);
