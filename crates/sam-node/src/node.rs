@@ -19,7 +19,7 @@ use sam_core::{
     StateMachine, Time, WriteId,
 };
 use sam_net::{Net, NetError, NetPlan};
-use sam_store::{Durability, Log, LogOptions, OnDurable, Position, StoreError};
+use sam_store::{Durability, Log, LogOptions, OnDurable, Position, StoreError, TornTail};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -240,6 +240,7 @@ pub struct Node {
     task: tokio::task::JoinHandle<Result<(), NodeError>>,
     local: std::net::SocketAddrV4,
     recovered: usize,
+    torn_tail: Option<TornTail>,
 }
 
 impl Node {
@@ -255,12 +256,12 @@ impl Node {
             segment_size_bytes: spec.segment_bytes,
             ..LogOptions::default()
         };
-        let (log, records) = match spec.dir.clone() {
+        let (log, records, torn_tail) = match spec.dir.clone() {
             Some(dir) => {
-                let (log, records) = open_log(dir, options).await?;
-                (Some(log), records)
+                let (log, records, torn) = open_log(dir, options).await?;
+                (Some(log), records, torn)
             }
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), None),
         };
         let recovered = records.len();
         // The process seals as the pid it runs as.
@@ -304,12 +305,18 @@ impl Node {
             serves,
         };
         let task = tokio::spawn(host.run(command_rx, durable_rx));
-        Ok(Node { commands, events, backlog, ready: VecDeque::new(), task, local, recovered })
+        Ok(Node { commands, events, backlog, ready: VecDeque::new(), task, local, recovered, torn_tail })
     }
 
     /// How many records the node recovered from its log at start.
     pub fn recovered(&self) -> usize {
         self.recovered
+    }
+
+    /// The torn tail a crash left at the end of the log and recovery dropped, if any: bytes of
+    /// a write that was never reported durable (DESIGN section 12, "Storage": reported).
+    pub fn torn_tail(&self) -> Option<&TornTail> {
+        self.torn_tail.as_ref()
     }
 
     /// The address the node sends from.
@@ -752,7 +759,7 @@ impl Host {
 }
 
 /// Opens the log in `dir` and decodes its records, off the event loop's thread.
-async fn open_log(dir: PathBuf, options: LogOptions) -> Result<(Log, Vec<Record>), NodeError> {
+async fn open_log(dir: PathBuf, options: LogOptions) -> Result<(Log, Vec<Record>, Option<TornTail>), NodeError> {
     let (log, recovered) =
         tokio::task::spawn_blocking(move || Log::open(dir, options)).await.map_err(|_| NodeError::Stopped)??;
     let records = recovered
@@ -762,7 +769,7 @@ async fn open_log(dir: PathBuf, options: LogOptions) -> Result<(Log, Vec<Record>
             decode_record(bytes).map_err(|e| NodeError::Record { position: position.0, reason: e.to_string() })
         })
         .collect::<Result<Vec<Record>, NodeError>>()?;
-    Ok((log, records))
+    Ok((log, records, recovered.torn_tail))
 }
 
 /// A deadline that never comes, for a process with no timer.

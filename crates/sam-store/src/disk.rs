@@ -19,7 +19,7 @@ pub(crate) struct DirLock {
 /// process (or another open log in this one) holds it.
 pub(crate) fn lock_dir(dir: &Path) -> Result<DirLock, StoreError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
+    let file = std::os::unix::fs::OpenOptionsExt::mode(&mut OpenOptions::new(), 0o600)
         .create(true)
         .truncate(false)
         .write(true)

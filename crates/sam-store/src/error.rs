@@ -23,7 +23,12 @@ pub enum StoreError {
         source: io::Error,
     },
     /// The log holds damage that a crash cannot leave: it will not guess what to drop.
-    #[error("corrupt log: {} at byte {offset}: {corruption}", path.display())]
+    #[error(
+        "corrupt log: {} at byte {offset}: {corruption}. The server will not guess what to drop: move its \
+         storage directory aside and start it again without --init; a commit server then rejoins by copying \
+         from its peers (the lost-storage rule, DESIGN section 6), a data server is refilled by retransmissions",
+        path.display()
+    )]
     Corrupt {
         /// The damaged file.
         path: PathBuf,

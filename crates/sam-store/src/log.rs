@@ -358,7 +358,10 @@ fn create_dir(dir: &Path, durability: Durability) -> Result<(), StoreError> {
     if dir.is_dir() {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(|source| StoreError::io("create directory", dir, source))?;
+    // Private to the user that runs the server (DESIGN section 12, "Storage").
+    std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .map_err(|source| StoreError::io("create directory", dir, source))?;
     match dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         Some(parent) if durability == Durability::Fsync => disk::sync_dir(parent),
         _ => Ok(()),

@@ -56,7 +56,12 @@ impl Segment {
     /// Creates the segment starting at `base` in `dir`; fails if its file exists.
     pub fn create(dir: &Path, base: Position, plan: SegmentPlan) -> Result<Segment, StoreError> {
         let path = dir.join(format::segment_file_name(base.0));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path);
+        // Private to the user that runs the server (DESIGN section 12, "Storage").
+        let file = std::os::unix::fs::OpenOptionsExt::mode(&mut OpenOptions::new(), 0o600)
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path);
         let file = file.map_err(|source| StoreError::io("create", &path, source))?;
         Segment::initialize(dir, path, file, base, plan)
     }

@@ -376,3 +376,22 @@ fn a_stray_segment_name_and_bad_options_are_refused() {
     let error = Log::open(dir.path(), options(1, true)).expect_err("tiny segments");
     assert!(matches!(error, StoreError::InvalidOptions(_)), "{error}");
 }
+
+/// DESIGN section 12, "Storage": a server's log directory and every file in it are private to
+/// the user that runs it, and damage in the middle of a log names the way back.
+#[test]
+fn log_directories_and_files_are_private_and_corruption_says_how_to_recover() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("server-1");
+    write_log(&dir, 3, options(4_096, false));
+    let mode = |p: &Path| fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for entry in fs::read_dir(&dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    let text =
+        StoreError::Corrupt { path: dir.join("x"), offset: 7, corruption: Corruption::SegmentHeader }.to_string();
+    assert!(text.contains("move its storage directory aside") && text.contains("without --init"), "{text}");
+}

@@ -41,6 +41,14 @@ pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
             dir.display(),
             cluster.cluster_id
         );
+        if let Some(torn) = node.torn_tail() {
+            eprintln!(
+                "recovery dropped a torn tail: {} bytes at byte {} of {} (a write a crash cut short, never acknowledged)",
+                torn.bytes,
+                torn.offset,
+                torn.path.display()
+            );
+        }
         if mode == SecurityMode::Off {
             eprintln!("warning: security.mode is \"off\": anyone who can reach this network can forge, replay and read the group's traffic");
         }

@@ -179,6 +179,14 @@ pub enum Dropped {
 /// A 16-byte second tag key, and the id of the key it came from.
 type TagKey = hmac::Key;
 
+/// Writes `bytes` to `path`, a file only its owner may read or write.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(bytes)
+}
+
 /// Milliseconds since 1970 by the system clock.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -296,7 +304,7 @@ impl Sealer {
         self.session = Session { time_ms, random: u64::from_le_bytes(keys::random()?) };
         self.counter = 0;
         if let Some(path) = &self.plan.session_file {
-            std::fs::write(path, time_ms.to_string())
+            write_private(path, time_ms.to_string().as_bytes())
                 .map_err(|source| SecurityError::SessionFile { path: path.clone(), source })?;
         }
         let Some(ring) = self.plan.keys.clone() else { return Ok(()) };
