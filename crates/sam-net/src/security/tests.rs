@@ -202,3 +202,49 @@ fn members_and_checkpoint_servers_may_send_only_what_their_role_sends() {
         assert!(Authority::Member.permits(msg) && Authority::Checkpoint.permits(msg));
     }
 }
+
+mod fuzz {
+    //! The unseal-and-decode path never panics, whatever arrives (DESIGN section 12: "Fuzz the
+    //! unseal-and-decode path"): random datagrams, and valid frames with bytes changed.
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn opener_and_frame() -> (Opener, Bytes) {
+        let c = cluster(Suite::Aes256Gcm);
+        let mut alice = Sealer::new(plan(Mode::Encrypt, Some(c.alice.clone())), alice_pid(&c)).unwrap();
+        let payload = sam_core::wire::encode_frame(&[Message::Ping(sam_core::message::Ping { nonce: 3 })]);
+        let frame = alice.seal(SealFor::Pid(SEQUENCER), &payload);
+        (Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), None), frame)
+    }
+
+    proptest! {
+        #[test]
+        fn random_datagrams_never_panic(bytes in vec(any::<u8>(), 0..400)) {
+            let (mut opener, _) = opener_and_frame();
+            let datagram = Bytes::from(bytes);
+            let _ = opener.open(now_ms(), &datagram);
+            let _ = envelope::unwrap_relayed(&datagram);
+        }
+
+        #[test]
+        fn changed_frames_are_refused_and_never_panic(edits in vec((any::<usize>(), any::<u8>()), 1..6), cut in any::<usize>()) {
+            let (mut opener, frame) = opener_and_frame();
+            let mut bytes = frame.to_vec();
+            for (at, value) in &edits {
+                let i = at % bytes.len();
+                bytes[i] = *value;
+            }
+            bytes.truncate(bytes.len() - cut % 3);
+            let changed = bytes != frame.to_vec();
+            match opener.open(now_ms(), &Bytes::from(bytes)) {
+                Ok(opened) => {
+                    prop_assert!(!changed, "a changed frame opened");
+                    let _ = sam_core::wire::decode_datagram(&opened.payload);
+                }
+                Err(_) => prop_assert!(changed, "the frame as sealed must open"),
+            }
+        }
+    }
+}
