@@ -259,6 +259,8 @@ pub struct Pong {
     /// How far it is: a commit server's committed prefix, else its member's delivered prefix
     /// (zero for a process with neither).
     pub committed: Seq,
+    /// Its storage is full: it accepts nothing new until there is room (DESIGN section 12).
+    pub storage_full: bool,
 }
 
 /// One stored slot reported in a [`Promise`].

@@ -58,6 +58,8 @@ pub struct Process {
     /// Who may say what, and the messages not believed.
     senders: Senders,
     unbelieved: u64,
+    /// The host's storage is full (reported in pongs).
+    storage_full: bool,
 }
 
 impl Process {
@@ -79,6 +81,7 @@ impl Process {
             out: Outbox::new(),
             senders: Senders::default(),
             unbelieved: 0,
+            storage_full: false,
             cfg,
         };
         let promised = process.commit.as_ref().map_or(Epoch::NONE, CommitServer::promised);
@@ -188,6 +191,12 @@ impl Process {
         let mark = self.out.len();
         self.route(now, from, msg);
         self.after_input(mark);
+    }
+
+    /// The host says whether its storage is full: writes wait, and so does everything that
+    /// waits for them (acceptances, orders); pongs tell operators.
+    pub fn set_storage_full(&mut self, full: bool) {
+        self.storage_full = full;
     }
 
     /// Messages not believed: from a sender whose role does not send them, or out of bounds
@@ -353,7 +362,8 @@ impl Process {
             Message::Ping(ping) => {
                 let commit = self.commit.as_ref().map(CommitServer::committed);
                 let committed = commit.or_else(|| self.client.as_ref().map(Client::delivered)).unwrap_or(Seq::ZERO);
-                out.send(Dest::Pid(from), Message::Pong(Pong { nonce: ping.nonce, committed }));
+                let pong = Pong { nonce: ping.nonce, committed, storage_full: self.storage_full };
+                out.send(Dest::Pid(from), Message::Pong(pong));
             }
             Message::Pong(pong) => out.push(Action::Pong { from, pong: *pong }),
             Message::Dropped(m) => {

@@ -156,7 +156,7 @@
 //! | 17  | [`Forgotten`]        | `floor` (varint), `checkpoint` (optional checkpoint)                                                 |
 //! | 18  | [`Message::Dropped`] | as [`Forgotten`]                                                                                     |
 //! | 19  | [`Ping`]             | `nonce` (varint)                                                                                     |
-//! | 20  | [`Pong`]             | `nonce` (varint), `committed` (varint)                                                               |
+//! | 20  | [`Pong`]             | `nonce` (varint), `committed` (varint), `storage_full` (a byte, `0` or `1`)                          |
 //!
 //! A *checkpoint* ([`CheckpointInfo`]) is `seq` (varint), `size` (varint), `blocks` (u32 varint),
 //! `digest` (16 bytes); an *optional checkpoint* is a byte `0` (none) or `1` followed by one.
@@ -593,6 +593,7 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
         Message::Pong(p) => {
             s.varint(p.nonce);
             s.varint(p.committed.0);
+            s.byte(u8::from(p.storage_full));
         }
         Message::CheckpointReport(c) => put_checkpoint(s, c),
         Message::Forgotten(f) | Message::Dropped(f) => put_floor(s, f.floor, &f.checkpoint),
@@ -994,6 +995,15 @@ impl<'a> Reader<'a> {
         Ok(CheckpointInfo { seq: self.seq()?, size: self.varint()?, blocks: self.u32()?, digest: self.digest()? })
     }
 
+    /// A byte that must be `0` (false) or `1` (true).
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            tag => Err(DecodeError::BadTag(tag)),
+        }
+    }
+
     fn checkpoint_opt(&mut self) -> Result<Option<CheckpointInfo>, DecodeError> {
         match self.u8()? {
             0 => Ok(None),
@@ -1100,7 +1110,9 @@ impl<'a> Reader<'a> {
             Kind::PreVote => Message::PreVote(PreVote { epoch: self.epoch()? }),
             Kind::PreVoteGranted => Message::PreVoteGranted(PreVoteGranted { epoch: self.epoch()? }),
             Kind::Ping => Message::Ping(Ping { nonce: self.varint()? }),
-            Kind::Pong => Message::Pong(Pong { nonce: self.varint()?, committed: self.seq()? }),
+            Kind::Pong => {
+                Message::Pong(Pong { nonce: self.varint()?, committed: self.seq()?, storage_full: self.flag()? })
+            }
             Kind::CheckpointReport => Message::CheckpointReport(self.checkpoint()?),
             Kind::Forgotten => Message::Forgotten(self.forgotten()?),
             Kind::Dropped => Message::Dropped(self.forgotten()?),
@@ -1426,7 +1438,11 @@ pub(crate) mod arb {
             (arb_seq(), proptest::option::of(arb_checkpoint()))
                 .prop_map(|(floor, checkpoint)| Message::Dropped(Forgotten { floor, checkpoint })),
             any::<u64>().prop_map(|nonce| Message::Ping(Ping { nonce })),
-            (any::<u64>(), arb_seq()).prop_map(|(nonce, committed)| Message::Pong(Pong { nonce, committed })),
+            (any::<u64>(), arb_seq(), any::<bool>()).prop_map(|(nonce, committed, storage_full)| Message::Pong(Pong {
+                nonce,
+                committed,
+                storage_full
+            })),
         ]
     }
 

@@ -95,7 +95,11 @@ fn message() -> impl Strategy<Value = Message> {
         epoch().prop_map(|epoch| Message::PreVote(PreVote { epoch })),
         epoch().prop_map(|epoch| Message::PreVoteGranted(PreVoteGranted { epoch })),
         any::<u64>().prop_map(|nonce| Message::Ping(Ping { nonce })),
-        (any::<u64>(), seq()).prop_map(|(nonce, committed)| Message::Pong(Pong { nonce, committed })),
+        (any::<u64>(), seq(), any::<bool>()).prop_map(|(nonce, committed, storage_full)| Message::Pong(Pong {
+            nonce,
+            committed,
+            storage_full
+        })),
         (epoch(), seq(), (seq(), seq(), seq()), prop::collection::vec((seq(), epoch(), entry()), 0..20)).prop_map(
             |(epoch, first, (last, highest, floor), s)| Message::Promise(Promise {
                 epoch,

@@ -27,6 +27,9 @@ use crate::backlog::Backlog;
 use crate::client::{Client, SendFailure};
 use crate::compaction::{self, Compaction};
 
+/// How often writes a full storage refused are tried again.
+const STALLED_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Inputs handled per turn of the loop before the node writes and sends what they caused.
 pub const INPUTS_PER_TURN: usize = 256;
 /// Sends taken from the application and waiting for room in the window; beyond it the
@@ -123,6 +126,14 @@ pub enum Event {
         nonce: u64,
         /// How far it is (see `sam_core::message::Pong`).
         committed: Seq,
+        /// Its storage is full: it accepts nothing new until there is room.
+        storage_full: bool,
+    },
+    /// The storage filled up (`full`): writes wait, and so does everything acknowledged only
+    /// once durable; or it has room again (`!full`) and the waiting writes went through.
+    StorageFull {
+        /// Whether it is full now.
+        full: bool,
     },
     /// A checkpoint server's snapshot disagreed with another's: an operator must look.
     CheckpointMismatch {
@@ -289,6 +300,8 @@ impl Node {
             log,
             clock,
             writes: VecDeque::new(),
+            stalled: VecDeque::new(),
+            retry_stalled_at: std::time::Instant::now(),
             events: event_tx,
             backlog: backlog.clone(),
             lagged: None,
@@ -412,6 +425,9 @@ struct Host {
     clock: Instant,
     /// Writes appended and not durable yet: their ids and the position after each.
     writes: VecDeque<(WriteId, Position)>,
+    /// Writes the full storage could not take yet, oldest first, and when to try again.
+    stalled: VecDeque<(WriteId, Vec<u8>)>,
+    retry_stalled_at: std::time::Instant,
     events: mpsc::UnboundedSender<Vec<Event>>,
     /// How far behind the application is.
     backlog: Arc<Backlog>,
@@ -470,6 +486,7 @@ impl Host {
                     let now = self.now();
                     self.process.handle_tick(now);
                 }
+                () = tokio::time::sleep_until(self.retry_stalled_at.into()), if !self.stalled.is_empty() => {}
                 Some(position) = durable.recv() => self.made_durable(position)?,
                 Some(read) = self.segments.1.recv() => self.compact(read?)?,
                 () = self.backlog.room(), if behind => {}
@@ -643,7 +660,15 @@ impl Host {
             return Ok(());
         }
         for bytes in needed {
-            log.append(bytes)?;
+            match log.append(bytes) {
+                Ok(_) => {}
+                // Copies made so far are duplicates replay tolerates; try again later.
+                Err(StoreError::Full { .. }) => {
+                    self.compaction = Compaction::Idle { next: std::time::Instant::now() + compaction::COMPACT_RETRY };
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         log.flush()?;
         self.compaction = Compaction::Retiring { end: segment.end, after: log.end() };
@@ -660,8 +685,52 @@ impl Host {
         Ok(())
     }
 
+    /// Appends the record in `self.encoded` as write `id`; `false` when the storage is full
+    /// (the record is not appended, and the process is told).
+    fn append(&mut self, id: WriteId) -> Result<bool, NodeError> {
+        match self.log.as_mut().ok_or(NodeError::NoStorage)?.append(&self.encoded) {
+            Ok(position) => {
+                self.writes.push_back((id, position.next()));
+                Ok(true)
+            }
+            Err(StoreError::Full { .. }) => {
+                if self.stalled.is_empty() {
+                    self.storage_full(true);
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Tries the stalled writes again, in order, once their retry is due.
+    fn retry_stalled(&mut self) -> Result<(), NodeError> {
+        let now = std::time::Instant::now();
+        if self.stalled.is_empty() || now < self.retry_stalled_at {
+            return Ok(());
+        }
+        self.retry_stalled_at = now + STALLED_RETRY;
+        while let Some((id, bytes)) = self.stalled.pop_front() {
+            self.encoded = bytes;
+            if !self.append(id)? {
+                let bytes = std::mem::take(&mut self.encoded);
+                self.stalled.push_front((id, bytes));
+                return Ok(());
+            }
+        }
+        self.storage_full(false);
+        Ok(())
+    }
+
+    /// Tells the process and the application that the storage filled up or has room again.
+    fn storage_full(&mut self, full: bool) {
+        self.process.set_storage_full(full);
+        self.turn_events.push(Event::StorageFull { full });
+    }
+
     /// Carries out the process's actions, then writes and sends what they asked for.
     async fn carry_out(&mut self) -> Result<(), NodeError> {
+        self.retry_stalled()?;
         // The buffer is kept across turns: no allocation per turn on the hot path.
         let mut actions = std::mem::take(&mut self.actions);
         actions.extend(self.process.drain_actions());
@@ -714,8 +783,10 @@ impl Host {
             Action::Persist { id, record } => {
                 self.encoded.clear();
                 encode_record(&record, &mut self.encoded);
-                let position = self.log.as_mut().ok_or(NodeError::NoStorage)?.append(&self.encoded)?;
-                self.writes.push_back((id, position.next()));
+                if self.stalled.is_empty() && self.append(id)? {
+                    return Ok(());
+                }
+                self.stalled.push_back((id, self.encoded.clone()));
                 return Ok(());
             }
             Action::Deliver { seq, mid, payload } => self.for_application(seq, Event::Deliver { seq, mid, payload }),
@@ -726,7 +797,12 @@ impl Host {
             }
             Action::Restored { seq, .. } => self.for_application(seq, Event::Restored { seq }),
             Action::CheckpointMismatch { seq, server, .. } => Some(Event::CheckpointMismatch { seq, server }),
-            Action::Pong { from, pong } => Some(Event::Pong { from, nonce: pong.nonce, committed: pong.committed }),
+            Action::Pong { from, pong } => Some(Event::Pong {
+                from,
+                nonce: pong.nonce,
+                committed: pong.committed,
+                storage_full: pong.storage_full,
+            }),
         };
         self.turn_events.extend(event);
         Ok(())

@@ -37,6 +37,18 @@ pub enum StoreError {
         /// What is wrong there.
         corruption: Corruption,
     },
+    /// The file system has no room for the next segment: nothing was appended and the log is
+    /// as it was; appending again succeeds once there is room (DESIGN section 12: a full disk
+    /// stops acceptance, not the process).
+    #[error("{}: the file system has {available} bytes free; the next segment needs {needed}", dir.display())]
+    Full {
+        /// The log directory.
+        dir: PathBuf,
+        /// The bytes the next segment needs (with a margin).
+        needed: u64,
+        /// The bytes free for this user.
+        available: u64,
+    },
     /// Another process (or another [`Log`](crate::Log) in this one) has the directory open.
     #[error("log directory {} is in use by another process", .0.display())]
     Locked(PathBuf),

@@ -302,6 +302,7 @@ impl Log {
     /// Seals the active segment and starts the next one at the next position. The sealed segment
     /// is durable before the new one takes a record, so a crash can tear only the last segment.
     fn rotate(&mut self) -> Result<(), StoreError> {
+        self.check_room()?;
         self.flush()?;
         self.active.seal(self.options.durability).map_err(|error| self.fail(error))?;
         let next =
@@ -309,6 +310,19 @@ impl Log {
         let sealed = std::mem::replace(&mut self.active, next);
         self.sealed.push_back(sealed.into_sealed());
         self.commit.switch_file(self.active.file.clone());
+        Ok(())
+    }
+
+    /// Refuses to start a segment the file system has no room for, before anything changes:
+    /// a full disk is a state to wait out, not damage.
+    fn check_room(&self) -> Result<(), StoreError> {
+        let stat = rustix::fs::statvfs(&self.dir)
+            .map_err(|e| StoreError::io("statvfs", &self.dir, io::Error::from_raw_os_error(e.raw_os_error())))?;
+        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+        let needed = self.options.segment_size_bytes.saturating_add(ROOM_MARGIN_BYTES);
+        if available < needed {
+            return Err(StoreError::Full { dir: self.dir.clone(), needed, available });
+        }
         Ok(())
     }
 
@@ -354,6 +368,9 @@ impl fmt::Debug for Log {
 
 /// Creates the log directory if it is missing, and (under fsync durability) makes its entry in
 /// the parent durable, so that a log whose records were reported durable cannot vanish whole.
+/// Room kept free beyond the next segment (sealing trims and fsyncs metadata).
+const ROOM_MARGIN_BYTES: u64 = 64 << 10;
+
 fn create_dir(dir: &Path, durability: Durability) -> Result<(), StoreError> {
     if dir.is_dir() {
         return Ok(());

@@ -395,3 +395,68 @@ fn log_directories_and_files_are_private_and_corruption_says_how_to_recover() {
         StoreError::Corrupt { path: dir.join("x"), offset: 7, corruption: Corruption::SegmentHeader }.to_string();
     assert!(text.contains("move its storage directory aside") && text.contains("without --init"), "{text}");
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped (the tests run as root).
+struct SmallDisk {
+    dir: TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        SmallDisk { dir }
+    }
+
+    fn resize(&self, bytes: u64) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(self.dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// DESIGN section 12, "Storage": a full disk stops appends, not the log. The append that
+/// needs a segment there is no room for fails with `Full` and changes nothing; once there is
+/// room the same append succeeds, and every record is there after a reopen.
+#[test]
+fn a_full_disk_refuses_appends_without_damage_until_room_returns() {
+    let disk = SmallDisk::mount(512 << 10);
+    let dir = disk.dir.path().join("log");
+    let opts = || options(64 << 10, true);
+    let (mut log, _) = Log::open(&dir, opts()).expect("open");
+    let mut appended = 0;
+    let full = loop {
+        match log.append(&record(appended)) {
+            Ok(position) => {
+                assert_eq!(position, Position(appended as u64));
+                appended += 1;
+            }
+            Err(e) => break e,
+        }
+        assert!(appended < 1_000_000, "the disk never filled");
+    };
+    assert!(matches!(full, StoreError::Full { .. }), "{full}");
+    assert_eq!(log.end(), Position(appended as u64), "nothing was appended");
+    assert!(matches!(log.append(&record(appended)), Err(StoreError::Full { .. })), "still full");
+    log.sync().expect("what was appended is durable");
+    disk.resize(4 << 20);
+    for index in appended..appended + 2_000 {
+        assert_eq!(log.append(&record(index)).expect("room again"), Position(index as u64));
+    }
+    log.close().expect("close");
+    assert_eq!(assert_holds(&dir, appended + 2_000, opts()), None);
+}

@@ -55,6 +55,12 @@ pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
         loop {
             tokio::select! {
                 event = node.next_event() => match event {
+                    Some(Event::StorageFull { full: true }) => {
+                        eprintln!("alarm: storage in {} is full: writes wait, nothing new is accepted until there is room", dir.display());
+                    }
+                    Some(Event::StorageFull { full: false }) => {
+                        eprintln!("storage in {} has room again: accepting", dir.display());
+                    }
                     Some(Event::CheckpointMismatch { seq, server }) => {
                         eprintln!("error: checkpoint {seq}: server {} has a snapshot that differs from the agreed one", server.0);
                     }

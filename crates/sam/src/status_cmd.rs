@@ -52,7 +52,10 @@ pub fn execute(args: StatusArgs) -> Result<std::process::ExitCode> {
 
 /// Pings every server, again every 100 ms, and collects the answers until every server and
 /// the sequencer's heartbeat were heard, or `wait` passed.
-async fn ask(node: &mut Node, cluster: &ClusterConfig, wait: Duration) -> Result<HashMap<Pid, Seq>> {
+/// A server's answer: how far it is, and whether its storage is full.
+type Answer = (Seq, bool);
+
+async fn ask(node: &mut Node, cluster: &ClusterConfig, wait: Duration) -> Result<HashMap<Pid, Answer>> {
     let start = Instant::now();
     let mut answers = HashMap::new();
     let mut next_ping = start;
@@ -68,8 +71,9 @@ async fn ask(node: &mut Node, cluster: &ClusterConfig, wait: Duration) -> Result
             next_ping += Duration::from_millis(100);
         }
         let left = wait.saturating_sub(start.elapsed()).min(Duration::from_millis(100));
-        if let Ok(Some(Event::Pong { from, committed, .. })) = tokio::time::timeout(left, node.next_event()).await {
-            answers.insert(from, committed);
+        let event = tokio::time::timeout(left, node.next_event()).await;
+        if let Ok(Some(Event::Pong { from, committed, storage_full, .. })) = event {
+            answers.insert(from, (committed, storage_full));
         }
     }
     Ok(answers)
@@ -85,7 +89,7 @@ fn local_pids(config: &Path) -> Vec<Option<u32>> {
 fn report(
     cluster: &ClusterConfig,
     progress: Option<Progress>,
-    answers: &HashMap<Pid, Seq>,
+    answers: &HashMap<Pid, Answer>,
     pids: &[Option<u32>],
 ) -> serde_json::Value {
     let committed = progress.map_or(0, |p| p.committed.0);
@@ -105,8 +109,9 @@ fn report(
                 "roles": roles,
                 "address": s.address.to_string(),
                 "reachable": answer.is_some(),
-                "committed": answer.map(|c| c.0),
-                "lag": answer.map(|c| committed.saturating_sub(c.0)),
+                "committed": answer.map(|(c, _)| c.0),
+                "lag": answer.map(|(c, _)| committed.saturating_sub(c.0)),
+                "storage_full": answer.map(|(_, full)| *full),
                 "pid": pids.get(i).copied().flatten(),
             })
         })
@@ -130,11 +135,12 @@ fn print_text(report: &serde_json::Value) {
         field(&report["committed"]),
         field(&report["checkpoint"]["seq"]),
     );
-    println!("{:>4}  {:<28} {:<21} {:<9} {:>6} {:>8}", "id", "roles", "address", "reachable", "lag", "pid");
+    println!("{:>4}  {:<28} {:<21} {:<9} {:>6} {:>8}  alarms", "id", "roles", "address", "reachable", "lag", "pid");
     for s in report["servers"].as_array().into_iter().flatten() {
         let roles: Vec<String> = s["roles"].as_array().into_iter().flatten().map(field).collect();
+        let alarms = if s["storage_full"].as_bool() == Some(true) { "storage full: accepting nothing" } else { "" };
         println!(
-            "{:>4}  {:<28} {:<21} {:<9} {:>6} {:>8}",
+            "{:>4}  {:<28} {:<21} {:<9} {:>6} {:>8}  {alarms}",
             field(&s["id"]),
             roles.join(","),
             field(&s["address"]),
