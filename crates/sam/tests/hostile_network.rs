@@ -1,0 +1,604 @@
+//! A hostile network (DESIGN section 12, "Who we defend against"; the attacks of issue 12)
+//! against real `sam` processes on loopback. An outsider sends from an ordinary UDP socket
+//! with no keys; an insider holds a member credential of its own. After each attack the
+//! cluster must be unharmed: the same sequencer in the same epoch, sends still commit, and
+//! tails started before and after deliver exactly what legitimate senders were told is
+//! committed, at the same numbers, and nothing forged. Every process a test starts is stopped
+//! by its pid when the test ends, also when it fails.
+
+mod hostile;
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hostile::*;
+use sam_core::message::{
+    Accepted, Assign, Block, Commit, Data, Entries, Forgotten, Heartbeat, Order, OrderItem, PreVote, PreVoteGranted,
+    Prepare, Promise, PromisedSlot, Rejected,
+};
+use sam_core::wire::{encode_frame, register_frame};
+use sam_core::{Assigned, Channel, Digest, Entry, Epoch, Incarnation, Message, Mid, Pid, Seq, Slot, Source};
+use sam_net::security::keys::MEMBER_PIDS;
+use sam_node::config::{ClusterConfig, SecurityConfig};
+
+/// Attacks 1, 2, 3a, 3b and 12 of issue 12 (DESIGN section 12, outsiders): a forged `Commit`
+/// for the next number with its `Data` and a heartbeat, and forged `Data` whose id names
+/// server 1, each as a version 1 frame and in well-formed version 2 headers of this cluster
+/// (garbage tags; mode off with a correct CRC); then the sealed frames of a legitimate
+/// `sam send`, sniffed on the multicast groups, replayed, altered bit by bit, and replayed
+/// again after another sender ran. Nothing is delivered that a legitimate sender did not send,
+/// nothing twice, and the next number goes to a legitimate message.
+#[test]
+fn forged_commits_and_data_and_replayed_or_altered_frames_are_never_delivered() {
+    let mut s = Scene::new(23_000, &[]);
+    let sniffer = Sniffer::start(&s.config);
+    let everywhere = s.attacker.everywhere();
+
+    // 1: a Commit for the next number, with its Data and a heartbeat saying it is committed.
+    let st = s.status();
+    let next = Seq(st.committed + 1);
+    let mid = forged_mid(1, 1);
+    let commit = Message::Commit(Commit { epoch: st.epoch(), first: next, entries: vec![Assigned::Mid(mid)] });
+    let heartbeat = Message::Heartbeat(Heartbeat {
+        epoch: st.epoch(),
+        sequencer: st.sequencer(),
+        committed: next,
+        checkpoint: None,
+    });
+    let forged = [forged_data(mid, Seq(st.committed), "commit"), commit, heartbeat];
+    s.attacker.forge(st.sequencer(), &forged, &everywhere);
+    std::thread::sleep(Duration::from_millis(200));
+    let heard = sniffer.take();
+    for channel in [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint] {
+        let v1 = heard.iter().filter(|f| f.channel == channel && f.bytes.get(2) == Some(&1)).count();
+        assert!(v1 > 0, "the forgeries reach the {channel:?} group where the servers listen");
+    }
+    let sent = s.send(5);
+    let first = sent.iter().map(|(seq, _)| *seq).min();
+    assert_eq!(first, Some(next.0), "the next number went to a legitimate message: {sent:?}");
+    s.assert_unharmed("a forged Commit");
+
+    // 2: Data whose id names server 1 (which never sends messages of its own).
+    let st = s.status();
+    let server_mid = |counter| Mid { source: Source { pid: Pid(1), incarnation: Incarnation(0xF2) }, counter };
+    let data: Vec<Message> =
+        (1..=3).map(|c| forged_data(server_mid(c), Seq(st.committed), "data of server 1")).collect();
+    s.attacker.forge(Pid(1), &data, &everywhere);
+    std::thread::sleep(Duration::from_millis(300));
+    s.assert_unharmed("forged Data of server 1");
+
+    // 3: the sealed frames of a legitimate sender, sniffed.
+    sniffer.take();
+    let run_1 = s.send(20);
+    std::thread::sleep(Duration::from_millis(100));
+    let captured = sniffer.take();
+    let sender = mid_parts(&run_1[0].1).0;
+    let of_sender = captured.iter().filter(|f| f.pid() == Some(sender)).count();
+    assert!(of_sender > 0, "the sniffer heard the sender's frames ({} frames in all)", captured.len());
+    let mut opener = server_opener(&s.config);
+    for f in &captured {
+        let opened = opener.open(sam_net::security::now_ms(), &Bytes::from(f.bytes.clone()));
+        assert!(opened.is_ok(), "a frame heard on {:?} opens with the server key: {:?}", f.channel, opened.err());
+    }
+
+    // 3a: every frame heard, replayed.
+    for f in &captured {
+        s.attacker.send(To::Channel(f.channel), &f.bytes);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    s.assert_unharmed("replayed frames");
+
+    // 3b: every frame heard, with one bit flipped in each field and tag; none opens (checked
+    // by an opener that never saw the originals, so that every one reaches the AEAD), and the
+    // cluster, which refuses most as replays before that, is unharmed.
+    let mut fresh = server_opener(&s.config);
+    let mut flipped = 0;
+    for f in captured.iter().take(60) {
+        let len = f.bytes.len();
+        let mut places = vec![2, 3, 4, 5, 6, 7, 8, 10, 18, 25, 26, 34, 42, 43, 50, 54, 54 + (len - 54) / 2];
+        places.extend([len - 33, len - 17, len - 1]);
+        for (i, place) in places.into_iter().filter(|&p| p < len).enumerate() {
+            let mut bytes = f.bytes.clone();
+            bytes[place] ^= 1 << (i % 8);
+            let opened = fresh.open(sam_net::security::now_ms(), &Bytes::from(bytes.clone()));
+            assert!(opened.is_err(), "a frame with byte {place} altered opened: {:?}", opened.ok().map(|o| o.header));
+            s.attacker.send(To::Channel(f.channel), &bytes);
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 100, "only {flipped} altered frames");
+    std::thread::sleep(Duration::from_millis(300));
+    s.assert_unharmed("altered frames");
+
+    // 12: another sender (a new process), then the first run's frames again.
+    let run_2 = s.send(20);
+    assert_ne!(mid_parts(&run_2[0].1), mid_parts(&run_1[0].1));
+    for f in captured.iter().chain(sniffer.take().iter()) {
+        s.attacker.send(To::Channel(f.channel), &f.bytes);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    s.assert_unharmed("frames replayed across a sender restart");
+    s.assert_tails_deliver_only_legitimate_messages();
+}
+
+/// Attacks 3c and 7 of issue 12 (DESIGN section 12, members): an insider with a member
+/// credential of its own sends `Data` under another member's next message ids, sealed as
+/// itself, while that member sends; and every server-role message kind (`Order`, `Assign`,
+/// `Accepted`, `Rejected`, `Commit`, heartbeats, `Entries`, `Prepare`, `Promise`, `PreVote`,
+/// `PreVoteGranted`, `CheckpointReport`, `Forgotten`, `Dropped`, `Block`) to every channel and
+/// server. The victim's messages commit with its own payloads, and nothing of the insider's is
+/// believed: no election, no forged delivery, no checkpoint.
+#[test]
+fn a_member_credential_speaks_only_for_itself() {
+    let mut s = Scene::new(23_100, &[]);
+    let mut mallory = Mallory::new(&s.cluster, "mallory", None);
+    let everywhere = s.attacker.everywhere();
+
+    // 3c: a victim that sends one message at a time, so that its next ids are known ahead.
+    const VICTIM: u64 = 300;
+    let committed = s.status().committed;
+    let (victim, (pid, incarnation, seen)) = s.start_victim(VICTIM);
+    let victim_mid = |counter| Mid { source: Source { pid: Pid(pid), incarnation: Incarnation(incarnation) }, counter };
+    let forged: Vec<Message> =
+        (seen + 2..=VICTIM).map(|c| forged_data(victim_mid(c), Seq(committed), "under the victim's id")).collect();
+    for chunk in forged.chunks(50) {
+        mallory.send(chunk, &[To::Channel(Channel::Global), To::Channel(Channel::Data)]);
+        for server in s.attacker.servers() {
+            mallory.send(chunk, &[To::Server(server)]);
+        }
+    }
+    // How far the victim had got once the forgeries were out: its later ids were forged first.
+    let reached = s.early.deliveries().iter().map(|d| mid_parts(&d.mid)).filter(|m| m.0 == pid).map(|m| m.2).max();
+    let reached = reached.expect("the victim's first message was delivered");
+    assert!(reached + 100 < VICTIM, "the forgeries went out before most of the victim's ids (it was at {reached})");
+    let printed = stdout_of(victim.finish(Duration::from_secs(90)));
+    let sent = s.ledger.add_sent(&printed);
+    assert_eq!(sent.len() as u64, VICTIM, "the victim's messages all committed");
+    // The insider's Data under a server's id, too.
+    let server_data =
+        forged_data(Mid { source: Source { pid: Pid(1), incarnation: Incarnation(3) }, counter: 1 }, Seq(1), "1");
+    mallory.send(&[server_data], &everywhere);
+    s.assert_unharmed("Data under another member's and a server's id");
+
+    // 7: every server-role message, sealed by the member credential, to every channel and server.
+    let st = s.status();
+    let (epoch, seq_pid, committed) = (st.epoch(), st.sequencer(), st.committed);
+    let higher = Epoch::new(epoch.round() + 1, 1);
+    let mid = forged_mid(7, 1);
+    let digest = Digest::of(b"FORGED by a member");
+    let checkpoint = forged_checkpoint(committed);
+    let next = Seq(committed + 1);
+    let kinds = vec![
+        forged_data(mid, Seq(committed), "by a member"),
+        Message::Order(Order { items: vec![OrderItem { mid, ts: Seq(committed), digest }] }),
+        Message::Assign(Assign { epoch, epoch_first: Seq(1), first: next, entries: vec![Entry::Msg { mid, digest }] }),
+        Message::Accepted(Accepted { epoch, upto: Seq(committed + 1_000) }),
+        Message::Rejected(Rejected { promised: higher }),
+        Message::Commit(Commit { epoch, first: next, entries: vec![Assigned::Mid(mid)] }),
+        Message::Heartbeat(Heartbeat { epoch, sequencer: seq_pid, committed: next, checkpoint: Some(checkpoint) }),
+        Message::Heartbeat(Heartbeat { epoch: higher, sequencer: mallory.pid, committed: next, checkpoint: None }),
+        Message::Entries(Entries { first: next, slots: vec![Slot { epoch, entry: Entry::Msg { mid, digest } }] }),
+        Message::Prepare(Prepare { epoch: higher, from_seq: Seq(1) }),
+        Message::Promise(Promise {
+            epoch: higher,
+            first: next,
+            last: next,
+            highest: next,
+            floor: Seq(0),
+            checkpoint: None,
+            slots: vec![PromisedSlot { seq: next, slot: Slot { epoch, entry: Entry::Msg { mid, digest } } }],
+        }),
+        Message::PreVote(PreVote { epoch: higher }),
+        Message::PreVoteGranted(PreVoteGranted { epoch: higher }),
+        Message::CheckpointReport(checkpoint),
+        Message::Forgotten(Forgotten { floor: Seq(committed), checkpoint: Some(checkpoint) }),
+        Message::Dropped(Forgotten { floor: Seq(committed), checkpoint: Some(checkpoint) }),
+        Message::Block(Block { seq: Seq(committed), index: 0, digest, bytes: Bytes::from_static(b"FORGED block") }),
+    ];
+    for _ in 0..3 {
+        for kind in &kinds {
+            mallory.send(std::slice::from_ref(kind), &everywhere);
+        }
+        mallory.send(&kinds, &everywhere);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.assert_unharmed("every server-role message from a member");
+    let st = s.status();
+    assert!(st.checkpoint.is_null(), "no checkpoint was advertised: {st:?}");
+    s.assert_tails_deliver_only_legitimate_messages();
+}
+
+/// Attacks 4, 5 and 6 of issue 12 (DESIGN section 12, "Sanity bounds" and "Authorization by
+/// role"): one `Assign` with epoch `u64::MAX` on the commit channel (from an outsider and
+/// sealed by a member credential); a heartbeat with epoch `u64::MAX`; heartbeats naming the
+/// attacker as sequencer; a forged `Rejected` of a higher epoch every 100 ms for 2 s while a
+/// sender runs; unrequested `Entries` to every commit server; heartbeats advertising a
+/// checkpoint at 10^12. No election, commits continue, no checkpoint is believed — and after
+/// the whole cluster restarts from its disks, commits continue.
+#[test]
+fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart() {
+    let mut s = Scene::new(23_200, &[]);
+    let mut mallory = Mallory::new(&s.cluster, "mallory", None);
+    let everywhere = s.attacker.everywhere();
+    let st = s.status();
+    let (epoch, seq_pid, committed) = (st.epoch(), st.sequencer(), st.committed);
+    let commit_servers: Vec<To> = s.config.servers.iter().take(3).map(|c| To::Server(c.id)).collect();
+    let mid = forged_mid(4, 1);
+    let digest = Digest::of(b"FORGED");
+
+    // 4: an Assign of epoch u64::MAX.
+    let assign = Message::Assign(Assign {
+        epoch: Epoch(u64::MAX),
+        epoch_first: Seq(committed + 1),
+        first: Seq(committed + 1),
+        entries: vec![Entry::Msg { mid, digest }],
+    });
+    let mut to_commit = vec![To::Channel(Channel::Commit)];
+    to_commit.extend(&commit_servers);
+    s.attacker.forge(seq_pid, std::slice::from_ref(&assign), &to_commit);
+    mallory.send(std::slice::from_ref(&assign), &to_commit);
+    std::thread::sleep(Duration::from_millis(300));
+    s.assert_unharmed("an Assign of epoch u64::MAX");
+
+    // 5: a heartbeat of epoch u64::MAX; heartbeats naming the attacker as sequencer.
+    let hb = |epoch, sequencer| Heartbeat { epoch, sequencer, committed: Seq(committed), checkpoint: None };
+    let next_round = Epoch::new(epoch.round() + 1, 1);
+    let heartbeats = [
+        Message::Heartbeat(hb(Epoch(u64::MAX), seq_pid)),
+        Message::Heartbeat(hb(epoch, FORGER_PID)),
+        Message::Heartbeat(hb(next_round, FORGER_PID)),
+        Message::Heartbeat(hb(next_round, mallory.pid)),
+    ];
+    for _ in 0..5 {
+        s.attacker.forge(seq_pid, &heartbeats, &everywhere);
+        s.attacker.forge(FORGER_PID, &heartbeats, &everywhere);
+        s.attacker.forge(Pid(2), &heartbeats, &everywhere);
+        mallory.send(&heartbeats, &everywhere);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.assert_unharmed("heartbeats of epoch u64::MAX and of a false sequencer");
+
+    // 5: Rejected of a higher epoch every 100 ms for 2 s, while a sender runs.
+    let rejections = [
+        Message::Rejected(Rejected { promised: Epoch(epoch.0 + 1) }),
+        Message::Rejected(Rejected { promised: Epoch::new(epoch.round() + 1, epoch.rank()) }),
+        Message::Rejected(Rejected { promised: next_round }),
+    ];
+    let to_sequencer = [To::Server(seq_pid), To::Channel(Channel::Commit)];
+    let sender = spawn(sam_with(&s.slow_config(), &["send", "--count", "1000", "--size", &SIZE.to_string()]));
+    let start = Instant::now();
+    let mut delivered = Vec::new();
+    while start.elapsed() < Duration::from_secs(2) {
+        for claimed in [Pid(2), Pid(3)] {
+            s.attacker.forge(claimed, &rejections, &to_sequencer);
+        }
+        mallory.send(&rejections, &to_sequencer);
+        delivered.push(s.early.deliveries().len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let half = delivered.len() / 2;
+    let (first, middle, last) = (delivered[0], delivered[half], delivered[delivered.len() - 1]);
+    assert!(first < middle && middle < last, "deliveries went on during the rejections: {delivered:?}");
+    let printed = stdout_of(sender.finish(Duration::from_secs(60)));
+    assert_eq!(s.ledger.add_sent(&printed).len(), 1000, "the sender's messages committed during the rejections");
+    s.assert_unharmed("forged Rejected every 100 ms");
+
+    // 6: unrequested Entries to every commit server; heartbeats advertising checkpoint 10^12.
+    let st = s.status();
+    let next = Seq(st.committed + 1);
+    let entries = Message::Entries(Entries {
+        first: next,
+        slots: vec![Slot { epoch, entry: Entry::Msg { mid, digest } }, Slot { epoch, entry: Entry::Noop }],
+    });
+    for claimed in [Pid(1), Pid(2), Pid(3)] {
+        s.attacker.forge(claimed, std::slice::from_ref(&entries), &commit_servers);
+    }
+    mallory.send(std::slice::from_ref(&entries), &commit_servers);
+    const FAR: u64 = 1_000_000_000_000;
+    let adverts = [
+        Message::Heartbeat(Heartbeat {
+            epoch,
+            sequencer: seq_pid,
+            committed: Seq(st.committed),
+            checkpoint: Some(forged_checkpoint(FAR)),
+        }),
+        Message::Heartbeat(Heartbeat {
+            epoch,
+            sequencer: seq_pid,
+            committed: Seq(FAR),
+            checkpoint: Some(forged_checkpoint(FAR)),
+        }),
+    ];
+    for _ in 0..5 {
+        s.attacker.forge(seq_pid, &adverts, &everywhere);
+        mallory.send(&adverts, &everywhere);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.assert_unharmed("unrequested Entries and a checkpoint at 10^12");
+    let st = s.status();
+    assert!(st.checkpoint.is_null() && st.committed < FAR, "nothing of the forged adverts was believed: {st:?}");
+    let (status, out, err) =
+        spawn(s.cluster.sam(&["tail", "--count", "1", "--format", "jsonl"])).finish(Duration::from_secs(30));
+    let first = parse_jsonl(&out).first().map(|d| d.seq);
+    assert!(status.success() && first == Some(1), "a new tail starts from 1, not a checkpoint: {out} {err}");
+
+    // 4, after a restart of every server from its disk.
+    s.cluster.stop();
+    let (status, err) = s.cluster.start();
+    assert!(status.success(), "the cluster restarts from its disks: {err}");
+    s.send(5);
+    s.baseline = s.status();
+    s.attacker.forge(seq_pid, std::slice::from_ref(&assign), &to_commit);
+    mallory.send(std::slice::from_ref(&assign), &to_commit);
+    std::thread::sleep(Duration::from_millis(300));
+    s.assert_unharmed("an Assign of epoch u64::MAX after a restart");
+    s.assert_tails_deliver_only_legitimate_messages();
+}
+
+/// Attack 8 of issue 12 (DESIGN section 12, "Sanity bounds": `Data` whose timestamp lies
+/// outside what can still be numbered is refused): 50 MB of `Data` with timestamp 10^12,
+/// sealed by a member credential, to the data channel (and 50 MB more to the global channel,
+/// where data servers usually hear `Data`). The data servers' resident memory grows by less
+/// than 20 MB, and after a restart they recover none of it.
+#[test]
+fn a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk() {
+    let mut s = Scene::new(23_300, &[]);
+    let mut mallory = Mallory::new(&s.cluster, "mallory", None);
+    let data_servers: Vec<(u64, u32)> =
+        s.config.servers.iter().zip(s.cluster.server_pids()).take(3).map(|(c, p)| (c.id.0, p)).collect();
+    let before: Vec<u64> = data_servers.iter().map(|(_, p)| rss_bytes(*p)).collect();
+    let source = Source { pid: mallory.pid, incarnation: Incarnation(8) };
+    let payload = Bytes::from(vec![b'x'; 1_000]);
+    const MB_50: usize = 50 << 20;
+    let messages = |first: u64| -> Vec<Message> {
+        (first..first + (MB_50 / 1_000) as u64)
+            .map(|counter| {
+                let mid = Mid { source, counter };
+                Message::Data(Data { mid, ts: Seq(1_000_000_000_000), payload: payload.clone() })
+            })
+            .collect()
+    };
+    let flood = messages(1);
+    let count = flood.len();
+    let pause = Duration::from_millis(4);
+    let to_data = mallory.flood(&flood, To::Channel(Channel::Data), 60_000, 4, pause);
+    let to_global = mallory.flood(&messages(1 + count as u64), To::Channel(Channel::Global), 60_000, 4, pause);
+    assert!(to_data >= MB_50 && to_global >= MB_50, "sent {to_data} and {to_global} bytes");
+    std::thread::sleep(Duration::from_secs(1));
+    for ((id, pid), before) in data_servers.iter().zip(&before) {
+        let after = rss_bytes(*pid);
+        eprintln!("data server {id}: resident {} MB before the flood, {} MB after", before >> 20, after >> 20);
+        assert!(after < before + (20 << 20), "data server {id} grew from {before} to {after} bytes");
+    }
+    s.assert_unharmed("50 MB of Data stamped 10^12");
+
+    // Log segments are preallocated (64 MiB), so the files' size cannot show what was kept;
+    // the records a server recovers at restart do: a few per legitimate message, against one
+    // per flooded message.
+    let dirs: Vec<u64> =
+        data_servers.iter().map(|(id, _)| dir_bytes(&s.cluster.path().join(format!("data/server-{id}")))).collect();
+    s.cluster.stop();
+    let (status, err) = s.cluster.start();
+    assert!(status.success(), "the cluster restarts from its disks: {err}");
+    for ((id, _), bytes) in data_servers.iter().zip(dirs) {
+        let recovered = s.cluster.records_recovered(*id);
+        eprintln!("data server {id}: {recovered} records recovered, {} MB of files", bytes >> 20);
+        let legitimate = 4 * s.ledger.len() as u64 + 100;
+        let flooded = 2 * count;
+        assert!(recovered < legitimate, "data server {id} recovered {recovered} records after {flooded} flooded ones");
+    }
+    s.send(5);
+    s.baseline = s.status();
+    s.assert_unharmed("a restart after the flood");
+    s.assert_tails_deliver_only_legitimate_messages();
+}
+
+/// Attack 9 of issue 12 (DESIGN section 12, "Sanity bounds": every frame names its cluster id
+/// and frames of another cluster are dropped, also with security off): two clusters in mode
+/// off on the same multicast groups and ports, the second's servers on 127.0.0.2. 100 messages
+/// to one and 50 to the other: each commits exactly its own, and its tails deliver only its own.
+#[test]
+fn clusters_sharing_groups_and_ports_hear_only_their_own_messages() {
+    const BASE: u16 = 23_400;
+    let make = |host: Ipv4Addr| {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut config = ClusterConfig::local(3, 2, BASE, dir.path());
+        config.security = SecurityConfig::off();
+        for server in &mut config.servers {
+            server.address = SocketAddrV4::new(host, server.address.port());
+        }
+        let path = dir.path().join("sam.toml");
+        std::fs::write(&path, config.to_toml_string().expect("a configuration")).expect("write sam.toml");
+        let servers = Servers::start(&path, &config, &dir.path().join("logs"));
+        (dir, path, config, servers)
+    };
+    let (_dir_a, a, config_a, _servers_a) = make(Ipv4Addr::LOCALHOST);
+    let (_dir_b, b, config_b, _servers_b) = make(Ipv4Addr::new(127, 0, 0, 2));
+    assert_ne!(config_a.cluster_id, config_b.cluster_id);
+    assert_eq!(config_a.channels, config_b.channels, "the same groups and ports");
+    let (tail_a, tail_b) = (Tail::start(&a), Tail::start(&b));
+    let send = |config: &std::path::Path, count: usize| {
+        spawn(sam_with(config, &["send", "--count", &count.to_string(), "--size", &SIZE.to_string()]))
+    };
+    let (send_a, send_b) = (send(&a, 100), send(&b, 50));
+    let (mut ledger_a, mut ledger_b) = (Ledger::default(), Ledger::default());
+    assert_eq!(ledger_a.add_sent(&stdout_of(send_a.finish(Duration::from_secs(60)))).len(), 100);
+    assert_eq!(ledger_b.add_sent(&stdout_of(send_b.finish(Duration::from_secs(60)))).len(), 50);
+    for (name, path, ledger, tail) in [("a", &a, &ledger_a, &tail_a), ("b", &b, &ledger_b, &tail_b)] {
+        ledger.check(&tail.wait_for(ledger.len(), Duration::from_secs(30)), &format!("cluster {name}'s tail"));
+        let later = Tail::start(path);
+        ledger.check(&later.wait_for(ledger.len(), Duration::from_secs(30)), &format!("cluster {name}'s later tail"));
+        let status = status_of(path);
+        assert_eq!(status.committed, ledger.len() as u64, "cluster {name} committed only its own: {status:?}");
+    }
+}
+
+/// Attack 10 of issue 12 (DESIGN section 12, "Order of checks": a frame that fails is counted,
+/// never answered): in unicast mode, registrations with a data server as a version 1 frame and
+/// in a version 2 frame with a garbage tag get nothing relayed (nor any answer), and 4,096 of
+/// them leave the relay responsive: a send still commits within a few seconds and the tails
+/// deliver it.
+#[test]
+fn unauthenticated_relay_registrations_get_nothing_and_leave_the_relay_responsive() {
+    let mut s = Scene::new(23_500, &["--transport", "unicast"]);
+    let cluster = s.config.cluster_id.0;
+    let data_servers: Vec<SocketAddrV4> = s.config.servers.iter().take(3).map(|c| c.address).collect();
+    let register = register_frame(30_000);
+    let forms = |pid: Pid| {
+        let v2 = |tier| v2_frame(V2 { mode: 2, tier, channel: 0, cluster, pid }, &register);
+        vec![register.to_vec(), v2(0), v2(1)]
+    };
+    let socket = || UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("an attacker's socket");
+
+    let one = socket();
+    for to in &data_servers {
+        for datagram in forms(Pid(MEMBER_PIDS | 0x1000_0000)) {
+            send_to(&one, *to, &datagram);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    s.send(20);
+    let got = received(std::slice::from_ref(&one), Duration::from_millis(1_000));
+    assert_eq!(got, 0, "an unauthenticated registration got {got} datagrams");
+
+    let many: Vec<UdpSocket> = (0..64).map(|_| socket()).collect();
+    for (i, sock) in many.iter().enumerate() {
+        for j in 0..64u64 {
+            let pid = Pid(MEMBER_PIDS | ((i as u64 * 64 + j + 1) << 16));
+            for to in &data_servers {
+                for datagram in forms(pid) {
+                    send_to(sock, *to, &datagram);
+                }
+            }
+        }
+    }
+    let start = Instant::now();
+    s.send(20);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(5), "a send after 4,096 fake registrations took {took:?}");
+    let got = received(&many, Duration::from_millis(1_000));
+    assert_eq!(got, 0, "4,096 unauthenticated registrations got {got} datagrams");
+    s.assert_unharmed("4,096 fake registrations");
+    s.assert_tails_deliver_only_legitimate_messages();
+}
+
+/// Attack 11 of issue 12 (DESIGN section 12, "Keys": key files are refused unless
+/// `mode & 0o077 == 0`): with the server key readable by others, `sam server` and `sam local
+/// up` refuse to start, naming the file; so do a checkpoint server and a sender with their
+/// key files open; once the modes are private again, the cluster starts and commits.
+#[test]
+fn key_files_others_can_read_are_refused_naming_the_file() {
+    let cluster = Cluster::up(23_600, &[]);
+    let send = |count: &str| run_ok(cluster.sam(&["send", "--count", count]), Duration::from_secs(60));
+    assert_eq!(send("5").lines().count(), 5);
+    cluster.stop();
+    let keys = cluster.path().join("keys");
+    let chmod = |file: &str, mode| {
+        std::fs::set_permissions(keys.join(file), std::fs::Permissions::from_mode(mode)).expect("chmod a key file");
+    };
+    let refused = |args: &[&str], file: &str| {
+        let (status, _, err) = spawn(cluster.sam(args)).finish(Duration::from_secs(10));
+        let path = keys.join(file);
+        assert!(!status.success(), "{args:?} ran with {file} readable by others");
+        assert!(err.contains(&path.display().to_string()), "{args:?} names {}: {err}", path.display());
+    };
+
+    chmod("server.key", 0o644);
+    refused(&["server", "--id", "1"], "server.key");
+    let (status, err) = cluster.start();
+    assert!(!status.success(), "sam local up started with server.key mode 0644: {err}");
+    let log = std::fs::read_to_string(cluster.path().join("logs/server-1.log")).unwrap_or_default();
+    let server_key = keys.join("server.key").display().to_string();
+    assert!(err.contains(&server_key) || log.contains(&server_key), "the refusal names the file: {err} {log}");
+    assert!(!cluster.path().join("pids").exists(), "no server is left running");
+    chmod("server.key", 0o600);
+
+    chmod("checkpoint.key", 0o640);
+    refused(&["server", "--id", "4"], "checkpoint.key");
+    chmod("checkpoint.key", 0o600);
+    chmod("member-local.key", 0o604);
+    refused(&["send", "hello"], "member-local.key");
+    chmod("member-local.key", 0o600);
+
+    let (status, err) = cluster.start();
+    assert!(status.success(), "the cluster starts once its keys are private: {err}");
+    assert_eq!(send("5").lines().count(), 5);
+    let tail = run_ok(cluster.sam(&["tail", "--count", "10"]), Duration::from_secs(30));
+    assert_eq!(tail.lines().count(), 10);
+}
+
+fn stdout_of((status, out, err): (std::process::ExitStatus, String, String)) -> String {
+    assert!(status.success(), "failed ({status}): {err}");
+    out
+}
+
+/// The attacker's hand-built frames are well formed — a version 1 frame decodes to its
+/// messages, a version 2 header of mode encrypt with garbage tags decodes, and one of mode off
+/// with its CRC opens where the mode is off — so that a refusal above is the cluster's doing,
+/// not a malformed forgery's.
+#[test]
+fn the_attackers_frames_are_well_formed() {
+    assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+    let msg = forged_data(forged_mid(0, 1), Seq(1), "x");
+    let frame = encode_frame(std::slice::from_ref(&msg));
+    assert_eq!(sam_core::wire::decode_frame(&frame).expect("decodes"), vec![msg]);
+    let pid = Pid(MEMBER_PIDS | 5);
+    let off = v2_frame(V2 { mode: 0, tier: 0, channel: 1, cluster: 7, pid }, &frame);
+    let header = sam_net::security::envelope::Header::decode(&off).expect("a well-formed version 2 frame");
+    assert_eq!((header.cluster.0, header.pid, header.len as usize), (7, pid, frame.len()));
+    let sealed = v2_frame(V2 { mode: 2, tier: 0, channel: 1, cluster: 7, pid }, &frame);
+    let header = sam_net::security::envelope::Header::decode(&sealed).expect("a well-formed version 2 frame");
+    assert_eq!((header.channel, header.len as usize), (Some(Channel::Global), frame.len()));
+    let mut opener = sam_net::security::Opener::new(
+        sam_net::security::SecurityPlan::off(sam_net::security::keys::ClusterId(7), vec![]),
+        None,
+    );
+    let opened = opener.open(sam_net::security::now_ms(), &Bytes::from(off)).expect("mode off opens with its CRC");
+    assert_eq!(opened.payload, frame);
+}
+
+/// Beyond issue 12's list (DESIGN section 12, "Member": "without signed frames a malicious
+/// member can make other members deliver anything, including different payloads at one
+/// number"): an insider whose frames claim another process's pid under the group key. Servers
+/// check the second tag and refuse them; members hold no key to check it. Claiming the
+/// sequencer, it commits a message of its own at the next number; claiming another member, it
+/// sends that member's next message ids with its own payloads first.
+#[test]
+#[ignore = "succeeds, as DESIGN section 12 warns: members check only the group AEAD and signed \
+            frames are not built; a running tail delivered the insider's message at the next \
+            number (a later tail the legitimate one), and 278 of 280 payloads forged under another \
+            member's next ids instead of that member's own"]
+fn a_member_credential_cannot_make_other_members_deliver_forgeries() {
+    let mut s = Scene::new(23_700, &[]);
+    let st = s.status();
+    let mut as_sequencer = Mallory::new(&s.cluster, "mallory", Some(st.sequencer()));
+    let next = Seq(st.committed + 1);
+    let mid = forged_mid(13, 1);
+    let commit = [
+        forged_data(mid, Seq(st.committed), "committed by a member claiming the sequencer"),
+        Message::Commit(Commit { epoch: st.epoch(), first: next, entries: vec![Assigned::Mid(mid)] }),
+        Message::Heartbeat(Heartbeat {
+            epoch: st.epoch(),
+            sequencer: st.sequencer(),
+            committed: next,
+            checkpoint: None,
+        }),
+    ];
+    as_sequencer.send(&commit, &[To::Channel(Channel::Global)]);
+    std::thread::sleep(Duration::from_millis(200));
+    s.send(5);
+
+    const VICTIM: u64 = 300;
+    let (victim, (pid, incarnation, seen)) = s.start_victim(VICTIM);
+    let mut as_victim = Mallory::new(&s.cluster, "mallory", Some(Pid(pid)));
+    let victim_mid = |counter| Mid { source: Source { pid: Pid(pid), incarnation: Incarnation(incarnation) }, counter };
+    let forged: Vec<Message> =
+        (seen + 10..=VICTIM).map(|c| forged_data(victim_mid(c), Seq(st.committed), "under the victim's id")).collect();
+    for chunk in forged.chunks(50) {
+        as_victim.send(chunk, &[To::Channel(Channel::Global)]);
+    }
+    s.ledger.add_sent(&stdout_of(victim.finish(Duration::from_secs(90))));
+    s.assert_tails_deliver_only_legitimate_messages();
+}
