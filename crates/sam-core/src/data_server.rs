@@ -6,10 +6,13 @@
 //! so a lost `Order` costs one retransmission interval and no timer of its own. It serves the
 //! messages members missed (`Fetch`), and follows heartbeats to know where the sequencer is.
 //!
-//! Bounds (DESIGN section 12): a message whose timestamp lies beyond what can be numbered
-//! soon (more than `max_lifetime` above the committed prefix heard) is refused, and so is one
-//! that would lift the uncommitted bytes held for its sender pid, or in all, above their caps;
-//! the sender's retransmission brings it again once there is room.
+//! Bounds (DESIGN section 12): a message whose timestamp lies outside what can still be
+//! numbered (more than `max_lifetime` above the committed prefix heard, or so old that its
+//! lifetime ended) is refused, and so is one that would lift the uncommitted bytes held for
+//! its sender's credential above its cap, or those held in all above theirs — where a sender
+//! holding less than a fair share still gets in, so that a few senders filling the server do
+//! not stop everyone. Bytes count until their message is committed or its lifetime ends at
+//! the committed prefix heard; the sender's retransmission brings a refused message again.
 //!
 //! Garbage collection (DESIGN section 5): once a checkpoint is advertised, it drops every
 //! message committed at or below the checkpoint before it, `c`, and every message whose
@@ -38,6 +41,8 @@ struct Held {
     durable: bool,
     /// The number it was committed at, once a `Commit` said so.
     committed: Option<Seq>,
+    /// Whether its bytes count against its sender's cap (until committed or expired).
+    counted: bool,
 }
 
 /// A data server.
@@ -57,8 +62,11 @@ pub struct DataServer {
     floor: Seq,
     /// The highest committed prefix heard in a heartbeat.
     committed: Seq,
-    /// Uncommitted payload bytes held, per sender pid and in all.
+    /// Uncommitted payload bytes held, per sender credential and in all.
     uncommitted_by_pid: FxHashMap<Pid, usize>,
+    /// The counted messages by the end of their lifetime: uncounted once the committed
+    /// prefix passes it.
+    expiring: std::collections::BTreeMap<Seq, Vec<Mid>>,
     uncommitted_bytes: usize,
     /// Data messages refused by the bounds.
     refused: u64,
@@ -80,6 +88,7 @@ impl DataServer {
             floor: Seq::ZERO,
             committed: Seq::ZERO,
             uncommitted_by_pid: FxHashMap::default(),
+            expiring: std::collections::BTreeMap::new(),
             uncommitted_bytes: 0,
             refused: 0,
         }
@@ -96,8 +105,9 @@ impl DataServer {
         self.uncommitted_bytes
     }
 
-    /// Counts `len` uncommitted bytes of `pid` in (`held`) or out.
+    /// Counts `len` uncommitted bytes of `pid`'s credential in (`held`) or out.
     fn account(&mut self, pid: Pid, len: usize, held: bool) {
+        let pid = pid.credential();
         let of_pid = self.uncommitted_by_pid.entry(pid).or_default();
         if held {
             *of_pid += len;
@@ -114,11 +124,23 @@ impl DataServer {
 
     /// Whether a new message fits the bounds.
     fn admits(&self, data: &Data) -> bool {
-        let len = data.payload.len();
-        let of_pid = self.uncommitted_by_pid.get(&data.mid.source.pid).copied().unwrap_or(0);
-        data.ts <= self.committed.plus(self.cfg.max_lifetime)
-            && of_pid + len <= self.cfg.data_sender_bytes_max
-            && self.uncommitted_bytes + len <= self.cfg.data_uncommitted_bytes_max
+        let len = held_cost(&data.payload);
+        let of_sender = self.uncommitted_by_pid.get(&data.mid.source.pid.credential()).copied().unwrap_or(0);
+        let numberable =
+            data.ts <= self.committed.plus(self.cfg.max_lifetime) && self.cfg.lifetime_end(data.ts) > self.committed;
+        let total_cap = self.cfg.data_uncommitted_bytes_max;
+        let fair_share = total_cap / (self.uncommitted_by_pid.len() + 1);
+        let total = self.uncommitted_bytes + len;
+        let room = total <= total_cap || (of_sender + len <= fair_share && total <= 2 * total_cap);
+        numberable && of_sender + len <= self.cfg.data_sender_bytes_max && room
+    }
+
+    /// Stops counting a message (committed, expired or dropped), once.
+    fn uncount(&mut self, mid: &Mid) {
+        let Some(h) = self.held.get_mut(mid).filter(|h| h.counted) else { return };
+        h.counted = false;
+        let len = held_cost(&h.payload);
+        self.account(mid.source.pid, len, false);
     }
 
     /// Whether this server holds `mid` (a host's store may drop the others).
@@ -148,8 +170,10 @@ impl DataServer {
                     payload: data.payload.clone(),
                     durable: true,
                     committed: None,
+                    // What was held before a restart does not count: it was admitted already,
+                    // and much of it was committed in Commits no longer heard.
+                    counted: false,
                 };
-                server.account(data.mid.source.pid, data.payload.len(), true);
                 server.held.insert(data.mid, held);
             }
         }
@@ -171,11 +195,13 @@ impl DataServer {
             Some(_) => {}
             None if !self.admits(data) => self.refused += 1,
             None => {
-                self.account(data.mid.source.pid, data.payload.len(), true);
+                self.account(data.mid.source.pid, held_cost(&data.payload), true);
+                self.expiring.entry(self.cfg.lifetime_end(data.ts)).or_default().push(data.mid);
                 let digest = Digest::of(&data.payload);
                 let id = out.persist(Record::Data(data.clone()));
                 self.unsynced.push_back((id, data.mid));
-                let held = Held { ts: data.ts, digest, payload: data.payload.clone(), durable: false, committed: None };
+                let payload = data.payload.clone();
+                let held = Held { ts: data.ts, digest, payload, durable: false, committed: None, counted: true };
                 self.held.insert(data.mid, held);
             }
         }
@@ -209,12 +235,8 @@ impl DataServer {
         for (i, assigned) in commit.entries.iter().enumerate() {
             let Assigned::Mid(mid) = assigned else { continue };
             let Some(h) = self.held.get_mut(mid) else { continue };
-            let newly = h.committed.is_none();
             h.committed = Some(commit.first.plus(i as u64));
-            if newly {
-                let len = h.payload.len();
-                self.account(mid.source.pid, len, false);
-            }
+            self.uncount(mid);
         }
     }
 
@@ -222,6 +244,7 @@ impl DataServer {
     /// message ordered again (DESIGN section 6): the orders its predecessor counted are lost.
     pub fn handle_heartbeat(&mut self, hb: &Heartbeat, out: &mut Outbox) {
         self.committed = self.committed.max(hb.committed);
+        self.uncount_expired();
         if let Some(c) = hb.checkpoint.filter(|c| self.checkpoint.is_none_or(|known| c.seq > known.seq)) {
             self.floor = self.checkpoint.map_or(Seq::ZERO, |known| known.seq);
             self.checkpoint = Some(c);
@@ -240,6 +263,19 @@ impl DataServer {
         }
     }
 
+    /// Stops counting the messages whose lifetime ended at or below the committed prefix:
+    /// they will never be numbered (or were, in a Commit this server missed).
+    fn uncount_expired(&mut self) {
+        while let Some(entry) = self.expiring.first_entry() {
+            if *entry.key() > self.committed {
+                break;
+            }
+            for mid in entry.remove() {
+                self.uncount(&mid);
+            }
+        }
+    }
+
     /// Drops what the checkpoint before the latest covers; a write not yet durable stays until
     /// it is.
     fn collect_garbage(&mut self) {
@@ -247,8 +283,8 @@ impl DataServer {
         let mut freed = Vec::new();
         self.held.retain(|mid, h| {
             let keep = !h.durable || h.committed.unwrap_or(cfg.lifetime_end(h.ts)) > floor;
-            if !keep && h.committed.is_none() {
-                freed.push((mid.source.pid, h.payload.len()));
+            if !keep && h.counted {
+                freed.push((mid.source.pid, held_cost(&h.payload)));
             }
             keep
         });
@@ -273,6 +309,15 @@ impl DataServer {
         }
     }
 }
+
+/// What a held message costs against the caps: its payload and the bookkeeping around it, so
+/// that empty payloads are bounded too.
+fn held_cost(payload: &Bytes) -> usize {
+    payload.len() + HELD_OVERHEAD_BYTES
+}
+
+/// The bytes a held message costs beyond its payload.
+const HELD_OVERHEAD_BYTES: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -312,8 +357,8 @@ mod tests {
     #[test]
     fn data_beyond_the_numberable_range_or_over_the_caps_is_refused_until_room_returns() {
         let mut cfg = Config::new(vec![Pid(1)], vec![Pid(2)], vec![]);
-        cfg.data_sender_bytes_max = 8;
-        cfg.data_uncommitted_bytes_max = 12;
+        cfg.data_sender_bytes_max = 2 * 68;
+        cfg.data_uncommitted_bytes_max = 3 * 68;
         let mut d = DataServer::new(Arc::new(cfg.clone()));
         let mut out = Outbox::new();
         let far = Data { ts: Seq(cfg.max_lifetime + 1), ..data(9) };
@@ -322,20 +367,57 @@ mod tests {
         for c in 1..=3 {
             d.handle_data(&data(c), &mut out);
         }
-        assert_eq!((d.held(), d.refused(), d.uncommitted_bytes()), (2, 2, 8), "4-byte payloads, 8 per sender");
+        assert_eq!(
+            (d.held(), d.refused(), d.uncommitted_bytes()),
+            (2, 2, 2 * 68),
+            "4-byte payloads cost 68, two per sender"
+        );
         let other = |counter| {
             let mid = Mid { source: Source { pid: Pid(10), incarnation: Incarnation(1) }, counter };
             Data { mid, ts: Seq(0), payload: Bytes::from_static(b"abcd") }
         };
         d.handle_data(&other(1), &mut out);
         d.handle_data(&other(2), &mut out);
-        assert_eq!((d.held(), d.refused()), (3, 3), "12 bytes in all");
+        assert_eq!((d.held(), d.refused()), (3, 3), "three messages in all, and pid 10 already holds its fair share");
         let commit = Commit { epoch: Epoch::initial(), first: Seq(1), entries: vec![Assigned::Mid(data(1).mid)] };
         d.handle_commit(&commit);
         d.handle_commit(&commit);
-        assert_eq!(d.uncommitted_bytes(), 8, "committed bytes count once, and no more");
+        assert_eq!(d.uncommitted_bytes(), 2 * 68, "committed bytes count once, and no more");
         d.handle_data(&data(3), &mut out);
         assert_eq!(d.held(), 4, "the retransmission finds room");
+        // Once the committed prefix passes their lifetime, the rest stop counting.
+        let hb = Heartbeat {
+            epoch: Epoch::initial(),
+            sequencer: Pid(1),
+            committed: Seq(cfg.max_lifetime),
+            checkpoint: None,
+        };
+        d.handle_heartbeat(&hb, &mut out);
+        assert_eq!(d.uncommitted_bytes(), 0, "expired: never numbered now");
+        d.handle_data(&data(7), &mut out);
+        assert_eq!(d.refused(), 4, "a timestamp whose lifetime ended");
+    }
+
+    #[test]
+    fn what_a_restart_recovers_does_not_count_and_a_credential_is_one_sender() {
+        let mut cfg = Config::new(vec![Pid(1)], vec![Pid(2)], vec![]);
+        cfg.data_sender_bytes_max = 2 * 68;
+        let cfg = Arc::new(cfg);
+        let records: Vec<Record> = (1..=5).map(|c| Record::Data(data(c))).collect();
+        let mut d = DataServer::recover(cfg.clone(), &records);
+        assert_eq!(d.uncommitted_bytes(), 0);
+        let mut out = Outbox::new();
+        d.handle_data(&data(6), &mut out);
+        assert_eq!((d.held(), d.refused()), (6, 0), "a restarted server takes new data");
+        let member = |instance: u64, counter| {
+            let pid = Pid(Pid::MEMBER | 7 << Pid::INSTANCE_BITS | instance);
+            let mid = Mid { source: Source { pid, incarnation: Incarnation(1) }, counter };
+            Data { mid, ts: Seq(0), payload: Bytes::from_static(b"abcd") }
+        };
+        for instance in 1..=3 {
+            d.handle_data(&member(instance, 1), &mut out);
+        }
+        assert_eq!(d.refused(), 1, "three processes of one credential share its cap of two");
     }
 
     #[test]

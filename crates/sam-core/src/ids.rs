@@ -6,6 +6,28 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Pid(pub u64);
 
+impl Pid {
+    /// Member pids have this bit set (servers' pids never do).
+    pub const MEMBER: u64 = 1 << 63;
+    /// The low bits of a member pid that each process of one credential picks for itself.
+    pub const INSTANCE_BITS: u32 = 32;
+
+    /// Whether this is a member's pid.
+    pub fn is_member(self) -> bool {
+        self.0 & Self::MEMBER != 0
+    }
+
+    /// The credential a member pid belongs to (the pid with its instance bits cleared): what
+    /// limits per sender count against (DESIGN section 12). A server's pid is its own.
+    pub fn credential(self) -> Pid {
+        if self.is_member() {
+            Pid(self.0 & !((1 << Self::INSTANCE_BITS) - 1))
+        } else {
+            self
+        }
+    }
+}
+
 /// A random 64-bit value drawn by the host when a sender starts, so that a restarted sender
 /// never reuses a [`Mid`] (DESIGN section 3, safety).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -70,8 +70,11 @@ fn role_may_send(cfg: &Config, from: Pid, msg: &Message) -> Result<(), Unbelieve
         Message::Data(d) => d.mid.source.pid == from || data,
         Message::Order(_) | Message::Dropped(_) => data,
         Message::Assign(m) => owns(m.epoch),
-        Message::Commit(m) => owns(m.epoch),
-        Message::Prepare(m) => owns(m.epoch),
+        // A commit server repeats the Commits it heard to whoever asks for their entries.
+        Message::Commit(m) => owns(m.epoch) || commit,
+        // A commit server that lost its storage asks its peers' promises with a Prepare of no
+        // epoch, which changes nothing.
+        Message::Prepare(m) => owns(m.epoch) || (m.epoch == Epoch::NONE && commit),
         Message::PreVote(m) => owns(m.epoch),
         Message::Heartbeat(m) => owns(m.epoch) && m.sequencer == from,
         Message::Accepted(_)
@@ -146,6 +149,22 @@ mod tests {
         let order = Message::Order(Order { items: vec![] });
         assert_eq!(s.believes(&cfg, Pid(3), &order), Ok(()));
         assert_eq!(s.believes(&cfg, member, &order), Err(Unbelieved::NotItsRole));
+    }
+
+    #[test]
+    fn commit_servers_repeat_commits_and_a_wiped_one_asks_promises_whatever_its_rank() {
+        use crate::message::{Commit, Prepare};
+        let cfg = cfg();
+        let mut s = Senders::default();
+        let member = Pid(1 << 63 | 5);
+        let repeat = Message::Commit(Commit { epoch: Epoch::new(3, 0), first: Seq(1), entries: vec![] });
+        assert_eq!(s.believes(&cfg, Pid(3), &repeat), Ok(()), "a commit server answering a query with a Commit");
+        assert_eq!(s.believes(&cfg, member, &repeat), Err(Unbelieved::NotItsRole));
+        let ask = Message::Prepare(Prepare { epoch: Epoch::NONE, from_seq: Seq::ZERO });
+        assert_eq!(s.believes(&cfg, Pid(2), &ask), Ok(()), "rank 1 rejoining after storage loss");
+        assert_eq!(s.believes(&cfg, member, &ask), Err(Unbelieved::NotItsRole));
+        let stand = Message::Prepare(Prepare { epoch: Epoch::new(4, 0), from_seq: Seq(1) });
+        assert_eq!(s.believes(&cfg, Pid(2), &stand), Err(Unbelieved::NotItsRole), "a ballot of another's epoch");
     }
 
     #[test]
