@@ -2,8 +2,11 @@
 //!
 //! Every frame names its sender's pid (authenticated when security is on); the source address
 //! is never an identity. Servers are reached at the addresses the configuration gives them.
-//! A member is reached at the address its last direct (not relayed) frame came from: a
-//! bounded table, whose entries idle for [`MEMBER_IDLE`] make room for new members.
+//! A member is reached at the address its first direct (not relayed) frame came from, and
+//! moves only with a frame that echoed the cookie of its new address — a member can spoof its
+//! source, so an address that was never proven to receive must not redirect answers already
+//! promised to it. A bounded table, whose entries idle for [`MEMBER_IDLE`] make room for new
+//! members.
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -40,12 +43,15 @@ impl Peers {
         self.server(pid).or_else(|| self.members.read().ok()?.get(&pid).map(|(a, _)| *a))
     }
 
-    /// Notes that member `pid` sent from `addr` at `now`; `false` when the table is full of
+    /// Notes that member `pid` sent from `addr` at `now`: its address if it has none yet, or
+    /// if `proven` (the frame echoed a cookie of `addr`); `false` when the table is full of
     /// members heard recently.
-    pub fn learn(&self, pid: Pid, addr: SocketAddrV4, now: Instant) -> bool {
+    pub fn learn(&self, pid: Pid, addr: SocketAddrV4, now: Instant, proven: bool) -> bool {
         let Ok(mut members) = self.members.write() else { return false };
         if let Some(entry) = members.get_mut(&pid) {
-            *entry = (addr, now);
+            if proven || entry.0 == addr {
+                *entry = (addr, now);
+            }
             return true;
         }
         if members.len() >= MEMBER_ADDRESSES_MAX {
@@ -74,10 +80,12 @@ mod tests {
         assert_eq!(peers.addr_of(member), None);
         let now = Instant::now();
         let a = SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 40_000);
-        assert!(peers.learn(member, a, now));
-        assert_eq!(peers.addr_of(member), Some(a));
+        assert!(peers.learn(member, a, now, false));
+        assert_eq!(peers.addr_of(member), Some(a), "the first address");
         let b = SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 40_001);
-        assert!(peers.learn(member, b, now));
-        assert_eq!(peers.addr_of(member), Some(b), "the last address wins");
+        assert!(peers.learn(member, b, now, false));
+        assert_eq!(peers.addr_of(member), Some(a), "an unproven address moves nothing");
+        assert!(peers.learn(member, b, now, true));
+        assert_eq!(peers.addr_of(member), Some(b), "a proven one does");
     }
 }

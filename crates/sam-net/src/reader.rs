@@ -66,6 +66,23 @@ pub(crate) struct Reader {
     pub(crate) cookies: Arc<CookieJar>,
 }
 
+/// The payload frame without the zero padding a frame without a cookie carries (see
+/// `security::envelope`).
+fn unpadded(payload: &Bytes) -> Result<Bytes, Dropped> {
+    let declared = payload.get(4..8).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let end = declared.and_then(|d| usize::try_from(d).ok()?.checked_add(HEADER_LEN));
+    match end {
+        Some(end) if end < payload.len() => {
+            let padding = &payload[end..];
+            if padding.iter().any(|b| *b != 0) {
+                return Err(Dropped::Malformed);
+            }
+            Ok(payload.slice(..end))
+        }
+        _ => Ok(payload.clone()),
+    }
+}
+
 /// Whether `msg` is a request whose answer may be far larger than it.
 fn is_request(msg: &Message) -> bool {
     matches!(msg, Message::Fetch(_) | Message::QueryEntries(_) | Message::FetchBlocks(_))
@@ -119,22 +136,22 @@ impl Task {
                     2 => NetStats::add(&self.reader.stats.injected_duplicates),
                     _ => {}
                 }
-                let mut datagram =
+                if copies == 0 {
+                    continue;
+                }
+                let datagram =
                     bufs[i].get(..*len).filter(|_| *len <= MAX_UDP_PAYLOAD_BYTES).map(Bytes::copy_from_slice);
-                for left in (0..copies).rev() {
-                    // The last copy is the datagram itself: no clone (and no shared buffer) on
-                    // the usual path.
-                    let copy = if left == 0 { datagram.take() } else { datagram.clone() };
-                    if !self.handle(copy, *from).await {
-                        return;
-                    }
+                if !self.handle(datagram, *from, copies).await {
+                    return;
                 }
             }
         }
     }
 
-    /// Opens one datagram and hands what it holds to the node; `false` once the node is gone.
-    async fn handle(&mut self, datagram: Option<Bytes>, from: SocketAddr) -> bool {
+    /// Opens one datagram and hands what it holds to the node, `copies` times (a duplicate is
+    /// injected after the frame opened: a replayed frame would be refused, and the point is to
+    /// test the protocol's own de-duplication); `false` once the node is gone.
+    async fn handle(&mut self, datagram: Option<Bytes>, from: SocketAddr, copies: usize) -> bool {
         let stats = self.reader.stats.clone();
         let outcome = match (datagram, from) {
             (Some(datagram), SocketAddr::V4(addr)) => self.take(addr, datagram).await,
@@ -143,6 +160,12 @@ impl Task {
         match outcome {
             Ok(Some(incoming)) => {
                 NetStats::add(&stats.datagrams_in);
+                if copies > 1 {
+                    let again = Incoming { from: incoming.from, msgs: incoming.msgs.clone() };
+                    if self.reader.tx.send(again).await.is_err() {
+                        return false;
+                    }
+                }
                 return self.reader.tx.send(incoming).await.is_ok();
             }
             Ok(None) => NetStats::add(&stats.datagrams_in),
@@ -172,7 +195,7 @@ impl Task {
             self.note_challenge(addr, &opened, relayed)?;
             return Ok(None);
         }
-        let decoded = decode_datagram(&opened.payload).map_err(|_| Dropped::Malformed)?;
+        let decoded = decode_datagram(&unpadded(&opened.payload)?).map_err(|_| Dropped::Malformed)?;
         let from = opened.header.pid;
         self.note_sender(addr, &opened, relayed, &decoded)?;
         if decoded.global && !relayed && matches!(self.unicast, Unicast::Relay) {
@@ -212,6 +235,10 @@ impl Task {
         }
         let (pid, now) = (opened.header.pid, now_ms());
         let echo = self.reader.cookies.check(now, addr, pid, opened.header.cookie.as_ref());
+        if echo != Echo::Missing && is_member_pid(pid) {
+            // Proven to receive there: answers go there from now on.
+            self.reader.peers.learn(pid, addr, Instant::now(), true);
+        }
         if echo != Echo::Current {
             let cookie = self.reader.cookies.mint(now, addr, pid);
             let challenge = self.reader.sealer.lock().unwrap_or_else(|e| e.into_inner()).seal_challenge(pid, cookie);
@@ -233,7 +260,12 @@ impl Task {
         let (Some(cookie), true, true, false) = (cookie, from_server, believed, relayed) else {
             return Err(Dropped::Unauthenticated);
         };
-        self.reader.sealer.lock().unwrap_or_else(|e| e.into_inner()).set_cookie(pid, cookie);
+        let again = self.reader.sealer.lock().unwrap_or_else(|e| e.into_inner()).set_cookie(pid, cookie);
+        if let (Some(frame), Some(server)) = (again, self.reader.peers.server(pid)) {
+            // Fire and forget: a lost one is asked again by the protocol's own timeout.
+            let socket = self.socket.clone();
+            tokio::spawn(async move { socket.send_to(&frame, server).await });
+        }
         if let Unicast::Member(registration) = &self.unicast {
             registration.renew_now();
         }
@@ -262,7 +294,7 @@ impl Task {
         }
         let peers = &self.reader.peers;
         if is_member_pid(pid) {
-            if !peers.learn(pid, addr, Instant::now()) {
+            if !peers.learn(pid, addr, Instant::now(), false) {
                 NetStats::add(&self.reader.stats.members_unlearned);
             }
         } else if self.reader.security.mode == Mode::Off && peers.server(pid) != Some(addr) {

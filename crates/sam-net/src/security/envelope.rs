@@ -28,6 +28,10 @@
 //! server gave it in a *challenge* — a frame with flag bits 0 and 1, the cookie, and no
 //! payload, never longer than the request it answers (DESIGN section 12, "No reflection").
 //!
+//! A frame to one process that carries no cookie for it is padded with zero bytes after its
+//! payload frame up to 48 bytes of payload, so that it is never shorter than the challenge
+//! it may get; a receiver reads the payload frame's own length and checks the rest is zeros.
+//!
 //! The trailer is, in mode off, the CRC-32C of the header (4 bytes; the payload carries its
 //! own). In modes authenticate and encrypt it is the AEAD tag (16 bytes) and, when the tier is
 //! group, a second tag (16 bytes): `HMAC-SHA256` under the sender's own key (a member's

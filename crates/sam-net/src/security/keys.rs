@@ -17,11 +17,12 @@ use zeroize::Zeroizing;
 /// The bytes of every secret key.
 pub const SECRET_BYTES: usize = 32;
 
-/// Member pids have the top bit set; a credential owns the 65,536 pids that differ from its
-/// own in the low 16 bits, so several processes may share one credential.
-pub const MEMBER_PIDS: u64 = 1 << 63;
+/// Member pids have the top bit set; a credential owns the 2^32 pids that differ from its
+/// own in the low 32 bits, so many processes may share one credential without two drawing
+/// the same pid.
+pub const MEMBER_PIDS: u64 = Pid::MEMBER;
 /// The low bits of a member pid that a process picks for itself (its instance).
-pub const MEMBER_INSTANCE_BITS: u32 = 16;
+pub const MEMBER_INSTANCE_BITS: u32 = Pid::INSTANCE_BITS;
 
 /// A cluster's id: drawn when its configuration is made, named by every frame so that two
 /// clusters sharing groups and ports never hear each other.
@@ -224,7 +225,7 @@ impl Keyring {
     }
 }
 
-/// The pid of the member credential called `name`: in the member range, low 16 bits zero.
+/// The pid of the member credential called `name`: in the member range, the instance bits zero.
 pub fn member_pid(name: &str) -> Pid {
     let digest = ring::digest::digest(
         &ring::digest::SHA256,
@@ -238,12 +239,12 @@ pub fn member_pid(name: &str) -> Pid {
 
 /// The credential pid a member's process pid belongs to.
 pub fn credential_of(pid: Pid) -> Pid {
-    Pid(pid.0 & !((1 << MEMBER_INSTANCE_BITS) - 1))
+    pid.credential()
 }
 
 /// Whether `pid` lies in the member range.
 pub fn is_member_pid(pid: Pid) -> bool {
-    pid.0 & MEMBER_PIDS != 0
+    pid.is_member()
 }
 
 /// `K_pid = HKDF(member master, salt = cluster id, "sam/1 member" ‖ master id ‖ pid)`.

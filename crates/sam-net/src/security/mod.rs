@@ -30,6 +30,10 @@ use replay::{Refusal, ReplayTable};
 pub const SESSION_RENEW_MS: u64 = 60_000;
 /// ...or after this many frames, whichever comes first.
 pub const SESSION_RENEW_FRAMES: u64 = 1 << 23;
+/// The shortest payload of a frame to one process that carries no cookie for it (zero bytes
+/// pad it): with the header and tags it outweighs a cookie challenge, which may then answer it.
+pub const UNCOOKIED_PAYLOAD_MIN: usize = 48;
+
 /// Senders a replay table holds by default.
 pub const REPLAY_SENDERS_DEFAULT: usize = 16_384;
 
@@ -176,8 +180,11 @@ pub enum Dropped {
     Replay(Refusal),
 }
 
-/// A 16-byte second tag key, and the id of the key it came from.
+/// A second tag's key.
 type TagKey = hmac::Key;
+
+/// Per key tier, the id of the key used and a session's subkey under it.
+type TierKeys = [Option<(u16, LessSafeKey)>; 3];
 
 /// Writes `bytes` to `path`, a file only its owner may read or write.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -254,11 +261,14 @@ pub struct Sealer {
     session: Session,
     counter: u64,
     /// Per tier: the sealing key's id and the session's subkey.
-    keys: [Option<(u16, LessSafeKey)>; 3],
+    keys: TierKeys,
     /// The second tag this process signs group frames with.
     tag2: Option<TagKey>,
     /// The cookies servers granted this process (one per server, the latest).
     cookies: HashMap<Pid, Cookie>,
+    /// Per server without a cookie yet, the last payload sent to it: sent again, with the
+    /// cookie, when the server's challenge arrives (the request itself was not served).
+    pending: HashMap<Pid, Vec<u8>>,
 }
 
 impl Sealer {
@@ -277,6 +287,7 @@ impl Sealer {
             keys: [None, None, None],
             tag2: None,
             cookies: HashMap::new(),
+            pending: HashMap::new(),
         };
         let floor = sealer.read_session_floor()?;
         sealer.session.time_ms = floor;
@@ -300,20 +311,35 @@ impl Sealer {
 
     /// Starts a new session: a time above the last one's, a fresh random half, fresh subkeys.
     fn renew(&mut self) -> Result<(), SecurityError> {
+        // Everything is made first and swapped in at once: a renewal that fails halfway keeps
+        // the old session, its subkeys and its counter, so no (key, nonce) is ever used twice.
         let time_ms = now_ms().max(self.session.time_ms.saturating_add(1));
-        self.session = Session { time_ms, random: u64::from_le_bytes(keys::random()?) };
-        self.counter = 0;
+        let session = Session { time_ms, random: u64::from_le_bytes(keys::random()?) };
+        let (keys, tag2) = match self.plan.keys.clone() {
+            Some(ring) => {
+                let (keys, tag2) = self.session_keys(&ring, session)?;
+                (keys, Some(tag2))
+            }
+            None => ([None, None, None], None),
+        };
         if let Some(path) = &self.plan.session_file {
             write_private(path, time_ms.to_string().as_bytes())
                 .map_err(|source| SecurityError::SessionFile { path: path.clone(), source })?;
         }
-        let Some(ring) = self.plan.keys.clone() else { return Ok(()) };
+        self.session = session;
+        self.counter = 0;
+        self.keys = keys;
+        self.tag2 = tag2;
+        Ok(())
+    }
+
+    /// The subkeys of `session` for the tiers this process seals with, and its second-tag key.
+    fn session_keys(&self, ring: &Keyring, session: Session) -> Result<(TierKeys, TagKey), SecurityError> {
         let mode = self.plan.mode;
         let need = |kind: KeyKind| {
             ring.sealing(kind).ok_or(SecurityError::MissingKey { mode: mode.name(), kind: kind.name() })
         };
-        let mine = self.plan.server_keys(self.pid);
-        let (tier_kind, tag_key) = match mine {
+        let ((tier, key), tag_key) = match self.plan.server_keys(self.pid) {
             Some(ServerKeys::Server) => {
                 let k = need(KeyKind::Server)?;
                 ((Tier::Server, k), role_tag_key(k, ring.cluster))
@@ -322,18 +348,13 @@ impl Sealer {
                 let k = need(KeyKind::Checkpoint)?;
                 ((Tier::Checkpoint, k), role_tag_key(k, ring.cluster))
             }
-            None => {
-                let group = need(KeyKind::Group)?;
-                ((Tier::Group, group), member_tag_key(need(KeyKind::Member)?))
-            }
+            None => ((Tier::Group, need(KeyKind::Group)?), member_tag_key(need(KeyKind::Member)?)),
         };
         let group = need(KeyKind::Group)?;
-        self.keys = [None, None, None];
-        self.keys[Tier::Group.index()] = Some((group.id, frame_key(group, &ring, mode, self.pid, self.session)));
-        let (tier, key) = tier_kind;
-        self.keys[tier.index()] = Some((key.id, frame_key(key, &ring, mode, self.pid, self.session)));
-        self.tag2 = Some(tag_key);
-        Ok(())
+        let mut keys = [None, None, None];
+        keys[Tier::Group.index()] = Some((group.id, frame_key(group, ring, mode, self.pid, session)));
+        keys[tier.index()] = Some((key.id, frame_key(key, ring, mode, self.pid, session)));
+        Ok((keys, tag_key))
     }
 
     /// The tier a frame for `dest` is sealed under: the server (or checkpoint) key between
@@ -357,17 +378,28 @@ impl Sealer {
     }
 
     /// Notes the cookie server `pid` granted this process: frames to it carry it from now on.
-    pub fn set_cookie(&mut self, pid: Pid, cookie: Cookie) {
+    /// Returns the last frame sent to it without one, sealed again with the cookie, to send
+    /// again (its request was challenged, not served).
+    pub fn set_cookie(&mut self, pid: Pid, cookie: Cookie) -> Option<Bytes> {
         self.cookies.insert(pid, cookie);
+        let payload = self.pending.remove(&pid)?;
+        Some(self.seal_frame(SealFor::Pid(pid), Some(cookie), false, &payload))
     }
 
-    /// Seals the wire-format frame `payload` for `dest`, with the cookie `dest` granted.
+    /// Seals the wire-format frame `payload` for `dest`, with the cookie `dest` granted. A
+    /// frame to one process without a cookie for it is padded to [`UNCOOKIED_PAYLOAD_MIN`]: a
+    /// request is never shorter than the challenge it may get.
     pub fn seal(&mut self, dest: SealFor, payload: &[u8]) -> Bytes {
-        let cookie = match dest {
-            SealFor::Pid(pid) => self.cookies.get(&pid).copied(),
-            SealFor::Channel(_) => None,
-        };
-        self.seal_frame(dest, cookie, false, payload)
+        let SealFor::Pid(pid) = dest else { return self.seal_frame(dest, None, false, payload) };
+        if let Some(cookie) = self.cookies.get(&pid).copied() {
+            return self.seal_frame(dest, Some(cookie), false, payload);
+        }
+        let mut padded = payload.to_vec();
+        padded.resize(payload.len().max(UNCOOKIED_PAYLOAD_MIN), 0);
+        if self.plan.server_keys(pid).is_some() {
+            self.pending.insert(pid, padded.clone());
+        }
+        self.seal_frame(dest, None, false, &padded)
     }
 
     /// A cookie challenge to `to`: the cookie it must echo, and nothing else.
@@ -377,8 +409,8 @@ impl Sealer {
 
     fn seal_frame(&mut self, dest: SealFor, cookie: Option<Cookie>, challenge: bool, payload: &[u8]) -> Bytes {
         if self.counter >= SESSION_RENEW_FRAMES || now_ms().saturating_sub(self.session.time_ms) >= SESSION_RENEW_MS {
-            // A failed renewal (the RNG, a session file) keeps the session: its counter has
-            // 2^64 values, renewal only bounds how long one key lives.
+            // A failed renewal (the RNG, a session file) keeps the whole session, counter
+            // included: its counter has 2^64 values, renewal only bounds how long a key lives.
             let _ = self.renew();
         }
         let tier = self.tier_for(dest);
@@ -440,7 +472,7 @@ impl Sealer {
 /// Keys cached per sender session in a replay table.
 #[derive(Debug, Default)]
 pub struct SessionKeys {
-    aead: [Option<(u16, LessSafeKey)>; 3],
+    aead: TierKeys,
     tag2: Option<(Authority, TagKey)>,
 }
 
@@ -483,7 +515,8 @@ impl Opener {
             return Ok(Opened { header, authority: Authority::Group, payload: datagram.slice(head..payload_end) });
         }
         let (pid, session, counter) = (header.pid, header.session, header.counter);
-        let slot = self.table.check(now_ms, pid, session, counter).map_err(Dropped::Replay)?;
+        let lane = usize::from(header.channel == Some(Channel::Global));
+        let slot = self.table.check(now_ms, pid, session, lane, counter).map_err(Dropped::Replay)?;
         let mut fresh = SessionKeys::default();
         let Opener { plan, table, checks_tag2, .. } = self;
         let keys = match table.keys_mut(pid, slot) {
@@ -492,7 +525,7 @@ impl Opener {
         };
         let payload = open_aead(plan, &header, datagram, keys)?;
         let authority = authority(plan, *checks_tag2, &header, datagram, keys)?;
-        self.table.admit(now_ms, pid, session, counter, slot, || fresh).map_err(Dropped::Replay)?;
+        self.table.admit(now_ms, pid, session, (lane, counter), slot, || fresh).map_err(Dropped::Replay)?;
         Ok(Opened { header, authority, payload })
     }
 

@@ -72,13 +72,18 @@ impl Window {
     }
 }
 
+/// Windows kept per session: one for frames sent to the global channel (in unicast mode they
+/// arrive relayed, a hop later) and one for the rest, so that frames overtaking each other on
+/// the two paths never push one another out of a window.
+pub const LANES: usize = 2;
+
 /// What a sender's entry holds for one session.
 #[derive(Debug)]
 pub struct SessionState<K> {
     /// The session.
     pub session: Session,
-    /// Its counters.
-    pub window: Window,
+    /// Its counters, per lane.
+    pub windows: [Window; LANES],
     /// When (ms since 1970) its first frame was heard.
     pub first_heard_ms: u64,
     /// Keys derived for it, kept so that they are derived once (per tier).
@@ -143,22 +148,22 @@ impl<K> ReplayTable<K> {
 
     /// The pre-check, before any key is tried: which session slot a frame falls in, or why
     /// it is refused.
-    pub fn check(&self, now_ms: u64, pid: Pid, session: Session, counter: u64) -> Result<Slot, Refusal> {
+    pub fn check(&self, now_ms: u64, pid: Pid, session: Session, lane: usize, counter: u64) -> Result<Slot, Refusal> {
         let in_bounds = session.time_ms.saturating_add(SESSION_PAST_MS) >= now_ms
             && session.time_ms <= now_ms.saturating_add(SESSION_FUTURE_MS);
         let Some(entry) = self.entries.get(&pid) else {
             return if in_bounds { Ok(Slot::New) } else { Err(Refusal::StaleSession) };
         };
-        let (slot, window) = if session == entry.newest.session {
-            (Slot::Newest, &entry.newest.window)
+        let (slot, windows) = if session == entry.newest.session {
+            (Slot::Newest, &entry.newest.windows)
         } else if let Some(prev) = entry.previous.as_ref().filter(|p| p.session == session) {
-            (Slot::Previous, &prev.window)
+            (Slot::Previous, &prev.windows)
         } else if session > entry.newest.session && in_bounds {
             return Ok(Slot::New);
         } else {
             return Err(Refusal::StaleSession);
         };
-        if window.fresh(counter) {
+        if windows[lane % LANES].fresh(counter) {
             Ok(slot)
         } else {
             Err(Refusal::Replayed)
@@ -182,7 +187,7 @@ impl<K> ReplayTable<K> {
         now_ms: u64,
         pid: Pid,
         session: Session,
-        counter: u64,
+        (lane, counter): (usize, u64),
         slot: Slot,
         keys: impl FnOnce() -> K,
     ) -> Result<(), Refusal> {
@@ -192,7 +197,7 @@ impl<K> ReplayTable<K> {
                 return Err(Refusal::TableFull);
             }
         }
-        let fresh = |keys| SessionState { session, window: Window::default(), first_heard_ms: now_ms, keys };
+        let fresh = |keys| SessionState { session, windows: Default::default(), first_heard_ms: now_ms, keys };
         let entry = match (self.entries.get_mut(&pid), slot) {
             (None, _) => {
                 self.entries.entry(pid).or_insert(Entry { newest: fresh(keys()), previous: None, last_used_ms: now_ms })
@@ -215,7 +220,7 @@ impl<K> ReplayTable<K> {
             Slot::Previous => entry.previous.as_mut().unwrap_or(&mut entry.newest),
             _ => &mut entry.newest,
         };
-        state.window.mark(counter);
+        state.windows[lane % LANES].mark(counter);
         Ok(())
     }
 }
@@ -263,17 +268,18 @@ mod tests {
         let mut t = ReplayTable::<()>::new(4);
         let (a, b, c) = (session(NOW - 1_000, 1), session(NOW, 2), session(NOW + 10, 3));
         let p = Pid(9);
-        assert_eq!(t.check(NOW, p, session(NOW - SESSION_PAST_MS - 1, 0), 0), Err(Refusal::StaleSession));
-        assert_eq!(t.check(NOW, p, session(NOW + SESSION_FUTURE_MS + 1, 0), 0), Err(Refusal::StaleSession));
+        assert_eq!(t.check(NOW, p, session(NOW - SESSION_PAST_MS - 1, 0), 0, 0), Err(Refusal::StaleSession));
+        assert_eq!(t.check(NOW, p, session(NOW + SESSION_FUTURE_MS + 1, 0), 0, 0), Err(Refusal::StaleSession));
         for (s, slot) in [(a, Slot::New), (b, Slot::New), (c, Slot::New)] {
-            assert_eq!(t.check(NOW, p, s, 1), Ok(slot));
-            t.admit(NOW, p, s, 1, slot, || ()).unwrap();
+            assert_eq!(t.check(NOW, p, s, 0, 1), Ok(slot));
+            t.admit(NOW, p, s, (0, 1), slot, || ()).unwrap();
         }
-        assert_eq!(t.check(NOW, p, a, 2), Err(Refusal::StaleSession), "only two sessions are kept");
-        assert_eq!(t.check(NOW, p, b, 1), Err(Refusal::Replayed));
-        assert_eq!(t.check(NOW, p, b, 2), Ok(Slot::Previous));
-        assert_eq!(t.check(NOW, p, c, 2), Ok(Slot::Newest));
-        t.admit(NOW + DUPLICATE_AFTER_MS, p, b, 2, Slot::Previous, || ()).unwrap();
+        assert_eq!(t.check(NOW, p, a, 0, 2), Err(Refusal::StaleSession), "only two sessions are kept");
+        assert_eq!(t.check(NOW, p, b, 0, 1), Err(Refusal::Replayed));
+        assert_eq!(t.check(NOW, p, b, 1, 1), Ok(Slot::Previous), "each lane has a window of its own");
+        assert_eq!(t.check(NOW, p, b, 0, 2), Ok(Slot::Previous));
+        assert_eq!(t.check(NOW, p, c, 0, 2), Ok(Slot::Newest));
+        t.admit(NOW + DUPLICATE_AFTER_MS, p, b, (0, 2), Slot::Previous, || ()).unwrap();
         assert_eq!(t.duplicate_pid_alarms, 1, "the older session still talking long after");
     }
 
@@ -282,13 +288,13 @@ mod tests {
         let mut t = ReplayTable::<()>::new(2);
         let s = session(NOW, 1);
         for pid in [1, 2] {
-            t.admit(NOW, Pid(pid), s, 0, Slot::New, || ()).unwrap();
+            t.admit(NOW, Pid(pid), s, (0, 0), Slot::New, || ()).unwrap();
         }
-        assert_eq!(t.admit(NOW, Pid(3), s, 0, Slot::New, || ()), Err(Refusal::TableFull));
-        t.admit(NOW, Pid(1), s, 1, Slot::Newest, || ()).unwrap();
+        assert_eq!(t.admit(NOW, Pid(3), s, (0, 0), Slot::New, || ()), Err(Refusal::TableFull));
+        t.admit(NOW, Pid(1), s, (0, 1), Slot::Newest, || ()).unwrap();
         let later = NOW + ENTRY_IDLE_MS + 1;
         let s2 = session(later, 1);
-        assert_eq!(t.admit(later, Pid(3), s2, 0, Slot::New, || ()), Ok(()), "idle entries make room");
+        assert_eq!(t.admit(later, Pid(3), s2, (0, 0), Slot::New, || ()), Ok(()), "idle entries make room");
         assert_eq!(t.len(), 1);
     }
 }

@@ -248,3 +248,21 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn a_renewal_that_fails_keeps_the_session_and_its_counter() {
+    let dir = std::env::temp_dir().join(format!("sam-renew-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = cluster(Suite::Aes256Gcm);
+    let p = SecurityPlan { session_file: Some(dir.join("session")), ..plan(Mode::Encrypt, Some(c.server.clone())) };
+    let mut s = Sealer::new(p, SEQUENCER).unwrap();
+    let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), None);
+    assert!(open(&mut server, &s.seal(SealFor::Channel(Channel::Commit), b"one")).is_ok());
+    let (session, counter) = (s.session(), s.counter);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(s.renew().is_err(), "the session file cannot be written");
+    assert_eq!((s.session(), s.counter), (session, counter), "nothing changed");
+    let next = s.seal(SealFor::Channel(Channel::Commit), b"two");
+    assert_eq!(Header::decode(&next).unwrap().counter, counter, "the counter goes on, never back");
+    assert!(open(&mut server, &next).is_ok(), "and the frame still opens under the old session");
+}
