@@ -10,7 +10,7 @@
 //! tolerates as it does any duplicate.
 
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,15 +24,19 @@ use crate::security::{SealFor, Sealer};
 /// The most members one data server relays to.
 pub const MAX_MEMBERS: usize = 65_536;
 /// The longest lease a data server grants.
-pub const MAX_LEASE: Duration = Duration::from_secs(60);
+/// (DESIGN section 12: a spoofed registration that slipped through would cost at most this.)
+pub const MAX_LEASE: Duration = Duration::from_secs(30);
 /// The most members one IP address may register with one data server.
 pub const MAX_MEMBERS_PER_IP: usize = 256;
 
-/// A data server's registered members (one registration per member pid), where they are
-/// and when their leases end.
+/// A data server's registered members (one registration per member pid and per address),
+/// where they are and when their leases end; indexed so that a registration costs the same
+/// however many members there are.
 #[derive(Debug, Default)]
 pub(crate) struct Members {
     leases: HashMap<Pid, (SocketAddrV4, Instant)>,
+    by_addr: HashMap<SocketAddrV4, Pid>,
+    per_ip: HashMap<Ipv4Addr, usize>,
     last_prune: Option<Instant>,
 }
 
@@ -42,14 +46,20 @@ impl Members {
     pub(crate) fn register(&mut self, now: Instant, pid: Pid, addr: SocketAddrV4, asked: Duration) -> Option<Duration> {
         self.prune(now);
         // One registration per address: a new pid from it replaces the old one.
-        self.leases.retain(|p, (a, _)| *p == pid || *a != addr);
+        if let Some(old) = self.by_addr.get(&addr).copied().filter(|old| *old != pid) {
+            self.remove(old);
+        }
         let known = self.leases.contains_key(&pid);
-        let same_ip = self.leases.values().filter(|(a, _)| a.ip() == addr.ip()).count();
+        let same_ip = self.per_ip.get(addr.ip()).copied().unwrap_or(0);
         if !known && (self.leases.len() >= MAX_MEMBERS || same_ip >= MAX_MEMBERS_PER_IP) {
             return None;
         }
         let lease = asked.min(MAX_LEASE);
-        self.leases.insert(pid, (addr, now + lease));
+        if let Some((before, _)) = self.leases.insert(pid, (addr, now + lease)) {
+            self.unindex(pid, before);
+        }
+        self.by_addr.insert(addr, pid);
+        *self.per_ip.entry(*addr.ip()).or_default() += 1;
         Some(lease)
     }
 
@@ -59,13 +69,35 @@ impl Members {
         self.leases.values().map(|(addr, _)| *addr)
     }
 
+    fn remove(&mut self, pid: Pid) {
+        if let Some((addr, _)) = self.leases.remove(&pid) {
+            self.unindex(pid, addr);
+        }
+    }
+
+    /// Takes `pid`'s registration at `addr` out of the indices.
+    fn unindex(&mut self, pid: Pid, addr: SocketAddrV4) {
+        if self.by_addr.get(&addr) == Some(&pid) {
+            self.by_addr.remove(&addr);
+        }
+        if let Some(n) = self.per_ip.get_mut(addr.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(addr.ip());
+            }
+        }
+    }
+
     /// Forgets the members whose lease ran out (looking at most once a second).
     fn prune(&mut self, now: Instant) {
         if self.last_prune.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
             return;
         }
         self.last_prune = Some(now);
-        self.leases.retain(|_, (_, end)| *end > now);
+        let ended: Vec<Pid> = self.leases.iter().filter(|(_, (_, end))| *end <= now).map(|(p, _)| *p).collect();
+        for pid in ended {
+            self.remove(pid);
+        }
     }
 }
 
@@ -150,8 +182,6 @@ impl Registration {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
 
     fn addr(port: u16) -> SocketAddrV4 {
@@ -182,6 +212,10 @@ mod tests {
         }
         assert!(m.register(now, Pid(9_999), addr(9_999), lease).is_none(), "the IP's share is used up");
         assert!(m.register(now, Pid(1_000), SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 1), lease).is_some());
+        let later = now + lease;
+        assert_eq!(m.live(later).count(), 0, "every lease ran out");
+        assert!(m.by_addr.is_empty() && m.per_ip.is_empty(), "and the indices with them");
+        assert!(m.register(later, Pid(9_999), addr(9_999), lease).is_some(), "the IP has room again");
     }
 
     #[test]
