@@ -16,6 +16,8 @@ pub const ENTRY_IDLE_MS: u64 = 180_000;
 pub const SESSION_PAST_MS: u64 = 180_000;
 /// Sessions that begin further in the future than this are refused (clocks are in sync).
 pub const SESSION_FUTURE_MS: u64 = 60_000;
+/// One credential's processes hold at most this fraction (1/n) of a replay table.
+pub const CREDENTIAL_SHARE_DIVISOR: usize = 8;
 /// A frame of an older session this long after a newer one began to be heard means two
 /// processes use one pid.
 pub const DUPLICATE_AFTER_MS: u64 = 5_000;
@@ -126,6 +128,8 @@ pub enum Slot {
 pub struct ReplayTable<K> {
     entries: HashMap<Pid, Entry<K>>,
     max: usize,
+    /// The members' entries, per credential: none may hold more than its share of `max`.
+    per_credential: HashMap<Pid, usize>,
     /// Frames of an older session heard long after a newer one: two processes share a pid.
     pub duplicate_pid_alarms: u64,
 }
@@ -133,7 +137,12 @@ pub struct ReplayTable<K> {
 impl<K> ReplayTable<K> {
     /// A table of at most `max` senders.
     pub fn new(max: usize) -> Self {
-        ReplayTable { entries: HashMap::new(), max: max.max(1), duplicate_pid_alarms: 0 }
+        ReplayTable {
+            entries: HashMap::new(),
+            max: max.max(1),
+            per_credential: HashMap::new(),
+            duplicate_pid_alarms: 0,
+        }
     }
 
     /// The senders held.
@@ -180,6 +189,38 @@ impl<K> ReplayTable<K> {
         }
     }
 
+    /// Room for a new sender: members' entries are bounded in all and per credential (one
+    /// credential's many processes cannot lock the others out); servers, whose pids are
+    /// configured and few, always get one. Idle entries make room; live ones are never
+    /// evicted (their windows are what refuses replays).
+    fn make_room(&mut self, now_ms: u64, pid: Pid) -> Result<(), Refusal> {
+        if !pid.is_member() {
+            return Ok(());
+        }
+        let share = (self.max / CREDENTIAL_SHARE_DIVISOR).max(1);
+        let over = |t: &Self| {
+            t.entries.len() >= t.max || t.per_credential.get(&pid.credential()).copied().unwrap_or(0) >= share
+        };
+        if over(self) {
+            let per_credential = &mut self.per_credential;
+            self.entries.retain(|p, e| {
+                let live = e.last_used_ms.saturating_add(ENTRY_IDLE_MS) >= now_ms;
+                if !live && p.is_member() {
+                    if let Some(n) = per_credential.get_mut(&p.credential()) {
+                        *n -= 1;
+                    }
+                }
+                live
+            });
+            per_credential.retain(|_, n| *n > 0);
+            if over(self) {
+                return Err(Refusal::TableFull);
+            }
+        }
+        *self.per_credential.entry(pid.credential()).or_default() += 1;
+        Ok(())
+    }
+
     /// Records an authenticated frame in `slot` (as [`ReplayTable::check`] returned it just
     /// before); a new session brings `keys` and pushes the oldest out.
     pub fn admit(
@@ -191,11 +232,8 @@ impl<K> ReplayTable<K> {
         slot: Slot,
         keys: impl FnOnce() -> K,
     ) -> Result<(), Refusal> {
-        if !self.entries.contains_key(&pid) && self.entries.len() >= self.max {
-            self.entries.retain(|_, e| e.last_used_ms.saturating_add(ENTRY_IDLE_MS) >= now_ms);
-            if self.entries.len() >= self.max {
-                return Err(Refusal::TableFull);
-            }
+        if !self.entries.contains_key(&pid) {
+            self.make_room(now_ms, pid)?;
         }
         let fresh = |keys| SessionState { session, windows: Default::default(), first_heard_ms: now_ms, keys };
         let entry = match (self.entries.get_mut(&pid), slot) {
@@ -283,18 +321,38 @@ mod tests {
         assert_eq!(t.duplicate_pid_alarms, 1, "the older session still talking long after");
     }
 
+    /// A member pid of credential `c`, instance `i`.
+    fn member(c: u64, i: u64) -> Pid {
+        Pid(Pid::MEMBER | c << Pid::INSTANCE_BITS | i)
+    }
+
     #[test]
     fn a_full_table_refuses_new_senders_until_entries_go_idle() {
-        let mut t = ReplayTable::<()>::new(2);
+        let mut t = ReplayTable::<()>::new(2 * CREDENTIAL_SHARE_DIVISOR);
         let s = session(NOW, 1);
-        for pid in [1, 2] {
-            t.admit(NOW, Pid(pid), s, (0, 0), Slot::New, || ()).unwrap();
+        let credentials: Vec<u64> = (1..=CREDENTIAL_SHARE_DIVISOR as u64).collect();
+        for c in &credentials {
+            for i in 0..2 {
+                t.admit(NOW, member(*c, i), s, (0, 0), Slot::New, || ()).unwrap();
+            }
         }
-        assert_eq!(t.admit(NOW, Pid(3), s, (0, 0), Slot::New, || ()), Err(Refusal::TableFull));
-        t.admit(NOW, Pid(1), s, (0, 1), Slot::Newest, || ()).unwrap();
+        assert_eq!(t.admit(NOW, member(99, 0), s, (0, 0), Slot::New, || ()), Err(Refusal::TableFull));
+        assert_eq!(t.admit(NOW, Pid(3), s, (0, 0), Slot::New, || ()), Ok(()), "a server always gets an entry");
+        t.admit(NOW, member(1, 0), s, (0, 1), Slot::Newest, || ()).unwrap();
         let later = NOW + ENTRY_IDLE_MS + 1;
         let s2 = session(later, 1);
-        assert_eq!(t.admit(later, Pid(3), s2, (0, 0), Slot::New, || ()), Ok(()), "idle entries make room");
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.admit(later, member(99, 0), s2, (0, 0), Slot::New, || ()), Ok(()), "idle entries make room");
+        assert_eq!(t.len(), 1, "every idle entry, the server's too, made room");
+    }
+
+    #[test]
+    fn one_credential_holds_at_most_its_share() {
+        let mut t = ReplayTable::<()>::new(16 * CREDENTIAL_SHARE_DIVISOR);
+        let s = session(NOW, 1);
+        for i in 0..16 {
+            t.admit(NOW, member(1, i), s, (0, 0), Slot::New, || ()).unwrap();
+        }
+        assert_eq!(t.admit(NOW, member(1, 16), s, (0, 0), Slot::New, || ()), Err(Refusal::TableFull));
+        assert_eq!(t.admit(NOW, member(2, 0), s, (0, 0), Slot::New, || ()), Ok(()), "others still get in");
     }
 }
