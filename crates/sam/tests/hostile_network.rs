@@ -8,6 +8,7 @@
 
 mod hostile;
 
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -15,13 +16,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hostile::*;
 use sam_core::message::{
-    Accepted, Assign, Block, Commit, Data, Entries, Forgotten, Heartbeat, Order, OrderItem, PreVote, PreVoteGranted,
-    Prepare, Promise, PromisedSlot, Rejected,
+    Accepted, Assign, Block, Commit, Data, Entries, Fetch, FetchBlocks, Forgotten, Heartbeat, Order, OrderItem,
+    PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected,
 };
 use sam_core::wire::{encode_frame, register_frame};
-use sam_core::{Assigned, Channel, Digest, Entry, Epoch, Incarnation, Message, Mid, Pid, Seq, Slot, Source};
+use sam_core::{Assigned, Channel, Digest, Entry, Epoch, Incarnation, Message, Mid, Pid, Seq, SeqRange, Slot, Source};
+use sam_net::security::envelope::Header;
 use sam_net::security::keys::MEMBER_PIDS;
-use sam_node::config::{ClusterConfig, SecurityConfig};
+use sam_node::config::{ClusterConfig, Role, SecurityConfig, SecurityMode};
 
 /// Attacks 1, 2, 3a, 3b and 12 of issue 12 (DESIGN section 12, outsiders): a forged `Commit`
 /// for the next number with its `Data` and a heartbeat, and forged `Data` whose id names
@@ -601,4 +603,303 @@ fn a_member_credential_cannot_make_other_members_deliver_forgeries() {
     }
     s.ledger.add_sent(&stdout_of(victim.finish(Duration::from_secs(90))));
     s.assert_tails_deliver_only_legitimate_messages();
+}
+
+/// Attack "spoofed-source Fetch" of issue 12 (DESIGN section 12, "No reflection": a reply that
+/// may exceed 3× its request goes only to an address that echoed a cookie, a challenge is never
+/// larger than its request, and a credential never waives the cookie, since a member can spoof
+/// its source). After a legitimate `sam send` of 2,000 messages of 1,000 bytes (the data
+/// servers hold ~2 MB) and a checkpoint, an insider with a member credential of its own sends,
+/// from a raw socket with the source address of a victim's socket on 127.0.0.2, a few hundred
+/// sealed `Fetch`es (the ids it saw delivered, `nack_batch` per frame), `QueryEntries` for the
+/// whole range and `FetchBlocks` for the checkpoint's blocks. The victim gets only cookie
+/// challenges, each no larger than the smallest request, at most 3× the attacker's bytes. The
+/// control: the same requests from the insider's own socket, echoing the cookie each server
+/// granted it there, get the Data, entries and blocks — so the cookie is what stops the
+/// spoofed ones. And requests that carry that cookie, sealed afresh or replayed byte for byte,
+/// from spoofed sources (the victim's, and another port of 127.0.0.1) get nothing but
+/// challenges, and are served nowhere.
+#[test]
+fn spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data() {
+    const COUNT: usize = 2_000;
+    const BYTES: usize = 1_000;
+    let mut s = Scene::new(23_800, &["--checkpoint-every", "1500"]);
+    assert_eq!(s.config.security.mode, SecurityMode::Encrypt);
+    let args = ["send", "--count", &COUNT.to_string(), "--size", &BYTES.to_string()];
+    let printed = run_ok(s.cluster.sam(&args), Duration::from_secs(60));
+    assert_eq!(s.ledger.add_sent_sized(&printed, BYTES).len(), COUNT, "every message committed");
+    let delivered = s.early.wait_for(s.ledger.len(), Duration::from_secs(30));
+    let mids: Vec<Mid> = delivered
+        .iter()
+        .filter(|d| d.payload.len() == BYTES)
+        .map(|d| {
+            let (pid, incarnation, counter) = mid_parts(&d.mid);
+            Mid { source: Source { pid: Pid(pid), incarnation: Incarnation(incarnation) }, counter }
+        })
+        .collect();
+    assert_eq!(mids.len(), COUNT, "the insider saw every message delivered");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        let st = s.status();
+        if !st.checkpoint.is_null() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint was advertised: {st:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let checkpoint = Seq(st.checkpoint["seq"].as_u64().expect("the checkpoint's number"));
+    let blocks = u32::try_from(st.checkpoint["blocks"].as_u64().expect("the checkpoint's blocks")).expect("blocks");
+
+    // The requests (version 1 frames), each for the server that answers it.
+    let with_role = |role| s.config.servers.iter().filter(|c| c.roles.contains(role)).map(|c| c.id).collect::<Vec<_>>();
+    let nack_batch = s.config.protocol.nack_batch;
+    let mut requests: Vec<(Pid, Bytes)> = Vec::new();
+    for server in with_role(Role::Data) {
+        for chunk in mids.chunks(nack_batch) {
+            requests.push((server, encode_frame(&[Message::Fetch(Fetch { mids: chunk.to_vec() })])));
+        }
+    }
+    let whole = SeqRange { first: Seq(1), last: Seq(st.committed) };
+    let mut queries = vec![whole];
+    queries.extend(
+        (1..=st.committed)
+            .step_by(nack_batch)
+            .map(|first| SeqRange { first: Seq(first), last: Seq((first + nack_batch as u64 - 1).min(st.committed)) }),
+    );
+    for server in with_role(Role::Commit) {
+        for range in &queries {
+            requests.push((server, encode_frame(&[Message::QueryEntries(QueryEntries { ranges: vec![*range] })])));
+        }
+    }
+    for server in with_role(Role::Checkpoint) {
+        let fetch = FetchBlocks { seq: checkpoint, blocks: (0..blocks).collect() };
+        requests.push((server, encode_frame(&[Message::FetchBlocks(fetch)])));
+    }
+    let targeted: HashSet<Pid> = requests.iter().map(|(p, _)| *p).collect();
+
+    // 1: spoofed from the victim's address, before the insider holds any cookie.
+    let mut mallory = Mallory::new(&s.cluster, "mallory", None);
+    let mut spoofer = Spoofer::new();
+    let victim = Inbox::bind(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 0));
+    let sent = spoof(&mut mallory, &mut spoofer, victim.addr(), &requests, 10);
+    let got = Answers::of(&victim.settle(Duration::from_millis(300), Duration::from_secs(3)));
+    eprintln!(
+        "spoofed: the attacker sent {} requests, {} bytes (smallest {}); the victim received {} datagrams, {} bytes \
+         ({} challenges, largest {} bytes)",
+        sent.datagrams, sent.bytes, sent.smallest, got.datagrams, got.bytes, got.challenges, got.largest
+    );
+    assert!(sent.datagrams >= 200, "a few hundred spoofed requests: {}", sent.datagrams);
+    got.assert_only_challenges(&sent, "the victim of spoofed requests");
+    assert_eq!(got.challengers, targeted, "every server challenged the spoofed requests (they reached it)");
+
+    // 2, the control: the same requests from the insider's own socket, which echoes the cookie.
+    let own = Inbox::on(mallory.attacker.socket().try_clone().expect("another handle on the insider's socket"));
+    let mut control_sent = 0;
+    let mut received = Vec::new();
+    for server in &targeted {
+        let (_, frame) = requests.iter().find(|(p, _)| p == server).expect("a request for the server");
+        let sealed = mallory.seal_frame(To::Server(*server), frame);
+        assert!(Header::decode(&sealed).expect("a sealed frame").cookie.is_none());
+        control_sent += sealed.len();
+        mallory.attacker.send(To::Server(*server), &sealed);
+    }
+    let mut cookied = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while cookied.len() < targeted.len() {
+        assert!(Instant::now() < deadline, "challenges came from {cookied:?} only, of {targeted:?}");
+        for datagram in own.take() {
+            if is_challenge(&datagram) {
+                let (server, again) = mallory.take_challenge(&datagram).expect("a challenge that opens");
+                if cookied.insert(server) {
+                    let again = again.expect("the challenged request, sealed again with the cookie");
+                    assert!(Header::decode(&again).expect("a sealed frame").cookie.is_some());
+                    control_sent += again.len();
+                    mallory.attacker.send(To::Server(server), &again);
+                }
+            }
+            received.push(datagram);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut served = Vec::new();
+    for (i, (server, frame)) in requests.iter().enumerate() {
+        let sealed = mallory.seal_frame(To::Server(*server), frame);
+        assert!(Header::decode(&sealed).expect("a sealed frame").cookie.is_some(), "the cookie goes along");
+        control_sent += sealed.len();
+        mallory.attacker.send(To::Server(*server), &sealed);
+        served.push((*server, sealed));
+        if i % 2 == 1 {
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+    received.extend(own.settle(Duration::from_millis(300), Duration::from_secs(5)));
+    let control = Replies::of(&mut mallory, &received);
+    eprintln!(
+        "control: the insider sent {control_sent} bytes from its own socket and received {} datagrams, {} bytes: \
+         {} Data ({} payload bytes), {} entries, {} blocks, {} challenges",
+        received.len(),
+        control.bytes,
+        control.data,
+        control.data_bytes,
+        control.entries,
+        control.blocks,
+        control.challenges
+    );
+    assert!(control.data > 0 && control.entries > 0 && control.blocks > 0, "the echoed cookie is served: {control:?}");
+    assert!(control.bytes > 3 * control_sent, "answered in full, the requests amplify: {control:?}");
+
+    // 3: requests that carry the insider's cookie, from spoofed sources: sealed afresh from the
+    // victim's address and from another port of 127.0.0.1, and the served ones replayed.
+    let other = Inbox::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+    let mut replay_sent = Sent::default();
+    for from in [victim.addr(), other.addr()] {
+        replay_sent.add(&spoof(&mut mallory, &mut spoofer, from, &requests, 2));
+    }
+    for (server, datagram) in &served {
+        spoofer.send(victim.addr(), mallory.attacker.address(To::Server(*server)), datagram);
+        replay_sent.add(&Sent { datagrams: 1, bytes: datagram.len(), smallest: datagram.len() });
+    }
+    let quiet = Duration::from_millis(300);
+    let at_victim = Answers::of(&victim.settle(quiet, Duration::from_secs(3)));
+    let at_other = Answers::of(&other.settle(quiet, Duration::from_secs(3)));
+    let at_own = Replies::of(&mut mallory, &own.settle(quiet, Duration::from_secs(3)));
+    eprintln!(
+        "cookie replayed: the attacker sent {} requests, {} bytes; the victim received {} bytes ({} challenges), \
+         the other address {} bytes ({} challenges), the insider's own socket {:?}",
+        replay_sent.datagrams,
+        replay_sent.bytes,
+        at_victim.bytes,
+        at_victim.challenges,
+        at_other.bytes,
+        at_other.challenges,
+        at_own
+    );
+    at_victim.assert_only_challenges(&replay_sent, "the victim of requests with a replayed cookie");
+    at_other.assert_only_challenges(&replay_sent, "another port given a replayed cookie");
+    assert!(at_victim.bytes + at_other.bytes <= 3 * replay_sent.bytes);
+    assert_eq!(at_victim.challengers, targeted, "the cookie was refused from the victim's address");
+    assert_eq!(at_other.challengers, targeted, "the cookie was refused from another port");
+    assert_eq!(
+        (at_own.data, at_own.entries, at_own.blocks),
+        (0, 0, 0),
+        "requests from a spoofed source were served to the insider's own address: {at_own:?}"
+    );
+    s.assert_unharmed("spoofed requests");
+}
+
+/// What an attacker sent.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sent {
+    datagrams: usize,
+    bytes: usize,
+    /// The smallest datagram.
+    smallest: usize,
+}
+
+impl Sent {
+    fn add(&mut self, other: &Sent) {
+        self.smallest = if self.datagrams == 0 { other.smallest } else { self.smallest.min(other.smallest) };
+        self.datagrams += other.datagrams;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Sends `requests`, `rounds` times, each sealed afresh by `mallory` (with whatever cookie its
+/// sealer holds for the server), from the spoofed source `from`.
+fn spoof(
+    mallory: &mut Mallory,
+    spoofer: &mut Spoofer,
+    from: SocketAddrV4,
+    requests: &[(Pid, Bytes)],
+    rounds: usize,
+) -> Sent {
+    let mut sent = Sent::default();
+    for _ in 0..rounds {
+        for (server, frame) in requests {
+            let sealed = mallory.seal_frame(To::Server(*server), frame);
+            spoofer.send(from, mallory.attacker.address(To::Server(*server)), &sealed);
+            sent.add(&Sent { datagrams: 1, bytes: sealed.len(), smallest: sealed.len() });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sent
+}
+
+/// What a socket that sent nothing received.
+#[derive(Debug, Default)]
+struct Answers {
+    datagrams: usize,
+    bytes: usize,
+    challenges: usize,
+    /// The largest datagram.
+    largest: usize,
+    /// Datagrams that are no challenges.
+    others: usize,
+    /// The servers that sent challenges.
+    challengers: HashSet<Pid>,
+}
+
+impl Answers {
+    fn of(datagrams: &[Vec<u8>]) -> Answers {
+        let mut a = Answers { datagrams: datagrams.len(), ..Answers::default() };
+        for d in datagrams {
+            a.bytes += d.len();
+            a.largest = a.largest.max(d.len());
+            if is_challenge(d) {
+                a.challenges += 1;
+                a.challengers.insert(Header::decode(d).expect("a challenge's header").pid);
+            } else {
+                a.others += 1;
+            }
+        }
+        a
+    }
+
+    fn assert_only_challenges(&self, sent: &Sent, who: &str) {
+        assert_eq!(self.others, 0, "{who} received {} datagrams that are no challenges: {self:?}", self.others);
+        assert!(self.largest <= sent.smallest, "{who} received a datagram larger than any request: {self:?}");
+        assert!(self.bytes <= 3 * sent.bytes, "{who} received {} bytes for {} sent", self.bytes, sent.bytes);
+    }
+}
+
+/// What the insider's own socket received, opened.
+#[derive(Debug, Default)]
+struct Replies {
+    bytes: usize,
+    challenges: usize,
+    data: usize,
+    data_bytes: usize,
+    entries: usize,
+    blocks: usize,
+    /// Datagrams that did not open.
+    unopened: usize,
+}
+
+impl Replies {
+    fn of(mallory: &mut Mallory, datagrams: &[Vec<u8>]) -> Replies {
+        let mut r = Replies::default();
+        for d in datagrams {
+            r.bytes += d.len();
+            if is_challenge(d) {
+                r.challenges += 1;
+                continue;
+            }
+            let Some(msgs) = mallory.open(d) else {
+                r.unopened += 1;
+                continue;
+            };
+            for msg in msgs {
+                match msg {
+                    Message::Data(data) => {
+                        r.data += 1;
+                        r.data_bytes += data.payload.len();
+                    }
+                    Message::Entries(e) => r.entries += e.slots.len(),
+                    Message::Block(_) => r.blocks += 1,
+                    _ => {}
+                }
+            }
+        }
+        r
+    }
 }

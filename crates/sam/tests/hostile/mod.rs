@@ -392,12 +392,17 @@ impl Ledger {
     /// Notes what a `sam send --count N --size SIZE` printed (`seq mid` per line); its
     /// `(seq, mid)`s.
     pub fn add_sent(&mut self, printed: &str) -> Vec<(u64, String)> {
+        self.add_sent_sized(printed, SIZE)
+    }
+
+    /// Notes what a `sam send --count N --size SIZE` printed, for messages of `size` bytes.
+    pub fn add_sent_sized(&mut self, printed: &str, size: usize) -> Vec<(u64, String)> {
         let mut sent = Vec::new();
         for line in printed.lines() {
             let (seq, mid) = line.split_once(' ').expect("`seq mid` from sam send");
             let seq: u64 = seq.parse().expect("a number from sam send");
             let (_, _, counter) = mid_parts(mid);
-            let payload = generated(counter - 1, SIZE);
+            let payload = generated(counter - 1, size);
             let before = self.by_seq.insert(seq, (mid.to_owned(), payload));
             assert!(before.is_none(), "number {seq} was committed twice to senders: {before:?} and {mid}");
             sent.push((seq, mid.to_owned()));
@@ -630,6 +635,11 @@ impl Attacker {
         }
     }
 
+    /// Its socket (to receive what the cluster answers it).
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
     /// Sends one datagram to `to`.
     pub fn send(&self, to: To, datagram: &[u8]) {
         send_to(&self.socket, self.address(to), datagram);
@@ -813,6 +823,7 @@ fn server_keys(config: &ClusterConfig) -> Vec<(Pid, ServerKeys)> {
 /// library's sealer.
 pub struct Mallory {
     sealer: Sealer,
+    opener: Opener,
     /// Its pid: one of its credential's.
     pub pid: Pid,
     /// The attacker's socket, to send from.
@@ -848,8 +859,9 @@ impl Mallory {
             keys: Some(Arc::new(ring)),
             ..SecurityPlan::off(config.cluster_id, servers)
         };
+        let opener = Opener::new(plan.clone(), None);
         let sealer = Sealer::new(plan, pid).expect("a sealer for the member credential");
-        Mallory { sealer, pid, attacker: Attacker::new(&config) }
+        Mallory { sealer, opener, pid, attacker: Attacker::new(&config) }
     }
 
     /// `frame` (a version 1 frame) sealed for `to`.
@@ -859,6 +871,36 @@ impl Mallory {
             To::Server(pid) => SealFor::Pid(pid),
         };
         self.sealer.seal(dest, frame)
+    }
+
+    /// Takes a cookie challenge as the library's reader does (`note_challenge`): the datagram
+    /// must open with the member's keys and be a challenge (flag bits 0 and 1, the cookie after
+    /// the 54-byte header, no payload); the cookie goes to the sealer (`Sealer::set_cookie`), so
+    /// that frames to that server carry it from now on. The server, and the last frame sealed
+    /// for it without a cookie (a request it challenged, not served), sealed again with the
+    /// cookie, to send again; `None` for anything but a challenge that opens.
+    pub fn take_challenge(&mut self, datagram: &[u8]) -> Option<(Pid, Option<Bytes>)> {
+        let opened = self.opener.open(sam_net::security::now_ms(), &Bytes::copy_from_slice(datagram)).ok()?;
+        let (true, Some(cookie)) = (opened.header.challenge, opened.header.cookie) else { return None };
+        let server = opened.header.pid;
+        Some((server, self.sealer.set_cookie(server, cookie)))
+    }
+
+    /// The messages of a sealed frame that opens with the member's keys and is no challenge.
+    pub fn open(&mut self, datagram: &[u8]) -> Option<Vec<Message>> {
+        let opened = self.opener.open(sam_net::security::now_ms(), &Bytes::copy_from_slice(datagram)).ok()?;
+        if opened.header.challenge {
+            return None;
+        }
+        // A frame to one process without a cookie for it is padded with zeros after its
+        // payload frame (see `security::envelope`): the payload frame's own length says where.
+        let payload = opened.payload;
+        let declared = payload.get(4..8).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)?;
+        let end = (sam_core::wire::HEADER_LEN + declared).min(payload.len());
+        match sam_core::wire::decode_datagram(&payload.slice(..end)).ok()?.body {
+            sam_core::wire::Body::Messages(msgs) => Some(msgs),
+            _ => None,
+        }
     }
 
     /// Seals `msgs` for each of `dests` and sends them there.
@@ -968,6 +1010,145 @@ impl Drop for Sniffer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spoofed sources
+// ---------------------------------------------------------------------------------------------
+
+/// The flags byte of a sealed frame that is a cookie challenge (bits 0 and 1; see
+/// `sam_net::security::envelope`).
+pub fn is_challenge(datagram: &[u8]) -> bool {
+    datagram.len() >= 54 + 16 && datagram.get(..3) == Some(&b"SM\x02"[..]) && datagram[3] & 3 == 3
+}
+
+/// A raw IPv4 socket (it needs root, or `CAP_NET_RAW`) that sends UDP datagrams from any
+/// source address: the IPv4 and UDP headers are built by hand, the UDP checksum left 0 (none,
+/// which IPv4 allows).
+pub struct Spoofer {
+    socket: socket2::Socket,
+    id: u16,
+}
+
+impl Spoofer {
+    /// Opens the raw socket.
+    pub fn new() -> Spoofer {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
+            .expect("a raw IPv4 socket (the spoofing tests run as root)");
+        Spoofer { socket, id: 1 }
+    }
+
+    /// Sends `payload` to `to` as a UDP datagram whose source is `from`.
+    pub fn send(&mut self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
+        let udp_len = u16::try_from(8 + payload.len()).expect("a payload that fits a UDP datagram");
+        let total = u16::try_from(20 + usize::from(udp_len)).expect("a payload that fits an IPv4 packet");
+        let mut packet = Vec::with_capacity(usize::from(total));
+        packet.extend_from_slice(&[0x45, 0]);
+        packet.extend_from_slice(&total.to_be_bytes());
+        packet.extend_from_slice(&self.id.to_be_bytes());
+        self.id = self.id.wrapping_add(1).max(1);
+        packet.extend_from_slice(&[0, 0, 64, 17, 0, 0]);
+        packet.extend_from_slice(&from.ip().octets());
+        packet.extend_from_slice(&to.ip().octets());
+        let sum = packet.chunks(2).fold(0u32, |sum, w| sum + u32::from(u16::from_be_bytes([w[0], w[1]])));
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let checksum = !((sum & 0xffff) + (sum >> 16)) as u16;
+        packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+        packet.extend_from_slice(&from.port().to_be_bytes());
+        packet.extend_from_slice(&to.port().to_be_bytes());
+        packet.extend_from_slice(&udp_len.to_be_bytes());
+        packet.extend_from_slice(&[0, 0]);
+        packet.extend_from_slice(payload);
+        let dest = socket2::SockAddr::from(SocketAddrV4::new(*to.ip(), 0));
+        for _ in 0..200 {
+            match self.socket.send_to(&packet, &dest) {
+                Ok(n) if n == packet.len() => return,
+                Ok(n) => panic!("the raw socket sent {n} of {} bytes", packet.len()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("send a spoofed datagram from {from} to {to}: {e}"),
+            }
+        }
+        panic!("the kernel kept refusing a spoofed datagram to {to}");
+    }
+}
+
+/// A UDP socket whose datagrams a thread of its own keeps as they arrive, so that a burst does
+/// not overflow the socket's buffer while the test is busy sending.
+pub struct Inbox {
+    addr: SocketAddrV4,
+    heard: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Inbox {
+    /// A new socket bound to `addr` (with the large buffers `sam_net::socket` asks for).
+    pub fn bind(addr: SocketAddrV4) -> Inbox {
+        Inbox::on(std_socket(|| sam_net::socket::unicast(addr, None)))
+    }
+
+    /// Keeps what arrives on `socket` (or another handle on it).
+    pub fn on(socket: UdpSocket) -> Inbox {
+        let addr = match socket.local_addr().expect("a bound socket") {
+            std::net::SocketAddr::V4(a) => a,
+            other => panic!("not an IPv4 socket: {other}"),
+        };
+        socket.set_read_timeout(Some(Duration::from_millis(20))).expect("a read timeout");
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (heard, stop) = (heard.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 70_000];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((len, _)) = socket.recv_from(&mut buf) {
+                        heard.lock().unwrap_or_else(|e| e.into_inner()).push(buf[..len].to_vec());
+                    }
+                }
+            })
+        };
+        Inbox { addr, heard, stop, thread: Some(thread) }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddrV4 {
+        self.addr
+    }
+
+    /// What arrived since the last call.
+    pub fn take(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.heard.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// What arrived since the last call, once nothing more arrived for `quiet` (at most
+    /// `limit` from now).
+    pub fn settle(&self, quiet: Duration, limit: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + limit;
+        let mut seen = usize::MAX;
+        let mut since = Instant::now();
+        while Instant::now() < deadline {
+            let now = self.heard.lock().unwrap_or_else(|e| e.into_inner()).len();
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            } else if since.elapsed() >= quiet {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.take()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
