@@ -29,19 +29,17 @@
 //!
 //! # Flags
 //!
-//! The flags byte is either [`FLAG_REGISTER`] (`8`) alone, or any combination of these bits
-//! but global with relayed (a relayed frame is never relayed again); a decoder rejects every
-//! other value:
+//! The flags byte is either [`FLAG_REGISTER`] (`8`) alone, or any combination of these bits;
+//! a decoder rejects every other value (`4`, the relayed flag of earlier versions, included):
 //!
 //! | bit | name              | meaning                                                          |
 //! |-----|-------------------|------------------------------------------------------------------|
 //! | `1` | [`FLAG_FRAGMENT`] | the body is one fragment of a message (below), not messages     |
 //! | `2` | [`FLAG_GLOBAL`]   | unicast mode: sent on the global channel, to be relayed          |
-//! | `4` | [`FLAG_RELAYED`]  | unicast mode: relayed; the body starts with the origin's pid (a varint), then holds what the flags say |
 //!
 //! In unicast mode (DESIGN section 7) a member registers with one data server, which relays
-//! to it every frame it receives flagged global, flagged relayed instead and prefixed with the
-//! pid of the process it came from (a receiver believes that pid only from a data server). A
+//! to it every frame it receives flagged global, byte for byte inside the sealed frame's relay
+//! envelope (`sam_net::security::envelope`: the sealed header names the sender). A
 //! *register* frame's body is one varint: the lease in milliseconds a member asks for, or the
 //! one a data server grants in reply, then any number of zero bytes: padding, so that a
 //! registration is never shorter than the cookie challenge a relay may answer it with.
@@ -209,13 +207,9 @@ pub const HEADER_LEN: usize = 12;
 pub const FLAG_FRAGMENT: u8 = 1;
 /// Frame flag (unicast mode): sent on the global channel; a data server relays it.
 pub const FLAG_GLOBAL: u8 = 2;
-/// Frame flag (unicast mode): relayed by a data server; the body starts with the origin's pid.
-pub const FLAG_RELAYED: u8 = 4;
 /// Frame flags value, alone (unicast mode): a member's registration, or a data server's
 /// grant; the body is the lease in milliseconds.
 pub const FLAG_REGISTER: u8 = 8;
-/// The most bytes relaying adds to a frame: the origin's pid.
-pub const RELAY_OVERHEAD: usize = MAX_VARINT_LEN;
 
 /// The longest fragment header (series, index and count as varints).
 pub const FRAGMENT_HEADER_MAX: usize = 10 + 5 + 5;
@@ -262,7 +256,7 @@ pub enum DecodeError {
         /// The series' length.
         count: u32,
     },
-    /// A fragment, relayed, global or register frame came where plain messages were expected.
+    /// A fragment, global or register frame came where plain messages were expected.
     #[error("a frame with flags where plain messages were expected")]
     NotPlain,
     /// The header's body length is not the number of bytes after the header.
@@ -815,19 +809,6 @@ pub fn encode_fragments(msg: &Message, series: u64, max_datagram: usize, flags: 
     Ok(frames)
 }
 
-/// The frame a data server passes on to its members for `frame`, a valid frame flagged
-/// [`FLAG_GLOBAL`] that came from `origin`: flagged relayed instead, its body prefixed with
-/// the origin's pid ([`RELAY_OVERHEAD`] bytes at most).
-pub fn relay_frame(frame: &[u8], origin: Pid) -> Bytes {
-    let flags = frame.get(3).copied().unwrap_or(0);
-    let body = frame.get(HEADER_LEN..).unwrap_or(&[]);
-    let mut buf = BytesMut::with_capacity(frame.len() + RELAY_OVERHEAD);
-    start_frame(&mut buf);
-    buf.varint(origin.0);
-    buf.extend_from_slice(body);
-    seal_with(&mut buf, (flags & FLAG_FRAGMENT) | FLAG_RELAYED)
-}
-
 /// The zero bytes a register frame carries after its lease.
 pub const REGISTER_PADDING: usize = 16;
 
@@ -1191,8 +1172,6 @@ pub struct Fragment {
 pub struct Datagram {
     /// Sent on the global channel in unicast mode ([`FLAG_GLOBAL`]): a data server relays it.
     pub global: bool,
-    /// Relayed: the process it came from, as the relay says ([`FLAG_RELAYED`]).
-    pub origin: Option<Pid>,
     /// Its contents.
     pub body: Body,
 }
@@ -1219,7 +1198,7 @@ pub enum Body {
 /// Any [`DecodeError`] ([`DecodeError::NotPlain`] for any other frame); never panics.
 pub fn decode_frame(frame: &Bytes) -> Result<Vec<Message>, DecodeError> {
     match decode_datagram(frame)? {
-        Datagram { global: false, origin: None, body: Body::Messages(msgs) } => Ok(msgs),
+        Datagram { global: false, body: Body::Messages(msgs) } => Ok(msgs),
         _ => Err(DecodeError::NotPlain),
     }
 }
@@ -1239,9 +1218,8 @@ pub fn decode_datagram(frame: &Bytes) -> Result<Datagram, DecodeError> {
     if version != VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    let unknown = flags & !(FLAG_FRAGMENT | FLAG_GLOBAL | FLAG_RELAYED) != 0;
-    let relayed_again = flags & (FLAG_GLOBAL | FLAG_RELAYED) == FLAG_GLOBAL | FLAG_RELAYED;
-    if flags != FLAG_REGISTER && (unknown || relayed_again) {
+    let unknown = flags & !(FLAG_FRAGMENT | FLAG_GLOBAL) != 0;
+    if flags != FLAG_REGISTER && unknown {
         return Err(DecodeError::UnknownFlags(flags));
     }
     let declared = u32::from_le_bytes([l0, l1, l2, l3]);
@@ -1260,18 +1238,17 @@ pub fn decode_datagram(frame: &Bytes) -> Result<Datagram, DecodeError> {
         let lease_ms = r.varint()?;
         let padding = body.get(r.pos..).unwrap_or_default();
         return match padding.iter().filter(|b| **b != 0).count() {
-            0 => Ok(Datagram { global: false, origin: None, body: Body::Register { lease_ms } }),
+            0 => Ok(Datagram { global: false, body: Body::Register { lease_ms } }),
             unread => Err(DecodeError::FrameTrailing { unread }),
         };
     }
-    let origin = if flags & FLAG_RELAYED != 0 { Some(Pid(r.varint()?)) } else { None };
     let rest = body.slice(r.pos..);
     let contents = if flags & FLAG_FRAGMENT != 0 {
         Body::Fragment(decode_fragment(&rest)?)
     } else {
         Body::Messages(decode_body(&rest)?)
     };
-    Ok(Datagram { global: flags & FLAG_GLOBAL != 0, origin, body: contents })
+    Ok(Datagram { global: flags & FLAG_GLOBAL != 0, body: contents })
 }
 
 fn decode_fragment(body: &Bytes) -> Result<Fragment, DecodeError> {
@@ -1709,13 +1686,13 @@ mod tests {
         assert_eq!(with(&|v| v[14] = 0), Err(DecodeError::BadFragment { index: 0, count: 0 }));
         assert_eq!(with(&|v| v[3] = 16), Err(DecodeError::UnknownFlags(16)));
         assert_eq!(with(&|v| v[3] = FLAG_REGISTER | FLAG_GLOBAL), Err(DecodeError::UnknownFlags(10)));
-        assert_eq!(with(&|v| v[3] = FLAG_GLOBAL | FLAG_RELAYED), Err(DecodeError::UnknownFlags(6)));
+        assert_eq!(with(&|v| v[3] = FLAG_GLOBAL | 4), Err(DecodeError::UnknownFlags(6)), "the old relayed flag");
     }
 
-    /// Unicast mode: a global frame relayed keeps its contents and names its origin; a
-    /// relayed fragment stays a fragment; a register frame carries its lease.
+    /// Unicast mode: a global frame says so and keeps its contents, also as fragments; a
+    /// register frame carries its lease.
     #[test]
-    fn relayed_and_register_frames() {
+    fn global_and_register_frames() {
         let data = Message::Data(Data {
             mid: Mid { source: Source { pid: Pid(1), incarnation: Incarnation(2) }, counter: 3 },
             ts: Seq(0),
@@ -1725,20 +1702,13 @@ mod tests {
         assert_eq!(packer.push(&data), Ok(None));
         let global = packer.finish().expect("a frame");
         let decoded = decode_datagram(&global).expect("decodes");
-        assert_eq!(decoded, Datagram { global: true, origin: None, body: Body::Messages(vec![data.clone()]) });
+        assert_eq!(decoded, Datagram { global: true, body: Body::Messages(vec![data.clone()]) });
         assert_eq!(decode_frame(&global), Err(DecodeError::NotPlain), "not a plain frame");
-        let relayed = relay_frame(&global, Pid(u64::MAX));
-        assert!(relayed.len() <= global.len() + RELAY_OVERHEAD);
-        let decoded = decode_datagram(&relayed).expect("decodes");
-        assert_eq!(
-            decoded,
-            Datagram { global: false, origin: Some(Pid(u64::MAX)), body: Body::Messages(vec![data.clone()]) }
-        );
 
         let fragments = encode_fragments(&data, 9, 64, FLAG_GLOBAL).expect("fragments");
-        let relayed = decode_datagram(&relay_frame(&fragments[1], Pid(5))).expect("decodes");
-        assert_eq!(relayed.origin, Some(Pid(5)));
-        assert!(matches!(relayed.body, Body::Fragment(Fragment { series: 9, index: 1, .. })));
+        let fragment = decode_datagram(&fragments[1]).expect("decodes");
+        assert!(fragment.global);
+        assert!(matches!(fragment.body, Body::Fragment(Fragment { series: 9, index: 1, .. })));
 
         let register = decode_datagram(&register_frame(3_000)).expect("decodes");
         assert_eq!(register.body, Body::Register { lease_ms: 3_000 });

@@ -281,7 +281,7 @@ impl Task {
         decoded: &Datagram,
     ) -> Result<(), Dropped> {
         let pid = opened.header.pid;
-        if decoded.origin.is_some() || (relayed && !decoded.global) {
+        if relayed && !decoded.global {
             // Relays pass on global frames only, in an envelope, never rewritten.
             return Err(Dropped::Malformed);
         }
