@@ -63,7 +63,7 @@ pub struct DataServer {
     /// The highest committed prefix heard in a heartbeat.
     committed: Seq,
     /// Uncommitted payload bytes held, per sender credential and in all.
-    uncommitted_by_pid: FxHashMap<Pid, usize>,
+    uncommitted_by_credential: FxHashMap<Pid, usize>,
     /// The counted messages by the end of their lifetime: uncounted once the committed
     /// prefix passes it.
     expiring: std::collections::BTreeMap<Seq, Vec<Mid>>,
@@ -87,7 +87,7 @@ impl DataServer {
             checkpoint: None,
             floor: Seq::ZERO,
             committed: Seq::ZERO,
-            uncommitted_by_pid: FxHashMap::default(),
+            uncommitted_by_credential: FxHashMap::default(),
             expiring: std::collections::BTreeMap::new(),
             uncommitted_bytes: 0,
             refused: 0,
@@ -108,7 +108,7 @@ impl DataServer {
     /// Counts `len` uncommitted bytes of `pid`'s credential in (`held`) or out.
     fn account(&mut self, pid: Pid, len: usize, held: bool) {
         let pid = pid.credential();
-        let of_pid = self.uncommitted_by_pid.entry(pid).or_default();
+        let of_pid = self.uncommitted_by_credential.entry(pid).or_default();
         if held {
             *of_pid += len;
             self.uncommitted_bytes += len;
@@ -117,7 +117,7 @@ impl DataServer {
             *of_pid -= len;
             self.uncommitted_bytes -= len;
             if *of_pid == 0 {
-                self.uncommitted_by_pid.remove(&pid);
+                self.uncommitted_by_credential.remove(&pid);
             }
         }
     }
@@ -125,11 +125,11 @@ impl DataServer {
     /// Whether a new message fits the bounds.
     fn admits(&self, data: &Data) -> bool {
         let len = held_cost(&data.payload);
-        let of_sender = self.uncommitted_by_pid.get(&data.mid.source.pid.credential()).copied().unwrap_or(0);
+        let of_sender = self.uncommitted_by_credential.get(&data.mid.source.pid.credential()).copied().unwrap_or(0);
         let numberable =
             data.ts <= self.committed.plus(self.cfg.max_lifetime) && self.cfg.lifetime_end(data.ts) > self.committed;
         let total_cap = self.cfg.data_uncommitted_bytes_max;
-        let fair_share = total_cap / (self.uncommitted_by_pid.len() + 1);
+        let fair_share = total_cap / (self.uncommitted_by_credential.len() + 1);
         let total = self.uncommitted_bytes + len;
         let room = total <= total_cap || (of_sender + len <= fair_share && total <= 2 * total_cap);
         numberable && of_sender + len <= self.cfg.data_sender_bytes_max && room

@@ -27,7 +27,6 @@ use crate::reassembly::Reassembly;
 use crate::relay::{Members, Registration};
 use crate::security::cookie::{CookieJar, Echo};
 use crate::security::envelope::{relay_envelope, unwrap_relayed, Mode, RELAY_ENVELOPE_LEN, SEAL_OVERHEAD};
-use crate::security::keys::is_member_pid;
 use crate::security::replay::Refusal;
 use crate::security::{now_ms, Authority, Dropped, Opened, Opener, SealFor, Sealer, SecurityPlan};
 
@@ -235,7 +234,7 @@ impl Task {
         }
         let (pid, now) = (opened.header.pid, now_ms());
         let echo = self.reader.cookies.check(now, addr, pid, opened.header.cookie.as_ref());
-        if echo != Echo::Missing && is_member_pid(pid) {
+        if echo != Echo::Missing && pid.is_member() {
             // Proven to receive there: answers go there from now on.
             self.reader.peers.learn(pid, addr, Instant::now(), true);
         }
@@ -293,7 +292,7 @@ impl Task {
             return Ok(());
         }
         let peers = &self.reader.peers;
-        if is_member_pid(pid) {
+        if pid.is_member() {
             if !peers.learn(pid, addr, Instant::now(), false) {
                 NetStats::add(&self.reader.stats.members_unlearned);
             }
@@ -319,7 +318,7 @@ impl Task {
 
     /// Grants a member's registration (a data server), or notes the grant (a member).
     async fn register(&mut self, pid: Pid, addr: SocketAddrV4, lease_ms: u64) {
-        if !matches!(self.unicast, Unicast::Relay) || !is_member_pid(pid) {
+        if !matches!(self.unicast, Unicast::Relay) || !pid.is_member() {
             return;
         }
         if let Some(lease) = self.members.register(Instant::now(), pid, addr, Duration::from_millis(lease_ms)) {

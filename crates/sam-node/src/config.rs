@@ -847,22 +847,20 @@ pub enum SecurityMode {
 }
 
 impl SecurityMode {
-    /// Its byte on the wire (bound into every seal).
-    pub fn code(self) -> u8 {
+    /// The network driver's mode: what seals and opens frames (its byte is bound into every
+    /// seal).
+    pub fn wire(self) -> sam_net::security::envelope::Mode {
+        use sam_net::security::envelope::Mode;
         match self {
-            SecurityMode::Off => 0,
-            SecurityMode::Authenticate => 1,
-            SecurityMode::Encrypt => 2,
+            SecurityMode::Off => Mode::Off,
+            SecurityMode::Authenticate => Mode::Authenticate,
+            SecurityMode::Encrypt => Mode::Encrypt,
         }
     }
 
     /// Its name in the file.
     pub fn name(self) -> &'static str {
-        match self {
-            SecurityMode::Off => "off",
-            SecurityMode::Authenticate => "authenticate",
-            SecurityMode::Encrypt => "encrypt",
-        }
+        self.wire().name()
     }
 }
 
@@ -2015,7 +2013,7 @@ mode = "off"
         refused_naming(&with_security(Some("mode = \"none\"")), "security.mode");
         refused_naming(&with_security(Some("mode = \"off\"\nserver_keys = \"s\"")), "security.server_keys");
         assert_eq!(
-            [SecurityMode::Off, SecurityMode::Authenticate, SecurityMode::Encrypt].map(SecurityMode::code),
+            [SecurityMode::Off, SecurityMode::Authenticate, SecurityMode::Encrypt].map(|m| m.wire().code()),
             [0, 1, 2]
         );
     }

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sam_core::{Channel, DeliverFrom, Incarnation, KvTable, Pid, StateMachine};
-use sam_net::security::envelope::Mode;
 use sam_net::security::keys::{Keyring, MEMBER_INSTANCE_BITS, MEMBER_PIDS};
 use sam_net::security::{SecurityPlan, ServerKeys, REPLAY_SENDERS_DEFAULT};
 use sam_net::{Group, NetPlan, RelayRole, TransportPlan, UnicastPlan};
 
-use crate::config::{ClusterConfig, ConfigError, KeyUser, Role, SecurityMode, Transport};
+use crate::config::{ClusterConfig, ConfigError, KeyUser, Role, Transport};
 use crate::node::{NodeSpec, StorageStart};
 
 /// Why a process of the cluster cannot be launched.
@@ -69,13 +68,8 @@ fn security_plan(cluster: &ClusterConfig, keys: Option<Keyring>, session_file: O
             (s.id, keys)
         })
         .collect();
-    let mode = match cluster.security.mode {
-        SecurityMode::Off => Mode::Off,
-        SecurityMode::Authenticate => Mode::Authenticate,
-        SecurityMode::Encrypt => Mode::Encrypt,
-    };
     SecurityPlan {
-        mode,
+        mode: cluster.security.mode.wire(),
         cluster: cluster.cluster_id,
         keys: keys.map(Arc::new),
         servers,

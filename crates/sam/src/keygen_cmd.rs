@@ -173,7 +173,8 @@ fn member(dir: &Path, name: &str, replace: bool) -> Result<()> {
     }
     let pid = member_pid(name);
     println!("wrote {}: the member credential {name:?}", path.display());
-    println!("pid {} ({:#018x}); its processes use pids {}..={}", pid.0, pid.0, pid.0, pid.0 | 0xffff);
+    let last = pid.0 | ((1 << sam_core::Pid::INSTANCE_BITS) - 1);
+    println!("pid {} ({:#018x}); its processes use pids {}..={last}", pid.0, pid.0, pid.0);
     println!("on the member's host: member_key = {}", toml_path(&path)?);
     Ok(())
 }

@@ -237,22 +237,12 @@ pub fn member_pid(name: &str) -> Pid {
     Pid(MEMBER_PIDS | bits << MEMBER_INSTANCE_BITS)
 }
 
-/// The credential pid a member's process pid belongs to.
-pub fn credential_of(pid: Pid) -> Pid {
-    pid.credential()
-}
-
-/// Whether `pid` lies in the member range.
-pub fn is_member_pid(pid: Pid) -> bool {
-    pid.is_member()
-}
-
 /// `K_pid = HKDF(member master, salt = cluster id, "sam/1 member" ‖ master id ‖ pid)`.
 pub fn member_key(master: &Key, cluster: ClusterId, pid: Pid) -> Key {
     let secret = derive(
         master.expose(),
         cluster,
-        &[b"sam/1 member", &master.id.to_le_bytes(), &credential_of(pid).0.to_le_bytes()],
+        &[b"sam/1 member", &master.id.to_le_bytes(), &pid.credential().0.to_le_bytes()],
     );
     Key { kind: KeyKind::Member, id: master.id, secret, accept_only: master.accept_only }
 }
@@ -324,8 +314,8 @@ mod tests {
         let server = Keyring::generate_server(ClusterId(7), Suite::Aes256Gcm).unwrap();
         let master = server.sealing(KeyKind::MemberMaster).unwrap();
         let alice = member_pid("alice");
-        assert!(is_member_pid(alice));
-        assert_eq!(credential_of(alice), alice);
+        assert!(alice.is_member());
+        assert_eq!(alice.credential(), alice);
         assert_ne!(alice, member_pid("bob"));
         let k = member_key(master, ClusterId(7), alice);
         assert_eq!(k, member_key(master, ClusterId(7), Pid(alice.0 | 0x1234)), "one key per credential");

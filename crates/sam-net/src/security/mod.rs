@@ -23,7 +23,7 @@ use sam_core::{Channel, Message, Pid};
 use subtle::ConstantTimeEq;
 
 use envelope::{Cookie, Header, Mode, Session, Tier, TAG_LEN};
-use keys::{derive, is_member_pid, ClusterId, Key, KeyKind, Keyring};
+use keys::{derive, ClusterId, Key, KeyKind, Keyring};
 use replay::{Refusal, ReplayTable};
 
 /// A session is renewed after this long...
@@ -394,12 +394,20 @@ impl Sealer {
         if let Some(cookie) = self.cookies.get(&pid).copied() {
             return self.seal_frame(dest, Some(cookie), false, payload);
         }
-        let mut padded = payload.to_vec();
-        padded.resize(payload.len().max(UNCOOKIED_PAYLOAD_MIN), 0);
+        // Servers answer members without cookies all the time: no copy unless it is short.
+        let padded;
+        let payload = if payload.len() < UNCOOKIED_PAYLOAD_MIN {
+            let mut short = payload.to_vec();
+            short.resize(UNCOOKIED_PAYLOAD_MIN, 0);
+            padded = short;
+            &padded[..]
+        } else {
+            payload
+        };
         if self.plan.server_keys(pid).is_some() {
-            self.pending.insert(pid, padded.clone());
+            self.pending.insert(pid, payload.to_vec());
         }
-        self.seal_frame(dest, None, false, &padded)
+        self.seal_frame(dest, None, false, payload)
     }
 
     /// A cookie challenge to `to`: the cookie it must echo, and nothing else.
@@ -540,14 +548,14 @@ impl Opener {
         // A configured server's pid is never a member's, and members hold only the group key.
         let server = self.plan.server_keys(h.pid);
         let fits = match h.tier {
-            Tier::Group => server.is_some() || is_member_pid(h.pid),
+            Tier::Group => server.is_some() || h.pid.is_member(),
             Tier::Server => server == Some(ServerKeys::Server),
             Tier::Checkpoint => server == Some(ServerKeys::Checkpoint),
         };
         if !fits {
             return Err(Dropped::Unauthenticated);
         }
-        if is_member_pid(h.pid) && self.plan.revoked.contains(&keys::credential_of(h.pid)) {
+        if h.pid.is_member() && self.plan.revoked.contains(&h.pid.credential()) {
             return Err(Dropped::Unauthenticated);
         }
         Ok(())
