@@ -605,6 +605,57 @@ fn a_member_credential_cannot_make_other_members_deliver_forgeries() {
     s.assert_tails_deliver_only_legitimate_messages();
 }
 
+/// DESIGN section 12 ("Checkpoint servers hold a key of their own"): a member credential
+/// claiming the sequencer's pid sends a `Commit` for the next number, with its `Data` (a table
+/// write) and a heartbeat, on the global channel and to each checkpoint server. Checkpoint
+/// servers cannot check a server's second tag (they hold no server key): they believe a
+/// server's group frame only by the checkpoint tag, which no member can make. The checkpoint
+/// that follows reflects only legitimate messages: none of them writes to the table, so it is
+/// the empty table at its number.
+#[test]
+fn a_member_claiming_a_server_corrupts_no_checkpoint() {
+    let mut s = Scene::new(23_900, &["--checkpoint-every", "100"]);
+    let st = s.status();
+    let mut as_sequencer = Mallory::new(&s.cluster, "mallory", Some(st.sequencer()));
+    let next = Seq(st.committed + 1);
+    let mid = forged_mid(17, 1);
+    let write = sam_core::KvOp::Put { key: Bytes::from_static(b"forged"), value: Bytes::from_static(b"by a member") };
+    let commit = [
+        Message::Data(Data { mid, ts: Seq(st.committed), payload: write.encode() }),
+        Message::Commit(Commit { epoch: st.epoch(), first: next, entries: vec![Assigned::Mid(mid)] }),
+        Message::Heartbeat(Heartbeat {
+            epoch: st.epoch(),
+            sequencer: st.sequencer(),
+            committed: next,
+            checkpoint: None,
+        }),
+    ];
+    let checkpointers = s.config.servers.iter().filter(|c| !c.roles.contains(Role::Commit)).map(|c| c.id);
+    let to: Vec<To> = checkpointers.map(To::Server).chain([To::Channel(Channel::Global)]).collect();
+    as_sequencer.send(&commit, &to);
+    std::thread::sleep(Duration::from_millis(200));
+    s.send(150);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let checkpoint = loop {
+        let st = s.status();
+        if st.checkpoint["seq"].as_u64().is_some_and(|c| c >= next.0) {
+            break st.checkpoint;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint past {next} was advertised: {st:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let seq = Seq(checkpoint["seq"].as_u64().expect("the checkpoint's number"));
+    let mut empty = sam_core::KvTable::new();
+    sam_core::StateMachine::apply(&mut empty, seq, &Bytes::from_static(b"not a table write"));
+    let size = sam_core::StateMachine::snapshot(&empty).len() as u64;
+    assert_eq!(checkpoint["size"].as_u64(), Some(size), "the checkpoint is the empty table at {seq}: {checkpoint}");
+    s.assert_unharmed("a member claiming the sequencer to the checkpoint servers");
+    // The tail that was running is a member, which checks only the group key: it delivered
+    // the forgery, as DESIGN section 12 warns. Servers did not: a later tail gets the truth.
+    let later = Tail::start(&s.cluster.config_path());
+    s.ledger.check(&later.wait_for(s.ledger.len(), Duration::from_secs(30)), "a tail started after the attack");
+}
+
 /// Attack "spoofed-source Fetch" of issue 12 (DESIGN section 12, "No reflection": a reply that
 /// may exceed 3× its request goes only to an address that echoed a cookie, a challenge is never
 /// larger than its request, and a credential never waives the cookie, since a member can spoof

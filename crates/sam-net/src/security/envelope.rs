@@ -9,7 +9,7 @@
 //! |----------|----------------|---------------------------------------------------------------------|
 //! | `0..2`   | magic          | `S` `M`                                                             |
 //! | `2`      | version        | `2` ([`VERSION`])                                                   |
-//! | `3`      | flags          | bit 0: a cookie follows the header; bit 1: a cookie challenge (bit 0 set too, empty payload); a relay envelope has `0x80` here instead (below) |
+//! | `3`      | flags          | bit 0: a cookie follows the header; bit 1: a cookie challenge (bit 0 set too, empty payload); bit 2: a checkpoint tag ends the trailer (group tier only); a relay envelope has `0x80` here instead (below) |
 //! | `4`      | mode           | `0` off, `1` authenticate, `2` encrypt                              |
 //! | `5`      | suite          | `0` with mode off; `1` AES-256-GCM, `2` ChaCha20-Poly1305           |
 //! | `6`      | tier           | the key that seals it: `0` group, `1` server, `2` checkpoint        |
@@ -36,6 +36,12 @@
 //! own). In modes authenticate and encrypt it is the AEAD tag (16 bytes) and, when the tier is
 //! group, a second tag (16 bytes): `HMAC-SHA256` under the sender's own key (a member's
 //! credential key, or the key servers derive for it) of every byte before it, truncated.
+//! A group frame from a commit or data server to a channel or to another server also carries,
+//! with flag bit 2, a *checkpoint tag* between the AEAD tag and the second tag: HMAC-SHA256 of
+//! every byte up to the AEAD tag under `HKDF(checkpoint key, salt = cluster id, "sam/1
+//! server-tag for checkpoint" ‖ key id)`, truncated; the second tag, last, covers it.
+//! Checkpoint servers, which hold the checkpoint key but not the server key, believe a server's
+//! group frame only by it; what they could forge with it fools no commit or data server.
 //! The datagram's length must be exactly header + payload + trailer.
 //!
 //! The AEAD key is `HKDF-SHA256(tier key, salt = cluster id, "sam/1 frame" ‖ suite ‖ mode ‖
@@ -70,8 +76,10 @@ pub const COOKIE_LEN: usize = 16;
 pub const FLAG_COOKIE: u8 = 1;
 /// Flags bit: the frame is a cookie challenge.
 pub const FLAG_CHALLENGE: u8 = 2;
-/// The most bytes sealing adds to a payload (header, cookie and both tags).
-pub const SEAL_OVERHEAD: usize = HEADER_LEN + COOKIE_LEN + 2 * TAG_LEN;
+/// Flags bit: a checkpoint tag ends the trailer.
+pub const FLAG_CHECKPOINT_TAG: u8 = 4;
+/// The most bytes sealing adds to a payload (header, cookie and three tags).
+pub const SEAL_OVERHEAD: usize = HEADER_LEN + COOKIE_LEN + 3 * TAG_LEN;
 
 /// A cookie: proof that a sender receives at the address it sends from.
 pub type Cookie = [u8; COOKIE_LEN];
@@ -175,6 +183,8 @@ pub struct Header {
     pub cookie: Option<Cookie>,
     /// A cookie challenge (the cookie is the one granted).
     pub challenge: bool,
+    /// A checkpoint tag ends the trailer.
+    pub checkpoint_tag: bool,
 }
 
 /// Why a datagram is not a well-formed sealed frame (before any key is tried).
@@ -226,6 +236,7 @@ impl Header {
     pub fn trailer_len(&self) -> usize {
         match (self.mode, self.tier) {
             (Mode::Off, _) => 4,
+            (_, Tier::Group) if self.checkpoint_tag => 3 * TAG_LEN,
             (_, Tier::Group) => 2 * TAG_LEN,
             _ => TAG_LEN,
         }
@@ -244,7 +255,10 @@ impl Header {
         let mut h = [0u8; HEADER_LEN];
         h[0..2].copy_from_slice(&MAGIC);
         h[2] = VERSION;
-        h[3] = if self.cookie.is_some() { FLAG_COOKIE } else { 0 } | if self.challenge { FLAG_CHALLENGE } else { 0 };
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        h[3] = flag(self.cookie.is_some(), FLAG_COOKIE)
+            | flag(self.challenge, FLAG_CHALLENGE)
+            | flag(self.checkpoint_tag, FLAG_CHECKPOINT_TAG);
         h[4] = self.mode.code();
         h[5] = self.suite;
         h[6] = self.tier.code();
@@ -264,7 +278,7 @@ impl Header {
         let h: &[u8; HEADER_LEN] =
             datagram.get(..HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or(EnvelopeError::Malformed)?;
         let flags = h[3];
-        let known = flags & !(FLAG_COOKIE | FLAG_CHALLENGE) == 0;
+        let known = flags & !(FLAG_COOKIE | FLAG_CHALLENGE | FLAG_CHECKPOINT_TAG) == 0;
         let challenge = flags & FLAG_CHALLENGE != 0;
         if h[0..2] != MAGIC || h[2] != VERSION || !known || (challenge && flags & FLAG_COOKIE == 0) {
             return Err(EnvelopeError::Malformed);
@@ -289,8 +303,10 @@ impl Header {
             len: u32::from_le_bytes([h[50], h[51], h[52], h[53]]),
             cookie,
             challenge,
+            checkpoint_tag: flags & FLAG_CHECKPOINT_TAG != 0,
         };
-        if header.datagram_len() != datagram.len() || (challenge && header.len != 0) {
+        let tag_misplaced = header.checkpoint_tag && (header.tier != Tier::Group || header.mode == Mode::Off);
+        if header.datagram_len() != datagram.len() || (challenge && header.len != 0) || tag_misplaced {
             return Err(EnvelopeError::Malformed);
         }
         Ok(header)
@@ -333,6 +349,7 @@ mod tests {
             len: 5,
             cookie: None,
             challenge: false,
+            checkpoint_tag: false,
         }
     }
 
@@ -357,6 +374,10 @@ mod tests {
         assert_eq!(Header::decode(&encoded(&with_cookie, 5 + 32)), Ok(with_cookie));
         let challenge = Header { cookie: Some([7; COOKIE_LEN]), challenge: true, len: 0, ..h };
         assert_eq!(Header::decode(&encoded(&challenge, 32)), Ok(challenge));
+        let tagged = Header { checkpoint_tag: true, ..h };
+        assert_eq!(Header::decode(&encoded(&tagged, 5 + 48)), Ok(tagged), "a checkpoint tag after the second");
+        let misplaced = Header { checkpoint_tag: true, ..server };
+        assert_eq!(Header::decode(&encoded(&misplaced, 5 + 32)), Err(EnvelopeError::Malformed), "group tier only");
         let bad = Header { len: 5, ..challenge };
         assert_eq!(Header::decode(&encoded(&bad, 5 + 32)), Err(EnvelopeError::Malformed), "a challenge has no payload");
     }
@@ -364,7 +385,7 @@ mod tests {
     #[test]
     fn bad_fields_are_malformed() {
         let good = encoded(&header(), 37);
-        for (at, value) in [(0, b'X'), (2, 1), (3, 1), (3, 2), (3, 4), (4, 3), (6, 3), (7, 5)] {
+        for (at, value) in [(0, b'X'), (2, 1), (3, 1), (3, 2), (3, 4), (3, 8), (4, 3), (6, 3), (7, 5)] {
             let mut d = good.clone();
             d[at] = value;
             assert_eq!(Header::decode(&d), Err(EnvelopeError::Malformed), "byte {at} = {value}");

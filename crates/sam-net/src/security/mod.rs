@@ -120,14 +120,16 @@ pub enum SecurityError {
 /// Who vouched for a frame that opened: what the driver's role rules go by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Authority {
-    /// Sealed under the server key, or under the group key with a valid server tag.
+    /// Sealed under the server key, or under the group key with a valid server tag (at a
+    /// checkpoint server: a valid checkpoint tag).
     Server,
-    /// Sealed under the checkpoint key, or under the group key with a valid checkpoint tag.
+    /// Sealed under the checkpoint key, or under the group key with a checkpoint server's
+    /// valid second tag.
     Checkpoint,
-    /// A member whose credential's tag was checked.
+    /// A member: its credential's tag checked, or at a checkpoint server (which cannot check
+    /// it) a member pid under the group key.
     Member,
-    /// Sealed under the group key only (this receiver holds no key to check the second tag:
-    /// a member, or a checkpoint-only server), or security is off.
+    /// Sealed under the group key at a member, which checks no second tag, or security is off.
     Group,
 }
 
@@ -224,6 +226,15 @@ fn role_tag_key(key: &Key, cluster: ClusterId) -> TagKey {
         KeyKind::Checkpoint => b"sam/1 checkpoint-tag",
         _ => b"sam/1 server-tag",
     };
+    tag_key(key, cluster, label)
+}
+
+/// The key of the checkpoint tag a server adds for checkpoint servers, from the checkpoint key.
+fn checkpoint_tag_key(checkpoint: &Key, cluster: ClusterId) -> TagKey {
+    tag_key(checkpoint, cluster, b"sam/1 server-tag for checkpoint")
+}
+
+fn tag_key(key: &Key, cluster: ClusterId, label: &[u8]) -> TagKey {
     hmac::Key::new(hmac::HMAC_SHA256, derive(key.secret.expose(), cluster, &[label, &key.id.to_le_bytes()]).expose())
 }
 
@@ -264,6 +275,8 @@ pub struct Sealer {
     keys: TierKeys,
     /// The second tag this process signs group frames with.
     tag2: Option<TagKey>,
+    /// The checkpoint tag a commit or data server adds to group frames for checkpoint servers.
+    checkpoint_tag: Option<TagKey>,
     /// The cookies servers granted this process (one per server, the latest).
     cookies: HashMap<Pid, Cookie>,
     /// Per server without a cookie yet, the last payload sent to it: sent again, with the
@@ -286,6 +299,7 @@ impl Sealer {
             counter: 0,
             keys: [None, None, None],
             tag2: None,
+            checkpoint_tag: None,
             cookies: HashMap::new(),
             pending: HashMap::new(),
         };
@@ -315,12 +329,18 @@ impl Sealer {
         // the old session, its subkeys and its counter, so no (key, nonce) is ever used twice.
         let time_ms = now_ms().max(self.session.time_ms.saturating_add(1));
         let session = Session { time_ms, random: u64::from_le_bytes(keys::random()?) };
-        let (keys, tag2) = match self.plan.keys.clone() {
+        let (keys, tag2, checkpoint_tag) = match self.plan.keys.clone() {
             Some(ring) => {
                 let (keys, tag2) = self.session_keys(&ring, session)?;
-                (keys, Some(tag2))
+                let checkpoint_tag = match self.plan.server_keys(self.pid) {
+                    Some(ServerKeys::Server) => ring
+                        .sealing(KeyKind::Server)
+                        .map(|k| checkpoint_tag_key(&keys::checkpoint_key(k, ring.cluster), ring.cluster)),
+                    _ => None,
+                };
+                (keys, Some(tag2), checkpoint_tag)
             }
-            None => ([None, None, None], None),
+            None => ([None, None, None], None, None),
         };
         if let Some(path) = &self.plan.session_file {
             write_private(path, time_ms.to_string().as_bytes())
@@ -330,6 +350,7 @@ impl Sealer {
         self.counter = 0;
         self.keys = keys;
         self.tag2 = tag2;
+        self.checkpoint_tag = checkpoint_tag;
         Ok(())
     }
 
@@ -433,6 +454,12 @@ impl Sealer {
             (Some(ring), Some((id, _))) if mode != Mode::Off => (ring.suite.code(), *id),
             _ => (0, 0),
         };
+        // Checkpoint servers hear channels and their own unicast; members do not check it.
+        let to_servers = match dest {
+            SealFor::Channel(_) => true,
+            SealFor::Pid(p) => self.plan.server_keys(p).is_some(),
+        };
+        let checkpoint_tag = tier == Tier::Group && mode != Mode::Off && self.checkpoint_tag.is_some() && to_servers;
         let header = Header {
             mode,
             suite,
@@ -446,6 +473,7 @@ impl Sealer {
             len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
             cookie,
             challenge,
+            checkpoint_tag,
         };
         let head = header.header_len();
         let mut out = Vec::with_capacity(header.datagram_len());
@@ -468,6 +496,12 @@ impl Sealer {
             }
         }
         if tier == Tier::Group {
+            // The second tag comes last and covers the checkpoint tag too: a server that checks
+            // it sees any change to the frame.
+            if let Some(k) = self.checkpoint_tag.as_ref().filter(|_| checkpoint_tag) {
+                let t = tag2(k, &out);
+                out.extend_from_slice(&t);
+            }
             if let Some(k) = &self.tag2 {
                 let t = tag2(k, &out);
                 out.extend_from_slice(&t);
@@ -484,13 +518,24 @@ pub struct SessionKeys {
     tag2: Option<(Authority, TagKey)>,
 }
 
+/// Which of a group frame's extra tags a process can check, by the keys it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verifier {
+    /// None (a member): the group key vouches for everything.
+    None,
+    /// Every second tag (the server key and member master are held).
+    Server,
+    /// Checkpoint tags and checkpoint servers' second tags (only the checkpoint key is held).
+    Checkpoint,
+}
+
 /// The receiving half: one per socket task, with its own replay table.
 #[derive(Debug)]
 pub struct Opener {
     plan: SecurityPlan,
     table: ReplayTable<SessionKeys>,
-    /// Whether this process holds the server key (and so checks second tags).
-    checks_tag2: bool,
+    /// Which tags of group frames this process checks.
+    verifier: Verifier,
     /// Channels frames may name on this socket (`None`: any).
     channels: Option<Vec<Option<Channel>>>,
 }
@@ -499,9 +544,16 @@ impl Opener {
     /// An opener for a socket that hears `channels` (`None`: every channel, unicast mode's
     /// one socket; `Some(None)` in the list stands for unicast to this process).
     pub fn new(plan: SecurityPlan, channels: Option<Vec<Option<Channel>>>) -> Opener {
-        let checks_tag2 = plan.keys.as_ref().is_some_and(|k| k.sealing(KeyKind::Server).is_some());
+        let holds = |kind| plan.keys.as_ref().is_some_and(|k| k.of_kind(kind).next().is_some());
+        let verifier = if holds(KeyKind::Server) {
+            Verifier::Server
+        } else if holds(KeyKind::Checkpoint) {
+            Verifier::Checkpoint
+        } else {
+            Verifier::None
+        };
         let table = ReplayTable::new(plan.replay_senders_max);
-        Opener { plan, table, checks_tag2, channels }
+        Opener { plan, table, verifier, channels }
     }
 
     /// Frames of an older session of a pid heard long after a newer one.
@@ -526,13 +578,13 @@ impl Opener {
         let lane = usize::from(header.channel == Some(Channel::Global));
         let slot = self.table.check(now_ms, pid, session, lane, counter).map_err(Dropped::Replay)?;
         let mut fresh = SessionKeys::default();
-        let Opener { plan, table, checks_tag2, .. } = self;
+        let Opener { plan, table, verifier, .. } = self;
         let keys = match table.keys_mut(pid, slot) {
             Some(cached) => cached,
             None => &mut fresh,
         };
         let payload = open_aead(plan, &header, datagram, keys)?;
-        let authority = authority(plan, *checks_tag2, &header, datagram, keys)?;
+        let authority = authority(plan, *verifier, &header, datagram, keys)?;
         self.table.admit(now_ms, pid, session, (lane, counter), slot, || fresh).map_err(Dropped::Replay)?;
         Ok(Opened { header, authority, payload })
     }
@@ -562,11 +614,20 @@ impl Opener {
     }
 }
 
-/// Who vouched for a frame whose AEAD opened: the tier key, or for group frames the second
-/// tag (checked only by a process holding the server key).
+/// Which extra tag of a group frame a receiver checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    /// The second tag.
+    Second,
+    /// The checkpoint tag.
+    Checkpoint,
+}
+
+/// Who vouched for a frame whose AEAD opened: the tier key, or for group frames the extra tag
+/// this receiver can check (none at a member).
 fn authority(
     plan: &SecurityPlan,
-    checks_tag2: bool,
+    verifier: Verifier,
     h: &Header,
     datagram: &[u8],
     keys: &mut SessionKeys,
@@ -574,31 +635,51 @@ fn authority(
     match h.tier {
         Tier::Server => return Ok(Authority::Server),
         Tier::Checkpoint => return Ok(Authority::Checkpoint),
-        Tier::Group if !checks_tag2 => return Ok(Authority::Group),
         Tier::Group => {}
     }
-    let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
+    let which = match (verifier, plan.server_keys(h.pid)) {
+        (Verifier::None, _) => return Ok(Authority::Group),
+        // Only servers hold the member master: a checkpoint server takes a member at its pid,
+        // which the core's role rules then hold to member messages.
+        (Verifier::Checkpoint, None) => return Ok(Authority::Member),
+        (Verifier::Checkpoint, Some(ServerKeys::Server)) if !h.checkpoint_tag => return Err(Dropped::Unauthenticated),
+        (Verifier::Checkpoint, Some(ServerKeys::Server)) => Which::Checkpoint,
+        _ => Which::Second,
+    };
+    // The checkpoint tag covers the frame up to its AEAD tag, the second tag all before it.
+    let aead_end = h.datagram_len() - h.trailer_len() + TAG_LEN;
+    let at = if which == Which::Checkpoint { aead_end } else { datagram.len() - TAG_LEN };
+    let signed_end = if which == Which::Checkpoint { aead_end } else { at };
+    let (signed, tag) = (&datagram[..signed_end], &datagram[at..at + TAG_LEN]);
     let verifies = |k: &TagKey| bool::from(tag2(k, signed).ct_eq(tag));
     if let Some((authority, k)) = &keys.tag2 {
         return if verifies(k) { Ok(*authority) } else { Err(Dropped::Unauthenticated) };
     }
-    let found = tag2_candidates(plan, h.pid).into_iter().find(|(_, k)| verifies(k));
+    let found = tag_candidates(plan, h.pid).into_iter().find(|(_, k)| verifies(k));
     let (authority, k) = found.ok_or(Dropped::Unauthenticated)?;
     keys.tag2 = Some((authority, k));
     Ok(authority)
 }
 
-/// The keys a sender's second tag may be under (more than one during a rotation).
-fn tag2_candidates(plan: &SecurityPlan, pid: Pid) -> Vec<(Authority, TagKey)> {
+/// The keys a sender's tag may be under at this receiver (more than one during a rotation).
+fn tag_candidates(plan: &SecurityPlan, pid: Pid) -> Vec<(Authority, TagKey)> {
     let Some(ring) = &plan.keys else { return Vec::new() };
+    // Servers derive checkpoint keys from server keys; checkpoint servers hold them.
+    let checkpoint_keys = || -> Vec<Key> {
+        let derived = ring.of_kind(KeyKind::Server).map(|k| keys::checkpoint_key(k, ring.cluster));
+        derived.chain(ring.of_kind(KeyKind::Checkpoint).cloned()).collect()
+    };
+    let servers = ring.of_kind(KeyKind::Server).next().is_some();
     match plan.server_keys(pid) {
-        Some(ServerKeys::Server) => {
+        Some(ServerKeys::Server) if servers => {
             ring.of_kind(KeyKind::Server).map(|k| (Authority::Server, role_tag_key(k, ring.cluster))).collect()
         }
-        Some(ServerKeys::Checkpoint) => ring
-            .of_kind(KeyKind::Server)
-            .map(|k| (Authority::Checkpoint, role_tag_key(&keys::checkpoint_key(k, ring.cluster), ring.cluster)))
-            .collect(),
+        Some(ServerKeys::Server) => {
+            checkpoint_keys().iter().map(|k| (Authority::Server, checkpoint_tag_key(k, ring.cluster))).collect()
+        }
+        Some(ServerKeys::Checkpoint) => {
+            checkpoint_keys().iter().map(|k| (Authority::Checkpoint, role_tag_key(k, ring.cluster))).collect()
+        }
         None => ring
             .of_kind(KeyKind::MemberMaster)
             .map(|m| (Authority::Member, member_tag_key(&keys::member_key(m, ring.cluster, pid))))

@@ -154,6 +154,46 @@ fn checkpoint_servers_seal_under_their_key_which_servers_derive() {
 }
 
 #[test]
+fn checkpoint_servers_believe_servers_by_the_checkpoint_tag_and_members_as_members() {
+    let c = cluster(Suite::Aes256Gcm);
+    let mode = Mode::Encrypt;
+    let mut ckpt = Opener::new(plan(mode, Some(c.checkpoint.clone())), None);
+    let mut seq = Sealer::new(plan(mode, Some(c.server.clone())), SEQUENCER).unwrap();
+    let commit = seq.seal(SealFor::Channel(Channel::Global), b"commit");
+    assert!(Header::decode(&commit).unwrap().checkpoint_tag);
+    assert_eq!(open(&mut ckpt, &commit).unwrap().authority, Authority::Server);
+    let to_ckpt = seq.seal(SealFor::Pid(CHECKPOINTER), b"entries");
+    assert_eq!(open(&mut ckpt, &to_ckpt).unwrap().authority, Authority::Server, "unicast to it too");
+    let to_member = seq.seal(SealFor::Pid(alice_pid(&c)), b"fetched");
+    assert!(!Header::decode(&to_member).unwrap().checkpoint_tag, "members do not check it");
+    // A member claiming the sequencer's pid: the group key seals, no checkpoint tag verifies.
+    let mut forger = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
+    forger.pid = SEQUENCER;
+    let forged = forger.seal(SealFor::Channel(Channel::Global), b"commit");
+    let mut fresh = Opener::new(plan(mode, Some(c.checkpoint.clone())), None);
+    assert_eq!(open(&mut fresh, &forged).unwrap_err(), Dropped::Unauthenticated, "no checkpoint tag");
+    // The checkpoint tag altered (it sits before the second tag, which covers it).
+    let mut bytes = commit.to_vec();
+    let at = bytes.len() - TAG_LEN - 1;
+    bytes[at] ^= 1;
+    let mut server = Opener::new(plan(mode, Some(c.server.clone())), None);
+    assert_eq!(open(&mut server, &Bytes::from(bytes.clone())).unwrap_err(), Dropped::Unauthenticated, "tag2 covers it");
+    let mut fresh = Opener::new(plan(mode, Some(c.checkpoint.clone())), None);
+    assert_eq!(open(&mut fresh, &Bytes::from(bytes)).unwrap_err(), Dropped::Unauthenticated);
+    assert_eq!(open(&mut fresh, &commit).unwrap().authority, Authority::Server, "the real frame still opens");
+    // A member under its own pid is a member, which may not send server-role messages.
+    let mut alice = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
+    let data = alice.seal(SealFor::Channel(Channel::Global), b"data");
+    assert_eq!(open(&mut ckpt, &data).unwrap().authority, Authority::Member);
+    // Another checkpoint server's second tag is checked under the checkpoint key.
+    let mut other = Sealer::new(plan(mode, Some(c.checkpoint.clone())), CHECKPOINTER).unwrap();
+    let advert = other.seal(SealFor::Channel(Channel::Checkpoint), b"block");
+    assert_eq!(open(&mut ckpt, &advert).unwrap().authority, Authority::Checkpoint);
+    // Commit and data servers go by the server tag.
+    assert_eq!(open(&mut server, &commit).unwrap().authority, Authority::Server);
+}
+
+#[test]
 fn foreign_mode_suite_cluster_and_channel_are_refused() {
     let c = cluster(Suite::Aes256Gcm);
     let mut alice = Sealer::new(plan(Mode::Encrypt, Some(c.alice.clone())), alice_pid(&c)).unwrap();
