@@ -375,7 +375,11 @@ impl Client {
     }
 
     /// Learns committed entries a commit server sent in answer to a query.
-    pub fn handle_entries(&mut self, now: Time, entries: &Entries, out: &mut Outbox) {
+    /// Returns false, having taken nothing, unless that server was asked lately.
+    pub fn handle_entries(&mut self, now: Time, from: Pid, entries: &Entries, out: &mut Outbox) -> bool {
+        if !self.entry_asker.awaits(from, now) {
+            return false;
+        }
         let mut news = false;
         for (i, slot) in entries.slots.iter().enumerate() {
             let seq = entries.first.plus(i as u64);
@@ -387,6 +391,7 @@ impl Client {
         }
         self.deliver(out);
         self.note_gap(now);
+        true
     }
 
     /// Follows the sequencer: its epoch, its pid, how far it committed. The first heartbeat

@@ -788,7 +788,11 @@ impl CommitServer {
     }
 
     /// Takes committed entries a peer sent in answer to a refill query.
-    pub fn handle_entries(&mut self, now: Time, entries: &Entries, out: &mut Outbox) {
+    /// Returns false, having taken nothing, unless that server was asked lately.
+    pub fn handle_entries(&mut self, now: Time, from: Pid, entries: &Entries, out: &mut Outbox) -> bool {
+        if !self.asker.awaits(from, now) {
+            return false;
+        }
         let before = self.committed;
         let mut run: Vec<Slot> = Vec::new();
         let mut run_first = entries.first;
@@ -810,6 +814,7 @@ impl CommitServer {
             self.asker.progress(now);
         }
         self.note_gap(now);
+        true
     }
 
     /// Marks `seq` committed if this server holds the peer's entry; returns whether the peer's
@@ -959,6 +964,31 @@ mod tests {
         peer.handle_heartbeat(Time(2), &Heartbeat { committed: Seq(10), ..hb(e, 1) }, &mut out);
         peer.handle_forgotten(Pid(2), &Forgotten { floor: Seq(6), checkpoint: Some(checkpoint) }, &mut out);
         assert_eq!((peer.committed(), peer.floor()), (Seq(6), Seq(6)));
+    }
+
+    /// DESIGN section 12: `Entries` are taken only as the answer to a query this server has
+    /// outstanding, from the peer asked.
+    #[test]
+    fn entries_are_taken_only_from_the_peer_asked() {
+        let mut out = Outbox::new();
+        let mut s = CommitServer::new(cfg(), Pid(2), rng(), Time(0));
+        let e = Epoch::initial();
+        s.handle_heartbeat(Time(1), &Heartbeat { committed: Seq(3), ..hb(e, 1) }, &mut out);
+        let entries = Entries { first: Seq(1), slots: vec![Slot { epoch: e, entry: Entry::Noop }; 3] };
+        assert!(!s.handle_entries(Time(2), Pid(3), &entries, &mut out), "nobody was asked yet");
+        assert_eq!(s.committed(), Seq::ZERO);
+        let asked = (2..1_000_000).step_by(1_000).find_map(|t| {
+            s.handle_tick(Time(t), &mut out);
+            out.drain().find_map(|a| match a {
+                Action::Send { to: Dest::Pid(p), msg: Message::QueryEntries(_) } => Some((Time(t), p)),
+                _ => None,
+            })
+        });
+        let (at, peer) = asked.expect("the gap is asked about");
+        let other = if peer == Pid(1) { Pid(3) } else { Pid(1) };
+        assert!(!s.handle_entries(at, other, &entries, &mut out), "not from a peer not asked");
+        assert!(s.handle_entries(at, peer, &entries, &mut out));
+        assert_eq!(s.committed(), Seq(3));
     }
 
     /// DESIGN section 4, step 4: an entry is replaced only by one of a higher epoch.

@@ -199,8 +199,8 @@ impl Process {
         self.storage_full = full;
     }
 
-    /// Messages not believed: from a sender whose role does not send them, or out of bounds
-    /// (DESIGN section 12). Each is dropped.
+    /// Messages not believed: from a sender whose role does not send them, out of bounds, or
+    /// `Entries` no role here asked that server for (DESIGN section 12). Each is dropped.
     pub fn unbelieved(&self) -> u64 {
         self.unbelieved
     }
@@ -324,12 +324,10 @@ impl Process {
                 }
             }
             Message::Entries(m) => {
-                if let Some(c) = &mut self.commit {
-                    c.handle_entries(now, m, out);
-                }
-                if let Some(c) = &mut self.client {
-                    c.handle_entries(now, m, out);
-                }
+                let by_commit = self.commit.as_mut().is_some_and(|c| c.handle_entries(now, from, m, out));
+                let by_client = self.client.as_mut().is_some_and(|c| c.handle_entries(now, from, m, out));
+                // Entries nobody here asked that server for are dropped like any unbelieved.
+                self.unbelieved += u64::from(!by_commit && !by_client);
             }
             Message::Fetch(m) => {
                 if let Some(d) = &self.data {
