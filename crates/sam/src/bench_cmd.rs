@@ -108,6 +108,10 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
             let path = dir.join("sam.toml");
             std::fs::write(&path, cluster.to_toml_string()?)?;
             let servers = Servers::start(&path, &cluster, true, dir)?;
+            // A measurement of part of the cluster would mislead.
+            if let Some(exited) = servers.exited.first() {
+                bail!("{exited}");
+            }
             (cluster, Some(servers))
         }
     };

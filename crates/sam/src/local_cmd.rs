@@ -104,6 +104,16 @@ fn up(args: &UpArgs) -> Result<()> {
     let mut servers = Servers::start(&config_path, &cluster, new, &dir)?;
     servers.start_members(&config_path, args.members)?;
     print_help(&dir, &cluster, args);
+    // One server that cannot start (say, a log it refuses to read) does not take the healthy
+    // ones down: the group runs as it would with that server crashed.
+    for exited in &servers.exited {
+        eprintln!("warning: {exited}; the other servers keep running");
+        eprintln!(
+            "  once it is fixed, start it again with: sam server --config {} --id {}",
+            config_path.display(),
+            exited.id
+        );
+    }
     if args.detach {
         // The servers outlive this command: `sam local down` stops them by their pids.
         servers.detach();
@@ -121,28 +131,56 @@ pub struct Servers {
     children: Vec<Child>,
     members: Vec<Child>,
     dir: PathBuf,
+    /// The servers that exited at start.
+    pub exited: Vec<Exited>,
+}
+
+/// A server that exited as it started.
+#[derive(Debug)]
+pub struct Exited {
+    /// Its id.
+    pub id: u64,
+    /// How it ended.
+    pub status: std::process::ExitStatus,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(its log is empty)");
+        write!(f, "server {} exited at start ({}): {last} (log: {})", self.id, self.status, self.log.display())
+    }
 }
 
 impl Servers {
     /// Starts every server of `cluster` as a `sam server` process (`init`: new storage) and
-    /// checks that none exited at once (a port in use, say).
+    /// notes those that exited at once in [`Servers::exited`]; fails only if every one did (a
+    /// port in use, say), or one could not be spawned.
     pub fn start(config: &Path, cluster: &ClusterConfig, init: bool, dir: &Path) -> Result<Servers> {
-        let mut servers = Servers { children: Vec::new(), members: Vec::new(), dir: dir.to_path_buf() };
+        let mut servers =
+            Servers { children: Vec::new(), members: Vec::new(), dir: dir.to_path_buf(), exited: Vec::new() };
+        let mut ids = Vec::new();
         for server in &cluster.servers {
-            match spawn_server(config, server.id.0, init, dir) {
-                Ok(child) => servers.children.push(child),
-                Err(e) => {
-                    servers.stop();
-                    return Err(e);
-                }
+            // An error here drops `servers`, which stops those already started.
+            servers.children.push(spawn_server(config, server.id.0, init, dir)?);
+            ids.push(server.id.0);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let mut running = Vec::new();
+        for (mut child, id) in std::mem::take(&mut servers.children).into_iter().zip(ids) {
+            match child.try_wait()? {
+                Some(status) => servers.exited.push(Exited { id, status, log: server_log(dir, id) }),
+                None => running.push(child),
             }
         }
-        fs::write(pids_file(dir), servers.pids().iter().map(|p| format!("{p}\n")).collect::<String>())?;
-        std::thread::sleep(Duration::from_millis(300));
-        if let Some(failed) = servers.children.iter_mut().find_map(|c| c.try_wait().ok().flatten()) {
-            servers.stop();
-            bail!("a server exited at start ({failed}); see {}", dir.join("logs").display());
+        servers.children = running;
+        if servers.children.is_empty() {
+            let first = servers.exited.first().map(ToString::to_string).unwrap_or_default();
+            bail!("every server exited at start; {first}");
         }
+        fs::write(pids_file(dir), servers.pids().iter().map(|p| format!("{p}\n")).collect::<String>())?;
         Ok(servers)
     }
 
@@ -191,10 +229,13 @@ impl Drop for Servers {
     }
 }
 
+fn server_log(dir: &Path, id: u64) -> PathBuf {
+    dir.join("logs").join(format!("server-{id}.log"))
+}
+
 fn spawn_server(config: &Path, id: u64, init: bool, dir: &Path) -> Result<Child> {
-    let logs = dir.join("logs");
-    fs::create_dir_all(&logs)?;
-    let log = fs::File::create(logs.join(format!("server-{id}.log")))?;
+    fs::create_dir_all(dir.join("logs"))?;
+    let log = fs::File::create(server_log(dir, id))?;
     let mut command = Command::new(std::env::current_exe()?);
     command.arg("server").arg("--config").arg(config).arg("--id").arg(id.to_string());
     if init {

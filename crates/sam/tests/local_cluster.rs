@@ -170,6 +170,42 @@ fn a_data_server_killed_and_restarted_recovers_what_it_stored() {
     assert_eq!(tail.lines().count(), 400);
 }
 
+/// DESIGN section 12, "Storage": a server whose log fails its checksum in the middle stops,
+/// naming the file; `sam local up` keeps the healthy servers running, says which one exited
+/// and how to start it again, and the group commits without it.
+#[test]
+fn a_server_that_cannot_start_leaves_the_healthy_ones_running() {
+    let cluster = Cluster::up(22_600, &[]);
+    let sent =
+        stdout(finish(spawn(cluster.sam(&["send", "--count", "300", "--size", "200"])), Duration::from_secs(60)));
+    assert_eq!(sent.lines().count(), 300);
+    let down = Command::new(SAM).args(["local", "down", "--dir"]).arg(cluster.dir.path()).status().expect("down");
+    assert!(down.success());
+    // Flip a byte in the middle of server 2's longest segment: records follow it, so it is no
+    // torn tail but a log the server must refuse.
+    let storage = cluster.dir.path().join("data/server-2");
+    let segments = std::fs::read_dir(&storage).expect("server 2's storage").map(|e| e.expect("entry").path());
+    let segment = segments
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max_by_key(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("read the segment");
+    assert!(bytes.len() > 10_000, "server 2 logged the messages: {} bytes", bytes.len());
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5A;
+    std::fs::write(&segment, bytes).expect("write the segment");
+
+    let up = Command::new(SAM).args(["local", "up", "--detach", "--dir"]).arg(cluster.dir.path()).output();
+    let up = up.expect("run sam local up");
+    let err = String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success(), "sam local up failed: {err}");
+    assert!(err.contains("server 2 exited at start") && err.contains("--id 2"), "{err}");
+    assert!(err.contains(&segment.file_name().unwrap().to_string_lossy().to_string()), "names the file: {err}");
+    assert_eq!(cluster.pids().len(), 4, "the four healthy servers run");
+    let more = stdout(finish(spawn(cluster.sam(&["send", "--count", "100"])), Duration::from_secs(60)));
+    assert_eq!(more.lines().count(), 100, "the group commits without server 2");
+}
+
 fn kill_9(pid: u32) {
     let status = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
     assert!(status.success());
