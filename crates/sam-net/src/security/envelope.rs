@@ -29,8 +29,9 @@
 //! payload, never longer than the request it answers (DESIGN section 12, "No reflection").
 //!
 //! A frame to one process that carries no cookie for it is padded with zero bytes after its
-//! payload frame up to 48 bytes of payload, so that it is never shorter than the challenge
-//! it may get; a receiver reads the payload frame's own length and checks the rest is zeros.
+//! payload frame to 150 bytes in all (header, 48 bytes of payload, three tags' worth of
+//! trailer), so that it is never shorter than the challenge or the `Pong` it may get; a
+//! receiver reads the payload frame's own length and checks the rest is zeros.
 //!
 //! The trailer is, in mode off, the CRC-32C of the header (4 bytes; the payload carries its
 //! own). In modes authenticate and encrypt it is the AEAD tag (16 bytes) and, when the tier is

@@ -30,9 +30,10 @@ use replay::{Refusal, ReplayTable};
 pub const SESSION_RENEW_MS: u64 = 60_000;
 /// ...or after this many frames, whichever comes first.
 pub const SESSION_RENEW_FRAMES: u64 = 1 << 23;
-/// The shortest payload of a frame to one process that carries no cookie for it (zero bytes
-/// pad it): with the header and tags it outweighs a cookie challenge, which may then answer it.
-pub const UNCOOKIED_PAYLOAD_MIN: usize = 48;
+/// The shortest frame to one process that carries no cookie for it (zero bytes pad its
+/// payload): it outweighs a cookie challenge, which may then answer it, and a `Pong` of any
+/// tier (48 bytes of payload and three tags).
+pub const UNCOOKIED_DATAGRAM_MIN: usize = envelope::HEADER_LEN + 48 + 3 * TAG_LEN;
 
 /// Senders a replay table holds by default.
 pub const REPLAY_SENDERS_DEFAULT: usize = 16_384;
@@ -408,18 +409,20 @@ impl Sealer {
     }
 
     /// Seals the wire-format frame `payload` for `dest`, with the cookie `dest` granted. A
-    /// frame to one process without a cookie for it is padded to [`UNCOOKIED_PAYLOAD_MIN`]: a
-    /// request is never shorter than the challenge it may get.
+    /// frame to one process without a cookie for it is padded to [`UNCOOKIED_DATAGRAM_MIN`]: a
+    /// request is never shorter than the challenge or the `Pong` it may get.
     pub fn seal(&mut self, dest: SealFor, payload: &[u8]) -> Bytes {
         let SealFor::Pid(pid) = dest else { return self.seal_frame(dest, None, false, payload) };
         if let Some(cookie) = self.cookies.get(&pid).copied() {
             return self.seal_frame(dest, Some(cookie), false, payload);
         }
         // Servers answer members without cookies all the time: no copy unless it is short.
+        let trailer = self.header(dest, None, false, 0).trailer_len();
+        let min = UNCOOKIED_DATAGRAM_MIN - envelope::HEADER_LEN - trailer;
         let padded;
-        let payload = if payload.len() < UNCOOKIED_PAYLOAD_MIN {
+        let payload = if payload.len() < min {
             let mut short = payload.to_vec();
-            short.resize(UNCOOKIED_PAYLOAD_MIN, 0);
+            short.resize(min, 0);
             padded = short;
             &padded[..]
         } else {
@@ -436,19 +439,13 @@ impl Sealer {
         self.seal_frame(SealFor::Pid(to), Some(cookie), true, &[])
     }
 
-    fn seal_frame(&mut self, dest: SealFor, cookie: Option<Cookie>, challenge: bool, payload: &[u8]) -> Bytes {
-        if self.counter >= SESSION_RENEW_FRAMES || now_ms().saturating_sub(self.session.time_ms) >= SESSION_RENEW_MS {
-            // A failed renewal (the RNG, a session file) keeps the whole session, counter
-            // included: its counter has 2^64 values, renewal only bounds how long a key lives.
-            let _ = self.renew();
-        }
+    /// The header of the next frame for `dest`, with `len` bytes of payload.
+    fn header(&self, dest: SealFor, cookie: Option<Cookie>, challenge: bool, len: usize) -> Header {
         let tier = self.tier_for(dest);
         let channel = match dest {
             SealFor::Channel(c) => Some(c),
             SealFor::Pid(_) => None,
         };
-        let counter = self.counter;
-        self.counter += 1;
         let mode = self.plan.mode;
         let (suite, key_id) = match (&self.plan.keys, &self.keys[tier.index()]) {
             (Some(ring), Some((id, _))) if mode != Mode::Off => (ring.suite.code(), *id),
@@ -459,8 +456,7 @@ impl Sealer {
             SealFor::Channel(_) => true,
             SealFor::Pid(p) => self.plan.server_keys(p).is_some(),
         };
-        let checkpoint_tag = tier == Tier::Group && mode != Mode::Off && self.checkpoint_tag.is_some() && to_servers;
-        let header = Header {
+        Header {
             mode,
             suite,
             tier,
@@ -469,12 +465,23 @@ impl Sealer {
             cluster: self.plan.cluster,
             pid: self.pid,
             session: self.session,
-            counter,
-            len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+            counter: self.counter,
+            len: u32::try_from(len).unwrap_or(u32::MAX),
             cookie,
             challenge,
-            checkpoint_tag,
-        };
+            checkpoint_tag: tier == Tier::Group && mode != Mode::Off && self.checkpoint_tag.is_some() && to_servers,
+        }
+    }
+
+    fn seal_frame(&mut self, dest: SealFor, cookie: Option<Cookie>, challenge: bool, payload: &[u8]) -> Bytes {
+        if self.counter >= SESSION_RENEW_FRAMES || now_ms().saturating_sub(self.session.time_ms) >= SESSION_RENEW_MS {
+            // A failed renewal (the RNG, a session file) keeps the whole session, counter
+            // included: its counter has 2^64 values, renewal only bounds how long a key lives.
+            let _ = self.renew();
+        }
+        let header = self.header(dest, cookie, challenge, payload.len());
+        self.counter += 1;
+        let (mode, tier, counter, checkpoint_tag) = (header.mode, header.tier, header.counter, header.checkpoint_tag);
         let head = header.header_len();
         let mut out = Vec::with_capacity(header.datagram_len());
         header.encode_into(&mut out);

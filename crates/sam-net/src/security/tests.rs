@@ -193,6 +193,34 @@ fn checkpoint_servers_believe_servers_by_the_checkpoint_tag_and_members_as_membe
     assert_eq!(open(&mut server, &commit).unwrap().authority, Authority::Server);
 }
 
+/// DESIGN section 12, "No reflection": `Ping`/status replies are never larger than their
+/// request, whoever pings (a member, or a server) and however far the answerer got.
+#[test]
+fn a_pong_is_never_larger_than_the_ping_it_answers() {
+    use sam_core::message::{Ping, Pong};
+    use sam_core::wire::encode_frame;
+    let c = cluster(Suite::Aes256Gcm);
+    let mode = Mode::Encrypt;
+    let ping = encode_frame(&[Message::Ping(Ping { nonce: u64::MAX })]);
+    let pong = encode_frame(&[Message::Pong(Pong {
+        nonce: u64::MAX,
+        committed: sam_core::Seq(u64::MAX),
+        storage_full: true,
+    })]);
+    let mut alice = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
+    let mut seq = Sealer::new(plan(mode, Some(c.server.clone())), SEQUENCER).unwrap();
+    let mut ckpt = Sealer::new(plan(mode, Some(c.checkpoint.clone())), CHECKPOINTER).unwrap();
+    let pairs = [
+        (alice.seal(SealFor::Pid(SEQUENCER), &ping), seq.seal(SealFor::Pid(alice_pid(&c)), &pong)),
+        (alice.seal(SealFor::Pid(CHECKPOINTER), &ping), ckpt.seal(SealFor::Pid(alice_pid(&c)), &pong)),
+        (seq.seal(SealFor::Pid(CHECKPOINTER), &ping), ckpt.seal(SealFor::Pid(SEQUENCER), &pong)),
+        (ckpt.seal(SealFor::Pid(SEQUENCER), &ping), seq.seal(SealFor::Pid(CHECKPOINTER), &pong)),
+    ];
+    for (i, (ping, pong)) in pairs.iter().enumerate() {
+        assert!(pong.len() <= ping.len(), "pair {i}: a pong of {} bytes answers a ping of {}", pong.len(), ping.len());
+    }
+}
+
 #[test]
 fn foreign_mode_suite_cluster_and_channel_are_refused() {
     let c = cluster(Suite::Aes256Gcm);
