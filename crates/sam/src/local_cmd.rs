@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use sam_node::config::{ClusterConfig, Transport, LOCAL_BASE_PORT, LOCAL_CHECKPOINT_SERVERS, LOCAL_SERVERS};
+use sam_node::config::{ClusterConfig, Role, Transport, LOCAL_BASE_PORT, LOCAL_CHECKPOINT_SERVERS, LOCAL_SERVERS};
 
 /// Start or stop a local cluster.
 #[derive(Subcommand, Debug)]
@@ -156,8 +156,9 @@ impl std::fmt::Display for Exited {
 
 impl Servers {
     /// Starts every server of `cluster` as a `sam server` process (`init`: new storage) and
-    /// notes those that exited at once in [`Servers::exited`]; fails only if every one did (a
-    /// port in use, say), or one could not be spawned.
+    /// notes those that exited at once in [`Servers::exited`]; fails, stopping the rest, if
+    /// too few are left to commit (fewer than `k_commit` commit or `k_data` data servers: a
+    /// port in use, a key file refused), or one could not be spawned.
     pub fn start(config: &Path, cluster: &ClusterConfig, init: bool, dir: &Path) -> Result<Servers> {
         let mut servers =
             Servers { children: Vec::new(), members: Vec::new(), dir: dir.to_path_buf(), exited: Vec::new() };
@@ -176,9 +177,17 @@ impl Servers {
             }
         }
         servers.children = running;
-        if servers.children.is_empty() {
-            let first = servers.exited.first().map(ToString::to_string).unwrap_or_default();
-            bail!("every server exited at start; {first}");
+        let left = |role| {
+            let gone = |id| servers.exited.iter().any(|e| e.id == id);
+            cluster.servers.iter().filter(|s| s.roles.contains(role) && !gone(s.id.0)).count()
+        };
+        let (k_commit, k_data) = (cluster.protocol.k_commit, cluster.protocol.k_data);
+        if let Some(first) = servers.exited.first() {
+            if left(Role::Commit) < k_commit || left(Role::Data) < k_data {
+                let first = first.to_string();
+                servers.stop();
+                bail!("too few servers are left to commit, so none is left running; {first}");
+            }
         }
         fs::write(pids_file(dir), servers.pids().iter().map(|p| format!("{p}\n")).collect::<String>())?;
         Ok(servers)
