@@ -141,6 +141,8 @@ pub struct NetStats {
     pub stale_sessions: AtomicU64,
     /// New senders refused because the replay table was full of live ones (an alarm).
     pub replay_table_full: AtomicU64,
+    /// New sessions refused because second-tag keys were derived too often lately (an alarm).
+    pub throttled: AtomicU64,
     /// Messages an authenticated sender may not send in its role (dropped).
     pub refused: AtomicU64,
     /// Members whose address could not be remembered (the table was full).

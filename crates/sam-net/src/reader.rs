@@ -176,6 +176,7 @@ impl Task {
                 Dropped::Replay(Refusal::Replayed) => &stats.replayed,
                 Dropped::Replay(Refusal::StaleSession) => &stats.stale_sessions,
                 Dropped::Replay(Refusal::TableFull) => &stats.replay_table_full,
+                Dropped::Throttled => &stats.throttled,
             }),
         }
         true

@@ -37,6 +37,13 @@ pub const UNCOOKIED_DATAGRAM_MIN: usize = envelope::HEADER_LEN + 48 + 3 * TAG_LE
 
 /// Senders a replay table holds by default.
 pub const REPLAY_SENDERS_DEFAULT: usize = 16_384;
+/// Second-tag keys an opener derives per millisecond, on average, for sessions it has not
+/// seen (DESIGN section 12: "derivations on a miss are rate-limited"): a member that makes up
+/// pids or sessions costs a server at most this many HKDF derivations, ~3% of a core. Every
+/// sender starts a session a minute, so this serves 1.2 million senders.
+pub const TAG_DERIVATIONS_PER_MS: u64 = 20;
+/// The most derivations an opener makes in one burst.
+pub const TAG_DERIVATIONS_BURST: u64 = 20_000;
 
 /// Which keys a configured server holds, which decides the tag it signs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +188,31 @@ pub enum Dropped {
     Unauthenticated,
     /// Replay protection refused it.
     Replay(Refusal),
+    /// A new session's second tag could not be checked: too many derivations lately.
+    Throttled,
+}
+
+/// A token bucket for key derivations on a miss, refilled by the millisecond.
+#[derive(Debug)]
+struct DerivationBudget {
+    tokens: u64,
+    at_ms: u64,
+}
+
+impl DerivationBudget {
+    fn new() -> DerivationBudget {
+        DerivationBudget { tokens: TAG_DERIVATIONS_BURST, at_ms: 0 }
+    }
+
+    /// Takes one derivation at `now_ms`, if the budget allows.
+    fn take(&mut self, now_ms: u64) -> bool {
+        let refill = now_ms.saturating_sub(self.at_ms).saturating_mul(TAG_DERIVATIONS_PER_MS);
+        self.tokens = self.tokens.saturating_add(refill).min(TAG_DERIVATIONS_BURST);
+        self.at_ms = self.at_ms.max(now_ms);
+        let granted = self.tokens > 0;
+        self.tokens -= u64::from(granted);
+        granted
+    }
 }
 
 /// A second tag's key.
@@ -543,6 +575,8 @@ pub struct Opener {
     table: ReplayTable<SessionKeys>,
     /// Which tags of group frames this process checks.
     verifier: Verifier,
+    /// Derivations of second-tag keys left for new sessions.
+    derivations: DerivationBudget,
     /// Channels frames may name on this socket (`None`: any).
     channels: Option<Vec<Option<Channel>>>,
 }
@@ -560,7 +594,7 @@ impl Opener {
             Verifier::None
         };
         let table = ReplayTable::new(plan.replay_senders_max);
-        Opener { plan, table, verifier, channels }
+        Opener { plan, table, verifier, derivations: DerivationBudget::new(), channels }
     }
 
     /// Frames of an older session of a pid heard long after a newer one.
@@ -585,13 +619,13 @@ impl Opener {
         let lane = usize::from(header.channel == Some(Channel::Global));
         let slot = self.table.check(now_ms, pid, session, lane, counter).map_err(Dropped::Replay)?;
         let mut fresh = SessionKeys::default();
-        let Opener { plan, table, verifier, .. } = self;
+        let Opener { plan, table, verifier, derivations, .. } = self;
         let keys = match table.keys_mut(pid, slot) {
             Some(cached) => cached,
             None => &mut fresh,
         };
         let payload = open_aead(plan, &header, datagram, keys)?;
-        let authority = authority(plan, *verifier, &header, datagram, keys)?;
+        let authority = authority(plan, *verifier, &header, datagram, keys, || derivations.take(now_ms))?;
         self.table.admit(now_ms, pid, session, (lane, counter), slot, || fresh).map_err(Dropped::Replay)?;
         Ok(Opened { header, authority, payload })
     }
@@ -638,6 +672,7 @@ fn authority(
     h: &Header,
     datagram: &[u8],
     keys: &mut SessionKeys,
+    may_derive: impl FnOnce() -> bool,
 ) -> Result<Authority, Dropped> {
     match h.tier {
         Tier::Server => return Ok(Authority::Server),
@@ -661,6 +696,9 @@ fn authority(
     let verifies = |k: &TagKey| bool::from(tag2(k, signed).ct_eq(tag));
     if let Some((authority, k)) = &keys.tag2 {
         return if verifies(k) { Ok(*authority) } else { Err(Dropped::Unauthenticated) };
+    }
+    if !may_derive() {
+        return Err(Dropped::Throttled);
     }
     let found = tag_candidates(plan, h.pid).into_iter().find(|(_, k)| verifies(k));
     let (authority, k) = found.ok_or(Dropped::Unauthenticated)?;

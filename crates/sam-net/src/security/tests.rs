@@ -221,6 +221,31 @@ fn a_pong_is_never_larger_than_the_ping_it_answers() {
     }
 }
 
+/// DESIGN section 12: "derivations on a miss are rate-limited": a member making up pids or
+/// sessions costs a server a bounded number of key derivations; known sessions cost none.
+#[test]
+fn second_tag_derivations_for_new_sessions_are_rate_limited() {
+    let c = cluster(Suite::Aes256Gcm);
+    let mode = Mode::Encrypt;
+    let bob_keys = Arc::new(Keyring::member_from(&c.server, "bob"));
+    let bob_pid = Pid(bob_keys.member.unwrap().0 | 1);
+    let mut alice = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
+    let mut bob = Sealer::new(plan(mode, Some(bob_keys)), bob_pid).unwrap();
+    let mut server = Opener::new(plan(mode, Some(c.server.clone())), None);
+    let now = now_ms();
+    server.derivations = DerivationBudget { tokens: 1, at_ms: now };
+    let global = SealFor::Channel(Channel::Global);
+    assert!(server.open(now, &bob.seal(global, b"1")).is_ok(), "the last derivation in the budget");
+    let from_alice = alice.seal(global, b"1");
+    assert_eq!(server.open(now, &from_alice).unwrap_err(), Dropped::Throttled, "none left this millisecond");
+    assert!(server.open(now, &bob.seal(global, b"2")).is_ok(), "a known session needs no derivation");
+    assert!(server.open(now + 1, &from_alice).is_ok(), "the budget refills by the millisecond");
+    let mut budget = DerivationBudget { tokens: 0, at_ms: 10 };
+    assert!(!budget.take(10));
+    assert!(budget.take(11) && (1..TAG_DERIVATIONS_PER_MS).all(|_| budget.take(11)) && !budget.take(11));
+    assert!(budget.take(u64::MAX) && budget.tokens == TAG_DERIVATIONS_BURST - 1, "refills at most to the burst");
+}
+
 #[test]
 fn foreign_mode_suite_cluster_and_channel_are_refused() {
     let c = cluster(Suite::Aes256Gcm);
