@@ -980,7 +980,7 @@ impl KeyUser {
                 (&[KeyKind::Server, KeyKind::Group, KeyKind::MemberMaster], &[], "the servers' server.key")
             }
             KeyUser::Server { checkpoint_only: true } => {
-                (&[KeyKind::Checkpoint, KeyKind::Group], &[KeyKind::Server, KeyKind::MemberMaster], "checkpoint.key")
+                (&[KeyKind::Checkpoint, KeyKind::Group, KeyKind::MemberMaster], &[KeyKind::Server], "checkpoint.key")
             }
             KeyUser::Member => (&[KeyKind::Member, KeyKind::Group], &[], "a member-NAME.key"),
         };

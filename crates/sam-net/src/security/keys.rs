@@ -208,10 +208,12 @@ impl Keyring {
     }
 
     /// A checkpoint server's keys, from a server's: the checkpoint keys derived from every
-    /// server key, and the group keys.
+    /// server key, the group keys, and the member masters (a checkpoint server is a member
+    /// that must know which member sent what, as every server does).
     pub fn checkpoint_from(server: &Keyring) -> Keyring {
         let checkpoint = server.of_kind(KeyKind::Server).map(|k| checkpoint_key(k, server.cluster));
-        let keys = checkpoint.chain(server.of_kind(KeyKind::Group).cloned()).collect();
+        let shared = server.keys.iter().filter(|k| matches!(k.kind, KeyKind::Group | KeyKind::MemberMaster));
+        let keys = checkpoint.chain(shared.cloned()).collect();
         Keyring { cluster: server.cluster, suite: server.suite, member: None, keys }
     }
 

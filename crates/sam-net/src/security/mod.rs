@@ -134,8 +134,7 @@ pub enum Authority {
     /// Sealed under the checkpoint key, or under the group key with a checkpoint server's
     /// valid second tag.
     Checkpoint,
-    /// A member: its credential's tag checked, or at a checkpoint server (which cannot check
-    /// it) a member pid under the group key.
+    /// A member whose credential's tag was checked.
     Member,
     /// Sealed under the group key at a member, which checks no second tag, or security is off.
     Group,
@@ -564,7 +563,7 @@ enum Verifier {
     None,
     /// Every second tag (the server key and member master are held).
     Server,
-    /// Checkpoint tags and checkpoint servers' second tags (only the checkpoint key is held).
+    /// Checkpoint tags instead of server tags (the checkpoint key is held, not the server key).
     Checkpoint,
 }
 
@@ -681,9 +680,6 @@ fn authority(
     }
     let which = match (verifier, plan.server_keys(h.pid)) {
         (Verifier::None, _) => return Ok(Authority::Group),
-        // Only servers hold the member master: a checkpoint server takes a member at its pid,
-        // which the core's role rules then hold to member messages.
-        (Verifier::Checkpoint, None) => return Ok(Authority::Member),
         (Verifier::Checkpoint, Some(ServerKeys::Server)) if !h.checkpoint_tag => return Err(Dropped::Unauthenticated),
         (Verifier::Checkpoint, Some(ServerKeys::Server)) => Which::Checkpoint,
         _ => Which::Second,

@@ -154,7 +154,7 @@ fn checkpoint_servers_seal_under_their_key_which_servers_derive() {
 }
 
 #[test]
-fn checkpoint_servers_believe_servers_by_the_checkpoint_tag_and_members_as_members() {
+fn checkpoint_servers_believe_servers_by_the_checkpoint_tag_and_members_by_their_tags() {
     let c = cluster(Suite::Aes256Gcm);
     let mode = Mode::Encrypt;
     let mut ckpt = Opener::new(plan(mode, Some(c.checkpoint.clone())), None);
@@ -181,10 +181,16 @@ fn checkpoint_servers_believe_servers_by_the_checkpoint_tag_and_members_as_membe
     let mut fresh = Opener::new(plan(mode, Some(c.checkpoint.clone())), None);
     assert_eq!(open(&mut fresh, &Bytes::from(bytes)).unwrap_err(), Dropped::Unauthenticated);
     assert_eq!(open(&mut fresh, &commit).unwrap().authority, Authority::Server, "the real frame still opens");
-    // A member under its own pid is a member, which may not send server-role messages.
+    // A member under its own pid is a member, which may not send server-role messages; under
+    // another member's pid it is nobody: checkpoint servers check members' tags too.
     let mut alice = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
     let data = alice.seal(SealFor::Channel(Channel::Global), b"data");
     assert_eq!(open(&mut ckpt, &data).unwrap().authority, Authority::Member);
+    let mut as_bob = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
+    as_bob.pid = Pid(keys::member_pid("bob").0 | 1);
+    as_bob.renew().unwrap();
+    let forged = as_bob.seal(SealFor::Channel(Channel::Global), b"data under bob's id");
+    assert_eq!(open(&mut ckpt, &forged).unwrap_err(), Dropped::Unauthenticated);
     // Another checkpoint server's second tag is checked under the checkpoint key.
     let mut other = Sealer::new(plan(mode, Some(c.checkpoint.clone())), CHECKPOINTER).unwrap();
     let advert = other.seal(SealFor::Channel(Channel::Checkpoint), b"block");

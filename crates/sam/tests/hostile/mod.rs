@@ -505,7 +505,9 @@ impl Scene {
     /// Starts a victim: `sam send` of `count` messages one at a time; returns it once the tail
     /// delivered one of them, with that message's (pid, incarnation, counter).
     pub fn start_victim(&self, count: u64) -> (Running, (u64, u64, u64)) {
-        let known = self.ledger.senders();
+        // Senders delivered so far are not the victim (forgeries included).
+        let mut known = self.ledger.senders();
+        known.extend(self.early.deliveries().iter().map(|d| mid_parts(&d.mid).0));
         let args = ["send", "--count", &count.to_string(), "--size", &SIZE.to_string()];
         let victim = spawn(sam_with(&self.slow_config(), &args));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -517,6 +519,29 @@ impl Scene {
             assert!(Instant::now() < deadline, "the victim's messages never showed");
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Waits for a checkpoint at or past `seq` and asserts that it is the empty table (what
+    /// the legitimate messages, none of which writes to the table, make).
+    pub fn assert_checkpoint_is_the_empty_table(&self, seq: u64, after: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let checkpoint = loop {
+            let st = self.status();
+            if st.checkpoint["seq"].as_u64().is_some_and(|c| c >= seq) {
+                break st.checkpoint;
+            }
+            assert!(Instant::now() < deadline, "after {after}: no checkpoint past {seq} was advertised: {st:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let at = Seq(checkpoint["seq"].as_u64().expect("the checkpoint's number"));
+        let mut empty = sam_core::KvTable::new();
+        sam_core::StateMachine::apply(&mut empty, at, &Bytes::from_static(b"not a table write"));
+        let size = sam_core::StateMachine::snapshot(&empty).len() as u64;
+        assert_eq!(
+            checkpoint["size"].as_u64(),
+            Some(size),
+            "after {after}: the checkpoint at {at} holds more: {checkpoint}"
+        );
     }
 
     /// `sam status --json`.
