@@ -87,6 +87,11 @@ fn is_request(msg: &Message) -> bool {
     matches!(msg, Message::Fetch(_) | Message::QueryEntries(_) | Message::FetchBlocks(_))
 }
 
+/// Whether `msg` is answered to its sender (a request, or a ping).
+fn is_answered(msg: &Message) -> bool {
+    is_request(msg) || matches!(msg, Message::Ping(_))
+}
+
 /// One task's state.
 struct Task {
     reader: Reader,
@@ -208,15 +213,21 @@ impl Task {
                 Ok(None) => return Ok(None),
                 Err(_) => return Err(Dropped::Malformed),
             },
+            // Only a relay grants, and only what was sent to it alone: many answering one
+            // multicast frame would multiply it (a member's grant needs no answer either).
             Body::Register { lease_ms } => {
-                if self.echoed(addr, &opened, sealed.len()).await {
+                let to_relay = matches!(self.unicast, Unicast::Relay) && opened.header.channel.is_none();
+                if to_relay && self.echoed(addr, &opened, sealed.len()).await {
                     self.register(from, addr, lease_ms).await;
                 }
                 return Ok(None);
             }
         };
         let before = msgs.len();
-        msgs.retain(|msg| opened.authority.permits(msg));
+        // What is answered is answered only when sent to this process alone: every process on
+        // a group answering one spoofed frame would reflect it many times over.
+        let to_me = opened.header.channel.is_none();
+        msgs.retain(|msg| opened.authority.permits(msg) && (to_me || !is_answered(msg)));
         let refused = (before - msgs.len()) as u64;
         self.reader.stats.refused.fetch_add(refused, Ordering::Relaxed);
         if msgs.iter().any(is_request) && !self.echoed(addr, &opened, sealed.len()).await {

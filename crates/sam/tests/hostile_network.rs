@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hostile::*;
 use sam_core::message::{
-    Accepted, Assign, Block, Commit, Data, Entries, Fetch, FetchBlocks, Forgotten, Heartbeat, Order, OrderItem,
+    Accepted, Assign, Block, Commit, Data, Entries, Fetch, FetchBlocks, Forgotten, Heartbeat, Order, OrderItem, Ping,
     PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected,
 };
 use sam_core::wire::{encode_frame, register_frame};
@@ -665,6 +665,42 @@ fn a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint() {
     let fooled = s.early.deliveries().iter().filter(|d| d.payload.windows(6).any(|w| w == b"forged")).count();
     assert!(fooled > 100, "the attack reached members: {fooled} forgeries delivered");
     s.assert_unharmed("a member claiming a server and another member to the checkpoint servers");
+}
+
+/// DESIGN section 12, "No reflection": anything answered by more than one process needs a
+/// cookie. A member credential's `Ping`, `Fetch`, `QueryEntries`, `FetchBlocks` and relay
+/// registration sent to each multicast group are answered by nobody — every process of a group
+/// answering one frame (or challenging it) would send its source address, which may be
+/// spoofed, that many datagrams. The same `Ping` sent to one server is answered: the frames
+/// are good.
+#[test]
+fn requests_to_a_group_are_answered_by_nobody() {
+    let s = Scene::new(23_880, &[]);
+    let mut mallory = Mallory::new(&s.cluster, "mallory", None);
+    let own = Inbox::on(mallory.attacker.socket().try_clone().expect("another handle on the insider's socket"));
+    let requests = [
+        encode_frame(&[Message::Ping(Ping { nonce: 7 })]),
+        encode_frame(&[Message::Fetch(Fetch { mids: vec![forged_mid(3, 1)] })]),
+        encode_frame(&[Message::QueryEntries(QueryEntries { ranges: vec![SeqRange { first: Seq(1), last: Seq(9) }] })]),
+        encode_frame(&[Message::FetchBlocks(FetchBlocks { seq: Seq(1), blocks: vec![0] })]),
+        register_frame(30_000),
+    ];
+    let mut sent = 0;
+    for _ in 0..3 {
+        for channel in [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint] {
+            for frame in &requests {
+                let sealed = mallory.seal_frame(To::Channel(channel), frame);
+                mallory.attacker.send(To::Channel(channel), &sealed);
+                sent += 1;
+            }
+        }
+    }
+    let answers = own.settle(Duration::from_millis(500), Duration::from_secs(3));
+    assert!(answers.is_empty(), "{} answers to {sent} requests sent to the groups", answers.len());
+    let server = s.config.servers[0].id;
+    mallory.send(&[Message::Ping(Ping { nonce: 8 })], &[To::Server(server)]);
+    let answers = own.settle(Duration::from_millis(300), Duration::from_secs(3));
+    assert_eq!(answers.len(), 1, "the same Ping sent to server {} alone is answered, once", server.0);
 }
 
 /// Attack "spoofed-source Fetch" of issue 12 (DESIGN section 12, "No reflection": a reply that

@@ -9,7 +9,7 @@
 //! |----------|----------------|---------------------------------------------------------------------|
 //! | `0..2`   | magic          | `S` `M`                                                             |
 //! | `2`      | version        | `2` ([`VERSION`])                                                   |
-//! | `3`      | flags          | bit 0: a cookie follows the header; bit 1: a cookie challenge (bit 0 set too, empty payload); bit 2: a checkpoint tag ends the trailer (group tier only); a relay envelope has `0x80` here instead (below) |
+//! | `3`      | flags          | bit 0: a cookie follows the header; bit 1: a cookie challenge (bit 0 set too, empty payload); bit 2: a checkpoint tag precedes the second tag (group tier only); a relay envelope has `0x80` here instead (below) |
 //! | `4`      | mode           | `0` off, `1` authenticate, `2` encrypt                              |
 //! | `5`      | suite          | `0` with mode off; `1` AES-256-GCM, `2` ChaCha20-Poly1305           |
 //! | `6`      | tier           | the key that seals it: `0` group, `1` server, `2` checkpoint        |
@@ -28,10 +28,12 @@
 //! server gave it in a *challenge* — a frame with flag bits 0 and 1, the cookie, and no
 //! payload, never longer than the request it answers (DESIGN section 12, "No reflection").
 //!
-//! A frame to one process that carries no cookie for it is padded with zero bytes after its
-//! payload frame to 150 bytes in all (header, 48 bytes of payload, three tags' worth of
-//! trailer), so that it is never shorter than the challenge or the `Pong` it may get; a
-//! receiver reads the payload frame's own length and checks the rest is zeros.
+//! A frame to one process (a challenge aside) is padded with zero bytes after its payload
+//! frame to 150 bytes in all (header, 48 bytes of payload, three tags' worth of trailer), so
+//! that it is never shorter than the challenge or the `Pong` it may get; a receiver drops a
+//! shorter one, reads the payload frame's own length and checks the rest is zeros. Requests
+//! and pings are answered only when sent to one process: on a group, every process would
+//! answer the one frame.
 //!
 //! The trailer is, in mode off, the CRC-32C of the header (4 bytes; the payload carries its
 //! own). In modes authenticate and encrypt it is the AEAD tag (16 bytes) and, when the tier is

@@ -30,10 +30,11 @@ use replay::{Refusal, ReplayTable};
 pub const SESSION_RENEW_MS: u64 = 60_000;
 /// ...or after this many frames, whichever comes first.
 pub const SESSION_RENEW_FRAMES: u64 = 1 << 23;
-/// The shortest frame to one process that carries no cookie for it (zero bytes pad its
-/// payload): it outweighs a cookie challenge, which may then answer it, and a `Pong` of any
-/// tier (48 bytes of payload and three tags).
-pub const UNCOOKIED_DATAGRAM_MIN: usize = envelope::HEADER_LEN + 48 + 3 * TAG_LEN;
+/// The shortest frame to one process (zero bytes pad its payload; cookie challenges aside):
+/// it outweighs a cookie challenge, which may answer a request, and a `Pong` of any tier (48
+/// bytes of payload and three tags, no cookie), so that no answer to one frame is larger
+/// than it. Receivers drop shorter ones.
+pub const UNICAST_DATAGRAM_MIN: usize = envelope::HEADER_LEN + 48 + 3 * TAG_LEN;
 
 /// Senders a replay table holds by default.
 pub const REPLAY_SENDERS_DEFAULT: usize = 16_384;
@@ -440,16 +441,14 @@ impl Sealer {
     }
 
     /// Seals the wire-format frame `payload` for `dest`, with the cookie `dest` granted. A
-    /// frame to one process without a cookie for it is padded to [`UNCOOKIED_DATAGRAM_MIN`]: a
-    /// request is never shorter than the challenge or the `Pong` it may get.
+    /// frame to one process is padded to [`UNICAST_DATAGRAM_MIN`]: a request is never shorter
+    /// than the challenge or the `Pong` it may get.
     pub fn seal(&mut self, dest: SealFor, payload: &[u8]) -> Bytes {
         let SealFor::Pid(pid) = dest else { return self.seal_frame(dest, None, false, payload) };
-        if let Some(cookie) = self.cookies.get(&pid).copied() {
-            return self.seal_frame(dest, Some(cookie), false, payload);
-        }
-        // Servers answer members without cookies all the time: no copy unless it is short.
-        let trailer = self.header(dest, None, false, 0).trailer_len();
-        let min = UNCOOKIED_DATAGRAM_MIN - envelope::HEADER_LEN - trailer;
+        let cookie = self.cookies.get(&pid).copied();
+        // No copy unless the payload is short.
+        let head = self.header(dest, cookie, false, 0);
+        let min = UNICAST_DATAGRAM_MIN.saturating_sub(head.header_len() + head.trailer_len());
         let padded;
         let payload = if payload.len() < min {
             let mut short = payload.to_vec();
@@ -459,10 +458,12 @@ impl Sealer {
         } else {
             payload
         };
-        if self.plan.server_keys(pid).is_some() {
+        // Only a request to a server may be challenged, and never one from a server.
+        let challengeable = self.plan.server_keys(self.pid) != Some(ServerKeys::Server);
+        if cookie.is_none() && challengeable && self.plan.server_keys(pid).is_some() {
             self.pending.insert(pid, payload.to_vec());
         }
-        self.seal_frame(dest, None, false, payload)
+        self.seal_frame(dest, cookie, false, payload)
     }
 
     /// A cookie challenge to `to`: the cookie it must echo, and nothing else.
@@ -604,6 +605,9 @@ impl Opener {
     /// Checks and opens a sealed frame (not a relay envelope) received at `now_ms`.
     pub fn open(&mut self, now_ms: u64, datagram: &Bytes) -> Result<Opened, Dropped> {
         let header = Header::decode(datagram).map_err(|_| Dropped::Malformed)?;
+        if header.channel.is_none() && !header.challenge && datagram.len() < UNICAST_DATAGRAM_MIN {
+            return Err(Dropped::Malformed);
+        }
         self.check_header(&header)?;
         let head = header.header_len();
         let payload_end = head + header.len as usize;
