@@ -170,6 +170,15 @@ pub enum ConfigError {
         /// The key path, e.g. `servers[1].roles`.
         key: String,
     },
+    /// A server id in the members' range (2^63 and above), which every process would take for
+    /// a member's.
+    #[error("{key}: {id} is a member's id; server ids lie below 2^63 (9223372036854775808)")]
+    MemberId {
+        /// The key path, e.g. `servers[1].id`.
+        key: String,
+        /// The id.
+        id: u64,
+    },
     /// Two servers share a pid.
     #[error("{key}: {id} is already the id of servers[{first}]")]
     DuplicateId {
@@ -1276,6 +1285,9 @@ impl ClusterConfig {
             if server.roles.is_empty() {
                 return Err(ConfigError::NoRoles { key: format!("servers[{i}].roles") });
             }
+            if server.id.is_member() {
+                return Err(ConfigError::MemberId { key: format!("servers[{i}].id"), id: server.id.0 });
+            }
             if let Some(&first) = ids.get(&server.id) {
                 return Err(ConfigError::DuplicateId { key: format!("servers[{i}].id"), id: server.id.0, first });
             }
@@ -1711,6 +1723,12 @@ mode = "off"
     fn a_duplicate_server_id_is_refused() {
         let e = refused_naming(&VALID.replace("id = 3", "id = 1"), "servers[2].id");
         assert!(matches!(e, ConfigError::DuplicateId { id: 1, first: 0, .. }), "{e}");
+    }
+
+    #[test]
+    fn a_server_id_in_the_members_range_is_refused() {
+        let e = refused_naming(&VALID.replace("id = 3", "id = 9223372036854775808"), "servers[2].id");
+        assert!(matches!(e, ConfigError::MemberId { id: 9_223_372_036_854_775_808, .. }), "{e}");
     }
 
     #[test]

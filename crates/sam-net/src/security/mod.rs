@@ -634,9 +634,13 @@ impl Opener {
     }
 
     fn check_header(&self, h: &Header) -> Result<(), Dropped> {
-        let suite = self.plan.keys.as_ref().map_or(0, |k| k.suite.code());
-        if h.cluster != self.plan.cluster || h.mode != self.plan.mode || (h.mode != Mode::Off && h.suite != suite) {
+        let suite = if h.mode == Mode::Off { 0 } else { self.plan.keys.as_ref().map_or(0, |k| k.suite.code()) };
+        if h.cluster != self.plan.cluster || h.mode != self.plan.mode || h.suite != suite {
             return Err(Dropped::Foreign);
+        }
+        // Without keys there is one tier and no key id: nothing else is sealed that way.
+        if h.mode == Mode::Off && (h.tier != Tier::Group || h.key_id != 0) {
+            return Err(Dropped::Malformed);
         }
         if self.channels.as_ref().is_some_and(|c| !c.contains(&h.channel)) {
             return Err(Dropped::Unkeyed);
@@ -697,7 +701,9 @@ fn authority(
     if let Some((authority, k)) = &keys.tag2 {
         return if verifies(k) { Ok(*authority) } else { Err(Dropped::Unauthenticated) };
     }
-    if !may_derive() {
+    // Servers' tag keys depend on neither pid nor session: only members' cost a derivation
+    // each, and only they are rationed, so that made-up members never delay a server's.
+    if h.pid.is_member() && !may_derive() {
         return Err(Dropped::Throttled);
     }
     let found = tag_candidates(plan, h.pid).into_iter().find(|(_, k)| verifies(k));

@@ -79,6 +79,16 @@ fn mode_off_names_the_cluster_and_checks_a_crc() {
     assert_eq!(open(&mut opener, &Bytes::from(flipped)).unwrap_err(), Dropped::Malformed);
     let other = SecurityPlan { cluster: ClusterId(1), ..plan(Mode::Off, None) };
     assert_eq!(Opener::new(other, None).open(now_ms(), &frame).unwrap_err(), Dropped::Foreign);
+    // Without keys nothing names a key tier, key id or suite: such a frame is no mode-off frame.
+    for (at, value) in [(5, 1), (6, 1), (8, 1)] {
+        let mut f = sealer.seal(SealFor::Channel(Channel::Global), b"x").to_vec();
+        f[at] = value;
+        let head = envelope::HEADER_LEN;
+        let crc = crc32c::crc32c(&f[..head]).to_le_bytes();
+        let end = f.len();
+        f[end - 4..].copy_from_slice(&crc);
+        assert!(open(&mut opener, &Bytes::from(f)).is_err(), "byte {at} = {value}");
+    }
 }
 
 #[test]
@@ -246,6 +256,9 @@ fn second_tag_derivations_for_new_sessions_are_rate_limited() {
     assert_eq!(server.open(now, &from_alice).unwrap_err(), Dropped::Throttled, "none left this millisecond");
     assert!(server.open(now, &bob.seal(global, b"2")).is_ok(), "a known session needs no derivation");
     assert!(server.open(now + 1, &from_alice).is_ok(), "the budget refills by the millisecond");
+    server.derivations = DerivationBudget { tokens: 0, at_ms: now + 1 };
+    let mut seq = Sealer::new(plan(mode, Some(c.server.clone())), SEQUENCER).unwrap();
+    assert!(server.open(now + 1, &seq.seal(global, b"commit")).is_ok(), "servers are never rationed");
     let mut budget = DerivationBudget { tokens: 0, at_ms: 10 };
     assert!(!budget.take(10));
     assert!(budget.take(11) && (1..TAG_DERIVATIONS_PER_MS).all(|_| budget.take(11)) && !budget.take(11));
