@@ -185,7 +185,7 @@ impl Process {
 
     /// Routes a message from `from` to the roles that handle its kind.
     pub fn handle(&mut self, now: Time, from: Pid, msg: &Message) {
-        if !self.believes(from, msg) {
+        if !self.believes(now, from, msg) {
             return;
         }
         let mark = self.out.len();
@@ -205,8 +205,8 @@ impl Process {
         self.unbelieved
     }
 
-    fn believes(&mut self, from: Pid, msg: &Message) -> bool {
-        let believed = self.senders.believes(&self.cfg, from, msg).is_ok();
+    fn believes(&mut self, now: Time, from: Pid, msg: &Message) -> bool {
+        let believed = self.senders.believes(&self.cfg, now, from, msg).is_ok();
         self.unbelieved += u64::from(!believed);
         believed
     }
@@ -215,7 +215,7 @@ impl Process {
     /// member's buffer instead of being shared, which spares a reference count per message on
     /// the node's hot path.
     pub fn handle_owned(&mut self, now: Time, from: Pid, msg: Message) {
-        if !self.believes(from, &msg) {
+        if !self.believes(now, from, &msg) {
             return;
         }
         let mark = self.out.len();

@@ -6,14 +6,19 @@
 //! every role.
 
 use crate::config::Config;
-use crate::ids::{Epoch, Pid};
+use crate::ids::{Epoch, Pid, Time};
 use crate::message::{Message, Slot};
 
 /// No epoch beyond this round is believed: far above what ballots reach (one per failover),
 /// far enough below the 48 bits of a round that the next epoch never wraps.
 pub const EPOCH_ROUND_MAX: u64 = 1 << 40;
-/// No message lifts the highest round believed by more than this at once.
+/// No message lifts the highest round believed by more than this at once...
 pub const EPOCH_ROUNDS_AHEAD_MAX: u64 = 1 << 16;
+/// ...and all messages together lift it by at most this many rounds a second beyond that, so
+/// that a stream of frames each a little ahead (which, with security off, anyone who can
+/// spoof a server's address may send) takes decades to climb to [`EPOCH_ROUND_MAX`]; a ballot
+/// climbs one round.
+pub const EPOCH_ROUNDS_LIFT_PER_S: u64 = 1 << 10;
 
 /// Why a message was not believed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,36 +31,59 @@ pub enum Unbelieved {
     CheckpointAboveCommitted,
 }
 
-/// What a process remembers to judge senders: the highest epoch round it believed.
-#[derive(Clone, Debug, Default)]
+/// What a process remembers to judge senders: the highest epoch round it believed, and how
+/// far it may still be lifted.
+#[derive(Clone, Debug)]
 pub struct Senders {
     highest_round: u64,
+    /// Rounds the highest may still be lifted by, as of `lift_at`.
+    lift: u64,
+    lift_at: Time,
+}
+
+impl Default for Senders {
+    fn default() -> Senders {
+        Senders::new(Epoch::NONE)
+    }
 }
 
 impl Senders {
     /// Judging from a process that has believed epochs up to `known` (its durable promise).
     pub fn new(known: Epoch) -> Senders {
-        Senders { highest_round: known.round() }
+        Senders { highest_round: known.round(), lift: EPOCH_ROUNDS_AHEAD_MAX, lift_at: Time(0) }
     }
 
-    /// Whether `msg` from `from` is believed; believing it may raise the highest round.
-    pub fn believes(&mut self, cfg: &Config, from: Pid, msg: &Message) -> Result<(), Unbelieved> {
+    /// Rounds the highest may be lifted by at `now`.
+    fn lift_at(&self, now: Time) -> u64 {
+        let earned = now.since_us(self.lift_at).saturating_mul(EPOCH_ROUNDS_LIFT_PER_S) / 1_000_000;
+        self.lift.saturating_add(earned).min(EPOCH_ROUNDS_AHEAD_MAX)
+    }
+
+    /// Whether `msg` from `from` at `now` is believed; believing it may raise the highest round.
+    pub fn believes(&mut self, cfg: &Config, now: Time, from: Pid, msg: &Message) -> Result<(), Unbelieved> {
         role_may_send(cfg, from, msg)?;
         if let Message::Heartbeat(h) = msg {
             if h.checkpoint.is_some_and(|c| c.seq > h.committed) {
                 return Err(Unbelieved::CheckpointAboveCommitted);
             }
         }
+        let lift = self.lift_at(now);
         let mut highest = 0;
         for epoch in epochs(msg) {
             let round = epoch.round();
-            let ahead = self.highest_round > 0 && round > self.highest_round.saturating_add(EPOCH_ROUNDS_AHEAD_MAX);
+            let ahead = self.highest_round > 0 && round > self.highest_round.saturating_add(lift);
             if round > EPOCH_ROUND_MAX || ahead {
                 return Err(Unbelieved::EpochOutOfBounds);
             }
             highest = highest.max(round);
         }
-        self.highest_round = self.highest_round.max(highest);
+        if highest > self.highest_round {
+            // The first epoch a process hears is taken whole: it knew none to judge it by.
+            let lifted = if self.highest_round == 0 { 0 } else { highest - self.highest_round };
+            self.lift = lift - lifted;
+            self.lift_at = now;
+            self.highest_round = highest;
+        }
         Ok(())
     }
 }
@@ -139,16 +167,16 @@ mod tests {
         let mut s = Senders::default();
         let member = Pid(1 << 63 | 5);
         let e = Epoch::new(3, 1); // owned by the commit server of rank 1: pid 2
-        assert_eq!(s.believes(&cfg, Pid(2), &heartbeat(e, Pid(2))), Ok(()));
-        assert_eq!(s.believes(&cfg, Pid(1), &heartbeat(e, Pid(1))), Err(Unbelieved::NotItsRole), "not its epoch");
-        assert_eq!(s.believes(&cfg, Pid(2), &heartbeat(e, Pid(3))), Err(Unbelieved::NotItsRole), "names another");
-        assert_eq!(s.believes(&cfg, member, &heartbeat(e, member)), Err(Unbelieved::NotItsRole));
+        assert_eq!(s.believes(&cfg, Time(0), Pid(2), &heartbeat(e, Pid(2))), Ok(()));
+        assert_eq!(s.believes(&cfg, Time(0), Pid(1), &heartbeat(e, Pid(1))), Err(Unbelieved::NotItsRole), "not its epoch");
+        assert_eq!(s.believes(&cfg, Time(0), Pid(2), &heartbeat(e, Pid(3))), Err(Unbelieved::NotItsRole), "names another");
+        assert_eq!(s.believes(&cfg, Time(0), member, &heartbeat(e, member)), Err(Unbelieved::NotItsRole));
         let assign = Message::Assign(Assign { epoch: e, epoch_first: Seq(1), first: Seq(1), entries: vec![] });
-        assert_eq!(s.believes(&cfg, Pid(2), &assign), Ok(()));
-        assert_eq!(s.believes(&cfg, Pid(4), &assign), Err(Unbelieved::NotItsRole));
+        assert_eq!(s.believes(&cfg, Time(0), Pid(2), &assign), Ok(()));
+        assert_eq!(s.believes(&cfg, Time(0), Pid(4), &assign), Err(Unbelieved::NotItsRole));
         let order = Message::Order(Order { items: vec![] });
-        assert_eq!(s.believes(&cfg, Pid(3), &order), Ok(()));
-        assert_eq!(s.believes(&cfg, member, &order), Err(Unbelieved::NotItsRole));
+        assert_eq!(s.believes(&cfg, Time(0), Pid(3), &order), Ok(()));
+        assert_eq!(s.believes(&cfg, Time(0), member, &order), Err(Unbelieved::NotItsRole));
     }
 
     #[test]
@@ -158,13 +186,13 @@ mod tests {
         let mut s = Senders::default();
         let member = Pid(1 << 63 | 5);
         let repeat = Message::Commit(Commit { epoch: Epoch::new(3, 0), first: Seq(1), entries: vec![] });
-        assert_eq!(s.believes(&cfg, Pid(3), &repeat), Ok(()), "a commit server answering a query with a Commit");
-        assert_eq!(s.believes(&cfg, member, &repeat), Err(Unbelieved::NotItsRole));
+        assert_eq!(s.believes(&cfg, Time(0), Pid(3), &repeat), Ok(()), "a commit server answering a query with a Commit");
+        assert_eq!(s.believes(&cfg, Time(0), member, &repeat), Err(Unbelieved::NotItsRole));
         let ask = Message::Prepare(Prepare { epoch: Epoch::NONE, from_seq: Seq::ZERO });
-        assert_eq!(s.believes(&cfg, Pid(2), &ask), Ok(()), "rank 1 rejoining after storage loss");
-        assert_eq!(s.believes(&cfg, member, &ask), Err(Unbelieved::NotItsRole));
+        assert_eq!(s.believes(&cfg, Time(0), Pid(2), &ask), Ok(()), "rank 1 rejoining after storage loss");
+        assert_eq!(s.believes(&cfg, Time(0), member, &ask), Err(Unbelieved::NotItsRole));
         let stand = Message::Prepare(Prepare { epoch: Epoch::new(4, 0), from_seq: Seq(1) });
-        assert_eq!(s.believes(&cfg, Pid(2), &stand), Err(Unbelieved::NotItsRole), "a ballot of another's epoch");
+        assert_eq!(s.believes(&cfg, Time(0), Pid(2), &stand), Err(Unbelieved::NotItsRole), "a ballot of another's epoch");
     }
 
     #[test]
@@ -176,9 +204,9 @@ mod tests {
             let mid = Mid { source: Source { pid, incarnation: Incarnation(1) }, counter: 1 };
             Message::Data(Data { mid, ts: Seq(0), payload: bytes::Bytes::new() })
         };
-        assert_eq!(s.believes(&cfg, member, &data(member)), Ok(()));
-        assert_eq!(s.believes(&cfg, member, &data(Pid(1))), Err(Unbelieved::NotItsRole), "a mid naming server 1");
-        assert_eq!(s.believes(&cfg, Pid(2), &data(member)), Ok(()), "a data server answering a fetch");
+        assert_eq!(s.believes(&cfg, Time(0), member, &data(member)), Ok(()));
+        assert_eq!(s.believes(&cfg, Time(0), member, &data(Pid(1))), Err(Unbelieved::NotItsRole), "a mid naming server 1");
+        assert_eq!(s.believes(&cfg, Time(0), Pid(2), &data(member)), Ok(()), "a data server answering a fetch");
     }
 
     #[test]
@@ -186,21 +214,21 @@ mod tests {
         let cfg = cfg();
         let mut s = Senders::new(Epoch::new(5, 0));
         let far = Epoch::new(5 + EPOCH_ROUNDS_AHEAD_MAX + 1, 0);
-        assert_eq!(s.believes(&cfg, Pid(1), &heartbeat(far, Pid(1))), Err(Unbelieved::EpochOutOfBounds));
+        assert_eq!(s.believes(&cfg, Time(0), Pid(1), &heartbeat(far, Pid(1))), Err(Unbelieved::EpochOutOfBounds));
         let max = Message::Heartbeat(Heartbeat {
             epoch: Epoch(u64::MAX),
             sequencer: Pid(1),
             committed: Seq(1),
             checkpoint: None,
         });
-        assert_eq!(Senders::default().believes(&cfg, Pid(1), &max), Err(Unbelieved::NotItsRole), "rank 65535");
+        assert_eq!(Senders::default().believes(&cfg, Time(0), Pid(1), &max), Err(Unbelieved::NotItsRole), "rank 65535");
         let wrap = Epoch::new(EPOCH_ROUND_MAX + 1, 0);
         assert_eq!(
-            Senders::default().believes(&cfg, Pid(1), &heartbeat(wrap, Pid(1))),
+            Senders::default().believes(&cfg, Time(0), Pid(1), &heartbeat(wrap, Pid(1))),
             Err(Unbelieved::EpochOutOfBounds)
         );
         let near = Epoch::new(5 + EPOCH_ROUNDS_AHEAD_MAX, 0);
-        assert_eq!(s.believes(&cfg, Pid(1), &heartbeat(near, Pid(1))), Ok(()));
+        assert_eq!(s.believes(&cfg, Time(0), Pid(1), &heartbeat(near, Pid(1))), Ok(()));
         let checkpoint = CheckpointInfo { seq: Seq(11), size: 1, blocks: 1, digest: crate::ids::Digest(0) };
         let ahead = Message::Heartbeat(Heartbeat {
             epoch: near,
@@ -208,6 +236,35 @@ mod tests {
             committed: Seq(10),
             checkpoint: Some(checkpoint),
         });
-        assert_eq!(s.believes(&cfg, Pid(1), &ahead), Err(Unbelieved::CheckpointAboveCommitted));
+        assert_eq!(s.believes(&cfg, Time(0), Pid(1), &ahead), Err(Unbelieved::CheckpointAboveCommitted));
+    }
+
+    /// DESIGN section 12: no state no ballot can leave. Frames each a little ahead, all believed
+    /// with security off from whoever spoofs the owner's address, lift the epoch only so fast.
+    #[test]
+    fn a_stream_of_frames_each_a_little_ahead_climbs_only_so_fast() {
+        let cfg = cfg();
+        let mut s = Senders::new(Epoch::new(5, 0));
+        let mut round = 5;
+        let mut now = Time(1_000_000);
+        let step = EPOCH_ROUNDS_AHEAD_MAX / 4;
+        let mut believed = 0;
+        for _ in 0..1_000 {
+            now = now.plus_us(1_000);
+            if s.believes(&cfg, now, Pid(1), &heartbeat(Epoch::new(round + step, 0), Pid(1))).is_ok() {
+                round += step;
+                believed += 1;
+            }
+        }
+        // A second of frames: the burst, then what a second earns.
+        let most = (EPOCH_ROUNDS_AHEAD_MAX + EPOCH_ROUNDS_LIFT_PER_S) / step;
+        assert!(believed <= most, "{believed} frames lifted the epoch by {step} each in one second");
+        assert!(believed >= 4, "the first lifts within the burst are believed");
+        let later = now.plus_us(3_600_000_000);
+        let next = Epoch::new(round + 1, 0);
+        assert_eq!(s.believes(&cfg, later, Pid(1), &heartbeat(next, Pid(1))), Ok(()), "a ballot climbs one round");
+        let year_us = 365 * 24 * 3_600 * 1_000_000u64;
+        let years = EPOCH_ROUND_MAX / EPOCH_ROUNDS_LIFT_PER_S / (year_us / 1_000_000);
+        assert!(years >= 30, "reaching the last round takes {years} years of such frames");
     }
 }
