@@ -168,8 +168,16 @@ mod tests {
         let member = Pid(1 << 63 | 5);
         let e = Epoch::new(3, 1); // owned by the commit server of rank 1: pid 2
         assert_eq!(s.believes(&cfg, Time(0), Pid(2), &heartbeat(e, Pid(2))), Ok(()));
-        assert_eq!(s.believes(&cfg, Time(0), Pid(1), &heartbeat(e, Pid(1))), Err(Unbelieved::NotItsRole), "not its epoch");
-        assert_eq!(s.believes(&cfg, Time(0), Pid(2), &heartbeat(e, Pid(3))), Err(Unbelieved::NotItsRole), "names another");
+        assert_eq!(
+            s.believes(&cfg, Time(0), Pid(1), &heartbeat(e, Pid(1))),
+            Err(Unbelieved::NotItsRole),
+            "not its epoch"
+        );
+        assert_eq!(
+            s.believes(&cfg, Time(0), Pid(2), &heartbeat(e, Pid(3))),
+            Err(Unbelieved::NotItsRole),
+            "names another"
+        );
         assert_eq!(s.believes(&cfg, Time(0), member, &heartbeat(e, member)), Err(Unbelieved::NotItsRole));
         let assign = Message::Assign(Assign { epoch: e, epoch_first: Seq(1), first: Seq(1), entries: vec![] });
         assert_eq!(s.believes(&cfg, Time(0), Pid(2), &assign), Ok(()));
@@ -186,13 +194,21 @@ mod tests {
         let mut s = Senders::default();
         let member = Pid(1 << 63 | 5);
         let repeat = Message::Commit(Commit { epoch: Epoch::new(3, 0), first: Seq(1), entries: vec![] });
-        assert_eq!(s.believes(&cfg, Time(0), Pid(3), &repeat), Ok(()), "a commit server answering a query with a Commit");
+        assert_eq!(
+            s.believes(&cfg, Time(0), Pid(3), &repeat),
+            Ok(()),
+            "a commit server answering a query with a Commit"
+        );
         assert_eq!(s.believes(&cfg, Time(0), member, &repeat), Err(Unbelieved::NotItsRole));
         let ask = Message::Prepare(Prepare { epoch: Epoch::NONE, from_seq: Seq::ZERO });
         assert_eq!(s.believes(&cfg, Time(0), Pid(2), &ask), Ok(()), "rank 1 rejoining after storage loss");
         assert_eq!(s.believes(&cfg, Time(0), member, &ask), Err(Unbelieved::NotItsRole));
         let stand = Message::Prepare(Prepare { epoch: Epoch::new(4, 0), from_seq: Seq(1) });
-        assert_eq!(s.believes(&cfg, Time(0), Pid(2), &stand), Err(Unbelieved::NotItsRole), "a ballot of another's epoch");
+        assert_eq!(
+            s.believes(&cfg, Time(0), Pid(2), &stand),
+            Err(Unbelieved::NotItsRole),
+            "a ballot of another's epoch"
+        );
     }
 
     #[test]
@@ -205,7 +221,11 @@ mod tests {
             Message::Data(Data { mid, ts: Seq(0), payload: bytes::Bytes::new() })
         };
         assert_eq!(s.believes(&cfg, Time(0), member, &data(member)), Ok(()));
-        assert_eq!(s.believes(&cfg, Time(0), member, &data(Pid(1))), Err(Unbelieved::NotItsRole), "a mid naming server 1");
+        assert_eq!(
+            s.believes(&cfg, Time(0), member, &data(Pid(1))),
+            Err(Unbelieved::NotItsRole),
+            "a mid naming server 1"
+        );
         assert_eq!(s.believes(&cfg, Time(0), Pid(2), &data(member)), Ok(()), "a data server answering a fetch");
     }
 

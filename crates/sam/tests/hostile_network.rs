@@ -3,7 +3,9 @@
 //! with no keys; an insider holds a member credential of its own. After each attack the
 //! cluster must be unharmed: the same sequencer in the same epoch, sends still commit, and
 //! tails started before and after deliver exactly what legitimate senders were told is
-//! committed, at the same numbers, and nothing forged. Every process a test starts is stopped
+//! committed, at the same numbers, and nothing forged. The attacks run against a multicast
+//! cluster and, where the transport matters to them, again against a unicast one (`_over_unicast`:
+//! what is meant for a channel goes to every server). Every process a test starts is stopped
 //! by its pid when the test ends, also when it fails.
 
 mod hostile;
@@ -36,40 +38,7 @@ use sam_node::config::{ClusterConfig, Role, SecurityConfig, SecurityMode};
 fn forged_commits_and_data_and_replayed_or_altered_frames_are_never_delivered() {
     let mut s = Scene::new(23_000, &[]);
     let sniffer = Sniffer::start(&s.config);
-    let everywhere = s.attacker.everywhere();
-
-    // 1: a Commit for the next number, with its Data and a heartbeat saying it is committed.
-    let st = s.status();
-    let next = Seq(st.committed + 1);
-    let mid = forged_mid(1, 1);
-    let commit = Message::Commit(Commit { epoch: st.epoch(), first: next, entries: vec![Assigned::Mid(mid)] });
-    let heartbeat = Message::Heartbeat(Heartbeat {
-        epoch: st.epoch(),
-        sequencer: st.sequencer(),
-        committed: next,
-        checkpoint: None,
-    });
-    let forged = [forged_data(mid, Seq(st.committed), "commit"), commit, heartbeat];
-    s.attacker.forge(st.sequencer(), &forged, &everywhere);
-    std::thread::sleep(Duration::from_millis(200));
-    let heard = sniffer.take();
-    for channel in [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint] {
-        let v1 = heard.iter().filter(|f| f.channel == channel && f.bytes.get(2) == Some(&1)).count();
-        assert!(v1 > 0, "the forgeries reach the {channel:?} group where the servers listen");
-    }
-    let sent = s.send(5);
-    let first = sent.iter().map(|(seq, _)| *seq).min();
-    assert_eq!(first, Some(next.0), "the next number went to a legitimate message: {sent:?}");
-    s.assert_unharmed("a forged Commit");
-
-    // 2: Data whose id names server 1 (which never sends messages of its own).
-    let st = s.status();
-    let server_mid = |counter| Mid { source: Source { pid: Pid(1), incarnation: Incarnation(0xF2) }, counter };
-    let data: Vec<Message> =
-        (1..=3).map(|c| forged_data(server_mid(c), Seq(st.committed), "data of server 1")).collect();
-    s.attacker.forge(Pid(1), &data, &everywhere);
-    std::thread::sleep(Duration::from_millis(300));
-    s.assert_unharmed("forged Data of server 1");
+    forge_a_commit_and_a_servers_data(&mut s, Some(&sniffer));
 
     // 3: the sealed frames of a legitimate sender, sniffed.
     sniffer.take();
@@ -125,6 +94,58 @@ fn forged_commits_and_data_and_replayed_or_altered_frames_are_never_delivered() 
     s.assert_tails_deliver_only_legitimate_messages();
 }
 
+/// Attacks 1 and 2 of issue 12 with unicast transport (no multicast: what is meant for a
+/// channel goes to every server, and data servers relay the global channel to members): a
+/// forged `Commit` with its `Data` and a heartbeat, and forged `Data` of server 1, in every
+/// form an outsider can give them, to every server. Nothing forged is delivered.
+#[test]
+fn forged_commits_and_data_are_never_delivered_over_unicast() {
+    let mut s = Scene::new(24_000, &["--transport", "unicast"]);
+    forge_a_commit_and_a_servers_data(&mut s, None);
+    s.assert_tails_deliver_only_legitimate_messages();
+}
+
+/// A forged `Commit` for the next number with its `Data` and a heartbeat, then forged `Data`
+/// whose id names server 1, each in every form an outsider can give them, everywhere (the
+/// sniffer, with multicast, shows the forgeries reached every group).
+fn forge_a_commit_and_a_servers_data(s: &mut Scene, sniffer: Option<&Sniffer>) {
+    let everywhere = s.attacker.everywhere();
+    // 1: a Commit for the next number, with its Data and a heartbeat saying it is committed.
+    let st = s.status();
+    let next = Seq(st.committed + 1);
+    let mid = forged_mid(1, 1);
+    let commit = Message::Commit(Commit { epoch: st.epoch(), first: next, entries: vec![Assigned::Mid(mid)] });
+    let heartbeat = Message::Heartbeat(Heartbeat {
+        epoch: st.epoch(),
+        sequencer: st.sequencer(),
+        committed: next,
+        checkpoint: None,
+    });
+    let forged = [forged_data(mid, Seq(st.committed), "commit"), commit, heartbeat];
+    s.attacker.forge(st.sequencer(), &forged, &everywhere);
+    std::thread::sleep(Duration::from_millis(200));
+    if let Some(sniffer) = sniffer {
+        let heard = sniffer.take();
+        for channel in [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint] {
+            let v1 = heard.iter().filter(|f| f.channel == channel && f.bytes.get(2) == Some(&1)).count();
+            assert!(v1 > 0, "the forgeries reach the {channel:?} group where the servers listen");
+        }
+    }
+    let sent = s.send(5);
+    let first = sent.iter().map(|(seq, _)| *seq).min();
+    assert_eq!(first, Some(next.0), "the next number went to a legitimate message: {sent:?}");
+    s.assert_unharmed("a forged Commit");
+
+    // 2: Data whose id names server 1 (which never sends messages of its own).
+    let st = s.status();
+    let server_mid = |counter| Mid { source: Source { pid: Pid(1), incarnation: Incarnation(0xF2) }, counter };
+    let data: Vec<Message> =
+        (1..=3).map(|c| forged_data(server_mid(c), Seq(st.committed), "data of server 1")).collect();
+    s.attacker.forge(Pid(1), &data, &everywhere);
+    std::thread::sleep(Duration::from_millis(300));
+    s.assert_unharmed("forged Data of server 1");
+}
+
 /// Attacks 3c and 7 of issue 12 (DESIGN section 12, members): an insider with a member
 /// credential of its own sends `Data` under another member's next message ids, sealed as
 /// itself, while that member sends; and every server-role message kind (`Order`, `Assign`,
@@ -134,7 +155,16 @@ fn forged_commits_and_data_and_replayed_or_altered_frames_are_never_delivered() 
 /// believed: no election, no forged delivery, no checkpoint.
 #[test]
 fn a_member_credential_speaks_only_for_itself() {
-    let mut s = Scene::new(23_100, &[]);
+    a_member_credential_speaks_only_for_itself_on(Scene::new(23_100, &[]));
+}
+
+/// The same with unicast transport: what is meant for a channel goes to every server.
+#[test]
+fn a_member_credential_speaks_only_for_itself_over_unicast() {
+    a_member_credential_speaks_only_for_itself_on(Scene::new(24_100, &["--transport", "unicast"]));
+}
+
+fn a_member_credential_speaks_only_for_itself_on(mut s: Scene) {
     let mut mallory = Mallory::new(&s.cluster, "mallory", None);
     let everywhere = s.attacker.everywhere();
 
@@ -221,7 +251,22 @@ fn a_member_credential_speaks_only_for_itself() {
 /// the whole cluster restarts from its disks, commits continue.
 #[test]
 fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart() {
-    let mut s = Scene::new(23_200, &[]);
+    forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart_on(Scene::new(
+        23_200,
+        &[],
+    ));
+}
+
+/// The same with unicast transport: what is meant for a channel goes to every server.
+#[test]
+fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart_over_unicast() {
+    forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart_on(Scene::new(
+        24_200,
+        &["--transport", "unicast"],
+    ));
+}
+
+fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart_on(mut s: Scene) {
     let mut mallory = Mallory::new(&s.cluster, "mallory", None);
     let everywhere = s.attacker.everywhere();
     let st = s.status();
@@ -346,7 +391,19 @@ fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_afte
 /// than 20 MB, and after a restart they recover none of it.
 #[test]
 fn a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk() {
-    let mut s = Scene::new(23_300, &[]);
+    a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk_on(Scene::new(23_300, &[]));
+}
+
+/// The same with unicast transport: what is meant for a channel goes to every server.
+#[test]
+fn a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk_over_unicast() {
+    a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk_on(Scene::new(
+        24_300,
+        &["--transport", "unicast"],
+    ));
+}
+
+fn a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk_on(mut s: Scene) {
     let mut mallory = Mallory::new(&s.cluster, "mallory", None);
     let data_servers: Vec<(u64, u32)> =
         s.config.servers.iter().zip(s.cluster.server_pids()).take(3).map(|(c, p)| (c.id.0, p)).collect();
@@ -615,7 +672,22 @@ fn a_member_credential_cannot_make_other_members_deliver_forgeries() {
 /// only legitimate messages: none of them writes to the table, so each is the empty table.
 #[test]
 fn a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint() {
-    let mut s = Scene::new(23_900, &["--checkpoint-every", "100"]);
+    a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint_on(Scene::new(
+        23_900,
+        &["--checkpoint-every", "100"],
+    ));
+}
+
+/// The same with unicast transport: what is meant for a channel goes to every server.
+#[test]
+fn a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint_over_unicast() {
+    a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint_on(Scene::new(
+        24_900,
+        &["--transport", "unicast", "--checkpoint-every", "100"],
+    ));
+}
+
+fn a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint_on(mut s: Scene) {
     let st = s.status();
     let write = |key: &str| {
         let op = sam_core::KvOp::Put { key: Bytes::from(key.to_owned()), value: Bytes::from_static(b"by a member") };
@@ -660,10 +732,15 @@ fn a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint() {
     let last = sent.iter().map(|(seq, _)| *seq).max().expect("the victim's numbers");
     s.send(100);
     s.assert_checkpoint_is_the_empty_table(last, "a member claiming another member");
-    // The tail that was running is a member, which checks only the group key: it delivered
-    // the forgeries, as DESIGN section 12 warns (a later one would start from the checkpoint).
+    // The tail that was running is a member, which checks only the group key: over multicast
+    // it delivered the forgeries, as DESIGN section 12 warns; over unicast it hears the global
+    // channel only through relays, which pass on only what their data server authenticated.
     let fooled = s.early.deliveries().iter().filter(|d| d.payload.windows(6).any(|w| w == b"forged")).count();
-    assert!(fooled > 100, "the attack reached members: {fooled} forgeries delivered");
+    if s.config.channels.is_some() {
+        assert!(fooled > 100, "the attack reached members: {fooled} forgeries delivered");
+    } else {
+        assert_eq!(fooled, 0, "a relay passed on forgeries");
+    }
     s.assert_unharmed("a member claiming a server and another member to the checkpoint servers");
 }
 
@@ -719,9 +796,24 @@ fn requests_to_a_group_are_answered_by_nobody() {
 /// challenges, and are served nowhere.
 #[test]
 fn spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data() {
+    spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data_on(Scene::new(
+        23_800,
+        &["--checkpoint-every", "1500"],
+    ));
+}
+
+/// The same with unicast transport.
+#[test]
+fn spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data_over_unicast() {
+    spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data_on(Scene::new(
+        24_800,
+        &["--transport", "unicast", "--checkpoint-every", "1500"],
+    ));
+}
+
+fn spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data_on(mut s: Scene) {
     const COUNT: usize = 2_000;
     const BYTES: usize = 1_000;
-    let mut s = Scene::new(23_800, &["--checkpoint-every", "1500"]);
     assert_eq!(s.config.security.mode, SecurityMode::Encrypt);
     let args = ["send", "--count", &COUNT.to_string(), "--size", &BYTES.to_string()];
     let printed = run_ok(s.cluster.sam(&args), Duration::from_secs(60));

@@ -616,7 +616,8 @@ pub fn groups(config: &ClusterConfig) -> Vec<(Channel, Group)> {
 /// Where an attacker sends a forged message.
 #[derive(Clone, Copy, Debug)]
 pub enum To {
-    /// A channel's multicast group.
+    /// A channel: its multicast group, or with unicast transport every server (where a
+    /// cluster without multicast sends what is meant for a channel).
     Channel(Channel),
     /// A server's unicast address.
     Server(Pid),
@@ -628,6 +629,7 @@ pub struct Attacker {
     cluster: u64,
     groups: Vec<(Channel, Group)>,
     servers: Vec<(Pid, SocketAddrV4)>,
+    unicast: bool,
 }
 
 impl Attacker {
@@ -638,13 +640,22 @@ impl Attacker {
         let any = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
         let socket = std_socket(|| sam_net::socket::unicast(any, global.as_ref()));
         let servers = config.servers.iter().map(|s| (s.id, s.address)).collect();
-        Attacker { socket, cluster: config.cluster_id.0, groups, servers }
+        let unicast = config.channels.is_none();
+        Attacker { socket, cluster: config.cluster_id.0, groups, servers, unicast }
     }
 
     /// Every destination: each channel, then each server.
     pub fn everywhere(&self) -> Vec<To> {
-        let channels = self.groups.iter().map(|(c, _)| To::Channel(*c));
-        channels.chain(self.servers.iter().map(|(p, _)| To::Server(*p))).collect()
+        let channels = [Channel::Global, Channel::Data, Channel::Commit, Channel::Checkpoint].map(To::Channel);
+        channels.into_iter().chain(self.servers.iter().map(|(p, _)| To::Server(*p))).collect()
+    }
+
+    /// Every address `to` stands for.
+    pub fn addresses(&self, to: To) -> Vec<SocketAddrV4> {
+        match to {
+            To::Channel(_) if self.unicast => self.servers.iter().map(|(_, a)| *a).collect(),
+            to => vec![self.address(to)],
+        }
     }
 
     /// The cluster's servers.
@@ -652,7 +663,7 @@ impl Attacker {
         self.servers.iter().map(|(p, _)| *p).collect()
     }
 
-    /// The address of `to`.
+    /// The address of `to` (a channel's only with multicast).
     pub fn address(&self, to: To) -> SocketAddrV4 {
         match to {
             To::Channel(c) => self.groups.iter().find(|(g, _)| *g == c).expect("a multicast channel").1.addr,
@@ -667,7 +678,9 @@ impl Attacker {
 
     /// Sends one datagram to `to`.
     pub fn send(&self, to: To, datagram: &[u8]) {
-        send_to(&self.socket, self.address(to), datagram);
+        for address in self.addresses(to) {
+            send_to(&self.socket, address, datagram);
+        }
     }
 
     /// Sends `msgs` to each of `dests` in every form an outsider can give them: a version 1
@@ -782,7 +795,8 @@ pub fn v2_frame(h: V2, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(54 + payload.len() + 32);
     out.extend_from_slice(b"SM");
     out.extend_from_slice(&[2, 0, h.mode, if h.mode == 0 { 0 } else { 1 }, h.tier, h.channel]);
-    out.extend_from_slice(&1u16.to_le_bytes());
+    // Mode off names no key; the others name key 1, which every cluster's keys start from.
+    out.extend_from_slice(&u16::from(h.mode != 0).to_le_bytes());
     out.extend_from_slice(&h.cluster.to_le_bytes());
     out.extend_from_slice(&h.pid.0.to_le_bytes());
     out.extend_from_slice(&now.to_le_bytes());
