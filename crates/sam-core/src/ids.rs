@@ -133,15 +133,21 @@ impl fmt::Display for Epoch {
     }
 }
 
-/// A 128-bit digest of a payload (XXH3-128): equal payloads have equal digests, and a payload
-/// fetched from a data server is checked against the digest its commit entry carries.
+/// A 128-bit digest of a payload, a block or a snapshot: the first 128 bits of its SHA-256.
+/// Equal payloads have equal digests, and a payload fetched from a data server is checked
+/// against the digest its commit entry carries; being collision-resistant (DESIGN section 12:
+/// not XXH3), it also keeps a sender from making two payloads that pass for one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Digest(pub u128);
 
 impl Digest {
     /// The digest of `payload`.
     pub fn of(payload: &[u8]) -> Digest {
-        Digest(xxhash_rust::xxh3::xxh3_128(payload))
+        use sha2::Digest as _;
+        let full = sha2::Sha256::digest(payload);
+        let mut head = [0u8; 16];
+        head.copy_from_slice(&full[..16]);
+        Digest(u128::from_be_bytes(head))
     }
 }
 
@@ -195,5 +201,16 @@ impl SeqRange {
     /// The numbers of the range in order.
     pub fn iter(&self) -> impl Iterator<Item = Seq> {
         (self.first.0..=self.last.0).map(Seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_digest_is_the_head_of_sha_256() {
+        // FIPS 180-2's example: SHA-256("abc") = ba7816bf 8f01cfea 414140de 5dae2223 b00361a3...
+        assert_eq!(Digest::of(b"abc"), Digest(0xba78_16bf_8f01_cfea_4141_40de_5dae_2223));
     }
 }
