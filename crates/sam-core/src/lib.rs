@@ -65,7 +65,7 @@ pub use commit_server::CommitServer;
 pub use config::{Config, ConfigError, Mutation};
 pub use data_server::DataServer;
 pub use ids::{Digest, Epoch, Incarnation, Mid, Pid, Seq, SeqRange, Source, Time};
-pub use message::{Assigned, CheckpointInfo, Entry, Message, Slot};
+pub use message::{Alarms, Assigned, CheckpointInfo, Entry, Message, Slot};
 pub use process::{Process, Roles};
 pub use record_format::{decode_record, encode_record};
 pub use sequencer::Sequencer;

@@ -259,8 +259,60 @@ pub struct Pong {
     /// How far it is: a commit server's committed prefix, else its member's delivered prefix
     /// (zero for a process with neither).
     pub committed: Seq,
-    /// Its storage is full: it accepts nothing new until there is room (DESIGN section 12).
-    pub storage_full: bool,
+    /// What it raises for an operator to see.
+    pub alarms: Alarms,
+}
+
+/// Conditions a process raises for an operator (DESIGN section 12), as a set of bits: `Pong`
+/// carries them, `sam status` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Alarms(u8);
+
+impl Alarms {
+    /// Nothing raised.
+    pub const NONE: Alarms = Alarms(0);
+    /// Its storage is full: it accepts nothing new until there is room.
+    pub const STORAGE_FULL: Alarms = Alarms(1);
+    /// Its replay table was full lately: new senders were refused.
+    pub const REPLAY_TABLE_FULL: Alarms = Alarms(2);
+    /// Lately two live sessions of one pid were heard (a pid given to two processes, or a
+    /// credential's frames captured and replayed).
+    pub const DUPLICATE_PID: Alarms = Alarms(4);
+    /// Lately too many new sessions asked for key derivations: some were refused.
+    pub const DERIVATIONS_THROTTLED: Alarms = Alarms(8);
+    /// Every alarm, with what an operator reads for it.
+    pub const ALL: [(Alarms, &'static str); 4] = [
+        (Alarms::STORAGE_FULL, "storage full: accepting nothing"),
+        (Alarms::REPLAY_TABLE_FULL, "replay table full: new senders refused"),
+        (Alarms::DUPLICATE_PID, "two live sessions of one pid"),
+        (Alarms::DERIVATIONS_THROTTLED, "key derivations throttled: new sessions refused"),
+    ];
+
+    /// Whether every alarm of `other` is raised here.
+    pub fn contains(self, other: Alarms) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// This set with `alarm` raised (`on`) or cleared.
+    pub fn with(self, alarm: Alarms, on: bool) -> Alarms {
+        Alarms(if on { self.0 | alarm.0 } else { self.0 & !alarm.0 })
+    }
+
+    /// Its byte on the wire.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set a byte stands for, unless it has bits no alarm has.
+    pub fn from_bits(bits: u8) -> Option<Alarms> {
+        let known = Alarms::ALL.iter().fold(0, |all, (a, _)| all | a.0);
+        (bits & !known == 0).then_some(Alarms(bits))
+    }
+
+    /// What an operator reads for each alarm raised.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Alarms::ALL.into_iter().filter(move |(a, _)| self.contains(*a)).map(|(_, name)| name)
+    }
 }
 
 /// One stored slot reported in a [`Promise`].

@@ -23,7 +23,7 @@ use crate::commit_server::CommitServer;
 use crate::config::Config;
 use crate::data_server::DataServer;
 use crate::ids::{Epoch, Incarnation, Mid, Pid, Seq, Source, Time};
-use crate::message::{Data, Entry, Heartbeat, Message, Pong, PreVoteGranted};
+use crate::message::{Alarms, Data, Entry, Heartbeat, Message, Pong, PreVoteGranted};
 use crate::senders::Senders;
 use crate::sequencer::{Sequencer, Takeover};
 use crate::state_machine::{KvTable, StateMachine};
@@ -59,7 +59,7 @@ pub struct Process {
     senders: Senders,
     unbelieved: u64,
     /// The host's storage is full (reported in pongs).
-    storage_full: bool,
+    alarms: Alarms,
 }
 
 impl Process {
@@ -81,7 +81,7 @@ impl Process {
             out: Outbox::new(),
             senders: Senders::default(),
             unbelieved: 0,
-            storage_full: false,
+            alarms: Alarms::NONE,
             cfg,
         };
         let promised = process.commit.as_ref().map_or(Epoch::NONE, CommitServer::promised);
@@ -193,10 +193,11 @@ impl Process {
         self.after_input(mark);
     }
 
-    /// The host says whether its storage is full: writes wait, and so does everything that
-    /// waits for them (acceptances, orders); pongs tell operators.
-    pub fn set_storage_full(&mut self, full: bool) {
-        self.storage_full = full;
+    /// Raises (`on`) or clears `alarm`, which `Pong`s carry to `sam status` (DESIGN section
+    /// 12: a full disk stops acceptance and raises an alarm; so do a full replay table and the
+    /// others the host watches).
+    pub fn set_alarm(&mut self, alarm: Alarms, on: bool) {
+        self.alarms = self.alarms.with(alarm, on);
     }
 
     /// Messages not believed: from a sender whose role does not send them, out of bounds, or
@@ -360,7 +361,7 @@ impl Process {
             Message::Ping(ping) => {
                 let commit = self.commit.as_ref().map(CommitServer::committed);
                 let committed = commit.or_else(|| self.client.as_ref().map(Client::delivered)).unwrap_or(Seq::ZERO);
-                let pong = Pong { nonce: ping.nonce, committed, storage_full: self.storage_full };
+                let pong = Pong { nonce: ping.nonce, committed, alarms: self.alarms };
                 out.send(Dest::Pid(from), Message::Pong(pong));
             }
             Message::Pong(pong) => out.push(Action::Pong { from, pong: *pong }),

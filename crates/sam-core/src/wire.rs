@@ -154,7 +154,7 @@
 //! | 17  | [`Forgotten`]        | `floor` (varint), `checkpoint` (optional checkpoint)                                                 |
 //! | 18  | [`Message::Dropped`] | as [`Forgotten`]                                                                                     |
 //! | 19  | [`Ping`]             | `nonce` (varint)                                                                                     |
-//! | 20  | [`Pong`]             | `nonce` (varint), `committed` (varint), `storage_full` (a byte, `0` or `1`)                          |
+//! | 20  | [`Pong`]             | `nonce` (varint), `committed` (varint), `alarms` (a byte: bit 0 storage full, 1 replay table full, 2 duplicate pid, 3 derivations throttled; others `0`) |
 //!
 //! A *checkpoint* ([`CheckpointInfo`]) is `seq` (varint), `size` (varint), `blocks` (u32 varint),
 //! `digest` (16 bytes); an *optional checkpoint* is a byte `0` (none) or `1` followed by one.
@@ -189,9 +189,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::ids::{Digest, Epoch, Incarnation, Mid, Pid, Seq, SeqRange, Source};
 use crate::message::{
-    Accepted, Assign, Assigned, Block, CheckpointInfo, Commit, Data, Entries, Entry, Fetch, FetchBlocks, Forgotten,
-    Heartbeat, Kind, Message, Order, OrderItem, Ping, Pong, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot,
-    QueryEntries, Rejected, Slot,
+    Accepted, Alarms, Assign, Assigned, Block, CheckpointInfo, Commit, Data, Entries, Entry, Fetch, FetchBlocks,
+    Forgotten, Heartbeat, Kind, Message, Order, OrderItem, Ping, Pong, PreVote, PreVoteGranted, Prepare, Promise,
+    PromisedSlot, QueryEntries, Rejected, Slot,
 };
 
 /// The first two bytes of every frame.
@@ -587,7 +587,7 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
         Message::Pong(p) => {
             s.varint(p.nonce);
             s.varint(p.committed.0);
-            s.byte(u8::from(p.storage_full));
+            s.byte(p.alarms.bits());
         }
         Message::CheckpointReport(c) => put_checkpoint(s, c),
         Message::Forgotten(f) | Message::Dropped(f) => put_floor(s, f.floor, &f.checkpoint),
@@ -976,13 +976,10 @@ impl<'a> Reader<'a> {
         Ok(CheckpointInfo { seq: self.seq()?, size: self.varint()?, blocks: self.u32()?, digest: self.digest()? })
     }
 
-    /// A byte that must be `0` (false) or `1` (true).
-    fn flag(&mut self) -> Result<bool, DecodeError> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            tag => Err(DecodeError::BadTag(tag)),
-        }
+    /// A byte of known alarm bits.
+    fn alarms(&mut self) -> Result<Alarms, DecodeError> {
+        let bits = self.u8()?;
+        Alarms::from_bits(bits).ok_or(DecodeError::BadTag(bits))
     }
 
     fn checkpoint_opt(&mut self) -> Result<Option<CheckpointInfo>, DecodeError> {
@@ -1091,9 +1088,7 @@ impl<'a> Reader<'a> {
             Kind::PreVote => Message::PreVote(PreVote { epoch: self.epoch()? }),
             Kind::PreVoteGranted => Message::PreVoteGranted(PreVoteGranted { epoch: self.epoch()? }),
             Kind::Ping => Message::Ping(Ping { nonce: self.varint()? }),
-            Kind::Pong => {
-                Message::Pong(Pong { nonce: self.varint()?, committed: self.seq()?, storage_full: self.flag()? })
-            }
+            Kind::Pong => Message::Pong(Pong { nonce: self.varint()?, committed: self.seq()?, alarms: self.alarms()? }),
             Kind::CheckpointReport => Message::CheckpointReport(self.checkpoint()?),
             Kind::Forgotten => Message::Forgotten(self.forgotten()?),
             Kind::Dropped => Message::Dropped(self.forgotten()?),
@@ -1415,10 +1410,10 @@ pub(crate) mod arb {
             (arb_seq(), proptest::option::of(arb_checkpoint()))
                 .prop_map(|(floor, checkpoint)| Message::Dropped(Forgotten { floor, checkpoint })),
             any::<u64>().prop_map(|nonce| Message::Ping(Ping { nonce })),
-            (any::<u64>(), arb_seq(), any::<bool>()).prop_map(|(nonce, committed, storage_full)| Message::Pong(Pong {
+            (any::<u64>(), arb_seq(), 0u8..16).prop_map(|(nonce, committed, bits)| Message::Pong(Pong {
                 nonce,
                 committed,
-                storage_full
+                alarms: Alarms::from_bits(bits).expect("known bits"),
             })),
         ]
     }

@@ -10,8 +10,8 @@ use sam_core::message::{
     OrderItem, Ping, Pong, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected,
 };
 use sam_core::{
-    Assigned, Config, Digest, Entry, Epoch, Incarnation, Message, Mid, Pid, Process, Roles, Seq, SeqRange, Slot,
-    Source, Time,
+    Alarms, Assigned, Config, Digest, Entry, Epoch, Incarnation, Message, Mid, Pid, Process, Roles, Seq, SeqRange,
+    Slot, Source, Time,
 };
 
 fn extreme() -> impl Strategy<Value = u64> {
@@ -95,10 +95,10 @@ fn message() -> impl Strategy<Value = Message> {
         epoch().prop_map(|epoch| Message::PreVote(PreVote { epoch })),
         epoch().prop_map(|epoch| Message::PreVoteGranted(PreVoteGranted { epoch })),
         any::<u64>().prop_map(|nonce| Message::Ping(Ping { nonce })),
-        (any::<u64>(), seq(), any::<bool>()).prop_map(|(nonce, committed, storage_full)| Message::Pong(Pong {
+        (any::<u64>(), seq(), 0u8..16).prop_map(|(nonce, committed, bits)| Message::Pong(Pong {
             nonce,
             committed,
-            storage_full
+            alarms: Alarms::from_bits(bits).expect("known bits")
         })),
         (epoch(), seq(), (seq(), seq(), seq()), prop::collection::vec((seq(), epoch(), entry()), 0..20)).prop_map(
             |(epoch, first, (last, highest, floor), s)| Message::Promise(Promise {

@@ -143,6 +143,9 @@ pub struct NetStats {
     pub replay_table_full: AtomicU64,
     /// New sessions refused because second-tag keys were derived too often lately (an alarm).
     pub throttled: AtomicU64,
+    /// Frames of a pid's older session heard long after its newer one: two processes with one
+    /// pid, or captured frames replayed (an alarm).
+    pub duplicate_pids: AtomicU64,
     /// Messages an authenticated sender may not send in its role (dropped).
     pub refused: AtomicU64,
     /// Members whose address could not be remembered (the table was full).

@@ -101,6 +101,8 @@ struct Task {
     members: Members,
     injector: Injector,
     opener: Opener,
+    /// The opener's duplicate-pid alarms already counted in the stats.
+    duplicate_pids: u64,
 }
 
 impl Reader {
@@ -118,8 +120,16 @@ impl Reader {
         let seed = socket.local_addr().map_or(0, |a| u64::from(a.port())) ^ u64::from(std::process::id());
         let injector = Injector::new(self.faults, seed);
         let opener = Opener::new(self.security.clone(), channels);
-        let task =
-            Task { reader: self.clone(), socket, unicast, reassembly, members: Members::default(), injector, opener };
+        let task = Task {
+            reader: self.clone(),
+            socket,
+            unicast,
+            reassembly,
+            members: Members::default(),
+            injector,
+            opener,
+            duplicate_pids: 0,
+        };
         tokio::spawn(task.run())
     }
 }
@@ -195,7 +205,13 @@ impl Task {
             Some(_) => return Err(Dropped::Malformed),
             None => (datagram, false),
         };
-        let opened = self.opener.open(now_ms(), &sealed)?;
+        let opened = self.opener.open(now_ms(), &sealed);
+        let duplicates = self.opener.duplicate_pid_alarms();
+        if duplicates > self.duplicate_pids {
+            self.reader.stats.duplicate_pids.fetch_add(duplicates - self.duplicate_pids, Ordering::Relaxed);
+            self.duplicate_pids = duplicates;
+        }
+        let opened = opened?;
         if opened.header.challenge {
             self.note_challenge(addr, &opened, relayed)?;
             return Ok(None);

@@ -1,6 +1,7 @@
 //! # sam-node: the node and the client (DESIGN section 8)
 #![deny(missing_docs)]
 
+mod alarms;
 mod backlog;
 pub mod client;
 mod compaction;

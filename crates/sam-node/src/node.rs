@@ -126,8 +126,8 @@ pub enum Event {
         nonce: u64,
         /// How far it is (see `sam_core::message::Pong`).
         committed: Seq,
-        /// Its storage is full: it accepts nothing new until there is room.
-        storage_full: bool,
+        /// What it raises for an operator to see (its storage full, say).
+        alarms: sam_core::Alarms,
     },
     /// The storage filled up (`full`): writes wait, and so does everything acknowledged only
     /// once durable; or it has room again (`!full`) and the waiting writes went through.
@@ -316,6 +316,7 @@ impl Node {
             segments: mpsc::channel(1),
             deliveries: spec.deliveries,
             serves,
+            alarms: crate::alarms::AlarmWatch::default(),
         };
         let task = tokio::spawn(host.run(command_rx, durable_rx));
         Ok(Node { commands, events, backlog, ready: VecDeque::new(), task, local, recovered, torn_tail })
@@ -456,6 +457,8 @@ struct Host {
     deliveries: bool,
     /// Whether the node holds a server role: then it never stops reading the network.
     serves: bool,
+    /// The alarms its network counters raise.
+    alarms: crate::alarms::AlarmWatch,
 }
 
 impl Host {
@@ -469,6 +472,7 @@ impl Host {
         mut durable: mpsc::UnboundedReceiver<Position>,
     ) -> Result<(), NodeError> {
         loop {
+            self.watch_alarms();
             let wake = self.process.poll_timeout().map(|t| self.clock + std::time::Duration::from_micros(t.0));
             let sleep = tokio::time::sleep_until(wake.map_or_else(far_future, tokio::time::Instant::from_std));
             // An application that dropped its handle takes nothing: nothing to wait for.
@@ -722,9 +726,20 @@ impl Host {
         Ok(())
     }
 
+    /// Raises or clears the alarms the network counters call for, at most every
+    /// [`crate::alarms::ALARM_CHECK`] (a ping between two turns may see them that late).
+    fn watch_alarms(&mut self) {
+        let now = std::time::Instant::now();
+        if let Some(alarms) = self.alarms.due(now, self.net.stats()) {
+            for (alarm, up) in alarms {
+                self.process.set_alarm(alarm, up);
+            }
+        }
+    }
+
     /// Tells the process and the application that the storage filled up or has room again.
     fn storage_full(&mut self, full: bool) {
-        self.process.set_storage_full(full);
+        self.process.set_alarm(sam_core::Alarms::STORAGE_FULL, full);
         self.turn_events.push(Event::StorageFull { full });
     }
 
@@ -797,12 +812,9 @@ impl Host {
             }
             Action::Restored { seq, .. } => self.for_application(seq, Event::Restored { seq }),
             Action::CheckpointMismatch { seq, server, .. } => Some(Event::CheckpointMismatch { seq, server }),
-            Action::Pong { from, pong } => Some(Event::Pong {
-                from,
-                nonce: pong.nonce,
-                committed: pong.committed,
-                storage_full: pong.storage_full,
-            }),
+            Action::Pong { from, pong } => {
+                Some(Event::Pong { from, nonce: pong.nonce, committed: pong.committed, alarms: pong.alarms })
+            }
         };
         self.turn_events.extend(event);
         Ok(())

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sam_core::{Pid, Seq};
+use sam_core::{Alarms, Pid, Seq};
 use sam_node::config::ClusterConfig;
 use sam_node::launch::member_spec;
 use sam_node::node::{Event, Node, Progress};
@@ -52,8 +52,8 @@ pub fn execute(args: StatusArgs) -> Result<std::process::ExitCode> {
 
 /// Pings every server, again every 100 ms, and collects the answers until every server and
 /// the sequencer's heartbeat were heard, or `wait` passed.
-/// A server's answer: how far it is, and whether its storage is full.
-type Answer = (Seq, bool);
+/// A server's answer: how far it is, and the alarms it raises.
+type Answer = (Seq, Alarms);
 
 async fn ask(node: &mut Node, cluster: &ClusterConfig, wait: Duration) -> Result<HashMap<Pid, Answer>> {
     let start = Instant::now();
@@ -72,8 +72,8 @@ async fn ask(node: &mut Node, cluster: &ClusterConfig, wait: Duration) -> Result
         }
         let left = wait.saturating_sub(start.elapsed()).min(Duration::from_millis(100));
         let event = tokio::time::timeout(left, node.next_event()).await;
-        if let Ok(Some(Event::Pong { from, committed, storage_full, .. })) = event {
-            answers.insert(from, (committed, storage_full));
+        if let Ok(Some(Event::Pong { from, committed, alarms, .. })) = event {
+            answers.insert(from, (committed, alarms));
         }
     }
     Ok(answers)
@@ -111,7 +111,8 @@ fn report(
                 "reachable": answer.is_some(),
                 "committed": answer.map(|(c, _)| c.0),
                 "lag": answer.map(|(c, _)| committed.saturating_sub(c.0)),
-                "storage_full": answer.map(|(_, full)| *full),
+                "storage_full": answer.map(|(_, alarms)| alarms.contains(Alarms::STORAGE_FULL)),
+                "alarms": answer.map(|(_, alarms)| alarms.names().collect::<Vec<_>>()),
                 "pid": pids.get(i).copied().flatten(),
             })
         })
@@ -138,7 +139,8 @@ fn print_text(report: &serde_json::Value) {
     println!("{:>4}  {:<28} {:<21} {:<9} {:>6} {:>8}  alarms", "id", "roles", "address", "reachable", "lag", "pid");
     for s in report["servers"].as_array().into_iter().flatten() {
         let roles: Vec<String> = s["roles"].as_array().into_iter().flatten().map(field).collect();
-        let alarms = if s["storage_full"].as_bool() == Some(true) { "storage full: accepting nothing" } else { "" };
+        let alarms: Vec<String> = s["alarms"].as_array().into_iter().flatten().map(field).collect();
+        let alarms = alarms.join("; ");
         println!(
             "{:>4}  {:<28} {:<21} {:<9} {:>6} {:>8}  {alarms}",
             field(&s["id"]),

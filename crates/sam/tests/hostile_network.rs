@@ -240,6 +240,24 @@ fn a_member_credential_speaks_only_for_itself_on(mut s: Scene) {
     let st = s.status();
     assert!(st.checkpoint.is_null(), "no checkpoint was advertised: {st:?}");
     s.assert_tails_deliver_only_legitimate_messages();
+
+    // Two processes under one pid of the credential (DESIGN section 12: a duplicate-pid
+    // alarm): the older session still talking well after the newer one began. Every server
+    // raises the alarm, and `sam status` shows it.
+    let servers: Vec<To> = s.attacker.servers().into_iter().map(To::Server).collect();
+    let ping = [Message::Ping(Ping { nonce: 1 })];
+    mallory.send(&ping, &servers);
+    let mut twin = Mallory::new(&s.cluster, "mallory", Some(mallory.pid));
+    twin.send(&ping, &servers);
+    std::thread::sleep(Duration::from_millis(5_500));
+    mallory.send(&ping, &servers);
+    std::thread::sleep(Duration::from_millis(300));
+    let status = run_ok(s.cluster.sam(&["status", "--json"]), Duration::from_secs(20));
+    let status: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    for server in status["servers"].as_array().expect("servers") {
+        let alarms = server["alarms"].to_string();
+        assert!(alarms.contains("two live sessions of one pid"), "server {}: alarms {alarms}", server["id"]);
+    }
 }
 
 /// Attacks 4, 5 and 6 of issue 12 (DESIGN section 12, "Sanity bounds" and "Authorization by
