@@ -221,7 +221,7 @@ fn a_pong_is_never_larger_than_the_ping_it_answers() {
     let pong = encode_frame(&[Message::Pong(Pong {
         nonce: u64::MAX,
         committed: sam_core::Seq(u64::MAX),
-        storage_full: true,
+        alarms: sam_core::Alarms::STORAGE_FULL,
     })]);
     let mut alice = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
     let mut seq = Sealer::new(plan(mode, Some(c.server.clone())), SEQUENCER).unwrap();
