@@ -38,6 +38,15 @@ pub struct BenchArgs {
     /// The most messages the publisher has sent and not seen committed.
     #[arg(long, default_value_t = 4_096)]
     window: usize,
+    /// Send at this many messages a second whatever commits (open loop: latency is measured
+    /// from each message's scheduled time, so a stall counts for every message it delays);
+    /// without it, as fast as the window allows. The window still bounds what is outstanding.
+    #[arg(long, value_name = "MSGS_PER_S")]
+    rate: Option<f64>,
+    /// When the local cluster started without --config acknowledges a write: once fsync'd
+    /// (fsync), or once in the operating system's page cache (os).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Fsync)]
+    durability: DurabilityArg,
     /// The first port of the local cluster started without --config.
     #[arg(long, default_value_t = 25_400)]
     base_port: u16,
@@ -51,6 +60,24 @@ pub struct BenchArgs {
     /// security costs).
     #[arg(long, value_enum, default_value_t = SecurityArg::Encrypt)]
     security: SecurityArg,
+}
+
+/// `storage.durability` of the benchmark's own cluster.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum DurabilityArg {
+    /// Acknowledged once fsync'd.
+    Fsync,
+    /// Acknowledged once written to the page cache.
+    Os,
+}
+
+impl DurabilityArg {
+    fn durability(self) -> sam_store::Durability {
+        match self {
+            DurabilityArg::Fsync => sam_store::Durability::Fsync,
+            DurabilityArg::Os => sam_store::Durability::Os,
+        }
+    }
 }
 
 /// `security.mode` of the benchmark's own cluster.
@@ -79,12 +106,21 @@ const SEND_BATCH: usize = 256;
 /// Events taken from a node at once.
 const EVENTS_PER_READ: usize = 1_024;
 
+/// The latency percentiles reported, with their JSON names.
+const PERCENTILES: [(f64, &str); 5] =
+    [(0.50, "p50_us"), (0.90, "p90_us"), (0.99, "p99_us"), (0.999, "p999_us"), (1.0, "max_us")];
+
 /// What one run measured.
 struct Measured {
     committed_per_s: f64,
     delivered_per_s: f64,
-    p50_us: u64,
-    p99_us: u64,
+    /// Latency in µs at each of [`PERCENTILES`].
+    percentiles_us: [u64; PERCENTILES.len()],
+    /// CPU time (user and system) the cluster's servers spent per committed message, when
+    /// this command started them.
+    server_cpu_us_per_msg: Option<f64>,
+    /// CPU time this process (the publisher and every member) spent per delivery.
+    member_cpu_us_per_delivery: f64,
     expired: usize,
     /// When each message was seen committed, from the first send.
     commit_times: Vec<Duration>,
@@ -97,6 +133,9 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
     if args.size < 8 || args.messages == 0 || args.window == 0 {
         bail!("--size must be at least 8, --messages and --window positive");
     }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of messages a second");
+    }
     let temp = tempfile::tempdir().context("a directory for the local cluster")?;
     let (config, mut servers) = match &args.config {
         Some(path) => (ClusterConfig::load(path)?, None),
@@ -105,6 +144,7 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
             let mut cluster = ClusterConfig::local(LOCAL_SERVERS, LOCAL_CHECKPOINT_SERVERS, args.base_port, dir);
             cluster.with_local_keys(dir).context("writing the cluster's keys")?;
             cluster.security.mode = args.security.mode();
+            cluster.storage.durability = args.durability.durability();
             let path = dir.join("sam.toml");
             std::fs::write(&path, cluster.to_toml_string()?)?;
             let servers = Servers::start(&path, &cluster, true, dir)?;
@@ -115,7 +155,8 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
             (cluster, Some(servers))
         }
     };
-    let measured = crate::runtime()?.block_on(run(&config, &args));
+    let server_pids = servers.as_ref().map(Servers::pids);
+    let measured = crate::runtime()?.block_on(run(&config, &args, server_pids.as_deref()));
     let rss = servers.as_ref().map_or_else(Vec::new, |s| s.pids().iter().map(|p| peak_rss_bytes(*p)).collect());
     if let Some(servers) = &mut servers {
         servers.stop();
@@ -132,11 +173,11 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
         eprintln!("plot written to {}", path.display());
     }
     if args.json {
-        let report = json!({
+        let mut report = json!({
             "committed_per_s": m.committed_per_s.round(),
             "delivered_per_s": m.delivered_per_s.round(),
-            "p50_us": m.p50_us,
-            "p99_us": m.p99_us,
+            "server_cpu_us_per_msg": m.server_cpu_us_per_msg.map(|c| (c * 100.0).round() / 100.0),
+            "member_cpu_us_per_delivery": (m.member_cpu_us_per_delivery * 100.0).round() / 100.0,
             "server_rss_bytes": server_rss_bytes,
             "server_rss_bytes_each": rss,
             "expired": m.expired,
@@ -144,17 +185,37 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
             "messages": args.messages,
             "size": args.size,
             "window": args.window,
+            "rate": args.rate,
             "security": config.security.mode.name(),
+            "durability": config.storage.durability.name(),
         });
+        for ((_, name), value) in PERCENTILES.iter().zip(m.percentiles_us) {
+            report[*name] = json!(value);
+        }
         println!("{report}");
     } else {
+        let rate = args.rate.map_or_else(|| "as fast as the window allows".to_string(), |r| format!("{r} msgs/s"));
         println!(
-            "{} messages of {} bytes, {} members, window {}, security {}",
-            args.messages, args.size, args.members, args.window, config.security.mode
+            "{} messages of {} bytes, {} members, window {}, {rate}, security {}, durability {}",
+            args.messages,
+            args.size,
+            args.members,
+            args.window,
+            config.security.mode,
+            config.storage.durability.name()
         );
         println!("  committed   {:>10.0} msgs/s", m.committed_per_s);
         println!("  delivered   {:>10.0} msgs/s (messages × members)", m.delivered_per_s);
-        println!("  latency     p50 {} µs, p99 {} µs (send to delivery)", m.p50_us, m.p99_us);
+        let p: Vec<String> =
+            PERCENTILES.iter().zip(m.percentiles_us).map(|((_, n), v)| format!("{} {v}", &n[..n.len() - 3])).collect();
+        println!("  latency     {} µs (send to delivery)", p.join(", "));
+        if let Some(cpu) = m.server_cpu_us_per_msg {
+            println!("  server CPU  {cpu:.1} µs per committed message (all servers, user + system)");
+        }
+        println!(
+            "  member CPU  {:.2} µs per delivery (this process: publisher and members)",
+            m.member_cpu_us_per_delivery
+        );
         println!("  server RSS  {:.1} MiB peak (largest server)", server_rss_bytes as f64 / (1 << 20) as f64);
         if m.expired > 0 {
             println!("  expired     {}", m.expired);
@@ -163,7 +224,7 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn run(cluster: &ClusterConfig, args: &BenchArgs) -> Result<Measured> {
+async fn run(cluster: &ClusterConfig, args: &BenchArgs, server_pids: Option<&[u32]>) -> Result<Measured> {
     let mut members = Vec::new();
     for i in 0..args.members {
         members.push(Node::start(member_spec(cluster, rand::random::<u64>() ^ i as u64, false)?).await?);
@@ -175,6 +236,7 @@ async fn run(cluster: &ClusterConfig, args: &BenchArgs) -> Result<Measured> {
     for node in members.iter().chain([&publisher]) {
         wait_for_sequencer(node).await?;
     }
+    let cpu_before = (server_pids.map(cpu_us_of), own_cpu_us());
     let start = Instant::now();
     let receivers: Vec<_> = members.into_iter().map(|m| tokio::spawn(receive(m, args.messages, start))).collect();
     let (commit_times, expired) = publish(&mut publisher, args, start).await?;
@@ -186,17 +248,21 @@ async fn run(cluster: &ClusterConfig, args: &BenchArgs) -> Result<Measured> {
         last_delivery = last_delivery.max(done);
         latencies.extend(samples);
     }
+    let cpu_after = (server_pids.map(cpu_us_of), own_cpu_us());
     publisher.stop().await?;
     latencies.sort_unstable();
     let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
     let committed = (args.messages - expired) as f64;
+    let per = |us: u64, n: f64| if n == 0.0 { 0.0 } else { us as f64 / n };
+    let server_cpu_us = cpu_after.0.zip(cpu_before.0).map(|(after, before)| after.saturating_sub(before));
     // Nothing committed (every send expired) is a rate of 0, not 0/0.
     let rate = |n: f64, over: Duration| if n == 0.0 { 0.0 } else { n / over.as_secs_f64().max(1e-9) };
     Ok(Measured {
         committed_per_s: rate(committed, commit_time),
         delivered_per_s: rate(committed * args.members as f64, last_delivery),
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
+        percentiles_us: PERCENTILES.map(|(p, _)| pct(p)),
+        server_cpu_us_per_msg: server_cpu_us.map(|us| per(us, committed)),
+        member_cpu_us_per_delivery: per(cpu_after.1.saturating_sub(cpu_before.1), committed * args.members as f64),
         expired,
         commit_times,
         latencies_us: latencies,
@@ -228,20 +294,30 @@ async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(V
     let (mut sent, mut settled, mut expired) = (0, 0, 0);
     let mut events = Vec::with_capacity(EVENTS_PER_READ);
     let mut commit_times = Vec::with_capacity(args.messages);
+    let mut progress_at = Instant::now();
     while settled < args.messages {
-        // Fill the window: a batch at a time, so the node packs each into few datagrams.
+        // Fill the window (up to the schedule, with --rate): a batch at a time, so the node
+        // packs each into few datagrams.
         loop {
-            let room = (args.window - (sent - settled)).min(args.messages - sent).min(SEND_BATCH);
+            let due = args.rate.map_or(usize::MAX, |r| scheduled(r, start.elapsed())).saturating_sub(sent);
+            let room = (args.window - (sent - settled)).min(args.messages - sent).min(SEND_BATCH).min(due);
             if room == 0 {
                 break;
             }
-            node.send_batch((0..room).map(|_| payload(start, args.size))).await?;
+            // Open loop: each message counts from when it was due, not from when it went.
+            let at = |i: usize| args.rate.map(|r| Duration::from_secs_f64((sent + i) as f64 / r));
+            node.send_batch((0..room).map(|i| payload(start, at(i), args.size))).await?;
             sent += room;
         }
         events.clear();
-        match tokio::time::timeout(Duration::from_secs(10), node.next_events(&mut events, EVENTS_PER_READ)).await {
+        let next_send = args.rate.filter(|_| sent < args.messages).map(|r| {
+            Duration::from_secs_f64(sent as f64 / r).saturating_sub(start.elapsed()).max(Duration::from_micros(50))
+        });
+        let wait = next_send.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10));
+        match tokio::time::timeout(wait, node.next_events(&mut events, EVENTS_PER_READ)).await {
             Ok(0) => bail!("the publisher stopped"),
-            Ok(_) => {}
+            Ok(_) => progress_at = Instant::now(),
+            Err(_) if progress_at.elapsed() < Duration::from_secs(10) => continue,
             Err(_) => bail!("nothing was committed for 10 s ({settled} of {} settled)", args.messages),
         }
         let now = start.elapsed();
@@ -264,11 +340,45 @@ async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(V
     Ok((commit_times, expired))
 }
 
-/// The send time (µs since `start`) followed by padding to `size` bytes.
-fn payload(start: Instant, size: usize) -> Bytes {
+/// How many messages are due `elapsed` into a run at `rate` a second.
+fn scheduled(rate: f64, elapsed: Duration) -> usize {
+    (elapsed.as_secs_f64() * rate).ceil() as usize
+}
+
+/// The send time (µs since `start`: `at`, or now) followed by padding to `size` bytes.
+fn payload(start: Instant, at: Option<Duration>, size: usize) -> Bytes {
     let mut bytes = vec![0u8; size];
-    bytes[..8].copy_from_slice(&(start.elapsed().as_micros() as u64).to_le_bytes());
+    let at = at.unwrap_or_else(|| start.elapsed());
+    bytes[..8].copy_from_slice(&(at.as_micros() as u64).to_le_bytes());
     Bytes::from(bytes)
+}
+
+/// CPU time (user and system) processes `pids` spent so far, in µs (`/proc/PID/stat`).
+fn cpu_us_of(pids: &[u32]) -> u64 {
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+    let ticks = |pid: &u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at its closing parenthesis:
+        // utime and stime are the 14th and 15th fields, the 12th and 13th after it.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        field(11) + field(12)
+    };
+    pids.iter().map(ticks).sum::<u64>() * 1_000_000 / ticks_per_s
+}
+
+/// CPU time (user and system) this process spent so far, in µs.
+fn own_cpu_us() -> u64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let us = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+    us(usage.ru_utime) + us(usage.ru_stime)
 }
 
 /// Delivers `count` messages; returns when the last arrived and each one's latency in µs.

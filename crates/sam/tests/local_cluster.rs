@@ -331,9 +331,11 @@ fn status_shows_the_sequencer_and_which_servers_answer() {
     assert_eq!(roles(4), ["checkpoint"]);
 }
 
-/// `sam bench` starts its own cluster, measures, stops it, and prints the figures as JSON.
+/// `sam bench` starts its own cluster, measures, stops it, and prints the figures as JSON:
+/// throughput, latency percentiles, CPU per message and per delivery, memory; with `--rate` it
+/// sends open loop, and `--durability` sets its cluster's.
 #[test]
-fn bench_reports_throughput_latency_and_server_memory() {
+fn bench_reports_throughput_latency_cpu_and_server_memory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plot = dir.path().join("bench.svg");
     let out = Command::new(SAM)
@@ -344,11 +346,29 @@ fn bench_reports_throughput_latency_and_server_memory() {
         .expect("run sam bench");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    for key in ["committed_per_s", "delivered_per_s", "p50_us", "p99_us", "server_rss_bytes"] {
+    let keys = ["committed_per_s", "delivered_per_s", "server_rss_bytes", "server_cpu_us_per_msg"];
+    for key in keys.into_iter().chain(["member_cpu_us_per_delivery"]).chain(PERCENTILES) {
         assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
     }
-    assert!(report["p50_us"].as_f64() <= report["p99_us"].as_f64(), "{report}");
+    let by_percentile: Vec<u64> = PERCENTILES.iter().map(|k| report[k].as_u64().expect("a latency")).collect();
+    assert!(by_percentile.windows(2).all(|w| w[0] <= w[1]), "latency percentiles in order: {report}");
     assert_eq!(report["expired"].as_u64(), Some(0), "{report}");
+    assert_eq!((report["durability"].as_str(), report["rate"].as_f64()), (Some("fsync"), None), "{report}");
     let svg = std::fs::read_to_string(&plot).expect("the plot is written");
     assert!(svg.contains("committed messages per second") && svg.contains("by percentile"));
+
+    // Open loop, page-cache durability: 400 messages at 2,000 a second take at least 0.2 s.
+    let out = Command::new(SAM)
+        .args(["bench", "--members", "2", "--messages", "400", "--rate", "2000", "--durability", "os"])
+        .args(["--json", "--base-port", "22000"])
+        .output()
+        .expect("run sam bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!((report["durability"].as_str(), report["rate"].as_f64()), (Some("os"), Some(2000.0)), "{report}");
+    let committed = report["committed_per_s"].as_f64().expect("a rate");
+    assert!(committed > 0.0 && committed <= 2_100.0, "no faster than the rate asked: {report}");
 }
+
+/// The latency percentiles `sam bench` reports.
+const PERCENTILES: [&str; 5] = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"];
