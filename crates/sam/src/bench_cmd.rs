@@ -29,13 +29,17 @@ pub struct BenchArgs {
     /// Members that deliver.
     #[arg(long, default_value_t = 10)]
     members: usize,
-    /// Messages the publisher sends.
+    /// Messages the publishers send, in all.
     #[arg(long, default_value_t = 200_000)]
     messages: usize,
+    /// Publishers (nodes of this process), each sending its share of --messages (and of
+    /// --rate) with a window of its own.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
     /// Payload bytes per message (at least 8: the send time).
     #[arg(long, default_value_t = 64)]
     size: usize,
-    /// The most messages the publisher has sent and not seen committed.
+    /// The most messages a publisher has sent and not seen committed.
     #[arg(long, default_value_t = 4_096)]
     window: usize,
     /// Send at this many messages a second whatever commits (open loop: latency is measured
@@ -130,8 +134,8 @@ struct Measured {
 
 /// Runs the benchmark.
 pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
-    if args.size < 8 || args.messages == 0 || args.window == 0 {
-        bail!("--size must be at least 8, --messages and --window positive");
+    if args.size < 8 || args.messages == 0 || args.window == 0 || args.publishers == 0 {
+        bail!("--size must be at least 8, --messages, --window and --publishers positive");
     }
     if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
         bail!("--rate must be a positive number of messages a second");
@@ -185,6 +189,7 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
             "messages": args.messages,
             "size": args.size,
             "window": args.window,
+            "publishers": args.publishers,
             "rate": args.rate,
             "security": config.security.mode.name(),
             "durability": config.storage.durability.name(),
@@ -196,9 +201,11 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
     } else {
         let rate = args.rate.map_or_else(|| "as fast as the window allows".to_string(), |r| format!("{r} msgs/s"));
         println!(
-            "{} messages of {} bytes, {} members, window {}, {rate}, security {}, durability {}",
+            "{} messages of {} bytes, {} publisher{}, {} members, window {}, {rate}, security {}, durability {}",
             args.messages,
             args.size,
+            args.publishers,
+            if args.publishers == 1 { "" } else { "s" },
             args.members,
             args.window,
             config.security.mode,
@@ -229,17 +236,33 @@ async fn run(cluster: &ClusterConfig, args: &BenchArgs, server_pids: Option<&[u3
     for i in 0..args.members {
         members.push(Node::start(member_spec(cluster, rand::random::<u64>() ^ i as u64, false)?).await?);
     }
-    // The publisher reads only its sends' fates.
-    let mut publisher_spec = member_spec(cluster, rand::random(), false)?;
-    publisher_spec.deliveries = false;
-    let mut publisher = Node::start(publisher_spec).await?;
-    for node in members.iter().chain([&publisher]) {
+    // Publishers read only their sends' fates.
+    let mut publishers = Vec::new();
+    for _ in 0..args.publishers {
+        let mut spec = member_spec(cluster, rand::random(), false)?;
+        spec.deliveries = false;
+        publishers.push(Node::start(spec).await?);
+    }
+    for node in members.iter().chain(&publishers) {
         wait_for_sequencer(node).await?;
     }
+    let bar = progress_bar(args);
     let cpu_before = (server_pids.map(cpu_us_of), own_cpu_us());
     let start = Instant::now();
     let receivers: Vec<_> = members.into_iter().map(|m| tokio::spawn(receive(m, args.messages, start))).collect();
-    let (commit_times, expired) = publish(&mut publisher, args, start).await?;
+    let senders: Vec<_> = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(i, node)| tokio::spawn(publish(node, Share::of(args, i), start, bar.clone())))
+        .collect();
+    let (mut commit_times, mut expired) = (Vec::with_capacity(args.messages), 0);
+    for sender in senders {
+        let (times, lost) = sender.await.context("a publisher task")??;
+        commit_times.extend(times);
+        expired += lost;
+    }
+    bar.finish_and_clear();
+    commit_times.sort_unstable();
     let commit_time = commit_times.last().copied().unwrap_or_default();
     let mut latencies = Vec::with_capacity(args.messages * args.members);
     let mut last_delivery = Duration::ZERO;
@@ -249,7 +272,6 @@ async fn run(cluster: &ClusterConfig, args: &BenchArgs, server_pids: Option<&[u3
         latencies.extend(samples);
     }
     let cpu_after = (server_pids.map(cpu_us_of), own_cpu_us());
-    publisher.stop().await?;
     latencies.sort_unstable();
     let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
     let committed = (args.messages - expired) as f64;
@@ -282,7 +304,25 @@ async fn wait_for_sequencer(node: &Node) -> Result<()> {
 
 /// Sends every message with at most `window` uncommitted; returns when each was committed and
 /// how many expired.
-async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(Vec<Duration>, usize)> {
+/// What one publisher sends.
+struct Share {
+    messages: usize,
+    window: usize,
+    rate: Option<f64>,
+    size: usize,
+}
+
+impl Share {
+    /// Publisher `i`'s share of the run: the messages and the rate split evenly.
+    fn of(args: &BenchArgs, i: usize) -> Share {
+        let messages = args.messages / args.publishers + usize::from(i < args.messages % args.publishers);
+        let rate = args.rate.map(|r| r * messages as f64 / args.messages as f64);
+        Share { messages, window: args.window, rate, size: args.size }
+    }
+}
+
+/// The bar that shows messages committed (hidden with --json).
+fn progress_bar(args: &BenchArgs) -> ProgressBar {
     let bar = ProgressBar::new(args.messages as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} committed {per_sec}")
@@ -291,26 +331,33 @@ async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(V
     if args.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    bar
+}
+
+/// Sends a share of the messages (at its rate, or as fast as its window allows); stops the
+/// node and returns when each message was committed and how many expired.
+async fn publish(mut node: Node, share: Share, start: Instant, bar: ProgressBar) -> Result<(Vec<Duration>, usize)> {
+    let Share { messages, window, rate, size } = share;
     let (mut sent, mut settled, mut expired) = (0, 0, 0);
     let mut events = Vec::with_capacity(EVENTS_PER_READ);
-    let mut commit_times = Vec::with_capacity(args.messages);
+    let mut commit_times = Vec::with_capacity(messages);
     let mut progress_at = Instant::now();
-    while settled < args.messages {
+    while settled < messages {
         // Fill the window (up to the schedule, with --rate): a batch at a time, so the node
         // packs each into few datagrams.
         loop {
-            let due = args.rate.map_or(usize::MAX, |r| scheduled(r, start.elapsed())).saturating_sub(sent);
-            let room = (args.window - (sent - settled)).min(args.messages - sent).min(SEND_BATCH).min(due);
+            let due = rate.map_or(usize::MAX, |r| scheduled(r, start.elapsed())).saturating_sub(sent);
+            let room = (window - (sent - settled)).min(messages - sent).min(SEND_BATCH).min(due);
             if room == 0 {
                 break;
             }
             // Open loop: each message counts from when it was due, not from when it went.
-            let at = |i: usize| args.rate.map(|r| Duration::from_secs_f64((sent + i) as f64 / r));
-            node.send_batch((0..room).map(|i| payload(start, at(i), args.size))).await?;
+            let at = |i: usize| rate.map(|r| Duration::from_secs_f64((sent + i) as f64 / r));
+            node.send_batch((0..room).map(|i| payload(start, at(i), size))).await?;
             sent += room;
         }
         events.clear();
-        let next_send = args.rate.filter(|_| sent < args.messages).map(|r| {
+        let next_send = rate.filter(|_| sent < messages).map(|r| {
             Duration::from_secs_f64(sent as f64 / r).saturating_sub(start.elapsed()).max(Duration::from_micros(50))
         });
         let wait = next_send.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(10));
@@ -318,9 +365,10 @@ async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(V
             Ok(0) => bail!("the publisher stopped"),
             Ok(_) => progress_at = Instant::now(),
             Err(_) if progress_at.elapsed() < Duration::from_secs(10) => continue,
-            Err(_) => bail!("nothing was committed for 10 s ({settled} of {} settled)", args.messages),
+            Err(_) => bail!("nothing was committed for 10 s ({settled} of {messages} settled)"),
         }
         let now = start.elapsed();
+        let before = settled;
         for event in &events {
             match event {
                 Event::Committed { .. } => {
@@ -334,9 +382,9 @@ async fn publish(node: &mut Node, args: &BenchArgs, start: Instant) -> Result<(V
                 _ => {}
             }
         }
-        bar.set_position(settled as u64);
+        bar.inc((settled - before) as u64);
     }
-    bar.finish_and_clear();
+    node.stop().await?;
     Ok((commit_times, expired))
 }
 

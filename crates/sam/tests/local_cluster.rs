@@ -357,15 +357,18 @@ fn bench_reports_throughput_latency_cpu_and_server_memory() {
     let svg = std::fs::read_to_string(&plot).expect("the plot is written");
     assert!(svg.contains("committed messages per second") && svg.contains("by percentile"));
 
-    // Open loop, page-cache durability: 400 messages at 2,000 a second take at least 0.2 s.
+    // Open loop from two publishers, page-cache durability: 401 messages at 2,000 a second in
+    // all take at least 0.2 s.
     let out = Command::new(SAM)
-        .args(["bench", "--members", "2", "--messages", "400", "--rate", "2000", "--durability", "os"])
+        .args(["bench", "--members", "2", "--messages", "401", "--publishers", "2"])
+        .args(["--rate", "2000", "--durability", "os"])
         .args(["--json", "--base-port", "22000"])
         .output()
         .expect("run sam bench");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!((report["durability"].as_str(), report["rate"].as_f64()), (Some("os"), Some(2000.0)), "{report}");
+    assert_eq!((report["publishers"].as_u64(), report["expired"].as_u64()), (Some(2), Some(0)), "{report}");
     let committed = report["committed_per_s"].as_f64().expect("a rate");
     assert!(committed > 0.0 && committed <= 2_100.0, "no faster than the rate asked: {report}");
 }
