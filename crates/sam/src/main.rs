@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod bench_plot;
+mod config_arg;
 mod fault;
 mod keygen_cmd;
 mod local_cmd;
@@ -53,8 +54,25 @@ enum Command {
     Fault(fault::FaultCommand),
 }
 
+impl Command {
+    /// Whether it prints results someone may pipe into another program; a cluster it runs
+    /// (servers, `local up`, fault runs) must instead outlive its reader, and stop its
+    /// processes itself.
+    fn prints_for_a_pipe(&self) -> bool {
+        !matches!(self, Command::Server(_) | Command::Local(_) | Command::Fault(_))
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if cli.command.prints_for_a_pipe() {
+        // A reader that stopped reading (`sam tail | head`) ends this process quietly, as it
+        // ends any Unix filter, rather than making each print panic or fail.
+        // SAFETY: restoring a signal's default disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Sim(args) => sim_cmd::execute(*args),
         Command::Model(args) => model_cmd::execute(args),

@@ -1,7 +1,6 @@
 //! `sam send`: send messages to the group and print where each was committed.
 
 use std::io::BufRead;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -17,9 +16,8 @@ use sam_node::node::{Event, Node};
 /// any expired or no cluster answered in time.
 #[derive(Args, Debug)]
 pub struct SendArgs {
-    /// The cluster's configuration file.
-    #[arg(long)]
-    config: PathBuf,
+    #[command(flatten)]
+    config: crate::config_arg::ConfigArg,
     /// Send this many generated messages instead.
     #[arg(long)]
     count: Option<usize>,
@@ -35,7 +33,8 @@ pub struct SendArgs {
 
 /// Sends and waits for every outcome.
 pub fn execute(args: SendArgs) -> Result<std::process::ExitCode> {
-    let cluster = ClusterConfig::load(&args.config)?;
+    let config_path = args.config.path()?;
+    let cluster = ClusterConfig::load(&config_path)?;
     let payloads = payloads(&args)?;
     let mut spec = member_spec(&cluster, rand::random(), false)?;
     spec.deliveries = false;

@@ -1,7 +1,5 @@
 //! `sam server`: one server process of a cluster, until SIGINT or SIGTERM.
 
-use std::path::PathBuf;
-
 use anyhow::{Context, Result};
 use clap::Args;
 use sam_core::Pid;
@@ -12,9 +10,8 @@ use sam_node::node::{Event, Node, StorageStart};
 /// Run one server process of the cluster a configuration file describes.
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// The cluster's configuration file.
-    #[arg(long)]
-    config: PathBuf,
+    #[command(flatten)]
+    config: crate::config_arg::ConfigArg,
     /// This server's id (its `id` in the file).
     #[arg(long)]
     id: u64,
@@ -26,7 +23,8 @@ pub struct ServerArgs {
 
 /// Runs the server until a signal asks it to stop.
 pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
-    let cluster = ClusterConfig::load(&args.config)?;
+    let config_path = args.config.path()?;
+    let cluster = ClusterConfig::load(&config_path)?;
     let start = if args.init { StorageStart::Fresh } else { StorageStart::Recover };
     let spec = server_spec(&cluster, Pid(args.id), start, rand::random())?;
     let dir = spec.dir.clone().unwrap_or_default();

@@ -1,7 +1,7 @@
 //! `sam status`: where the group stands, and each server's reachability and lag.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -16,9 +16,8 @@ use serde_json::json;
 /// and for each server its roles, address, reachability, lag and (for a local cluster) pid.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The cluster's configuration file.
-    #[arg(long)]
-    config: PathBuf,
+    #[command(flatten)]
+    config: crate::config_arg::ConfigArg,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -29,7 +28,8 @@ pub struct StatusArgs {
 
 /// Asks every server and prints what it learned.
 pub fn execute(args: StatusArgs) -> Result<std::process::ExitCode> {
-    let cluster = ClusterConfig::load(&args.config)?;
+    let config_path = args.config.path()?;
+    let cluster = ClusterConfig::load(&config_path)?;
     let spec = member_spec(&cluster, rand::random(), false)?;
     let wait = Duration::from_millis(args.wait_ms);
     let (progress, answers) = crate::runtime()?.block_on(async {
@@ -39,7 +39,7 @@ pub fn execute(args: StatusArgs) -> Result<std::process::ExitCode> {
         node.stop().await?;
         anyhow::Ok((progress, answers))
     })?;
-    let pids = local_pids(&args.config);
+    let pids = local_pids(&config_path);
     let report = report(&cluster, progress, &answers, &pids);
     if args.json {
         println!("{report}");

@@ -5,7 +5,6 @@
 //! behind), and read the member's own replica, so a read reflects every write committed before
 //! it started and says which number it reflects.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -19,9 +18,8 @@ use sam_node::node::Node;
 /// Read or write the replicated key-value table.
 #[derive(Args, Debug)]
 pub struct TableArgs {
-    /// The cluster's configuration file.
-    #[arg(long)]
-    config: PathBuf,
+    #[command(flatten)]
+    config: crate::config_arg::ConfigArg,
     /// Give up after this many seconds without the cluster.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
@@ -55,7 +53,8 @@ pub enum TableOp {
 
 /// Runs one table operation.
 pub fn execute(args: TableArgs) -> Result<std::process::ExitCode> {
-    let cluster = ClusterConfig::load(&args.config)?;
+    let config_path = args.config.path()?;
+    let cluster = ClusterConfig::load(&config_path)?;
     let spec = member_spec(&cluster, rand::random(), true)?;
     let timeout = Duration::from_secs(args.timeout);
     crate::runtime()?.block_on(async move {

@@ -1,7 +1,6 @@
 //! `sam tail`: print the group's deliveries in order.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use base64::Engine;
@@ -50,9 +49,8 @@ impl StartAt {
 /// Join the group as a member and print every delivery in order.
 #[derive(Args, Debug)]
 pub struct TailArgs {
-    /// The cluster's configuration file.
-    #[arg(long)]
-    config: PathBuf,
+    #[command(flatten)]
+    config: crate::config_arg::ConfigArg,
     #[command(flatten)]
     start_at: StartAt,
     /// Stop after this many deliveries.
@@ -65,7 +63,8 @@ pub struct TailArgs {
 
 /// Prints deliveries until `--count` or a signal.
 pub fn execute(args: TailArgs) -> Result<std::process::ExitCode> {
-    let cluster = ClusterConfig::load(&args.config)?;
+    let config_path = args.config.path()?;
+    let cluster = ClusterConfig::load(&config_path)?;
     let deliver_from = args.start_at.deliver_from();
     // A member that skips numbers cannot hold the table, so one starting now runs none.
     let mut spec = member_spec(&cluster, rand::random(), deliver_from != DeliverFrom::Now)?;

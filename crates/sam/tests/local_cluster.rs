@@ -206,6 +206,51 @@ fn a_server_that_cannot_start_leaves_the_healthy_ones_running() {
     assert_eq!(more.lines().count(), 100, "the group commits without server 2");
 }
 
+/// Issue 15's CLI habits: `--config` anywhere on the command line (after a nested subcommand
+/// too), `SAM_CONFIG`, and `sam-local/sam.toml` when nothing names a file, else an error that
+/// says all three; a reader that stops reading ends a command quietly, without a panic.
+#[test]
+fn the_configuration_is_found_where_users_look_and_a_closed_pipe_is_quiet() {
+    let cluster = Cluster::up(22_700, &[]);
+    let config = cluster.config();
+    let run = |command: &mut Command| command.output().expect("run sam");
+    let sam = || {
+        let mut command = Command::new(SAM);
+        command.env_remove("SAM_CONFIG");
+        command
+    };
+    let put = run(sam().args(["table", "put", "--config"]).arg(&config).args(["color", "blue"]));
+    assert!(put.status.success(), "--config after `table put`: {}", String::from_utf8_lossy(&put.stderr));
+    let get = run(sam().args(["table", "get", "color"]).env("SAM_CONFIG", &config));
+    assert!(String::from_utf8_lossy(&get.stdout).starts_with("blue"), "SAM_CONFIG: {get:?}");
+
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(elsewhere.path().join("sam-local")).expect("mkdir");
+    std::fs::copy(&config, elsewhere.path().join("sam-local/sam.toml")).expect("copy the configuration");
+    let status = run(sam().args(["status", "--json"]).current_dir(elsewhere.path()));
+    assert!(status.status.success(), "sam-local/sam.toml: {}", String::from_utf8_lossy(&status.stderr));
+    let nowhere = tempfile::tempdir().expect("tempdir");
+    let none = run(sam().args(["status"]).current_dir(nowhere.path()));
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(none.status.code(), Some(2), "{err}");
+    assert!(err.contains("--config") && err.contains("SAM_CONFIG") && err.contains("sam-local/sam.toml"), "{err}");
+
+    for args in [&["status"][..], &["tail", "--count", "1"]] {
+        let mut child = sam()
+            .args(args)
+            .env("SAM_CONFIG", &config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sam");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked") && out.status.code() != Some(101), "{args:?} | (closed): {err}");
+        assert!(!err.contains("error"), "{args:?} | (closed) says nothing: {err}");
+    }
+}
+
 fn kill_9(pid: u32) {
     let status = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
     assert!(status.success());
