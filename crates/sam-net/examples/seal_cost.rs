@@ -54,7 +54,7 @@ fn measure(mode: Mode, suite: Suite, path: Path, size: usize, frames: usize) -> 
         }
     };
     let mut sealer = Sealer::new(plan(mode, &sender_keys), pid).expect("sealer");
-    let mut opener = Opener::new(plan(mode, &server), None);
+    let mut opener = Opener::new(plan(mode, &server), Pid(1), None);
     let payload = vec![0x5a; size];
     let start = Instant::now();
     let sealed: Vec<Bytes> = (0..frames).map(|_| sealer.seal(dest, &payload)).collect();

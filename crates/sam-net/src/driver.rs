@@ -236,6 +236,7 @@ impl Net {
             max_datagram,
             faults: plan.faults,
             security: plan.security.clone(),
+            pid: plan.pid,
             sealer: sealer.clone(),
             cookies: Arc::new(CookieJar::new().map_err(SecurityError::from)?),
         };

@@ -59,6 +59,8 @@ pub(crate) struct Reader {
     pub(crate) faults: InjectedFaults,
     /// How frames are checked.
     pub(crate) security: SecurityPlan,
+    /// This process (frames to one process must name it).
+    pub(crate) pid: Pid,
     /// Seals what this task sends (grants, challenges).
     pub(crate) sealer: Arc<Mutex<Sealer>>,
     /// Grants and checks the cookies of requests.
@@ -119,7 +121,7 @@ impl Reader {
         // Each socket's task makes its own choices: seeded by the port it reads.
         let seed = socket.local_addr().map_or(0, |a| u64::from(a.port())) ^ u64::from(std::process::id());
         let injector = Injector::new(self.faults, seed);
-        let opener = Opener::new(self.security.clone(), channels);
+        let opener = Opener::new(self.security.clone(), self.pid, channels);
         let task = Task {
             reader: self.clone(),
             socket,

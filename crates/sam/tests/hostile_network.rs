@@ -521,17 +521,17 @@ fn clusters_sharing_groups_and_ports_hear_only_their_own_messages() {
 fn unauthenticated_relay_registrations_get_nothing_and_leave_the_relay_responsive() {
     let mut s = Scene::new(23_500, &["--transport", "unicast"]);
     let cluster = s.config.cluster_id.0;
-    let data_servers: Vec<SocketAddrV4> = s.config.servers.iter().take(3).map(|c| c.address).collect();
+    let data_servers: Vec<(Pid, SocketAddrV4)> = s.config.servers.iter().take(3).map(|c| (c.id, c.address)).collect();
     let register = register_frame(30_000);
-    let forms = |pid: Pid| {
-        let v2 = |tier| v2_frame(V2 { mode: 2, tier, channel: 0, cluster, pid }, &register);
+    let forms = |pid: Pid, to: Pid| {
+        let v2 = |tier| v2_frame(V2 { mode: 2, tier, channel: 0, cluster, pid, to: Some(to) }, &register);
         vec![register.to_vec(), v2(0), v2(1)]
     };
     let socket = || UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("an attacker's socket");
 
     let one = socket();
-    for to in &data_servers {
-        for datagram in forms(Pid(MEMBER_PIDS | 0x1000_0000)) {
+    for (server, to) in &data_servers {
+        for datagram in forms(Pid(MEMBER_PIDS | 0x1000_0000), *server) {
             send_to(&one, *to, &datagram);
         }
     }
@@ -544,8 +544,8 @@ fn unauthenticated_relay_registrations_get_nothing_and_leave_the_relay_responsiv
     for (i, sock) in many.iter().enumerate() {
         for j in 0..64u64 {
             let pid = Pid(MEMBER_PIDS | ((i as u64 * 64 + j + 1) << 16));
-            for to in &data_servers {
-                for datagram in forms(pid) {
+            for (server, to) in &data_servers {
+                for datagram in forms(pid, *server) {
                     send_to(sock, *to, &datagram);
                 }
             }
@@ -622,14 +622,15 @@ fn the_attackers_frames_are_well_formed() {
     let frame = encode_frame(std::slice::from_ref(&msg));
     assert_eq!(sam_core::wire::decode_frame(&frame).expect("decodes"), vec![msg]);
     let pid = Pid(MEMBER_PIDS | 5);
-    let off = v2_frame(V2 { mode: 0, tier: 0, channel: 1, cluster: 7, pid }, &frame);
+    let off = v2_frame(V2 { mode: 0, tier: 0, channel: 1, cluster: 7, pid, to: None }, &frame);
     let header = sam_net::security::envelope::Header::decode(&off).expect("a well-formed version 2 frame");
     assert_eq!((header.cluster.0, header.pid, header.len as usize), (7, pid, frame.len()));
-    let sealed = v2_frame(V2 { mode: 2, tier: 0, channel: 1, cluster: 7, pid }, &frame);
+    let sealed = v2_frame(V2 { mode: 2, tier: 0, channel: 1, cluster: 7, pid, to: None }, &frame);
     let header = sam_net::security::envelope::Header::decode(&sealed).expect("a well-formed version 2 frame");
     assert_eq!((header.channel, header.len as usize), (Some(Channel::Global), frame.len()));
     let mut opener = sam_net::security::Opener::new(
         sam_net::security::SecurityPlan::off(sam_net::security::keys::ClusterId(7), vec![]),
+        Pid(1),
         None,
     );
     let opened = opener.open(sam_net::security::now_ms(), &Bytes::from(off)).expect("mode off opens with its CRC");

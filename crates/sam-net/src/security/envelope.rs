@@ -9,7 +9,7 @@
 //! |----------|----------------|---------------------------------------------------------------------|
 //! | `0..2`   | magic          | `S` `M`                                                             |
 //! | `2`      | version        | `2` ([`VERSION`])                                                   |
-//! | `3`      | flags          | bit 0: a cookie follows the header; bit 1: a cookie challenge (bit 0 set too, empty payload); bit 2: a checkpoint tag precedes the second tag (group tier only); a relay envelope has `0x80` here instead (below) |
+//! | `3`      | flags          | bit 0: a cookie follows the header; bit 1: a cookie challenge (bit 0 set too, empty payload); bit 2: a checkpoint tag precedes the second tag (group tier only); bit 3: a destination follows the header (exactly when the channel is `0`); a relay envelope has `0x80` here instead (below) |
 //! | `4`      | mode           | `0` off, `1` authenticate, `2` encrypt                              |
 //! | `5`      | suite          | `0` with mode off; `1` AES-256-GCM, `2` ChaCha20-Poly1305           |
 //! | `6`      | tier           | the key that seals it: `0` group, `1` server, `2` checkpoint        |
@@ -22,8 +22,11 @@
 //! | `42..50` | counter        | `u64`: the frame's number in its session, used by exactly one seal  |
 //! | `50..54` | payload length | `u32`                                                               |
 //!
-//! With flag bit 0 a 16-byte *cookie* follows the header; it counts as header from here on
-//! (associated data, CRC). A process whose requests may be answered with more than 3× their
+//! With flag bit 3 the *destination*, the `u64` pid of the one process the frame is for,
+//! follows the header; every frame to one process (channel `0`) carries it and no other does,
+//! and a receiver drops one that names another pid: a frame captured on its way to one process
+//! cannot be replayed to another. Then, with flag bit 0, a 16-byte *cookie*. Both count as
+//! header from here on (associated data, CRC). A process whose requests may be answered with more than 3× their
 //! bytes (fetches, entry queries, block fetches, relay registrations) echoes the cookie the
 //! server gave it in a *challenge* — a frame with flag bits 0 and 1, the cookie, and no
 //! payload, never longer than the request it answers (DESIGN section 12, "No reflection").
@@ -79,10 +82,14 @@ pub const COOKIE_LEN: usize = 16;
 pub const FLAG_COOKIE: u8 = 1;
 /// Flags bit: the frame is a cookie challenge.
 pub const FLAG_CHALLENGE: u8 = 2;
-/// Flags bit: a checkpoint tag ends the trailer.
+/// Flags bit: a checkpoint tag precedes the second tag.
 pub const FLAG_CHECKPOINT_TAG: u8 = 4;
-/// The most bytes sealing adds to a payload (header, cookie and three tags).
-pub const SEAL_OVERHEAD: usize = HEADER_LEN + COOKIE_LEN + 3 * TAG_LEN;
+/// Flags bit: the destination pid follows the header.
+pub const FLAG_TO: u8 = 8;
+/// The length of the destination.
+pub const TO_LEN: usize = 8;
+/// The most bytes sealing adds to a payload (header, destination, cookie and three tags).
+pub const SEAL_OVERHEAD: usize = HEADER_LEN + TO_LEN + COOKIE_LEN + 3 * TAG_LEN;
 
 /// A cookie: proof that a sender receives at the address it sends from.
 pub type Cookie = [u8; COOKIE_LEN];
@@ -182,6 +189,8 @@ pub struct Header {
     pub counter: u64,
     /// The payload's length.
     pub len: u32,
+    /// The one process the frame is for (exactly when `channel` is `None`).
+    pub to: Option<Pid>,
     /// The cookie echoed, or granted by a challenge.
     pub cookie: Option<Cookie>,
     /// A cookie challenge (the cookie is the one granted).
@@ -225,9 +234,10 @@ fn mode_from(code: u8) -> Option<Mode> {
 }
 
 impl Header {
-    /// The length of the header with its cookie: what the associated data covers.
+    /// The length of the header with its destination and cookie: what the associated data
+    /// covers.
     pub fn header_len(&self) -> usize {
-        HEADER_LEN + if self.cookie.is_some() { COOKIE_LEN } else { 0 }
+        HEADER_LEN + if self.to.is_some() { TO_LEN } else { 0 } + if self.cookie.is_some() { COOKIE_LEN } else { 0 }
     }
 
     /// The whole datagram's length for this header.
@@ -245,9 +255,12 @@ impl Header {
         }
     }
 
-    /// Appends its bytes (the cookie included) to `out`.
+    /// Appends its bytes (the destination and cookie included) to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.encode());
+        if let Some(to) = self.to {
+            out.extend_from_slice(&to.0.to_le_bytes());
+        }
         if let Some(cookie) = &self.cookie {
             out.extend_from_slice(cookie);
         }
@@ -261,7 +274,8 @@ impl Header {
         let flag = |on: bool, bit: u8| if on { bit } else { 0 };
         h[3] = flag(self.cookie.is_some(), FLAG_COOKIE)
             | flag(self.challenge, FLAG_CHALLENGE)
-            | flag(self.checkpoint_tag, FLAG_CHECKPOINT_TAG);
+            | flag(self.checkpoint_tag, FLAG_CHECKPOINT_TAG)
+            | flag(self.to.is_some(), FLAG_TO);
         h[4] = self.mode.code();
         h[5] = self.suite;
         h[6] = self.tier.code();
@@ -281,13 +295,20 @@ impl Header {
         let h: &[u8; HEADER_LEN] =
             datagram.get(..HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or(EnvelopeError::Malformed)?;
         let flags = h[3];
-        let known = flags & !(FLAG_COOKIE | FLAG_CHALLENGE | FLAG_CHECKPOINT_TAG) == 0;
+        let known = flags & !(FLAG_COOKIE | FLAG_CHALLENGE | FLAG_CHECKPOINT_TAG | FLAG_TO) == 0;
         let challenge = flags & FLAG_CHALLENGE != 0;
         if h[0..2] != MAGIC || h[2] != VERSION || !known || (challenge && flags & FLAG_COOKIE == 0) {
             return Err(EnvelopeError::Malformed);
         }
+        let to = if flags & FLAG_TO != 0 {
+            let bytes = datagram.get(HEADER_LEN..HEADER_LEN + TO_LEN).ok_or(EnvelopeError::Malformed)?;
+            Some(Pid(u64::from_le_bytes(bytes.try_into().map_err(|_| EnvelopeError::Malformed)?)))
+        } else {
+            None
+        };
+        let at = HEADER_LEN + if to.is_some() { TO_LEN } else { 0 };
         let cookie = if flags & FLAG_COOKIE != 0 {
-            let bytes = datagram.get(HEADER_LEN..HEADER_LEN + COOKIE_LEN).ok_or(EnvelopeError::Malformed)?;
+            let bytes = datagram.get(at..at + COOKIE_LEN).ok_or(EnvelopeError::Malformed)?;
             Some(bytes.try_into().map_err(|_| EnvelopeError::Malformed)?)
         } else {
             None
@@ -304,12 +325,14 @@ impl Header {
             session: Session { time_ms: u64_at(26), random: u64_at(34) },
             counter: u64_at(42),
             len: u32::from_le_bytes([h[50], h[51], h[52], h[53]]),
+            to,
             cookie,
             challenge,
             checkpoint_tag: flags & FLAG_CHECKPOINT_TAG != 0,
         };
         let tag_misplaced = header.checkpoint_tag && (header.tier != Tier::Group || header.mode == Mode::Off);
-        if header.datagram_len() != datagram.len() || (challenge && header.len != 0) || tag_misplaced {
+        let to_misplaced = header.to.is_some() != header.channel.is_none();
+        if header.datagram_len() != datagram.len() || (challenge && header.len != 0) || tag_misplaced || to_misplaced {
             return Err(EnvelopeError::Malformed);
         }
         Ok(header)
@@ -350,6 +373,7 @@ mod tests {
             session: Session { time_ms: 1_700_000_000_000, random: 42 },
             counter: 7,
             len: 5,
+            to: None,
             cookie: None,
             challenge: false,
             checkpoint_tag: false,
@@ -381,6 +405,12 @@ mod tests {
         assert_eq!(Header::decode(&encoded(&tagged, 5 + 48)), Ok(tagged), "a checkpoint tag after the second");
         let misplaced = Header { checkpoint_tag: true, ..server };
         assert_eq!(Header::decode(&encoded(&misplaced, 5 + 32)), Err(EnvelopeError::Malformed), "group tier only");
+        let unicast = Header { channel: None, to: Some(Pid(9)), cookie: Some([7; COOKIE_LEN]), ..h };
+        assert_eq!(Header::decode(&encoded(&unicast, 5 + 32)), Ok(unicast), "destination, then cookie");
+        let nameless = Header { channel: None, ..h };
+        assert_eq!(Header::decode(&encoded(&nameless, 5 + 32)), Err(EnvelopeError::Malformed), "to one, naming none");
+        let named = Header { to: Some(Pid(9)), ..h };
+        assert_eq!(Header::decode(&encoded(&named, 5 + 32)), Err(EnvelopeError::Malformed), "a channel's, naming one");
         let bad = Header { len: 5, ..challenge };
         assert_eq!(Header::decode(&encoded(&bad, 5 + 32)), Err(EnvelopeError::Malformed), "a challenge has no payload");
     }
@@ -388,7 +418,7 @@ mod tests {
     #[test]
     fn bad_fields_are_malformed() {
         let good = encoded(&header(), 37);
-        for (at, value) in [(0, b'X'), (2, 1), (3, 1), (3, 2), (3, 4), (3, 8), (4, 3), (6, 3), (7, 5)] {
+        for (at, value) in [(0, b'X'), (2, 1), (3, 1), (3, 2), (3, 4), (3, 8), (3, 16), (4, 3), (6, 3), (7, 5)] {
             let mut d = good.clone();
             d[at] = value;
             assert_eq!(Header::decode(&d), Err(EnvelopeError::Malformed), "byte {at} = {value}");

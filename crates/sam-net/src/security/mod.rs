@@ -34,7 +34,7 @@ pub const SESSION_RENEW_FRAMES: u64 = 1 << 23;
 /// it outweighs a cookie challenge, which may answer a request, and a `Pong` of any tier (48
 /// bytes of payload and three tags, no cookie), so that no answer to one frame is larger
 /// than it. Receivers drop shorter ones.
-pub const UNICAST_DATAGRAM_MIN: usize = envelope::HEADER_LEN + 48 + 3 * TAG_LEN;
+pub const UNICAST_DATAGRAM_MIN: usize = envelope::HEADER_LEN + envelope::TO_LEN + 48 + 3 * TAG_LEN;
 
 /// Senders a replay table holds by default.
 pub const REPLAY_SENDERS_DEFAULT: usize = 16_384;
@@ -182,7 +182,8 @@ pub enum Dropped {
     Malformed,
     /// Another cluster's, or another mode or suite.
     Foreign,
-    /// Sealed with a key tier or id this process does not hold, or on the wrong channel.
+    /// Sealed with a key tier or id this process does not hold, on the wrong channel, or for
+    /// another process.
     Unkeyed,
     /// Its AEAD tag or second tag does not verify, or its sender may not use that key.
     Unauthenticated,
@@ -474,9 +475,9 @@ impl Sealer {
     /// The header of the next frame for `dest`, with `len` bytes of payload.
     fn header(&self, dest: SealFor, cookie: Option<Cookie>, challenge: bool, len: usize) -> Header {
         let tier = self.tier_for(dest);
-        let channel = match dest {
-            SealFor::Channel(c) => Some(c),
-            SealFor::Pid(_) => None,
+        let (channel, to) = match dest {
+            SealFor::Channel(c) => (Some(c), None),
+            SealFor::Pid(p) => (None, Some(p)),
         };
         let mode = self.plan.mode;
         let (suite, key_id) = match (&self.plan.keys, &self.keys[tier.index()]) {
@@ -499,6 +500,7 @@ impl Sealer {
             session: self.session,
             counter: self.counter,
             len: u32::try_from(len).unwrap_or(u32::MAX),
+            to,
             cookie,
             challenge,
             checkpoint_tag: tier == Tier::Group && mode != Mode::Off && self.checkpoint_tag.is_some() && to_servers,
@@ -572,6 +574,8 @@ enum Verifier {
 #[derive(Debug)]
 pub struct Opener {
     plan: SecurityPlan,
+    /// This process: frames to one process must name it.
+    me: Pid,
     table: ReplayTable<SessionKeys>,
     /// Which tags of group frames this process checks.
     verifier: Verifier,
@@ -582,9 +586,9 @@ pub struct Opener {
 }
 
 impl Opener {
-    /// An opener for a socket that hears `channels` (`None`: every channel, unicast mode's
-    /// one socket; `Some(None)` in the list stands for unicast to this process).
-    pub fn new(plan: SecurityPlan, channels: Option<Vec<Option<Channel>>>) -> Opener {
+    /// An opener for process `me`'s socket that hears `channels` (`None`: every channel,
+    /// unicast mode's one socket; `Some(None)` in the list stands for unicast to this process).
+    pub fn new(plan: SecurityPlan, me: Pid, channels: Option<Vec<Option<Channel>>>) -> Opener {
         let holds = |kind| plan.keys.as_ref().is_some_and(|k| k.of_kind(kind).next().is_some());
         let verifier = if holds(KeyKind::Server) {
             Verifier::Server
@@ -594,7 +598,7 @@ impl Opener {
             Verifier::None
         };
         let table = ReplayTable::new(plan.replay_senders_max);
-        Opener { plan, table, verifier, derivations: DerivationBudget::new(), channels }
+        Opener { plan, me, table, verifier, derivations: DerivationBudget::new(), channels }
     }
 
     /// Frames of an older session of a pid heard long after a newer one.
@@ -642,7 +646,7 @@ impl Opener {
         if h.mode == Mode::Off && (h.tier != Tier::Group || h.key_id != 0) {
             return Err(Dropped::Malformed);
         }
-        if self.channels.as_ref().is_some_and(|c| !c.contains(&h.channel)) {
+        if self.channels.as_ref().is_some_and(|c| !c.contains(&h.channel)) || h.to.is_some_and(|to| to != self.me) {
             return Err(Dropped::Unkeyed);
         }
         // A configured server's pid is never a member's, and members hold only the group key.

@@ -41,8 +41,8 @@ fn every_mode_and_suite_round_trips_and_names_its_sender() {
         let c = cluster(suite);
         for mode in [Mode::Encrypt, Mode::Authenticate] {
             let mut alice = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
-            let mut server = Opener::new(plan(mode, Some(c.server.clone())), None);
-            let mut member = Opener::new(plan(mode, Some(c.alice.clone())), None);
+            let mut server = Opener::new(plan(mode, Some(c.server.clone())), SEQUENCER, None);
+            let mut member = Opener::new(plan(mode, Some(c.alice.clone())), alice_pid(&c), None);
             let frame = alice.seal(SealFor::Channel(Channel::Global), b"payload");
             let hidden = !frame.windows(7).any(|w| w == b"payload");
             assert_eq!(hidden, mode == Mode::Encrypt, "{mode:?}: the payload is readable only when authenticated");
@@ -71,14 +71,14 @@ fn every_mode_and_suite_round_trips_and_names_its_sender() {
 #[test]
 fn mode_off_names_the_cluster_and_checks_a_crc() {
     let mut sealer = Sealer::new(plan(Mode::Off, None), Pid(1 << 63)).unwrap();
-    let mut opener = Opener::new(plan(Mode::Off, None), None);
+    let mut opener = Opener::new(plan(Mode::Off, None), SEQUENCER, None);
     let frame = sealer.seal(SealFor::Channel(Channel::Global), b"x");
     assert_eq!(open(&mut opener, &frame).unwrap().payload, Bytes::from_static(b"x"));
     let mut flipped = frame.to_vec();
     flipped[20] ^= 1;
     assert_eq!(open(&mut opener, &Bytes::from(flipped)).unwrap_err(), Dropped::Malformed);
     let other = SecurityPlan { cluster: ClusterId(1), ..plan(Mode::Off, None) };
-    assert_eq!(Opener::new(other, None).open(now_ms(), &frame).unwrap_err(), Dropped::Foreign);
+    assert_eq!(Opener::new(other, SEQUENCER, None).open(now_ms(), &frame).unwrap_err(), Dropped::Foreign);
     // Without keys nothing names a key tier, key id or suite: such a frame is no mode-off frame.
     for (at, value) in [(5, 1), (6, 1), (8, 1)] {
         let mut f = sealer.seal(SealFor::Channel(Channel::Global), b"x").to_vec();
@@ -99,10 +99,10 @@ fn every_flipped_bit_is_refused_and_each_frame_opens_once() {
     for bit in 0..frame.len() * 8 {
         let mut f = frame.to_vec();
         f[bit / 8] ^= 1 << (bit % 8);
-        let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), None);
+        let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), SEQUENCER, None);
         assert!(open(&mut server, &Bytes::from(f)).is_err(), "bit {bit}");
     }
-    let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), None);
+    let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), SEQUENCER, None);
     assert!(open(&mut server, &frame).is_ok());
     assert_eq!(open(&mut server, &frame).unwrap_err(), Dropped::Replay(Refusal::Replayed));
     // A later frame opens; the earlier one still does not.
@@ -115,7 +115,7 @@ fn every_flipped_bit_is_refused_and_each_frame_opens_once() {
 fn a_member_cannot_pass_as_a_server_or_as_another_member() {
     let c = cluster(Suite::Aes256Gcm);
     let mode = Mode::Encrypt;
-    let mut server = Opener::new(plan(mode, Some(c.server.clone())), None);
+    let mut server = Opener::new(plan(mode, Some(c.server.clone())), SEQUENCER, None);
     // Alice claims the sequencer's pid: she can seal under the group key, not tag as a server.
     let mut forger = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
     forger.pid = SEQUENCER;
@@ -131,7 +131,7 @@ fn a_member_cannot_pass_as_a_server_or_as_another_member() {
     let revoked = SecurityPlan { revoked: vec![c.alice.member.unwrap()], ..plan(mode, Some(c.server.clone())) };
     let mut alice = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
     let frame = alice.seal(SealFor::Channel(Channel::Global), b"data");
-    assert_eq!(Opener::new(revoked, None).open(now_ms(), &frame).unwrap_err(), Dropped::Unauthenticated);
+    assert_eq!(Opener::new(revoked, SEQUENCER, None).open(now_ms(), &frame).unwrap_err(), Dropped::Unauthenticated);
     // A member credential of another cluster's master.
     let stranger = Keyring::member_from(&Keyring::generate_server(CLUSTER, Suite::Aes256Gcm).unwrap(), "alice");
     let stranger = Keyring {
@@ -149,10 +149,16 @@ fn checkpoint_servers_seal_under_their_key_which_servers_derive() {
     let mut ckpt = Sealer::new(plan(Mode::Encrypt, Some(c.checkpoint.clone())), CHECKPOINTER).unwrap();
     let report = ckpt.seal(SealFor::Pid(SEQUENCER), b"report");
     assert_eq!(Header::decode(&report).unwrap().tier, Tier::Checkpoint);
-    let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), None);
+    let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), SEQUENCER, None);
     assert_eq!(open(&mut server, &report).unwrap().authority, Authority::Checkpoint);
-    let block = ckpt.seal(SealFor::Pid(alice_pid(&c)), b"block");
+    let block = ckpt.seal(SealFor::Channel(Channel::Checkpoint), b"block");
+    assert_eq!(Header::decode(&block).unwrap().tier, Tier::Group);
     assert_eq!(open(&mut server, &block).unwrap().authority, Authority::Checkpoint, "checkpoint tag");
+    // A frame to one process opens at that process only: it names it.
+    let to_alice = ckpt.seal(SealFor::Pid(alice_pid(&c)), b"block");
+    assert_eq!(open(&mut server, &to_alice).unwrap_err(), Dropped::Unkeyed, "captured and sent elsewhere");
+    let mut alice = Opener::new(plan(Mode::Encrypt, Some(c.alice.clone())), alice_pid(&c), None);
+    assert!(open(&mut alice, &to_alice).is_ok());
     // A checkpoint key may not seal as if it were the server key's owner.
     let lie = SecurityPlan {
         servers: vec![(SEQUENCER, ServerKeys::Checkpoint)],
@@ -167,7 +173,7 @@ fn checkpoint_servers_seal_under_their_key_which_servers_derive() {
 fn checkpoint_servers_believe_servers_by_the_checkpoint_tag_and_members_by_their_tags() {
     let c = cluster(Suite::Aes256Gcm);
     let mode = Mode::Encrypt;
-    let mut ckpt = Opener::new(plan(mode, Some(c.checkpoint.clone())), None);
+    let mut ckpt = Opener::new(plan(mode, Some(c.checkpoint.clone())), CHECKPOINTER, None);
     let mut seq = Sealer::new(plan(mode, Some(c.server.clone())), SEQUENCER).unwrap();
     let commit = seq.seal(SealFor::Channel(Channel::Global), b"commit");
     assert!(Header::decode(&commit).unwrap().checkpoint_tag);
@@ -180,15 +186,15 @@ fn checkpoint_servers_believe_servers_by_the_checkpoint_tag_and_members_by_their
     let mut forger = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
     forger.pid = SEQUENCER;
     let forged = forger.seal(SealFor::Channel(Channel::Global), b"commit");
-    let mut fresh = Opener::new(plan(mode, Some(c.checkpoint.clone())), None);
+    let mut fresh = Opener::new(plan(mode, Some(c.checkpoint.clone())), CHECKPOINTER, None);
     assert_eq!(open(&mut fresh, &forged).unwrap_err(), Dropped::Unauthenticated, "no checkpoint tag");
     // The checkpoint tag altered (it sits before the second tag, which covers it).
     let mut bytes = commit.to_vec();
     let at = bytes.len() - TAG_LEN - 1;
     bytes[at] ^= 1;
-    let mut server = Opener::new(plan(mode, Some(c.server.clone())), None);
+    let mut server = Opener::new(plan(mode, Some(c.server.clone())), SEQUENCER, None);
     assert_eq!(open(&mut server, &Bytes::from(bytes.clone())).unwrap_err(), Dropped::Unauthenticated, "tag2 covers it");
-    let mut fresh = Opener::new(plan(mode, Some(c.checkpoint.clone())), None);
+    let mut fresh = Opener::new(plan(mode, Some(c.checkpoint.clone())), CHECKPOINTER, None);
     assert_eq!(open(&mut fresh, &Bytes::from(bytes)).unwrap_err(), Dropped::Unauthenticated);
     assert_eq!(open(&mut fresh, &commit).unwrap().authority, Authority::Server, "the real frame still opens");
     // A member under its own pid is a member, which may not send server-role messages; under
@@ -247,7 +253,7 @@ fn second_tag_derivations_for_new_sessions_are_rate_limited() {
     let bob_pid = Pid(bob_keys.member.unwrap().0 | 1);
     let mut alice = Sealer::new(plan(mode, Some(c.alice.clone())), alice_pid(&c)).unwrap();
     let mut bob = Sealer::new(plan(mode, Some(bob_keys)), bob_pid).unwrap();
-    let mut server = Opener::new(plan(mode, Some(c.server.clone())), None);
+    let mut server = Opener::new(plan(mode, Some(c.server.clone())), SEQUENCER, None);
     let now = now_ms();
     server.derivations = DerivationBudget { tokens: 1, at_ms: now };
     let global = SealFor::Channel(Channel::Global);
@@ -272,13 +278,13 @@ fn foreign_mode_suite_cluster_and_channel_are_refused() {
     let frame = alice.seal(SealFor::Channel(Channel::Data), b"d");
     let server = || plan(Mode::Encrypt, Some(c.server.clone()));
     let auth = SecurityPlan { mode: Mode::Authenticate, ..server() };
-    assert_eq!(Opener::new(auth, None).open(now_ms(), &frame).unwrap_err(), Dropped::Foreign);
+    assert_eq!(Opener::new(auth, SEQUENCER, None).open(now_ms(), &frame).unwrap_err(), Dropped::Foreign);
     let other = SecurityPlan { cluster: ClusterId(9), ..server() };
-    assert_eq!(Opener::new(other, None).open(now_ms(), &frame).unwrap_err(), Dropped::Foreign);
-    let commit_socket = Opener::new(server(), Some(vec![Some(Channel::Commit)])).open(now_ms(), &frame);
+    assert_eq!(Opener::new(other, SEQUENCER, None).open(now_ms(), &frame).unwrap_err(), Dropped::Foreign);
+    let commit_socket = Opener::new(server(), SEQUENCER, Some(vec![Some(Channel::Commit)])).open(now_ms(), &frame);
     assert_eq!(commit_socket.unwrap_err(), Dropped::Unkeyed, "a data-channel frame replayed to the commit group");
     let chacha = cluster(Suite::ChaCha20Poly1305);
-    let mut opener = Opener::new(plan(Mode::Encrypt, Some(chacha.server.clone())), None);
+    let mut opener = Opener::new(plan(Mode::Encrypt, Some(chacha.server.clone())), SEQUENCER, None);
     assert_eq!(open(&mut opener, &frame).unwrap_err(), Dropped::Foreign);
 }
 
@@ -328,7 +334,7 @@ mod fuzz {
         let mut alice = Sealer::new(plan(Mode::Encrypt, Some(c.alice.clone())), alice_pid(&c)).unwrap();
         let payload = sam_core::wire::encode_frame(&[Message::Ping(sam_core::message::Ping { nonce: 3 })]);
         let frame = alice.seal(SealFor::Pid(SEQUENCER), &payload);
-        (Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), None), frame)
+        (Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), SEQUENCER, None), frame)
     }
 
     proptest! {
@@ -368,7 +374,7 @@ fn a_renewal_that_fails_keeps_the_session_and_its_counter() {
     let c = cluster(Suite::Aes256Gcm);
     let p = SecurityPlan { session_file: Some(dir.join("session")), ..plan(Mode::Encrypt, Some(c.server.clone())) };
     let mut s = Sealer::new(p, SEQUENCER).unwrap();
-    let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), None);
+    let mut server = Opener::new(plan(Mode::Encrypt, Some(c.server.clone())), SEQUENCER, None);
     assert!(open(&mut server, &s.seal(SealFor::Channel(Channel::Commit), b"one")).is_ok());
     let (session, counter) = (s.session(), s.counter);
     std::fs::remove_dir_all(&dir).unwrap();

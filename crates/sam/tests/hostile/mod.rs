@@ -690,11 +690,7 @@ impl Attacker {
     pub fn forge(&self, claimed: Pid, msgs: &[Message], dests: &[To]) {
         let frame = encode_frame(msgs);
         for &to in dests {
-            let channel = match to {
-                To::Channel(c) => Some(c),
-                To::Server(_) => None,
-            };
-            for datagram in outsider_forms(self.cluster, channel, claimed, &frame) {
+            for datagram in outsider_forms(self.cluster, to, claimed, &frame) {
                 self.send(to, &datagram);
             }
         }
@@ -785,6 +781,8 @@ pub struct V2 {
     pub cluster: u64,
     /// The pid the frame names as its sender.
     pub pid: Pid,
+    /// The process a frame to one process names (with channel `0`).
+    pub to: Option<Pid>,
 }
 
 /// A version 2 frame as the envelope's specification lays it out, with a fresh session of
@@ -794,7 +792,8 @@ pub fn v2_frame(h: V2, payload: &[u8]) -> Vec<u8> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut out = Vec::with_capacity(54 + payload.len() + 32);
     out.extend_from_slice(b"SM");
-    out.extend_from_slice(&[2, 0, h.mode, if h.mode == 0 { 0 } else { 1 }, h.tier, h.channel]);
+    let flags = if h.to.is_some() { 8 } else { 0 };
+    out.extend_from_slice(&[2, flags, h.mode, if h.mode == 0 { 0 } else { 1 }, h.tier, h.channel]);
     // Mode off names no key; the others name key 1, which every cluster's keys start from.
     out.extend_from_slice(&u16::from(h.mode != 0).to_le_bytes());
     out.extend_from_slice(&h.cluster.to_le_bytes());
@@ -803,6 +802,9 @@ pub fn v2_frame(h: V2, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&garbage().to_le_bytes());
     out.extend_from_slice(&(garbage() & 0xffff).to_le_bytes());
     out.extend_from_slice(&u32::try_from(payload.len()).expect("a datagram's payload").to_le_bytes());
+    if let Some(to) = h.to {
+        out.extend_from_slice(&to.0.to_le_bytes());
+    }
     let header_crc = crc32c(&out);
     out.extend_from_slice(payload);
     if h.mode == 0 {
@@ -816,11 +818,14 @@ pub fn v2_frame(h: V2, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Every form an outsider can give the version 1 frame `frame`: itself, and version 2 frames of
-/// `cluster` on `channel` naming `claimed` (see [`Attacker::forge`]).
-pub fn outsider_forms(cluster: u64, channel: Option<Channel>, claimed: Pid, frame: &[u8]) -> Vec<Vec<u8>> {
-    let channel = channel_code(channel);
-    let v2 = |mode, tier| v2_frame(V2 { mode, tier, channel, cluster, pid: claimed }, frame);
+/// Every form an outsider can give the version 1 frame `frame` for `to`: itself, and version 2
+/// frames of `cluster` naming `claimed` (see [`Attacker::forge`]).
+pub fn outsider_forms(cluster: u64, to: To, claimed: Pid, frame: &[u8]) -> Vec<Vec<u8>> {
+    let (channel, to) = match to {
+        To::Channel(c) => (channel_code(Some(c)), None),
+        To::Server(pid) => (channel_code(None), Some(pid)),
+    };
+    let v2 = |mode, tier| v2_frame(V2 { mode, tier, channel, cluster, pid: claimed, to }, frame);
     vec![frame.to_vec(), v2(2, 0), v2(2, 1), v2(1, 0), v2(0, 0)]
 }
 
@@ -898,7 +903,7 @@ impl Mallory {
             keys: Some(Arc::new(ring)),
             ..SecurityPlan::off(config.cluster_id, servers)
         };
-        let opener = Opener::new(plan.clone(), None);
+        let opener = Opener::new(plan.clone(), pid, None);
         let sealer = Sealer::new(plan, pid).expect("a sealer for the member credential");
         Mallory { sealer, opener, pid, attacker: Attacker::new(&config) }
     }
@@ -984,7 +989,7 @@ pub fn server_opener(config: &ClusterConfig) -> Opener {
         keys: Some(Arc::new(ring.expect("security is on"))),
         ..SecurityPlan::off(config.cluster_id, server_keys(config))
     };
-    Opener::new(plan, None)
+    Opener::new(plan, config.servers[0].id, None)
 }
 
 // ---------------------------------------------------------------------------------------------
