@@ -56,6 +56,10 @@ pub struct TailArgs {
     /// Stop after this many deliveries.
     #[arg(long)]
     count: Option<usize>,
+    /// Stop when nothing was delivered for this many seconds (no cluster running, say); exits
+    /// 1 if that leaves --count unreached. Without it, waits for ever.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
     /// How to print deliveries.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -73,15 +77,23 @@ pub fn execute(args: TailArgs) -> Result<std::process::ExitCode> {
         let mut node = Node::start(spec).await.context("starting a member")?;
         let mut out = std::io::stdout().lock();
         let mut printed = 0;
+        let quiet = args.timeout.map(std::time::Duration::from_secs);
+        let mut give_up = quiet.map(|q| tokio::time::Instant::now() + q);
+        let mut timed_out = false;
         while args.count.is_none_or(|c| printed < c) {
             let event = tokio::select! {
                 event = node.next_event() => event,
                 () = crate::stop_signal() => break,
+                () = tokio::time::sleep_until(give_up.unwrap_or_else(far_future)), if give_up.is_some() => {
+                    timed_out = true;
+                    break;
+                }
             };
             match event {
                 Some(Event::Deliver { seq, mid, payload }) => {
                     writeln!(out, "{}", line(args.format, seq.0, &mid.to_string(), &payload))?;
                     printed += 1;
+                    give_up = quiet.map(|q| tokio::time::Instant::now() + q);
                 }
                 Some(Event::Restored { seq }) => eprintln!("caught up from the checkpoint at {seq}"),
                 Some(_) => {}
@@ -91,8 +103,21 @@ pub fn execute(args: TailArgs) -> Result<std::process::ExitCode> {
         out.flush()?;
         drop(out);
         node.stop().await?;
-        Ok(std::process::ExitCode::SUCCESS)
+        let short = args.count.filter(|c| printed < *c);
+        match (timed_out, short) {
+            (true, Some(count)) => {
+                let secs = args.timeout.unwrap_or_default();
+                eprintln!("nothing delivered for {secs} s (--timeout): {printed} of {count} printed");
+                Ok(std::process::ExitCode::from(1))
+            }
+            _ => Ok(std::process::ExitCode::SUCCESS),
+        }
     })
+}
+
+/// A deadline that never comes (the branch it guards is off anyway).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 fn line(format: Format, seq: u64, mid: &str, payload: &Bytes) -> String {

@@ -235,6 +235,14 @@ fn the_configuration_is_found_where_users_look_and_a_closed_pipe_is_quiet() {
     assert_eq!(none.status.code(), Some(2), "{err}");
     assert!(err.contains("--config") && err.contains("SAM_CONFIG") && err.contains("sam-local/sam.toml"), "{err}");
 
+    // One message is committed: a tail asked for five gives up after a quiet second, says so,
+    // and exits 1.
+    let tail = run(sam().args(["tail", "--count", "5", "--timeout", "1"]).env("SAM_CONFIG", &config));
+    let err = String::from_utf8_lossy(&tail.stderr);
+    assert_eq!(tail.status.code(), Some(1), "{err}");
+    assert_eq!(String::from_utf8_lossy(&tail.stdout).lines().count(), 1, "the one committed message");
+    assert!(err.contains("1 of 5") && err.contains("--timeout"), "{err}");
+
     for args in [&["status"][..], &["tail", "--count", "1"]] {
         let mut child = sam()
             .args(args)
