@@ -166,7 +166,8 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
         servers.stop();
     }
     let m = measured?;
-    let server_rss_bytes = rss.iter().copied().max().unwrap_or(0);
+    // Only the servers this command started are measured: a running cluster's are not its own.
+    let server_rss_bytes = rss.iter().copied().max();
     if let Some(path) = &args.plot {
         let caption = format!(
             "{} messages of {} bytes, {} members, window {}: {:.0} committed msgs/s",
@@ -216,14 +217,15 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
         let p: Vec<String> =
             PERCENTILES.iter().zip(m.percentiles_us).map(|((_, n), v)| format!("{} {v}", &n[..n.len() - 3])).collect();
         println!("  latency     {} µs (send to delivery)", p.join(", "));
-        if let Some(cpu) = m.server_cpu_us_per_msg {
-            println!("  server CPU  {cpu:.1} µs per committed message (all servers, user + system)");
-        }
+        let not_measured = || "n/a (a running cluster's servers are not measured)".to_string();
+        let server_cpu = m.server_cpu_us_per_msg.map_or_else(not_measured, |c| format!("{c:.1} µs"));
+        println!("  server CPU  {server_cpu} per committed message (all servers, user + system)");
         println!(
             "  member CPU  {:.2} µs per delivery (this process: publisher and members)",
             m.member_cpu_us_per_delivery
         );
-        println!("  server RSS  {:.1} MiB peak (largest server)", server_rss_bytes as f64 / (1 << 20) as f64);
+        let rss = server_rss_bytes.map_or_else(not_measured, |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64));
+        println!("  server RSS  {rss} peak (largest server)");
         if m.expired > 0 {
             println!("  expired     {}", m.expired);
         }

@@ -243,6 +243,13 @@ fn the_configuration_is_found_where_users_look_and_a_closed_pipe_is_quiet() {
     assert_eq!(String::from_utf8_lossy(&tail.stdout).lines().count(), 1, "the one committed message");
     assert!(err.contains("1 of 5") && err.contains("--timeout"), "{err}");
 
+    // A benchmark of a running cluster measures no servers of its own: it says so.
+    let bench = run(sam().args(["bench", "--members", "1", "--messages", "50", "--json", "--config"]).arg(&config));
+    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&bench.stdout).expect("json");
+    assert!(report["server_rss_bytes"].is_null() && report["server_cpu_us_per_msg"].is_null(), "{report}");
+    assert!(report["member_cpu_us_per_delivery"].as_f64().is_some_and(|c| c > 0.0), "{report}");
+
     for args in [&["status"][..], &["tail", "--count", "1"]] {
         let mut child = sam()
             .args(args)
