@@ -25,23 +25,25 @@ pub struct UpArgs {
     /// The cluster's directory: its sam.toml, its servers' storage and logs.
     #[arg(long, default_value = "sam-local")]
     dir: PathBuf,
-    /// Processes holding a commit and a data server (the sequencer is elected among them).
-    #[arg(long, default_value_t = LOCAL_SERVERS)]
-    servers: usize,
-    /// Checkpoint servers.
-    #[arg(long, default_value_t = LOCAL_CHECKPOINT_SERVERS)]
-    checkpoint_servers: usize,
-    /// The first of the ports the cluster uses (channels, then one per server).
-    #[arg(long, default_value_t = LOCAL_BASE_PORT)]
-    base_port: u16,
+    /// Processes holding a commit and a data server (the sequencer is elected among them); a
+    /// new cluster only [default: 3].
+    #[arg(long)]
+    servers: Option<usize>,
+    /// Checkpoint servers; a new cluster only [default: 2].
+    #[arg(long)]
+    checkpoint_servers: Option<usize>,
+    /// The first of the ports the cluster uses (channels, then one per server); a new cluster
+    /// only [default: 17400].
+    #[arg(long)]
+    base_port: Option<u16>,
     /// Checkpoints fall at the multiples of this number (a new cluster only); members more
     /// than two intervals behind catch up from a checkpoint.
     #[arg(long)]
     checkpoint_every: Option<u64>,
     /// How datagrams travel: IP multicast groups, or unicast fan-out with members relayed by
     /// the data servers (for networks without multicast). A new cluster only.
-    #[arg(long, value_enum, default_value_t = TransportArg::Multicast)]
-    transport: TransportArg,
+    #[arg(long, value_enum)]
+    transport: Option<TransportArg>,
     /// Member processes to start besides the servers: each keeps the replicated table and
     /// writes every delivery to DIR/logs/member-I.jsonl.
     #[arg(long, default_value_t = 0)]
@@ -85,10 +87,16 @@ fn up(args: &UpArgs) -> Result<()> {
     let dir = args.dir.canonicalize()?;
     let config_path = dir.join("sam.toml");
     let new = !config_path.exists();
+    if !new {
+        refuse_new_cluster_options(args, &config_path)?;
+    }
     if new {
-        let mut cluster = ClusterConfig::local(args.servers, args.checkpoint_servers, args.base_port, &dir);
+        let servers = args.servers.unwrap_or(LOCAL_SERVERS);
+        let checkpoint_servers = args.checkpoint_servers.unwrap_or(LOCAL_CHECKPOINT_SERVERS);
+        let mut cluster =
+            ClusterConfig::local(servers, checkpoint_servers, args.base_port.unwrap_or(LOCAL_BASE_PORT), &dir);
         cluster.with_local_keys(&dir).context("writing the cluster's keys")?;
-        if args.transport == TransportArg::Unicast {
+        if args.transport == Some(TransportArg::Unicast) {
             cluster.transport = Transport::Unicast;
             cluster.channels = None;
         }
@@ -125,6 +133,25 @@ fn up(args: &UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// An existing cluster keeps its shape and ports: the options that make a new one are refused
+/// rather than silently ignored.
+fn refuse_new_cluster_options(args: &UpArgs, config: &Path) -> Result<()> {
+    let given = [
+        ("--servers", args.servers.is_some()),
+        ("--checkpoint-servers", args.checkpoint_servers.is_some()),
+        ("--base-port", args.base_port.is_some()),
+        ("--checkpoint-every", args.checkpoint_every.is_some()),
+        ("--transport", args.transport.is_some()),
+    ];
+    if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+        bail!(
+            "{} describes a cluster already, and {flag} makes a new one: edit that file, or give another --dir",
+            config.display()
+        );
+    }
+    Ok(())
+}
+
 /// The server processes of a local cluster, with their pids in `DIR/pids`, and its member
 /// processes, with theirs in `DIR/member-pids`.
 pub struct Servers {
@@ -150,7 +177,14 @@ impl std::fmt::Display for Exited {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(its log is empty)");
-        write!(f, "server {} exited at start ({}): {last} (log: {})", self.id, self.status, self.log.display())
+        write!(f, "server {} exited at start ({}): {last} (log: {})", self.id, self.status, self.log.display())?;
+        if last.contains("in use") {
+            write!(
+                f,
+                "; another program holds its port: stop it, or make a new cluster on other ports with --base-port"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -329,4 +363,20 @@ fn down(dir: &Path) -> Result<()> {
     fs::remove_file(&file)?;
     eprintln!("stopped {} servers and {} members", pids.len(), members.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The options of a new cluster are `Option`s (so that an existing cluster can refuse them),
+    /// and their help states the defaults by hand: it must state the real ones.
+    #[test]
+    fn the_help_states_the_defaults_a_new_cluster_gets() {
+        let help = UpArgs::augment_args(clap::Command::new("up")).render_long_help().to_string();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        for default in [LOCAL_SERVERS as u64, LOCAL_CHECKPOINT_SERVERS as u64, u64::from(LOCAL_BASE_PORT)] {
+            assert!(help.contains(&format!("[default: {default}]")), "{default} in {help}");
+        }
+    }
 }

@@ -70,7 +70,7 @@ fn a_port_in_use_stops_local_up_with_an_error_and_garbage_does_not_hurt_a_server
     let _ = sam(&["local", "down", "--dir", first.path().to_str().unwrap()]);
     let _ = sam(&["local", "down", "--dir", second.path().to_str().unwrap()]);
     assert_ne!(code, 0, "a second cluster on the same ports must not start");
-    assert!(err.contains("exited at start"), "{err}");
+    assert!(err.contains("exited at start") && err.contains("--base-port"), "the port and the way out: {err}");
     assert_eq!(sent, 0, "{send_err}");
     assert_eq!(out.lines().count(), 1);
 }

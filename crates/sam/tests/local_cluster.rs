@@ -195,6 +195,15 @@ fn a_server_that_cannot_start_leaves_the_healthy_ones_running() {
     bytes[middle] ^= 0x5A;
     std::fs::write(&segment, bytes).expect("write the segment");
 
+    // The cluster exists: an option that makes a new one is refused, not ignored.
+    let mut again = Command::new(SAM);
+    again.args(["local", "up", "--detach", "--base-port", "30000", "--dir"]).arg(cluster.dir.path());
+    let refused = again.output().expect("run sam local up");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("--base-port") && err.contains("sam.toml"), "{err}");
+    assert!(!cluster.dir.path().join("pids").exists(), "nothing started");
+
     let up = Command::new(SAM).args(["local", "up", "--detach", "--dir"]).arg(cluster.dir.path()).output();
     let up = up.expect("run sam local up");
     let err = String::from_utf8_lossy(&up.stderr);

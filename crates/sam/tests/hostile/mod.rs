@@ -161,11 +161,13 @@ impl Cluster {
         cluster
     }
 
-    /// `sam local up --detach` on this directory (again): its exit status and stderr.
+    /// `sam local up --detach` on this directory (again: then without the options that make
+    /// a new cluster, which an existing one refuses): its exit status and stderr.
     pub fn start(&self) -> (ExitStatus, String) {
+        let new = !self.path().join("sam.toml").exists();
         let out = Command::new(SAM)
             .args(["local", "up", "--detach"])
-            .args(&self.up_args)
+            .args(if new { &self.up_args[..] } else { &[] })
             .arg("--dir")
             .arg(self.path())
             .output()
