@@ -14,7 +14,7 @@ mod status_cmd;
 mod table_cmd;
 mod tail_cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// SAM: an open group in which every member delivers every message in one agreed total order.
 #[derive(Parser, Debug)]
@@ -52,6 +52,13 @@ enum Command {
     /// partitions, loss and duplication, its history checked against every promise.
     #[command(subcommand)]
     Fault(fault::FaultCommand),
+    /// Print a completion script for a shell (for example `sam completions bash >
+    /// /etc/bash_completion.d/sam`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Command {
@@ -85,6 +92,10 @@ fn main() -> std::process::ExitCode {
         Command::Keygen(args) => keygen_cmd::execute(args),
         Command::Bench(args) => bench_cmd::execute(args),
         Command::Fault(command) => fault::execute(command),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sam", &mut std::io::stdout());
+            Ok(std::process::ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -74,3 +74,17 @@ fn a_port_in_use_stops_local_up_with_an_error_and_garbage_does_not_hurt_a_server
     assert_eq!(sent, 0, "{send_err}");
     assert_eq!(out.lines().count(), 1);
 }
+
+/// Issue 15: `sam completions SHELL` prints a completion script that knows the subcommands and
+/// their options; an unknown shell is refused, naming the ones there are.
+#[test]
+fn completions_know_the_commands_and_an_unknown_shell_is_refused() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = sam(&["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains("status") && out.contains("--config") && out.contains("keygen"), "{shell}: {out}");
+    }
+    let (code, _, err) = sam(&["completions", "cmd.exe"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bash"), "{err}");
+}
