@@ -88,3 +88,12 @@ fn completions_know_the_commands_and_an_unknown_shell_is_refused() {
     assert_eq!(code, 2);
     assert!(err.contains("bash"), "{err}");
 }
+
+/// Issue 15: an OS error is said once, not once per layer that passed it on.
+#[test]
+fn a_missing_configuration_is_said_once() {
+    let (code, _, err) = sam(&["send", "--config", "/nonexistent/sam.toml", "hi"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/sam.toml"), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+}
