@@ -447,18 +447,6 @@ impl Sealer {
     pub fn seal(&mut self, dest: SealFor, payload: &[u8]) -> Bytes {
         let SealFor::Pid(pid) = dest else { return self.seal_frame(dest, None, false, payload) };
         let cookie = self.cookies.get(&pid).copied();
-        // No copy unless the payload is short.
-        let head = self.header(dest, cookie, false, 0);
-        let min = UNICAST_DATAGRAM_MIN.saturating_sub(head.header_len() + head.trailer_len());
-        let padded;
-        let payload = if payload.len() < min {
-            let mut short = payload.to_vec();
-            short.resize(min, 0);
-            padded = short;
-            &padded[..]
-        } else {
-            payload
-        };
         // Only a request to a server may be challenged, and never one from a server.
         let challengeable = self.plan.server_keys(self.pid) != Some(ServerKeys::Server);
         if cookie.is_none() && challengeable && self.plan.server_keys(pid).is_some() {
@@ -513,13 +501,21 @@ impl Sealer {
             // included: its counter has 2^64 values, renewal only bounds how long a key lives.
             let _ = self.renew();
         }
-        let header = self.header(dest, cookie, challenge, payload.len());
+        let mut header = self.header(dest, cookie, challenge, payload.len());
+        // Zeros after the payload frame make a frame to one process outweigh what may answer it.
+        let pad = if header.to.is_some() && !challenge {
+            UNICAST_DATAGRAM_MIN.saturating_sub(header.datagram_len())
+        } else {
+            0
+        };
+        header.len = u32::try_from(payload.len() + pad).unwrap_or(u32::MAX);
         self.counter += 1;
         let (mode, tier, counter, checkpoint_tag) = (header.mode, header.tier, header.counter, header.checkpoint_tag);
         let head = header.header_len();
         let mut out = Vec::with_capacity(header.datagram_len());
         header.encode_into(&mut out);
         out.extend_from_slice(payload);
+        out.resize(out.len() + pad, 0);
         match (mode, &self.keys[tier.index()]) {
             (Mode::Off, _) | (_, None) => {
                 out.extend_from_slice(&crc32c::crc32c(&out[..head]).to_le_bytes());
