@@ -27,6 +27,25 @@ use sam_net::security::envelope::Header;
 use sam_net::security::keys::MEMBER_PIDS;
 use sam_node::config::{ClusterConfig, Role, SecurityConfig, SecurityMode};
 
+/// A test against a multicast cluster and the same against a unicast one (`_over_unicast`:
+/// what is meant for a channel goes to every server): `$on` runs on a [`Scene`] of each, on
+/// the ports given, with the same further options of `sam local up`.
+macro_rules! on_both_transports {
+    ($(#[doc = $doc:expr])* fn $name:ident / $unicast:ident => $on:ident($port:expr, $uport:expr $(, $extra:expr)*)) => {
+        $(#[doc = $doc])*
+        #[test]
+        fn $name() {
+            $on(Scene::new($port, &[$($extra),*]));
+        }
+
+        /// The same with unicast transport: what is meant for a channel goes to every server.
+        #[test]
+        fn $unicast() {
+            $on(Scene::new($uport, &["--transport", "unicast" $(, $extra)*]));
+        }
+    };
+}
+
 /// Attacks 1, 2, 3a, 3b and 12 of issue 12 (DESIGN section 12, outsiders): a forged `Commit`
 /// for the next number with its `Data` and a heartbeat, and forged `Data` whose id names
 /// server 1, each as a version 1 frame and in well-formed version 2 headers of this cluster
@@ -146,22 +165,17 @@ fn forge_a_commit_and_a_servers_data(s: &mut Scene, sniffer: Option<&Sniffer>) {
     s.assert_unharmed("forged Data of server 1");
 }
 
-/// Attacks 3c and 7 of issue 12 (DESIGN section 12, members): an insider with a member
-/// credential of its own sends `Data` under another member's next message ids, sealed as
-/// itself, while that member sends; and every server-role message kind (`Order`, `Assign`,
-/// `Accepted`, `Rejected`, `Commit`, heartbeats, `Entries`, `Prepare`, `Promise`, `PreVote`,
-/// `PreVoteGranted`, `CheckpointReport`, `Forgotten`, `Dropped`, `Block`) to every channel and
-/// server. The victim's messages commit with its own payloads, and nothing of the insider's is
-/// believed: no election, no forged delivery, no checkpoint.
-#[test]
-fn a_member_credential_speaks_only_for_itself() {
-    a_member_credential_speaks_only_for_itself_on(Scene::new(23_100, &[]));
-}
-
-/// The same with unicast transport: what is meant for a channel goes to every server.
-#[test]
-fn a_member_credential_speaks_only_for_itself_over_unicast() {
-    a_member_credential_speaks_only_for_itself_on(Scene::new(24_100, &["--transport", "unicast"]));
+on_both_transports! {
+    /// Attacks 3c and 7 of issue 12 (DESIGN section 12, members): an insider with a member
+    /// credential of its own sends `Data` under another member's next message ids, sealed as
+    /// itself, while that member sends; and every server-role message kind (`Order`, `Assign`,
+    /// `Accepted`, `Rejected`, `Commit`, heartbeats, `Entries`, `Prepare`, `Promise`, `PreVote`,
+    /// `PreVoteGranted`, `CheckpointReport`, `Forgotten`, `Dropped`, `Block`) to every channel and
+    /// server. The victim's messages commit with its own payloads, and nothing of the insider's is
+    /// believed: no election, no forged delivery, no checkpoint.
+    fn a_member_credential_speaks_only_for_itself
+        / a_member_credential_speaks_only_for_itself_over_unicast
+        => a_member_credential_speaks_only_for_itself_on(23_100, 24_100)
 }
 
 fn a_member_credential_speaks_only_for_itself_on(mut s: Scene) {
@@ -260,28 +274,17 @@ fn a_member_credential_speaks_only_for_itself_on(mut s: Scene) {
     }
 }
 
-/// Attacks 4, 5 and 6 of issue 12 (DESIGN section 12, "Sanity bounds" and "Authorization by
-/// role"): one `Assign` with epoch `u64::MAX` on the commit channel (from an outsider and
-/// sealed by a member credential); a heartbeat with epoch `u64::MAX`; heartbeats naming the
-/// attacker as sequencer; a forged `Rejected` of a higher epoch every 100 ms for 2 s while a
-/// sender runs; unrequested `Entries` to every commit server; heartbeats advertising a
-/// checkpoint at 10^12. No election, commits continue, no checkpoint is believed — and after
-/// the whole cluster restarts from its disks, commits continue.
-#[test]
-fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart() {
-    forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart_on(Scene::new(
-        23_200,
-        &[],
-    ));
-}
-
-/// The same with unicast transport: what is meant for a channel goes to every server.
-#[test]
-fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart_over_unicast() {
-    forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart_on(Scene::new(
-        24_200,
-        &["--transport", "unicast"],
-    ));
+on_both_transports! {
+    /// Attacks 4, 5 and 6 of issue 12 (DESIGN section 12, "Sanity bounds" and "Authorization by
+    /// role"): one `Assign` with epoch `u64::MAX` on the commit channel (from an outsider and
+    /// sealed by a member credential); a heartbeat with epoch `u64::MAX`; heartbeats naming the
+    /// attacker as sequencer; a forged `Rejected` of a higher epoch every 100 ms for 2 s while a
+    /// sender runs; unrequested `Entries` to every commit server; heartbeats advertising a
+    /// checkpoint at 10^12. No election, commits continue, no checkpoint is believed — and after
+    /// the whole cluster restarts from its disks, commits continue.
+    fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart
+        / forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart_over_unicast
+        => forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart_on(23_200, 24_200)
 }
 
 fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_after_a_restart_on(mut s: Scene) {
@@ -402,23 +405,15 @@ fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_afte
     s.assert_tails_deliver_only_legitimate_messages();
 }
 
-/// Attack 8 of issue 12 (DESIGN section 12, "Sanity bounds": `Data` whose timestamp lies
-/// outside what can still be numbered is refused): 50 MB of `Data` with timestamp 10^12,
-/// sealed by a member credential, to the data channel (and 50 MB more to the global channel,
-/// where data servers usually hear `Data`). The data servers' resident memory grows by less
-/// than 20 MB, and after a restart they recover none of it.
-#[test]
-fn a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk() {
-    a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk_on(Scene::new(23_300, &[]));
-}
-
-/// The same with unicast transport: what is meant for a channel goes to every server.
-#[test]
-fn a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk_over_unicast() {
-    a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk_on(Scene::new(
-        24_300,
-        &["--transport", "unicast"],
-    ));
+on_both_transports! {
+    /// Attack 8 of issue 12 (DESIGN section 12, "Sanity bounds": `Data` whose timestamp lies
+    /// outside what can still be numbered is refused): 50 MB of `Data` with timestamp 10^12,
+    /// sealed by a member credential, to the data channel (and 50 MB more to the global channel,
+    /// where data servers usually hear `Data`). The data servers' resident memory grows by less
+    /// than 20 MB, and after a restart they recover none of it.
+    fn a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk
+        / a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk_over_unicast
+        => a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk_on(23_300, 24_300)
 }
 
 fn a_flood_of_unnumberable_data_is_neither_held_in_memory_nor_kept_on_disk_on(mut s: Scene) {
@@ -681,29 +676,18 @@ fn a_member_credential_cannot_make_other_members_deliver_forgeries() {
     s.assert_tails_deliver_only_legitimate_messages();
 }
 
-/// DESIGN section 12 ("Checkpoint servers hold a key of their own"; a member "may send `Data`
-/// only under its own identity"): a member credential claiming the sequencer's pid sends a
-/// `Commit` for the next number, with its `Data` (a table write) and a heartbeat; then,
-/// claiming a victim member's pid, table writes under the victim's next message ids — each on
-/// the global channel and to each checkpoint server. Checkpoint servers hold no server key:
-/// they believe a server's group frame only by the checkpoint tag, and a member's only by its
-/// credential's tag, neither of which the insider can make. The checkpoints that follow reflect
-/// only legitimate messages: none of them writes to the table, so each is the empty table.
-#[test]
-fn a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint() {
-    a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint_on(Scene::new(
-        23_900,
-        &["--checkpoint-every", "100"],
-    ));
-}
-
-/// The same with unicast transport: what is meant for a channel goes to every server.
-#[test]
-fn a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint_over_unicast() {
-    a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint_on(Scene::new(
-        24_900,
-        &["--transport", "unicast", "--checkpoint-every", "100"],
-    ));
+on_both_transports! {
+    /// DESIGN section 12 ("Checkpoint servers hold a key of their own"; a member "may send `Data`
+    /// only under its own identity"): a member credential claiming the sequencer's pid sends a
+    /// `Commit` for the next number, with its `Data` (a table write) and a heartbeat; then,
+    /// claiming a victim member's pid, table writes under the victim's next message ids — each on
+    /// the global channel and to each checkpoint server. Checkpoint servers hold no server key:
+    /// they believe a server's group frame only by the checkpoint tag, and a member's only by its
+    /// credential's tag, neither of which the insider can make. The checkpoints that follow reflect
+    /// only legitimate messages: none of them writes to the table, so each is the empty table.
+    fn a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint
+        / a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint_over_unicast
+        => a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint_on(23_900, 24_900, "--checkpoint-every", "100")
 }
 
 fn a_member_claiming_a_server_or_another_member_corrupts_no_checkpoint_on(mut s: Scene) {
@@ -799,35 +783,24 @@ fn requests_to_a_group_are_answered_by_nobody() {
     assert_eq!(answers.len(), 1, "the same Ping sent to server {} alone is answered, once", server.0);
 }
 
-/// Attack "spoofed-source Fetch" of issue 12 (DESIGN section 12, "No reflection": a reply that
-/// may exceed 3× its request goes only to an address that echoed a cookie, a challenge is never
-/// larger than its request, and a credential never waives the cookie, since a member can spoof
-/// its source). After a legitimate `sam send` of 2,000 messages of 1,000 bytes (the data
-/// servers hold ~2 MB) and a checkpoint, an insider with a member credential of its own sends,
-/// from a raw socket with the source address of a victim's socket on 127.0.0.2, a few hundred
-/// sealed `Fetch`es (the ids it saw delivered, `nack_batch` per frame), `QueryEntries` for the
-/// whole range and `FetchBlocks` for the checkpoint's blocks. The victim gets only cookie
-/// challenges, each no larger than the smallest request, at most 3× the attacker's bytes. The
-/// control: the same requests from the insider's own socket, echoing the cookie each server
-/// granted it there, get the Data, entries and blocks — so the cookie is what stops the
-/// spoofed ones. And requests that carry that cookie, sealed afresh or replayed byte for byte,
-/// from spoofed sources (the victim's, and another port of 127.0.0.1) get nothing but
-/// challenges, and are served nowhere.
-#[test]
-fn spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data() {
-    spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data_on(Scene::new(
-        23_800,
-        &["--checkpoint-every", "1500"],
-    ));
-}
-
-/// The same with unicast transport.
-#[test]
-fn spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data_over_unicast() {
-    spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data_on(Scene::new(
-        24_800,
-        &["--transport", "unicast", "--checkpoint-every", "1500"],
-    ));
+on_both_transports! {
+    /// Attack "spoofed-source Fetch" of issue 12 (DESIGN section 12, "No reflection": a reply that
+    /// may exceed 3× its request goes only to an address that echoed a cookie, a challenge is never
+    /// larger than its request, and a credential never waives the cookie, since a member can spoof
+    /// its source). After a legitimate `sam send` of 2,000 messages of 1,000 bytes (the data
+    /// servers hold ~2 MB) and a checkpoint, an insider with a member credential of its own sends,
+    /// from a raw socket with the source address of a victim's socket on 127.0.0.2, a few hundred
+    /// sealed `Fetch`es (the ids it saw delivered, `nack_batch` per frame), `QueryEntries` for the
+    /// whole range and `FetchBlocks` for the checkpoint's blocks. The victim gets only cookie
+    /// challenges, each no larger than the smallest request, at most 3× the attacker's bytes. The
+    /// control: the same requests from the insider's own socket, echoing the cookie each server
+    /// granted it there, get the Data, entries and blocks — so the cookie is what stops the
+    /// spoofed ones. And requests that carry that cookie, sealed afresh or replayed byte for byte,
+    /// from spoofed sources (the victim's, and another port of 127.0.0.1) get nothing but
+    /// challenges, and are served nowhere.
+    fn spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data
+        / spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data_over_unicast
+        => spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data_on(23_800, 24_800, "--checkpoint-every", "1500")
 }
 
 fn spoofed_requests_reflect_only_challenges_and_only_an_echoed_cookie_gets_data_on(mut s: Scene) {
