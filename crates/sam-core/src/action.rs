@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use crate::chain::Chain;
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq};
 use crate::message::{CheckpointInfo, Data, Message, Slot};
 
@@ -75,6 +76,9 @@ pub enum Record {
     Checkpoint {
         /// The checkpoint's number.
         seq: Seq,
+        /// The commit chain after `seq`; `None` in a log written before checkpoints had one
+        /// (such a checkpoint is neither served nor restored).
+        chain: Option<Chain>,
         /// The snapshot.
         snapshot: Bytes,
     },
@@ -131,6 +135,8 @@ pub enum Action {
     Restored {
         /// The checkpoint's number.
         seq: Seq,
+        /// The commit chain after `seq`.
+        chain: Chain,
         /// The snapshot restored.
         snapshot: Bytes,
     },

@@ -194,6 +194,7 @@ impl CatchUp {
 mod tests {
     use super::*;
     use crate::action::Action;
+    use crate::chain::Chain;
     use crate::checkpoint_server::{Checkpoint, CheckpointServer};
     use crate::ids::Seq;
 
@@ -222,7 +223,7 @@ mod tests {
     #[test]
     fn spreads_blocks_over_servers_and_resumes_after_one_fails() {
         let snapshot: Bytes = (0..BLOCK_BYTES * 5 + 7).map(|i| (i % 253) as u8).collect::<Vec<_>>().into();
-        let cp = Checkpoint::new(Seq(100), snapshot.clone());
+        let cp = Checkpoint::new(Seq(100), Chain::GENESIS, snapshot.clone());
         let mut server = CheckpointServer::new();
         server.install(cp.clone());
         let mut fetch = CatchUp::start(cp.info(), vec![Pid(1), Pid(2)], Time(0), 1_000).unwrap();
@@ -254,7 +255,7 @@ mod tests {
     #[test]
     fn only_rounds_that_bring_nothing_abandon_a_fetch() {
         let snapshot: Bytes = (0..BLOCK_BYTES * 12).map(|i| (i % 241) as u8).collect::<Vec<_>>().into();
-        let cp = Checkpoint::new(Seq(100), snapshot);
+        let cp = Checkpoint::new(Seq(100), Chain::GENESIS, snapshot);
         let mut server = CheckpointServer::new();
         server.install(cp.clone());
         let mut fetch = CatchUp::start(cp.info(), vec![Pid(1), Pid(2)], Time(0), 1_000).unwrap();
@@ -287,11 +288,11 @@ mod tests {
         let mut bad = good.to_vec();
         (0..3).for_each(|b| bad[BLOCK_BYTES * b + 5] ^= 1);
         let (mut honest, mut odd) = (CheckpointServer::new(), CheckpointServer::new());
-        honest.install(Checkpoint::new(Seq(100), good.clone()));
-        odd.install(Checkpoint::new(Seq(100), Bytes::from(bad)));
+        honest.install(Checkpoint::new(Seq(100), Chain::GENESIS, good.clone()));
+        odd.install(Checkpoint::new(Seq(100), Chain::GENESIS, Bytes::from(bad)));
         // Three blocks over three servers: spread, every attempt has a block of the odd one.
         let servers = [(Pid(1), &honest), (Pid(2), &odd), (Pid(3), &honest)];
-        let info = Checkpoint::new(Seq(100), good.clone()).info();
+        let info = Checkpoint::new(Seq(100), Chain::GENESIS, good.clone()).info();
         let mut fetch = CatchUp::start(info, vec![Pid(1), Pid(2), Pid(3)], Time(0), 1_000).unwrap();
         let mut out = Outbox::new();
         for round in 0..4u64 {
@@ -306,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_block_that_does_not_match_its_digest_or_length_is_refused() {
-        let cp = Checkpoint::new(Seq(10), Bytes::from_static(b"state"));
+        let cp = Checkpoint::new(Seq(10), Chain::GENESIS, Bytes::from_static(b"state"));
         let mut fetch = CatchUp::start(cp.info(), vec![Pid(1)], Time(0), 1_000).unwrap();
         let bad = Block { seq: Seq(10), index: 0, digest: Digest::of(b"other"), bytes: Bytes::from_static(b"other") };
         fetch.handle_block(Time(1), Pid(1), &bad);

@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use crate::action::{Action, Dest, Outbox, Record, WriteId};
+use crate::chain::Chain;
 use crate::ids::{Digest, Pid, Seq, Time};
 use crate::message::{Block, CheckpointInfo, FetchBlocks, Heartbeat, Message};
 
@@ -37,23 +38,32 @@ pub struct Checkpoint {
     pub size: u64,
     /// The digest of the whole snapshot.
     pub digest: Digest,
+    /// The commit chain after `seq`.
+    pub chain: Chain,
     /// The blocks with their digests.
     pub blocks: Vec<(Digest, Bytes)>,
 }
 
 impl Checkpoint {
-    /// Splits `snapshot` into blocks of [`BLOCK_BYTES`].
-    pub fn new(seq: Seq, snapshot: Bytes) -> Checkpoint {
+    /// Splits `snapshot`, taken after `seq` where the chain is `chain`, into blocks of
+    /// [`BLOCK_BYTES`].
+    pub fn new(seq: Seq, chain: Chain, snapshot: Bytes) -> Checkpoint {
         let blocks = (0..snapshot.len().div_ceil(BLOCK_BYTES))
             .map(|i| snapshot.slice(i * BLOCK_BYTES..snapshot.len().min((i + 1) * BLOCK_BYTES)))
             .map(|b| (Digest::of(&b), b))
             .collect();
-        Checkpoint { seq, size: snapshot.len() as u64, digest: Digest::of(&snapshot), blocks }
+        Checkpoint { seq, size: snapshot.len() as u64, digest: Digest::of(&snapshot), chain, blocks }
     }
 
     /// What a report or an advertisement says about this checkpoint.
     pub fn info(&self) -> CheckpointInfo {
-        CheckpointInfo { seq: self.seq, size: self.size, blocks: self.blocks.len() as u32, digest: self.digest }
+        CheckpointInfo {
+            seq: self.seq,
+            size: self.size,
+            blocks: self.blocks.len() as u32,
+            digest: self.digest,
+            chain: self.chain,
+        }
     }
 }
 
@@ -95,12 +105,14 @@ impl CheckpointServer {
         let mut server = CheckpointServer::new();
         for record in records {
             match record {
-                Record::Checkpoint { seq, snapshot } => {
+                // A checkpoint written before checkpoints had a chain is not kept: nobody
+                // could go on from it.
+                Record::Checkpoint { seq, chain: Some(chain), snapshot } => {
                     // In order of number, whatever the order of the records (a log whose
                     // records were copied forward holds an old one after newer ones).
                     let at = server.kept.partition_point(|c| c.seq < *seq);
                     if server.kept.get(at).is_none_or(|c| c.seq != *seq) {
-                        server.kept.insert(at, Checkpoint::new(*seq, snapshot.clone()));
+                        server.kept.insert(at, Checkpoint::new(*seq, *chain, snapshot.clone()));
                     }
                     if server.kept.len() > KEPT_CHECKPOINTS + 1 {
                         server.kept.pop_front();
@@ -143,10 +155,11 @@ impl CheckpointServer {
         self.kept.iter()
     }
 
-    /// Stores the snapshot taken at `seq` durably; it is kept and reported once durable.
-    pub fn take(&mut self, seq: Seq, snapshot: Bytes, out: &mut Outbox) {
-        let id = out.persist(Record::Checkpoint { seq, snapshot: snapshot.clone() });
-        self.writing.push_back((id, Checkpoint::new(seq, snapshot)));
+    /// Stores the snapshot taken at `seq`, where the chain is `chain`, durably; it is kept and
+    /// reported once durable.
+    pub fn take(&mut self, seq: Seq, chain: Chain, snapshot: Bytes, out: &mut Outbox) {
+        let id = out.persist(Record::Checkpoint { seq, chain: Some(chain), snapshot: snapshot.clone() });
+        self.writing.push_back((id, Checkpoint::new(seq, chain, snapshot)));
     }
 
     /// The host made every write up to `upto` durable: keep and report what it covered.
@@ -182,7 +195,7 @@ impl CheckpointServer {
     /// Compares the advertised checkpoint with this server's at the same number.
     fn check(&mut self, me: Pid, advertised: CheckpointInfo, out: &mut Outbox) -> Verdict {
         let Some(own) = self.kept.iter().find(|c| c.seq == advertised.seq) else { return Verdict::Agrees };
-        if own.digest == advertised.digest {
+        if own.digest == advertised.digest && own.chain == advertised.chain {
             return Verdict::Agrees;
         }
         let digest = own.digest;
@@ -224,6 +237,7 @@ const REPORT_EVERY_US: u64 = 100_000;
 mod tests {
     use super::*;
     use crate::action::Action;
+    use crate::chain::Chain;
 
     fn served(server: &CheckpointServer, seq: u64, blocks: Vec<u32>) -> Vec<Block> {
         let mut out = Outbox::new();
@@ -240,7 +254,7 @@ mod tests {
     fn serves_verifiable_blocks_that_reassemble_the_snapshot() {
         let snapshot: Bytes = (0..BLOCK_BYTES * 2 + 100).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
         let mut server = CheckpointServer::new();
-        server.install(Checkpoint::new(Seq(100), snapshot.clone()));
+        server.install(Checkpoint::new(Seq(100), Chain::GENESIS, snapshot.clone()));
         let blocks = served(&server, 100, vec![0, 1, 2, 3]);
         assert_eq!(blocks.len(), 3, "block 3 does not exist");
         let mut whole = Vec::new();
@@ -256,7 +270,7 @@ mod tests {
     fn keeps_the_previous_checkpoint_and_no_older() {
         let mut server = CheckpointServer::new();
         for seq in [10, 20, 30] {
-            server.install(Checkpoint::new(Seq(seq), Bytes::from_static(b"state")));
+            server.install(Checkpoint::new(Seq(seq), Chain::GENESIS, Bytes::from_static(b"state")));
         }
         assert!(served(&server, 10, vec![0]).is_empty());
         assert_eq!(served(&server, 20, vec![0]).len(), 1);

@@ -19,6 +19,15 @@
 //! recovery. Before it skips numbers it learns their entries where it can, so that its own
 //! sends among them are reported committed; a send whose fate lies in a part of the log that
 //! is gone is reported [`Action::OutcomeUnknown`].
+//!
+//! Integrity (DESIGN section 12): it extends the commit chain (`crate::chain`) over the entries
+//! it learns, and checks each payload against its entry's digest before delivering it (a copy
+//! that does not match is dropped and fetched again). With signed frames it delivers a number
+//! only once a heartbeat — which the network layer checked was signed by the epoch's owner —
+//! names a chain at or after it that its own chain matches; on a mismatch it forgets the
+//! entries since the last match and asks for them again, and it catches up only from a
+//! checkpoint a heartbeat advertised. Then no member can make another deliver what the
+//! sequencer did not commit.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -31,10 +40,11 @@ use thiserror::Error;
 use crate::action::{Action, Channel, Dest, Outbox};
 use crate::asker::Asker;
 use crate::catch_up::CatchUp;
+use crate::chain::Chain;
 use crate::config::{Config, Mutation};
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq, SeqRange, Source, Time};
 use crate::message::{
-    Assigned, Block, CheckpointInfo, Commit, Data, Entries, Fetch, Forgotten, Heartbeat, Message, QueryEntries,
+    Block, CheckpointInfo, Commit, Data, Entries, Entry, Fetch, Forgotten, Heartbeat, Message, QueryEntries,
 };
 use crate::state_machine::StateMachine;
 
@@ -47,6 +57,8 @@ const MAX_COUNTERS_ABOVE: usize = 4096;
 /// The most sources whose delivered counters a member remembers; beyond it the memory is
 /// cleared (the cost: a late duplicate is buffered until its lifetime passes).
 const MAX_TRACKED_SOURCES: usize = 1 << 16;
+/// The most signed chain points waiting for the entries before them; the lowest are kept.
+const MAX_VOUCHES: usize = 64;
 
 /// The bytes a buffered payload is charged.
 fn charge(payload: &Bytes) -> usize {
@@ -80,9 +92,9 @@ pub enum DeliverFrom {
 /// What the client knows a number holds.
 #[derive(Clone, Copy, Debug)]
 struct Known {
-    assigned: Assigned,
-    /// The payload digest, when a commit server told it.
-    digest: Option<Digest>,
+    entry: Entry,
+    /// The commit chain after this number, once the chain reached it.
+    chain: Option<Chain>,
 }
 
 /// The counters of one source that were delivered: all up to `floor`, and the ones in `above`.
@@ -161,7 +173,7 @@ pub struct Client {
     /// Whether this client snapshots its state machine at checkpoint numbers.
     takes_checkpoints: bool,
     /// Snapshots taken and not yet collected by the checkpoint server role.
-    snapshots: Vec<(Seq, Bytes)>,
+    snapshots: Vec<(Seq, Chain, Bytes)>,
     /// The highest advertised checkpoint heard of.
     checkpoint: Option<CheckpointInfo>,
     /// The highest number a commit server said it forgot: the log up to it is gone.
@@ -175,6 +187,16 @@ pub struct Client {
     rewind: bool,
     /// How many entries at the front of `window` are known (a hint that saves rescanning).
     known_prefix: usize,
+    /// The commit chain after `delivered`.
+    delivered_chain: Chain,
+    /// How many entries at the front of `window` the chain has reached.
+    chained: usize,
+    /// With signed frames: every number up to this one holds an entry a signed chain vouched
+    /// for (or was delivered).
+    vouched: Seq,
+    /// With signed frames: chain points from heartbeats above `vouched`, waiting for the
+    /// entries before them.
+    vouches: BTreeMap<Seq, Chain>,
     /// Blocks fetched over every catch-up, and catch-ups completed.
     caught_up: (u64, u64),
     /// Where deliveries start; back to `Start` once they have started.
@@ -214,6 +236,10 @@ impl Client {
             catch_up: None,
             rewind: false,
             known_prefix: 0,
+            delivered_chain: Chain::GENESIS,
+            chained: 0,
+            vouched: Seq::ZERO,
+            vouches: BTreeMap::new(),
             caught_up: (0, 0),
             deliver_from: DeliverFrom::Start,
         }
@@ -252,8 +278,9 @@ impl Client {
         self.replica.as_ref().map(|r| &*r.0 as &dyn StateMachine)
     }
 
-    /// Takes the snapshots made at checkpoint numbers since the last call.
-    pub fn take_snapshots(&mut self) -> Vec<(Seq, Bytes)> {
+    /// Takes the snapshots made at checkpoint numbers since the last call, each with the
+    /// commit chain at its number.
+    pub fn take_snapshots(&mut self) -> Vec<(Seq, Chain, Bytes)> {
         std::mem::take(&mut self.snapshots)
     }
 
@@ -367,8 +394,8 @@ impl Client {
     pub fn handle_commit(&mut self, now: Time, commit: &Commit, out: &mut Outbox) {
         let Some(range) = commit.range() else { return };
         self.known_committed = self.known_committed.max(range.last);
-        for (i, assigned) in commit.entries.iter().enumerate() {
-            self.learn(commit.first.plus(i as u64), *assigned, None, out);
+        for (i, entry) in commit.entries.iter().enumerate() {
+            self.learn(commit.first.plus(i as u64), *entry, out);
         }
         self.deliver(out);
         self.note_gap(now);
@@ -384,7 +411,7 @@ impl Client {
         for (i, slot) in entries.slots.iter().enumerate() {
             let seq = entries.first.plus(i as u64);
             self.known_committed = self.known_committed.max(seq);
-            news |= self.learn(seq, slot.entry.assigned(), slot.entry.digest(), out);
+            news |= self.learn(seq, slot.entry, out);
         }
         if news {
             self.entry_asker.progress(now);
@@ -408,9 +435,10 @@ impl Client {
             if self.replica.is_some() {
                 self.deliver_from = DeliverFrom::Checkpoint;
             } else if hb.committed > self.delivered {
-                self.advance_to(hb.committed);
+                self.advance_to(hb.committed, hb.chain);
             }
         }
+        self.note_vouch(hb.committed, hb.chain);
         self.maybe_catch_up(now);
         if first {
             let held: Vec<u64> = self.outstanding.iter().filter(|(_, o)| o.ts.is_none()).map(|(c, _)| *c).collect();
@@ -418,20 +446,22 @@ impl Client {
                 self.transmit_first(now, counter, out);
             }
         }
+        if self.cfg.signed_heartbeat_us.is_some() {
+            self.deliver(out);
+        }
         self.note_gap(now);
     }
 
     /// Records what `seq` holds; returns whether it was news. Reports this client's own
     /// messages as committed.
-    fn learn(&mut self, seq: Seq, assigned: Assigned, digest: Option<Digest>, out: &mut Outbox) -> bool {
-        if let Assigned::Mid(mid) = assigned {
+    fn learn(&mut self, seq: Seq, entry: Entry, out: &mut Outbox) -> bool {
+        if let Entry::Msg { mid, .. } = entry {
             if mid.source == self.source && self.outstanding.remove(&mid.counter).is_some() {
                 out.push(Action::Committed { mid, seq });
             }
         }
         let Some(offset) = seq.0.checked_sub(self.delivered.0 + 1) else { return false };
-        let limit = self.cfg.max_lifetime + self.cfg.sequencer_window as u64;
-        if offset >= limit {
+        if offset >= self.window_limit() {
             return false;
         }
         let offset = offset as usize;
@@ -439,15 +469,65 @@ impl Client {
             self.window.resize(offset + 1, None);
         }
         match &mut self.window[offset] {
-            Some(known) => {
-                let news = known.digest.is_none() && digest.is_some();
-                known.digest = known.digest.or(digest);
-                news
-            }
+            Some(_) => false,
             empty => {
-                *empty = Some(Known { assigned, digest });
+                *empty = Some(Known { entry, chain: None });
                 true
             }
+        }
+    }
+
+    /// Extends the chain over the entries known after the ones it reached.
+    fn extend_chain(&mut self) {
+        let mut prev = match self.chained.checked_sub(1) {
+            None => self.delivered_chain,
+            Some(last) => self.window[last].and_then(|k| k.chain).expect("chained entries have a chain"),
+        };
+        while let Some(Some(known)) = self.window.get_mut(self.chained) {
+            let seq = self.delivered.plus(self.chained as u64 + 1);
+            prev = prev.then(seq, &known.entry);
+            known.chain = Some(prev);
+            self.chained += 1;
+        }
+    }
+
+    /// With signed frames, notes a heartbeat's chain point (the network layer checked its
+    /// signature), to be matched once the chain reaches it.
+    fn note_vouch(&mut self, seq: Seq, chain: Chain) {
+        if self.cfg.signed_heartbeat_us.is_none() || seq <= self.vouched {
+            return;
+        }
+        if self.vouches.len() >= MAX_VOUCHES && self.vouches.last_key_value().is_some_and(|(last, _)| *last < seq) {
+            return;
+        }
+        self.vouches.insert(seq, chain);
+        if self.vouches.len() > MAX_VOUCHES {
+            self.vouches.pop_last();
+        }
+    }
+
+    /// Matches the chain against the signed points it reached: a match vouches for every
+    /// entry up to it; a mismatch means some entry since the last match was forged, and they
+    /// are all forgotten and asked for again.
+    fn check_vouches(&mut self) {
+        while let Some((&seq, &signed)) = self.vouches.first_key_value() {
+            if seq <= self.vouched {
+                self.vouches.pop_first();
+                continue;
+            }
+            let Some(offset) = (seq.0 - self.delivered.0).checked_sub(1) else { break };
+            let Some(ours) = self.window.get(offset as usize).and_then(|k| k.and_then(|k| k.chain)) else { break };
+            if ours == signed {
+                self.vouched = seq;
+                continue;
+            }
+            let from = (self.vouched.0 - self.delivered.0) as usize;
+            for slot in self.window.range_mut(from..=offset as usize) {
+                *slot = None;
+            }
+            self.chained = self.chained.min(from);
+            self.known_prefix = self.known_prefix.min(from);
+            break;
         }
     }
 
@@ -456,10 +536,16 @@ impl Client {
         if self.holding_deliveries() {
             return;
         }
+        self.extend_chain();
+        let signed = self.cfg.signed_heartbeat_us.is_some();
+        if signed {
+            self.check_vouches();
+        }
         while let Some(Some(known)) = self.window.front().copied() {
             let next = self.delivered.next();
-            if let Assigned::Mid(mid) = known.assigned {
-                let Some(payload) = self.take_verified(mid, known.digest) else { break };
+            let Some(chain) = known.chain.filter(|_| !signed || next <= self.vouched) else { break };
+            if let Entry::Msg { mid, digest } = known.entry {
+                let Some(payload) = self.take_verified(mid, digest) else { break };
                 self.remember_delivered(mid);
                 if let Some(r) = &mut self.replica {
                     r.0.apply(next, &payload);
@@ -468,7 +554,10 @@ impl Client {
             }
             self.window.pop_front();
             self.known_prefix = self.known_prefix.saturating_sub(1);
+            self.chained -= 1;
             self.delivered = next;
+            self.delivered_chain = chain;
+            self.vouched = self.vouched.max(next);
             self.snapshot_if_due(next);
         }
         self.expire_buffer();
@@ -479,7 +568,7 @@ impl Client {
             return;
         }
         if let Some(r) = &self.replica {
-            self.snapshots.push((seq, r.0.snapshot()));
+            self.snapshots.push((seq, self.delivered_chain, r.0.snapshot()));
         }
     }
 
@@ -503,7 +592,7 @@ impl Client {
         if self.cfg.data_rank(from).is_none() {
             return;
         }
-        if let Some(Some(Known { assigned: Assigned::Mid(mid), .. })) = self.window.front() {
+        if let Some(Some(Known { entry: Entry::Msg { mid, .. }, .. })) = self.window.front() {
             self.fetching.forget(mid);
         }
         self.data_asker.refused(now);
@@ -521,7 +610,11 @@ impl Client {
             Gone::Data => &mut self.dropped,
         };
         *known = (*known).max(floor.floor);
-        self.note_checkpoint(floor.checkpoint);
+        // With signed frames only a heartbeat's checkpoint is believed: a server's floor
+        // comes unsigned.
+        if self.cfg.signed_heartbeat_us.is_none() {
+            self.note_checkpoint(floor.checkpoint);
+        }
         self.maybe_catch_up(now);
     }
 
@@ -558,14 +651,14 @@ impl Client {
     }
 
     /// Restores a snapshot this process holds itself (a checkpoint server's own checkpoint,
-    /// at restart): deliveries continue after `seq`.
-    pub fn restore_local(&mut self, now: Time, seq: Seq, snapshot: Bytes, out: &mut Outbox) {
+    /// at restart), with the commit chain at its number: deliveries continue after `seq`.
+    pub fn restore_local(&mut self, now: Time, seq: Seq, chain: Chain, snapshot: Bytes, out: &mut Outbox) {
         if let Some(r) = &mut self.replica {
             if r.0.restore(&snapshot).is_err() {
                 return;
             }
         }
-        self.jump(now, seq, snapshot, out);
+        self.jump(now, seq, chain, snapshot, out);
     }
 
     /// Takes a block of the checkpoint being fetched.
@@ -608,7 +701,7 @@ impl Client {
         if !skipped_known {
             self.report_unknown(checkpoint.seq, out);
         }
-        self.jump(now, checkpoint.seq, snapshot, out);
+        self.jump(now, checkpoint.seq, checkpoint.chain, snapshot, out);
     }
 
     /// Whether the entries of every number from the next to deliver through `seq` are known.
@@ -617,9 +710,13 @@ impl Client {
         self.window.len() >= n && self.window.iter().take(n).all(Option::is_some)
     }
 
-    /// The most numbers ahead of the delivered prefix whose entries this client keeps.
+    /// The most numbers ahead of the delivered prefix whose entries this client keeps. With
+    /// signed frames, at least through the lowest signed chain point waiting: nothing before
+    /// it can be delivered until the chain reaches it (a member that restarted behind a quiet
+    /// group hears only the chain at the committed head).
     fn window_limit(&self) -> u64 {
-        self.cfg.max_lifetime + self.cfg.sequencer_window as u64
+        let vouch = self.vouches.first_key_value().map_or(0, |(seq, _)| seq.0.saturating_sub(self.delivered.0));
+        (self.cfg.max_lifetime + self.cfg.sequencer_window as u64).max(vouch)
     }
 
     /// The counters of this client's sends in flight that may have been numbered at or below
@@ -638,16 +735,20 @@ impl Client {
     }
 
     /// Moves the delivered prefix to `seq`, the number of the state just restored.
-    fn jump(&mut self, now: Time, seq: Seq, snapshot: Bytes, out: &mut Outbox) {
-        self.advance_to(seq);
-        out.push(Action::Restored { seq, snapshot });
+    fn jump(&mut self, now: Time, seq: Seq, chain: Chain, snapshot: Bytes, out: &mut Outbox) {
+        self.advance_to(seq, chain);
+        out.push(Action::Restored { seq, chain, snapshot });
         self.deliver(out);
         self.note_gap(now);
     }
 
-    /// Moves the delivered prefix to `seq` without delivering what lies before it.
-    fn advance_to(&mut self, seq: Seq) {
+    /// Moves the delivered prefix to `seq`, after which the chain is `chain`, without
+    /// delivering what lies before it.
+    fn advance_to(&mut self, seq: Seq, chain: Chain) {
         self.known_prefix = 0;
+        self.chained = 0;
+        self.delivered_chain = chain;
+        self.vouched = if seq >= self.delivered { self.vouched.max(seq) } else { seq };
         self.fetching.clear();
         if seq >= self.delivered {
             let skip = (seq.0 - self.delivered.0) as usize;
@@ -671,15 +772,12 @@ impl Client {
         self.delivered_mids.entry(mid.source).or_default().insert(mid.counter);
     }
 
-    /// Takes `mid`'s payload from the buffer if it matches the digest (when one is known); a
-    /// payload that does not match is dropped and fetched again.
-    fn take_verified(&mut self, mid: Mid, digest: Option<Digest>) -> Option<Bytes> {
+    /// Takes `mid`'s payload from the buffer if it matches the digest; a payload that does
+    /// not match is dropped and fetched again (the first copy to arrive does not win).
+    fn take_verified(&mut self, mid: Mid, digest: Digest) -> Option<Bytes> {
         let (_, payload) = self.buffer.remove(&mid)?;
         self.buffer_bytes = self.buffer_bytes.saturating_sub(charge(&payload));
-        match digest {
-            Some(d) if Digest::of(&payload) != d => None,
-            _ => Some(payload),
-        }
+        (Digest::of(&payload) == digest).then_some(payload)
     }
 
     /// Drops buffered data that can no longer be committed after the delivered prefix (a
@@ -776,7 +874,7 @@ impl Client {
     /// what is missing and not on its way (see [`Fetching`]).
     fn ask_data(&mut self, now: Time, out: &mut Outbox) {
         let blocked = match self.window.front() {
-            Some(Some(Known { assigned: Assigned::Mid(mid), .. })) => !self.buffer.contains_key(mid),
+            Some(Some(Known { entry: Entry::Msg { mid, .. }, .. })) => !self.buffer.contains_key(mid),
             _ => false,
         };
         if !blocked {
@@ -795,7 +893,7 @@ impl Client {
             .iter()
             .take(self.cfg.nack_batch * FETCH_SCAN_BATCHES)
             .filter_map(|k| match k {
-                Some(Known { assigned: Assigned::Mid(mid), .. })
+                Some(Known { entry: Entry::Msg { mid, .. }, .. })
                     if !self.buffer.contains_key(mid) && self.fetching.wants(now, mid, margin_us, timeout_us) =>
                 {
                     Some(*mid)
@@ -846,12 +944,13 @@ impl Client {
             None => format!("entry of {} unknown", self.delivered.next()),
             Some(None) => format!("entry of {} unknown ({} known after it)", self.delivered.next(), self.window.len()),
             Some(Some(k)) => format!(
-                "{:?} known, data held: {}",
-                k.assigned,
-                match k.assigned {
-                    Assigned::Mid(m) => self.buffer.contains_key(&m),
-                    Assigned::Noop => true,
-                }
+                "{:?} known, data held: {}, vouched through {}",
+                k.entry,
+                match k.entry {
+                    Entry::Msg { mid, .. } => self.buffer.contains_key(&mid),
+                    Entry::Noop => true,
+                },
+                self.vouched,
             ),
         }
     }
@@ -946,7 +1045,9 @@ mod tests {
     use rand_xoshiro::rand_core::SeedableRng;
 
     use super::*;
+    use crate::chain::Chain;
     use crate::ids::{Epoch, Incarnation};
+    use crate::message::Slot;
 
     fn client() -> Client {
         let cfg = Config::new(vec![Pid(1)], vec![Pid(11), Pid(12)], vec![Pid(21)]);
@@ -971,7 +1072,7 @@ mod tests {
     fn asked() -> (Client, Pid, Outbox) {
         let mut c = client();
         let mut out = Outbox::new();
-        let entries = (1..=4).map(|i| Assigned::Mid(mid(i))).collect();
+        let entries = (1..=4).map(|i| Entry::Msg { mid: mid(i), digest: Digest::of(b"x") }).collect();
         c.handle_commit(Time(0), &Commit { epoch: Epoch::initial(), first: Seq(1), entries }, &mut out);
         c.handle_tick(Time(10_000), &mut out);
         let asked = fetches(&mut out);
@@ -1035,7 +1136,14 @@ mod tests {
     }
 
     fn heartbeat(committed: u64, checkpoint: Option<CheckpointInfo>) -> Heartbeat {
-        Heartbeat { epoch: Epoch::initial(), sequencer: Pid(1), committed: Seq(committed), checkpoint }
+        Heartbeat {
+            epoch: Epoch::initial(),
+            sequencer: Pid(1),
+            committed: Seq(committed),
+            checkpoint,
+            chain: Chain::GENESIS,
+            signature: None,
+        }
     }
 
     /// Numbers 1..=`last` committed, each with its data at hand.
@@ -1043,7 +1151,7 @@ mod tests {
         for i in first..=last {
             c.handle_data(Time(0), Pid(9), data(i), out);
         }
-        let entries = (first..=last).map(|i| Assigned::Mid(mid(i))).collect();
+        let entries = (first..=last).map(|i| Entry::Msg { mid: mid(i), digest: Digest::of(b"x") }).collect();
         c.handle_commit(Time(0), &Commit { epoch: Epoch::initial(), first: Seq(first), entries }, out);
     }
 
@@ -1088,7 +1196,8 @@ mod tests {
         c.deliver_from(DeliverFrom::Checkpoint);
         let mut out = Outbox::new();
         committed_with_data(&mut c, 1, 3, &mut out);
-        let checkpoint = CheckpointInfo { seq: Seq(2), size: 1, blocks: 1, digest: Digest::of(b"s") };
+        let checkpoint =
+            CheckpointInfo { seq: Seq(2), size: 1, blocks: 1, digest: Digest::of(b"s"), chain: Chain::GENESIS };
         c.handle_heartbeat(Time(1), &heartbeat(3, Some(checkpoint)), &mut out);
         (c, out)
     }
@@ -1128,5 +1237,56 @@ mod tests {
         // The last silent round ends the wait by itself, with no message arriving.
         c.handle_tick(Time(now), &mut out);
         assert_eq!(delivered_seqs(&mut out), (1..=3 + 2 * servers).collect::<Vec<_>>());
+    }
+
+    /// With signed frames a member delivers only what a heartbeat's chain vouched for: a
+    /// forged `Commit` (from a member claiming the sequencer) and a forged payload under a
+    /// real entry are learned first, are not delivered, and give way to the real ones.
+    #[test]
+    fn with_signed_frames_only_what_the_chain_vouches_for_is_delivered() {
+        let mut cfg = Config::new(vec![Pid(1)], vec![Pid(11), Pid(12)], vec![Pid(21)]);
+        cfg.signed_heartbeat_us = Some(1_000);
+        let source = Source { pid: Pid(50), incarnation: Incarnation(1) };
+        let mut c = Client::new(Arc::new(cfg), source, Xoshiro256PlusPlus::seed_from_u64(3));
+        let mut out = Outbox::new();
+        let entry = |m: Mid, payload: &[u8]| Entry::Msg { mid: m, digest: Digest::of(payload) };
+        let real = [entry(mid(1), b"x"), entry(mid(2), b"x")];
+        let chain = real.iter().zip(1..).fold(Chain::GENESIS, |c, (e, s)| c.then(Seq(s), e));
+
+        // The forger's entry at 1 and its data, then the real data of 2 and a forged payload
+        // under 1's real id.
+        let forged = Data { mid: mid(99), ts: Seq::ZERO, payload: Bytes::from_static(b"forged") };
+        c.handle_data(Time(0), Pid(9), forged.clone(), &mut out);
+        let forged_commit = vec![entry(mid(99), b"forged"), real[1]];
+        c.handle_commit(Time(0), &Commit { epoch: Epoch::initial(), first: Seq(1), entries: forged_commit }, &mut out);
+        c.handle_data(Time(0), Pid(9), data(2), &mut out);
+        assert!(delivered_seqs(&mut out).is_empty(), "nothing is delivered before a heartbeat vouches");
+
+        // The sequencer's heartbeat: the chain does not match, so 1..=2 are asked again.
+        c.handle_heartbeat(Time(1), &Heartbeat { chain, ..heartbeat(2, None) }, &mut out);
+        assert!(delivered_seqs(&mut out).is_empty(), "the forged entry is not delivered");
+        c.handle_tick(Time(100_000), &mut out);
+        let asked = out.drain().find_map(|a| match a {
+            Action::Send { to: Dest::Pid(p), msg: Message::QueryEntries(q) } => Some((p, q.ranges)),
+            _ => None,
+        });
+        let (server, ranges) = asked.expect("the entries are asked again");
+        assert_eq!(ranges, vec![SeqRange { first: Seq(1), last: Seq(2) }]);
+
+        // The commit server answers; a forged payload under 1's id came first, and is dropped
+        // for the real one.
+        let slots = real.iter().map(|e| Slot { epoch: Epoch::initial(), entry: *e }).collect();
+        c.handle_data(Time(2), Pid(9), Data { payload: Bytes::from_static(b"forged"), ..data(1) }, &mut out);
+        assert!(c.handle_entries(Time(100_001), server, &Entries { first: Seq(1), slots }, &mut out));
+        assert!(delivered_seqs(&mut out).is_empty(), "a payload that does not match its digest is not delivered");
+        c.handle_data(Time(3), Pid(11), data(1), &mut out);
+        let delivered: Vec<(u64, Bytes)> = out
+            .drain()
+            .filter_map(|a| match a {
+                Action::Deliver { seq, payload, .. } => Some((seq.0, payload)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered, vec![(1, Bytes::from_static(b"x")), (2, Bytes::from_static(b"x"))]);
     }
 }

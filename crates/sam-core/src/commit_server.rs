@@ -9,6 +9,10 @@
 //! what it merely stored, and answers members' queries for committed numbers only. Like a
 //! member it recovers the committed entries it missed, asking its peers.
 //!
+//! It keeps the commit chain (`crate::chain`) through its committed prefix, starting over
+//! from an advertised checkpoint's chain when it skips to one: a candidate's sequencer goes on
+//! from it.
+//!
 //! Garbage collection (DESIGN section 5): it forgets the entries at or below the advertised
 //! checkpoint but keeps the last `max_lifetime` committed ones, the de-duplication history a
 //! next sequencer needs. Asked for a forgotten number it answers `Forgotten`, so a member
@@ -21,11 +25,12 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::action::{Dest, Outbox, Record, WriteId};
 use crate::asker::Asker;
+use crate::chain::ChainPoint;
 use crate::config::{Config, Mutation};
 use crate::ids::{Epoch, Pid, Seq, SeqRange, Time};
 use crate::message::{
-    Accepted, Assign, Assigned, CheckpointInfo, Commit, Entries, Entry, Forgotten, Heartbeat, Message, PreVote,
-    PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected, Slot,
+    Accepted, Assign, CheckpointInfo, Commit, Entries, Entry, Forgotten, Heartbeat, Message, PreVote, PreVoteGranted,
+    Prepare, Promise, PromisedSlot, QueryEntries, Rejected, Slot,
 };
 
 /// The most `Accepted` replies waiting for their writes; the oldest is dropped beyond it (the
@@ -80,7 +85,7 @@ pub struct CommitServer {
     known_committed: Seq,
     /// Commits announced for numbers whose matching slot this server did not hold yet; the
     /// slot is marked committed when it arrives (the sequencer re-sends it).
-    notices: BTreeMap<Seq, (Epoch, Assigned)>,
+    notices: BTreeMap<Seq, (Epoch, Entry)>,
     committed_stored: Seq,
     next_committed_write: Time,
     sequencer: Option<Pid>,
@@ -104,6 +109,9 @@ pub struct CommitServer {
     owed_promises: VecDeque<(WriteId, Pid, Seq)>,
     /// The highest checkpoint advertised, as far as this server heard.
     checkpoint: Option<CheckpointInfo>,
+    /// The latest point of the commit chain known: at the committed prefix, or at a
+    /// checkpoint above it that this server skips to.
+    chain: ChainPoint,
     asker: Asker,
     rng: Xoshiro256PlusPlus,
 }
@@ -136,6 +144,7 @@ impl CommitServer {
             promise_write: WriteId(0),
             owed_promises: VecDeque::new(),
             checkpoint: None,
+            chain: ChainPoint::GENESIS,
             asker,
             rng,
             cfg,
@@ -403,7 +412,7 @@ impl CommitServer {
         for (i, slot) in slots.into_iter().enumerate() {
             let seq = first.plus(i as u64);
             let was_committed = self.stored(seq).is_some_and(|s| s.committed && s.slot.entry == slot.entry);
-            let noticed = self.notices.get(&seq) == Some(&(slot.epoch, slot.entry.assigned()));
+            let noticed = self.notices.get(&seq) == Some(&(slot.epoch, slot.entry));
             self.put(seq, Stored { slot, written_by: id, committed: was_committed || noticed });
         }
         Some(id)
@@ -461,13 +470,13 @@ impl CommitServer {
         self.known_committed = self.known_committed.max(range.last);
         let committed = self.committed;
         let notice_limit = committed.plus(self.slot_limit());
-        for (i, assigned) in commit.entries.iter().enumerate() {
+        for (i, entry) in commit.entries.iter().enumerate() {
             let seq = commit.first.plus(i as u64);
             match self.stored_mut(seq) {
-                Some(s) if s.slot.epoch == commit.epoch && s.slot.entry.assigned() == *assigned => s.committed = true,
+                Some(s) if s.slot.epoch == commit.epoch && s.slot.entry == *entry => s.committed = true,
                 Some(s) if s.committed => {}
                 _ if seq > committed && seq <= notice_limit => {
-                    self.notices.insert(seq, (commit.epoch, *assigned));
+                    self.notices.insert(seq, (commit.epoch, *entry));
                 }
                 _ => {}
             }
@@ -653,9 +662,29 @@ impl CommitServer {
         self.checkpoint
     }
 
+    /// The latest point of the commit chain this server knows (a candidate's sequencer goes
+    /// on from it).
+    pub fn chain(&self) -> ChainPoint {
+        self.chain
+    }
+
     fn note_checkpoint(&mut self, checkpoint: Option<CheckpointInfo>) {
         if checkpoint.is_some_and(|c| self.checkpoint.is_none_or(|known| c.seq > known.seq)) {
             self.checkpoint = checkpoint;
+        }
+        if let Some(c) = checkpoint.filter(|c| c.seq > self.chain.seq) {
+            self.chain = ChainPoint { seq: c.seq, chain: c.chain };
+            self.roll_chain();
+        }
+    }
+
+    /// Moves the chain up to the committed prefix over the committed slots.
+    fn roll_chain(&mut self) {
+        while self.chain.seq < self.committed {
+            match self.stored(self.chain.seq.next()) {
+                Some(s) if s.committed => self.chain = self.chain.then(&s.slot.entry),
+                _ => break,
+            }
         }
     }
 
@@ -719,6 +748,7 @@ impl CommitServer {
             self.notices.pop_first();
         }
         self.known_committed = self.known_committed.max(self.committed);
+        self.roll_chain();
     }
 
     fn note_gap(&mut self, now: Time) {
@@ -771,16 +801,16 @@ impl CommitServer {
 
     fn answer_notices(&self, to: Pid, range: SeqRange, out: &mut Outbox) {
         let mut run: Option<Commit> = None;
-        for (&seq, &(epoch, assigned)) in self.notices.range(range.first..=range.last) {
+        for (&seq, &(epoch, entry)) in self.notices.range(range.first..=range.last) {
             if let Some(c) = &mut run {
                 let follows = c.epoch == epoch && c.first.plus(c.entries.len() as u64) == seq;
                 if follows && c.entries.len() < self.cfg.batch_entries {
-                    c.entries.push(assigned);
+                    c.entries.push(entry);
                     continue;
                 }
                 out.send(Dest::Pid(to), Message::Commit(run.take().expect("checked above")));
             }
-            run = Some(Commit { epoch, first: seq, entries: vec![assigned] });
+            run = Some(Commit { epoch, first: seq, entries: vec![entry] });
         }
         if let Some(c) = run {
             out.send(Dest::Pid(to), Message::Commit(c));
@@ -882,6 +912,7 @@ impl CommitServer {
 mod tests {
     use super::*;
     use crate::action::Action;
+    use crate::chain::Chain;
     use rand_xoshiro::rand_core::SeedableRng;
 
     fn cfg() -> Arc<Config> {
@@ -893,7 +924,14 @@ mod tests {
     }
 
     fn hb(epoch: Epoch, sequencer: u64) -> Heartbeat {
-        Heartbeat { epoch, sequencer: Pid(sequencer), committed: Seq::ZERO, checkpoint: None }
+        Heartbeat {
+            epoch,
+            sequencer: Pid(sequencer),
+            committed: Seq::ZERO,
+            checkpoint: None,
+            chain: Chain::GENESIS,
+            signature: None,
+        }
     }
 
     fn votes(out: &mut Outbox) -> usize {
@@ -944,8 +982,9 @@ mod tests {
         let e = Epoch::initial();
         let entries = vec![Entry::Noop; 10];
         s.handle_assign(Pid(1), &Assign { epoch: e, epoch_first: Seq(1), first: Seq(1), entries }, &mut out);
-        s.handle_commit(Time(1), &Commit { epoch: e, first: Seq(1), entries: vec![Assigned::Noop; 10] });
-        let checkpoint = CheckpointInfo { seq: Seq(8), size: 0, blocks: 0, digest: crate::ids::Digest(0) };
+        s.handle_commit(Time(1), &Commit { epoch: e, first: Seq(1), entries: vec![Entry::Noop; 10] });
+        let checkpoint =
+            CheckpointInfo { seq: Seq(8), size: 0, blocks: 0, digest: crate::ids::Digest(0), chain: Chain::GENESIS };
         s.handle_heartbeat(Time(2), &Heartbeat { checkpoint: Some(checkpoint), ..hb(e, 1) }, &mut out);
         s.handle_tick(Time(3), &mut out);
         assert_eq!(s.floor(), Seq(6), "the last max_lifetime entries stay: 10 - 4");

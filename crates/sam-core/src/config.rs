@@ -104,6 +104,11 @@ pub struct Config {
     /// gone). Two checkpoint intervals by default: a member that caught up, and lags by the
     /// interval that passed meanwhile, goes on from the log.
     pub catch_up_after: u64,
+    /// With signed frames (DESIGN section 12): the least time between two heartbeats the
+    /// sequencer sends to vouch for new commits, and members deliver a number only once a
+    /// (signed) heartbeat's chain covers it. `None`: frames are not signed, and members
+    /// deliver what they learn.
+    pub signed_heartbeat_us: Option<u64>,
     /// A broken variant of the protocol, for checker tests only.
     #[cfg(feature = "mutations")]
     pub mutation: Option<Mutation>,
@@ -201,6 +206,7 @@ impl Config {
             data_uncommitted_bytes_max: 1 << 30,
             checkpoint_every: 50_000,
             catch_up_after: 100_000,
+            signed_heartbeat_us: None,
             #[cfg(feature = "mutations")]
             mutation: None,
         }

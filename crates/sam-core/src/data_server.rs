@@ -30,7 +30,7 @@ use rustc_hash::FxHashMap;
 use crate::action::{Dest, Outbox, Record, WriteId};
 use crate::config::Config;
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq};
-use crate::message::{Assigned, CheckpointInfo, Commit, Data, Fetch, Forgotten, Heartbeat, Message, Order, OrderItem};
+use crate::message::{CheckpointInfo, Commit, Data, Entry, Fetch, Forgotten, Heartbeat, Message, Order, OrderItem};
 
 /// One message held.
 #[derive(Clone, Debug)]
@@ -232,8 +232,8 @@ impl DataServer {
     /// Notes which held messages are committed (they need no more orders, and count no more
     /// against their sender's cap).
     pub fn handle_commit(&mut self, commit: &Commit) {
-        for (i, assigned) in commit.entries.iter().enumerate() {
-            let Assigned::Mid(mid) = assigned else { continue };
+        for (i, entry) in commit.entries.iter().enumerate() {
+            let Entry::Msg { mid, .. } = entry else { continue };
             let Some(h) = self.held.get_mut(mid) else { continue };
             h.committed = Some(commit.first.plus(i as u64));
             self.uncount(mid);
@@ -323,6 +323,7 @@ const HELD_OVERHEAD_BYTES: usize = 64;
 mod tests {
     use super::*;
     use crate::action::Action;
+    use crate::chain::Chain;
     use crate::ids::{Incarnation, Source};
 
     fn data(counter: u64) -> Data {
@@ -379,7 +380,11 @@ mod tests {
         d.handle_data(&other(1), &mut out);
         d.handle_data(&other(2), &mut out);
         assert_eq!((d.held(), d.refused()), (3, 3), "three messages in all, and pid 10 already holds its fair share");
-        let commit = Commit { epoch: Epoch::initial(), first: Seq(1), entries: vec![Assigned::Mid(data(1).mid)] };
+        let commit = Commit {
+            epoch: Epoch::initial(),
+            first: Seq(1),
+            entries: vec![Entry::Msg { mid: data(1).mid, digest: Digest::of(&data(1).payload) }],
+        };
         d.handle_commit(&commit);
         d.handle_commit(&commit);
         assert_eq!(d.uncommitted_bytes(), 2 * 68, "committed bytes count once, and no more");
@@ -391,6 +396,8 @@ mod tests {
             sequencer: Pid(1),
             committed: Seq(cfg.max_lifetime),
             checkpoint: None,
+            chain: Chain::GENESIS,
+            signature: None,
         };
         d.handle_heartbeat(&hb, &mut out);
         assert_eq!(d.uncommitted_bytes(), 0, "expired: never numbered now");
@@ -430,7 +437,11 @@ mod tests {
         orders(&mut out);
         d.handle_data(&data(1), &mut out);
         assert_eq!(orders(&mut out).len(), 1);
-        let commit = Commit { epoch: Epoch::initial(), first: Seq(1), entries: vec![Assigned::Mid(data(1).mid)] };
+        let commit = Commit {
+            epoch: Epoch::initial(),
+            first: Seq(1),
+            entries: vec![Entry::Msg { mid: data(1).mid, digest: Digest::of(&data(1).payload) }],
+        };
         d.handle_commit(&commit);
         d.handle_data(&data(1), &mut out);
         assert!(orders(&mut out).is_empty());

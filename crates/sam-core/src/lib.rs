@@ -44,6 +44,7 @@ pub mod action;
 mod asker;
 pub mod ballot;
 mod catch_up;
+pub mod chain;
 pub mod checkpoint_server;
 pub mod client;
 pub mod commit_server;
@@ -59,6 +60,7 @@ pub mod state_machine;
 pub mod wire;
 
 pub use action::{Action, Channel, Dest, Outbox, Record, WriteId};
+pub use chain::{Chain, ChainPoint, Signature};
 pub use checkpoint_server::{Checkpoint, CheckpointServer};
 pub use client::{Client, DeliverFrom, SendError};
 pub use commit_server::CommitServer;

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 
+use crate::chain::{Chain, Signature};
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq, SeqRange};
 
 /// What a number is assigned to: a message, or nothing (a `Noop` filled in by recovery).
@@ -15,7 +16,8 @@ pub enum Assigned {
     Noop,
 }
 
-/// An assignment as commit servers store it: the message with its payload digest, or `Noop`.
+/// An assignment as commit servers store it and `Commit`s announce it: the message with its
+/// payload digest, or `Noop`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Entry {
     /// A data message, identified by id and payload digest.
@@ -38,7 +40,7 @@ impl Entry {
         }
     }
 
-    /// The entry without its digest, as `Commit` carries it.
+    /// The entry without its digest.
     pub fn assigned(&self) -> Assigned {
         match *self {
             Entry::Msg { mid, .. } => Assigned::Mid(mid),
@@ -123,8 +125,9 @@ pub struct Commit {
     pub epoch: Epoch,
     /// The number of the first entry.
     pub first: Seq,
-    /// What each consecutive number is assigned to.
-    pub entries: Vec<Assigned>,
+    /// What each consecutive number holds, with the payload digest a member checks the data
+    /// against (and chains, DESIGN section 12).
+    pub entries: Vec<Entry>,
 }
 
 impl Commit {
@@ -144,8 +147,13 @@ pub struct Heartbeat {
     pub sequencer: Pid,
     /// Every number up to this one is committed.
     pub committed: Seq,
+    /// The commit chain after `committed` ([`crate::chain`]).
+    pub chain: Chain,
     /// The advertised checkpoint: `k_checkpoint` checkpoint servers reported it alike.
     pub checkpoint: Option<CheckpointInfo>,
+    /// With signed frames, the sequencer's signature over every field above (the network
+    /// layer makes and checks it); `None` otherwise.
+    pub signature: Option<Signature>,
 }
 
 /// A checkpoint as reported and advertised (DESIGN section 5): the snapshot of the replicated
@@ -160,6 +168,8 @@ pub struct CheckpointInfo {
     pub blocks: u32,
     /// The digest of the whole snapshot.
     pub digest: Digest,
+    /// The commit chain after `seq`, from which a member that restores the snapshot goes on.
+    pub chain: Chain,
 }
 
 /// Commit server → asker: "every number up to `floor` is committed and no longer kept here";

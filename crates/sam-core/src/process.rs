@@ -100,7 +100,7 @@ impl Process {
         client.attach(machine, self.checkpoint.is_some());
         if let Some(latest) = self.checkpoint.as_ref().and_then(CheckpointServer::latest) {
             let snapshot: Bytes = latest.blocks.iter().flat_map(|(_, b)| b.iter().copied()).collect();
-            client.restore_local(now, latest.seq, snapshot, &mut self.out);
+            client.restore_local(now, latest.seq, latest.chain, snapshot, &mut self.out);
         }
     }
 
@@ -388,17 +388,17 @@ impl Process {
     /// restored since `mark` (which it then serves too).
     fn keep_checkpoints(&mut self, mark: usize) {
         let (Some(cp), Some(client)) = (&mut self.checkpoint, &mut self.client) else { return };
-        let restored: Vec<(crate::ids::Seq, Bytes)> = self
+        let restored: Vec<(crate::ids::Seq, crate::chain::Chain, Bytes)> = self
             .out
             .since(mark)
             .iter()
             .filter_map(|a| match a {
-                Action::Restored { seq, snapshot } => Some((*seq, snapshot.clone())),
+                Action::Restored { seq, chain, snapshot } => Some((*seq, *chain, snapshot.clone())),
                 _ => None,
             })
             .collect();
-        for (seq, snapshot) in client.take_snapshots().into_iter().chain(restored) {
-            cp.take(seq, snapshot, &mut self.out);
+        for (seq, chain, snapshot) in client.take_snapshots().into_iter().chain(restored) {
+            cp.take(seq, chain, snapshot, &mut self.out);
         }
     }
 
@@ -508,7 +508,7 @@ impl Process {
             .collect();
         let Some(recovered) = b.recovered(own_rank, &committed_below) else { return };
         let checkpoint = [c.checkpoint(), b.checkpoint()].into_iter().flatten().max_by_key(|c| c.seq);
-        let takeover = Takeover { from_seq, history_first, history, recovered, checkpoint };
+        let takeover = Takeover { from_seq, history_first, history, recovered, checkpoint, chain: c.chain() };
         let mut sequencer = Sequencer::take_office(self.cfg.clone(), self.pid, b.epoch(), takeover, now);
         sequencer.flush(&mut self.out);
         self.sequencer = Some(sequencer);
@@ -577,6 +577,7 @@ impl Process {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::Chain;
 
     fn prepares(p: &mut Process) -> Vec<Message> {
         p.drain_actions()
@@ -619,6 +620,8 @@ mod tests {
             sequencer: Pid(1),
             committed: crate::ids::Seq::ZERO,
             checkpoint: None,
+            chain: Chain::GENESIS,
+            signature: None,
         };
         p.handle(Time(0), Pid(1), &Message::Heartbeat(hb));
         let mut asked = 0;

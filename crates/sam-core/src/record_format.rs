@@ -31,9 +31,11 @@
 //! | 2   | [`Record::Slots`]       | `first` (varint), `slots` (list of [`Slot`](crate::Slot), entries tagged) | `Entries`     |
 //! | 3   | [`Record::StorageLost`] | none                                                                      |               |
 //! | 4   | [`Record::Committed`]   | the number (varint)                                                       |               |
-//! | 5   | [`Record::Floor`]       | `floor` (varint), `checkpoint` (optional checkpoint)                      | `Forgotten`   |
+//! | 5   | (old) [`Record::Floor`] | `floor` (varint), `checkpoint` (optional checkpoint without `chain`): read, never written; its checkpoint is dropped, having no chain (the next heartbeat tells it again) | |
 //! | 6   | [`Record::Diverged`]    | the number (varint)                                                       |               |
-//! | 7   | [`Record::Checkpoint`]  | `seq` (varint), `snapshot` (bytes)                                        |               |
+//! | 7   | [`Record::Checkpoint`] without chain | `seq` (varint), `snapshot` (bytes): written before checkpoints had a chain; such a checkpoint is neither served nor restored | |
+//! | 8   | [`Record::Floor`]       | `floor` (varint), `checkpoint` (optional checkpoint)                      | `Forgotten`   |
+//! | 9   | [`Record::Checkpoint`] with chain | `seq` (varint), `chain` (32 bytes), `snapshot` (bytes)       |               |
 //!
 //! Where a record has the fields of a message (last column), the same code writes and reads
 //! both, so the two layouts cannot drift apart. A tag is never reused: a variant whose layout
@@ -43,7 +45,7 @@
 //! # Example
 //!
 //! `Record::Promise(Epoch(65536))` (round 1, rank 0) is `01 80 80 04`; `Record::StorageLost` is
-//! the single byte `03`; `Record::Floor { floor: Seq(7), checkpoint: None }` is `05 07 00`.
+//! the single byte `03`; `Record::Floor { floor: Seq(7), checkpoint: None }` is `08 07 00`.
 //!
 //! # Size and safety
 //!
@@ -66,12 +68,16 @@ const TAG_SLOTS: u8 = 2;
 const TAG_STORAGE_LOST: u8 = 3;
 /// Tag of [`Record::Committed`].
 const TAG_COMMITTED: u8 = 4;
-/// Tag of [`Record::Floor`].
-const TAG_FLOOR: u8 = 5;
+/// Tag of [`Record::Floor`] as written before checkpoints had a chain.
+const TAG_FLOOR_UNCHAINED: u8 = 5;
 /// Tag of [`Record::Diverged`].
 const TAG_DIVERGED: u8 = 6;
-/// Tag of [`Record::Checkpoint`].
-const TAG_CHECKPOINT: u8 = 7;
+/// Tag of [`Record::Checkpoint`] without a chain.
+const TAG_CHECKPOINT_UNCHAINED: u8 = 7;
+/// Tag of [`Record::Floor`].
+const TAG_FLOOR: u8 = 8;
+/// Tag of [`Record::Checkpoint`] with its chain.
+const TAG_CHECKPOINT: u8 = 9;
 
 /// The tag of a record's variant. The match is exhaustive so that a new variant cannot be
 /// written without being given a tag.
@@ -84,7 +90,8 @@ fn tag(record: &Record) -> u8 {
         Record::Committed(_) => TAG_COMMITTED,
         Record::Floor { .. } => TAG_FLOOR,
         Record::Diverged(_) => TAG_DIVERGED,
-        Record::Checkpoint { .. } => TAG_CHECKPOINT,
+        Record::Checkpoint { chain: None, .. } => TAG_CHECKPOINT_UNCHAINED,
+        Record::Checkpoint { chain: Some(_), .. } => TAG_CHECKPOINT,
     }
 }
 
@@ -99,8 +106,11 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
         Record::StorageLost => {}
         Record::Committed(seq) | Record::Diverged(seq) => out.varint(seq.0),
         Record::Floor { floor, checkpoint } => put_floor(out, *floor, checkpoint),
-        Record::Checkpoint { seq, snapshot } => {
+        Record::Checkpoint { seq, chain, snapshot } => {
             out.varint(seq.0);
+            if let Some(chain) = chain {
+                out.put(&chain.0);
+            }
             put_bytes(out, snapshot);
         }
     }
@@ -137,8 +147,14 @@ fn read_record(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             let f = r.forgotten()?;
             Record::Floor { floor: f.floor, checkpoint: f.checkpoint }
         }
+        TAG_FLOOR_UNCHAINED => {
+            let floor = r.seq()?;
+            r.unchained_checkpoint_opt()?;
+            Record::Floor { floor, checkpoint: None }
+        }
         TAG_DIVERGED => Record::Diverged(r.seq()?),
-        TAG_CHECKPOINT => Record::Checkpoint { seq: r.seq()?, snapshot: r.bytes()? },
+        TAG_CHECKPOINT_UNCHAINED => Record::Checkpoint { seq: r.seq()?, chain: None, snapshot: r.bytes()? },
+        TAG_CHECKPOINT => Record::Checkpoint { seq: r.seq()?, chain: Some(r.chain()?), snapshot: r.bytes()? },
         other => return Err(DecodeError::UnknownRecord(other)),
     })
 }
@@ -146,6 +162,7 @@ fn read_record(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::Chain;
     use crate::ids::{Digest, Epoch, Incarnation, Mid, Pid, Seq, Source};
     use crate::message::{CheckpointInfo, Data, Entry, Slot};
     use crate::wire::arb::*;
@@ -157,20 +174,23 @@ mod tests {
         let slots = (arb_seq(), arb_slots()).prop_map(|(first, slots)| Record::Slots { first, slots });
         let floor = (arb_seq(), proptest::option::of(arb_checkpoint()))
             .prop_map(|(floor, checkpoint)| Record::Floor { floor, checkpoint });
-        let checkpoint = (arb_seq(), arb_payload()).prop_map(|(seq, snapshot)| Record::Checkpoint { seq, snapshot });
+        let checkpoint = (arb_seq(), any::<[u8; 32]>(), arb_payload());
         let singles = (arb_epoch(), arb_seq(), arb_seq());
-        (arb_data(), slots, floor, checkpoint, singles).prop_map(|(data, slots, floor, checkpoint, (e, c, d))| {
-            vec![
-                Record::Data(data),
-                Record::Promise(e),
-                slots,
-                Record::StorageLost,
-                Record::Committed(c),
-                floor,
-                Record::Diverged(d),
-                checkpoint,
-            ]
-        })
+        (arb_data(), slots, floor, checkpoint, singles).prop_map(
+            |(data, slots, floor, (seq, chain, snapshot), (e, c, d))| {
+                vec![
+                    Record::Data(data),
+                    Record::Promise(e),
+                    slots,
+                    Record::StorageLost,
+                    Record::Committed(c),
+                    Record::Diverged(d),
+                    Record::Checkpoint { seq, chain: None, snapshot: snapshot.clone() },
+                    floor,
+                    Record::Checkpoint { seq, chain: Some(Chain(chain)), snapshot },
+                ]
+            },
+        )
     }
 
     fn arb_record() -> impl Strategy<Value = Record> {
@@ -186,9 +206,9 @@ mod tests {
     proptest! {
         #[test]
         fn every_variant_round_trips(records in arb_every_variant()) {
-            // The strategy's variants, in tag order, are every tag there is.
+            // The strategy's variants, in tag order, are every tag written (5 is only read).
             let tags: Vec<u8> = records.iter().map(tag).collect();
-            prop_assert_eq!(tags, (0..=TAG_CHECKPOINT).collect::<Vec<u8>>());
+            prop_assert_eq!(tags, (0..=TAG_CHECKPOINT).filter(|t| *t != TAG_FLOOR_UNCHAINED).collect::<Vec<u8>>());
             for record in records {
                 prop_assert_eq!(decode_record(&encode(&record)), Ok(record));
             }
@@ -260,7 +280,7 @@ mod tests {
         bytes.extend([0x01; 6]);
         assert_eq!(decode_record(&bytes), Err(DecodeError::BadCount { count: u64::MAX, remaining: 6 }));
         // A snapshot length past the end.
-        assert_eq!(decode_record(&[TAG_CHECKPOINT, 5, 3, 0x61, 0x62]), Err(DecodeError::Truncated));
+        assert_eq!(decode_record(&[TAG_CHECKPOINT_UNCHAINED, 5, 3, 0x61, 0x62]), Err(DecodeError::Truncated));
         // An optional checkpoint whose presence byte is neither 0 nor 1.
         assert_eq!(decode_record(&[TAG_FLOOR, 7, 2]), Err(DecodeError::BadTag(2)));
     }
@@ -300,18 +320,28 @@ mod tests {
             ),
             (Record::StorageLost, vec![0x03]),
             (Record::Committed(Seq(300)), vec![0x04, 0xac, 0x02]),
-            (Record::Floor { floor: Seq(7), checkpoint: None }, vec![0x05, 0x07, 0x00]),
+            (Record::Floor { floor: Seq(7), checkpoint: None }, vec![0x08, 0x07, 0x00]),
             (
                 Record::Floor {
                     floor: Seq(7),
-                    checkpoint: Some(CheckpointInfo { seq: Seq(7), size: 2, blocks: 1, digest: Digest(0xff) }),
+                    checkpoint: Some(CheckpointInfo {
+                        seq: Seq(7),
+                        size: 2,
+                        blocks: 1,
+                        digest: Digest(0xff),
+                        chain: Chain([0xcc; 32]),
+                    }),
                 },
-                [&[0x05, 0x07, 0x01, 0x07, 0x02, 0x01][..], &digest_ff].concat(),
+                [&[0x08, 0x07, 0x01, 0x07, 0x02, 0x01][..], &digest_ff, &[0xcc; 32]].concat(),
             ),
             (Record::Diverged(Seq(0)), vec![0x06, 0x00]),
             (
-                Record::Checkpoint { seq: Seq(5), snapshot: Bytes::from_static(b"ab") },
+                Record::Checkpoint { seq: Seq(5), chain: None, snapshot: Bytes::from_static(b"ab") },
                 vec![0x07, 0x05, 0x02, 0x61, 0x62],
+            ),
+            (
+                Record::Checkpoint { seq: Seq(5), chain: Some(Chain([0xcc; 32])), snapshot: Bytes::from_static(b"ab") },
+                [&[0x09, 0x05][..], &[0xcc; 32], &[0x02, 0x61, 0x62]].concat(),
             ),
         ];
         for (record, expected) in cases {
@@ -319,6 +349,18 @@ mod tests {
             assert_eq!(bytes, expected, "{record:?} encodes as {bytes:02X?}");
             assert_eq!(decode_record(&expected), Ok(record));
         }
+    }
+
+    /// A `Floor` written before checkpoints had a chain still replays, without its checkpoint.
+    #[test]
+    fn an_unchained_floor_replays_without_its_checkpoint() {
+        let mut old = vec![TAG_FLOOR_UNCHAINED, 0x07, 0x01, 0x07, 0x02, 0x01];
+        old.extend([0xff; 16]);
+        assert_eq!(decode_record(&old), Ok(Record::Floor { floor: Seq(7), checkpoint: None }));
+        assert_eq!(
+            decode_record(&[TAG_FLOOR_UNCHAINED, 0x07, 0x00]),
+            Ok(Record::Floor { floor: Seq(7), checkpoint: None })
+        );
     }
 
     #[test]

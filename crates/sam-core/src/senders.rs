@@ -150,6 +150,7 @@ fn epochs(msg: &Message) -> impl Iterator<Item = Epoch> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::Chain;
     use crate::ids::{Incarnation, Mid, Seq, Source};
     use crate::message::{Assign, CheckpointInfo, Data, Heartbeat, Order};
 
@@ -158,7 +159,14 @@ mod tests {
     }
 
     fn heartbeat(epoch: Epoch, sequencer: Pid) -> Message {
-        Message::Heartbeat(Heartbeat { epoch, sequencer, committed: Seq(10), checkpoint: None })
+        Message::Heartbeat(Heartbeat {
+            epoch,
+            sequencer,
+            committed: Seq(10),
+            checkpoint: None,
+            chain: Chain::GENESIS,
+            signature: None,
+        })
     }
 
     #[test]
@@ -240,6 +248,8 @@ mod tests {
             sequencer: Pid(1),
             committed: Seq(1),
             checkpoint: None,
+            chain: Chain::GENESIS,
+            signature: None,
         });
         assert_eq!(Senders::default().believes(&cfg, Time(0), Pid(1), &max), Err(Unbelieved::NotItsRole), "rank 65535");
         let wrap = Epoch::new(EPOCH_ROUND_MAX + 1, 0);
@@ -249,12 +259,15 @@ mod tests {
         );
         let near = Epoch::new(5 + EPOCH_ROUNDS_AHEAD_MAX, 0);
         assert_eq!(s.believes(&cfg, Time(0), Pid(1), &heartbeat(near, Pid(1))), Ok(()));
-        let checkpoint = CheckpointInfo { seq: Seq(11), size: 1, blocks: 1, digest: crate::ids::Digest(0) };
+        let checkpoint =
+            CheckpointInfo { seq: Seq(11), size: 1, blocks: 1, digest: crate::ids::Digest(0), chain: Chain::GENESIS };
         let ahead = Message::Heartbeat(Heartbeat {
             epoch: near,
             sequencer: Pid(1),
             committed: Seq(10),
             checkpoint: Some(checkpoint),
+            chain: Chain::GENESIS,
+            signature: None,
         });
         assert_eq!(s.believes(&cfg, Time(0), Pid(1), &ahead), Err(Unbelieved::CheckpointAboveCommitted));
     }

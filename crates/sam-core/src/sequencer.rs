@@ -12,6 +12,11 @@
 //! servers report the same number and digest, heartbeats carry it; reports that disagree are
 //! raised as [`Action::CheckpointMismatch`] and never advertised.
 //!
+//! It keeps the commit chain (`crate::chain`) through its committed prefix, from the point its
+//! commit server knew at takeover, and every heartbeat carries it. With signed frames
+//! (`signed_heartbeat_us`) it also sends a heartbeat soon after each commit, at most one per
+//! interval, since members deliver only what a heartbeat's chain covers.
+//!
 //! Its work per message is constant in the number of members: members never talk to it.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::action::{Action, Channel, Dest, Outbox};
+use crate::chain::{Chain, ChainPoint};
 use crate::config::{Config, Mutation, MAX_SERVERS_PER_KIND};
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq, Time};
 use crate::message::{Accepted, Assign, CheckpointInfo, Commit, Entry, Heartbeat, Message, Order, OrderItem, Rejected};
@@ -46,6 +52,8 @@ pub struct Takeover {
     /// The highest checkpoint advertised before, as far as the candidate knows: the
     /// advertised checkpoint never goes back.
     pub checkpoint: Option<CheckpointInfo>,
+    /// The latest point of the commit chain the candidate's commit server knows.
+    pub chain: ChainPoint,
 }
 
 /// Votes for one message not yet numbered.
@@ -95,6 +103,13 @@ pub struct Sequencer {
     checkpoint: Option<CheckpointInfo>,
     /// Checkpoint reports above the advertised one: per number, each reporting rank's report.
     reports: BTreeMap<Seq, Vec<(usize, CheckpointInfo)>>,
+    /// The commit chain at the committed prefix, once known (it may lie ahead of it just
+    /// after a takeover, or behind the log when the takeover knew no better).
+    chain: ChainPoint,
+    /// With signed frames: no heartbeat vouches for new commits before this time.
+    next_vouch: Time,
+    /// With signed frames: commits made since the last heartbeat.
+    unvouched: bool,
 }
 
 impl Sequencer {
@@ -143,8 +158,36 @@ impl Sequencer {
             deposed: None,
             checkpoint: takeover.checkpoint,
             reports: BTreeMap::new(),
+            chain: takeover.chain,
+            next_vouch: now,
+            unvouched: false,
             cfg,
         }
+        .with_chain_rolled()
+    }
+
+    fn with_chain_rolled(mut self) -> Sequencer {
+        self.roll_chain();
+        self
+    }
+
+    /// Moves the chain up to the committed prefix over the log. When the log does not reach
+    /// back to it, the advertised checkpoint's chain is the starting point (it lies at or
+    /// above the log's start once the takeover's recovered range is committed).
+    fn roll_chain(&mut self) {
+        let behind_log = self.chain.seq.next() < self.log_base;
+        if let Some(c) = self.checkpoint.filter(|c| behind_log && c.seq > self.chain.seq) {
+            self.chain = ChainPoint { seq: c.seq, chain: c.chain };
+        }
+        while self.chain.seq < self.committed && self.chain.seq.next() >= self.log_base {
+            let entry = self.log[(self.chain.seq.next().0 - self.log_base.0) as usize];
+            self.chain = self.chain.then(&entry);
+        }
+    }
+
+    /// The chain at the committed prefix, when known.
+    fn committed_chain(&self) -> Option<Chain> {
+        (self.chain.seq == self.committed).then_some(self.chain.chain)
     }
 
     /// Sends the `Assign`s of numbers not sent yet (the recovered range after a takeover).
@@ -280,6 +323,7 @@ impl Sequencer {
             self.progress_at[rank] = now;
         }
         self.advance_commit(out);
+        self.vouch(now, out);
         if self.acked[rank] < self.max_assigned() && now.since_us(self.progress_at[rank]) >= self.cfg.assign_resend_us {
             self.resend(now, rank, out);
         }
@@ -300,6 +344,8 @@ impl Sequencer {
         let first = self.committed.next();
         self.committed = quorum;
         self.announce(first, quorum, out);
+        self.roll_chain();
+        self.unvouched = self.cfg.signed_heartbeat_us.is_some();
         self.trim_log();
         self.assign_ready(out);
     }
@@ -316,7 +362,7 @@ impl Sequencer {
 
     fn commit_from(&self, first: Seq, n: usize) -> Commit {
         let start = (first.0 - self.log_base.0) as usize;
-        Commit { epoch: self.epoch, first, entries: self.log.range(start..start + n).map(Entry::assigned).collect() }
+        Commit { epoch: self.epoch, first, entries: self.log.range(start..start + n).copied().collect() }
     }
 
     /// Forgets entries older than both the de-duplication history and the recent commits.
@@ -378,6 +424,7 @@ impl Sequencer {
         if agreeing >= self.cfg.k_checkpoint {
             self.checkpoint = Some(*info);
             self.reports = self.reports.split_off(&info.seq.next());
+            self.roll_chain();
         }
         while self.reports.len() > MAX_REPORTED_CHECKPOINTS {
             self.reports.pop_first();
@@ -388,10 +435,11 @@ impl Sequencer {
     /// numbered.
     pub fn handle_tick(&mut self, now: Time, out: &mut Outbox) {
         if now >= self.next_heartbeat {
-            self.heartbeat(out);
+            self.heartbeat(now, out);
             self.next_heartbeat = now.plus_us(self.cfg.heartbeat_interval_us);
             self.forget_expired_orders();
         }
+        self.vouch(now, out);
         for rank in 0..self.acked.len() {
             if self.acked[rank] < self.max_assigned()
                 && now.since_us(self.progress_at[rank]) >= self.cfg.assign_resend_us
@@ -404,19 +452,46 @@ impl Sequencer {
     /// Heartbeats start only once the recovered range is committed: a heartbeat of a new
     /// epoch tells a server that lost its storage that the ballot it sat out has finished,
     /// so every number it may have accepted and lost is held by `k_commit` others again.
-    fn heartbeat(&self, out: &mut Outbox) {
-        if self.committed < self.recovered_last {
+    fn heartbeat(&mut self, now: Time, out: &mut Outbox) {
+        if !self.send_heartbeat(now, out) {
             return;
         }
-        let hb =
-            Heartbeat { epoch: self.epoch, sequencer: self.me, committed: self.committed, checkpoint: self.checkpoint };
-        out.send(Dest::Channel(Channel::Global), Message::Heartbeat(hb));
         // Only this epoch's own commits are repeated: the history below `epoch_first` serves
         // de-duplication and was announced by earlier sequencers.
         let recent_first = self.committed.minus(self.cfg.heartbeat_recent as u64).next().max(self.epoch_first);
         if recent_first <= self.committed {
             self.announce(recent_first, self.committed, out);
         }
+    }
+
+    /// With signed frames, sends a heartbeat for commits made since the last one, unless one
+    /// went out less than `signed_heartbeat_us` ago (then the next tick does).
+    fn vouch(&mut self, now: Time, out: &mut Outbox) {
+        if self.unvouched && now >= self.next_vouch {
+            // Until the chain is known only the periodic heartbeats try again.
+            self.unvouched = false;
+            self.send_heartbeat(now, out);
+        }
+    }
+
+    /// Sends a heartbeat, once the recovered range is committed and the chain at the
+    /// committed prefix is known; returns whether it did.
+    fn send_heartbeat(&mut self, now: Time, out: &mut Outbox) -> bool {
+        let Some(chain) = self.committed_chain().filter(|_| self.committed >= self.recovered_last) else {
+            return false;
+        };
+        let hb = Heartbeat {
+            epoch: self.epoch,
+            sequencer: self.me,
+            committed: self.committed,
+            chain,
+            checkpoint: self.checkpoint,
+            signature: None,
+        };
+        out.send(Dest::Channel(Channel::Global), Message::Heartbeat(hb));
+        self.unvouched = false;
+        self.next_vouch = now.plus_us(self.cfg.signed_heartbeat_us.unwrap_or(0));
+        true
     }
 
     fn forget_expired_orders(&mut self) {
@@ -431,7 +506,8 @@ impl Sequencer {
             .filter(|&r| self.acked[r] < self.max_assigned())
             .map(|r| self.progress_at[r].plus_us(self.cfg.assign_resend_us))
             .min();
-        lagging.map_or(self.next_heartbeat, |t| t.min(self.next_heartbeat))
+        let next = if self.unvouched { self.next_heartbeat.min(self.next_vouch) } else { self.next_heartbeat };
+        lagging.map_or(next, |t| t.min(next))
     }
 
     /// Checks the sequencer's invariants (debug builds and the simulator).
@@ -466,6 +542,7 @@ fn kth_highest(values: &[Seq], k: usize) -> Seq {
 mod tests {
     use super::*;
     use crate::action::Action;
+    use crate::chain::Chain;
     use crate::ids::{Incarnation, Source};
 
     fn cfg() -> Arc<Config> {
@@ -564,7 +641,7 @@ mod tests {
         s.handle_order(Pid(11), &order(1..3), &mut out);
         s.handle_accepted(Time(1), Pid(1), &Accepted { epoch: Epoch::initial(), upto: Seq(2) }, &mut out);
         out.drain().count();
-        let info = |d| CheckpointInfo { seq: Seq(2), size: 10, blocks: 1, digest: Digest(d) };
+        let info = |d| CheckpointInfo { seq: Seq(2), size: 10, blocks: 1, digest: Digest(d), chain: Chain::GENESIS };
         s.handle_checkpoint_report(Pid(21), &info(7), &mut out);
         s.handle_checkpoint_report(Pid(21), &info(7), &mut out);
         assert_eq!(s.checkpoint(), None, "one server, however often, is not enough");
@@ -584,5 +661,44 @@ mod tests {
         let mut s = Sequencer::new(cfg(), Pid(1), Epoch::initial(), Seq(1), Time(0));
         s.handle_rejected(&Rejected { promised: Epoch::new(2, 1) });
         assert_eq!(s.deposed(), Some(Epoch::new(2, 1)));
+    }
+
+    /// With signed frames each commit is vouched for by a heartbeat that carries the chain
+    /// over the committed entries, at most one per `signed_heartbeat_us`; the next one waits
+    /// for a tick.
+    #[test]
+    fn with_signed_frames_a_heartbeat_vouches_for_commits_at_most_once_an_interval() {
+        let mut cfg = Config::new(vec![Pid(1), Pid(2), Pid(3)], vec![Pid(11), Pid(12), Pid(13)], vec![]);
+        cfg.signed_heartbeat_us = Some(1_000);
+        let mut s = Sequencer::new(Arc::new(cfg), Pid(1), Epoch::initial(), Seq(1), Time(0));
+        let mut out = Outbox::new();
+        s.handle_order(Pid(11), &order(1..6), &mut out);
+        s.handle_order(Pid(12), &order(1..6), &mut out);
+        let Message::Assign(assign) = sends(&mut out).remove(0).1 else { panic!("expected Assign") };
+        let chain_at =
+            |n: usize| assign.entries[..n].iter().zip(1..).fold(Chain::GENESIS, |c, (e, s)| c.then(Seq(s), e));
+        let heartbeats = |out: &mut Outbox| -> Vec<(Seq, Chain)> {
+            sends(out)
+                .into_iter()
+                .filter_map(|(_, m)| match m {
+                    Message::Heartbeat(hb) => Some((hb.committed, hb.chain)),
+                    _ => None,
+                })
+                .collect()
+        };
+        s.handle_tick(Time(0), &mut out);
+        assert_eq!(heartbeats(&mut out), vec![(Seq(0), Chain::GENESIS)], "the periodic heartbeat");
+        let acc = |upto| Accepted { epoch: Epoch::initial(), upto: Seq(upto) };
+        for pid in [1, 2] {
+            s.handle_accepted(Time(1_000), Pid(pid), &acc(3), &mut out);
+        }
+        assert_eq!(heartbeats(&mut out), vec![(Seq(3), chain_at(3))], "the commit of 1..=3 is vouched for at once");
+        for pid in [1, 2] {
+            s.handle_accepted(Time(1_500), Pid(pid), &acc(5), &mut out);
+        }
+        assert!(heartbeats(&mut out).is_empty(), "not twice within the interval");
+        assert_eq!(s.poll_timeout(), Time(2_000), "the next tick is due when the interval ends");
+        s.handle_tick(Time(2_000), &mut out);
+        assert_eq!(heartbeats(&mut out), vec![(Seq(5), chain_at(5))]);
     }
 }

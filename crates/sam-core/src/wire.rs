@@ -11,7 +11,7 @@
 //! | bytes    | field       | contents                                                        |
 //! |----------|-------------|-----------------------------------------------------------------|
 //! | `0..2`   | magic       | the ASCII bytes `S` `M` (`0x53 0x4D`), see [`MAGIC`]            |
-//! | `2`      | version     | `1` ([`VERSION`]); a decoder rejects every other value          |
+//! | `2`      | version     | `3` ([`VERSION`]); a decoder rejects every other value          |
 //! | `3`      | flags       | what the body holds (below)                                     |
 //! | `4..8`   | body length | `u32`: the number of bytes after the header                     |
 //! | `8..12`  | checksum    | `u32`: CRC32C of header bytes `0..8` followed by the body       |
@@ -89,6 +89,7 @@
 //!   varint of the inner `u64`.
 //! * [`Incarnation`]: 8 bytes, `u64` little-endian.
 //! * [`Digest`]: 16 bytes, `u128` little-endian.
+//! * [`Chain`]: 32 bytes as they are; [`Signature`]: 64 bytes as they are.
 //! * **bytes**: varint length, then that many raw bytes.
 //! * [`SeqRange`]: `first` as a varint, then `last - first` as a varint. A decoder rejects a
 //!   range whose `first + (last - first)` overflows 64 bits.
@@ -116,7 +117,6 @@
 //!
 //! Tagged elements, by the type they decode to (minimum sizes in brackets):
 //!
-//! * [`Assigned`] \[1\]: tag `0` (`Noop`), or tag `1` + mid, or tag `2`.
 //! * [`Entry`] \[1\]: tag `0` (`Noop`), or tag `1` + mid + digest, or tag `2` + digest.
 //! * [`Mid`] in [`Fetch`] \[1\]: tag `1` + mid, or tag `2` (tag `0` is an error).
 //! * [`OrderItem`] \[18\]: tag `1` + mid, or tag `2` (tag `0` is an error); then `ts` (varint)
@@ -139,8 +139,8 @@
 //! | 2   | [`Assign`]           | `epoch` (varint), `epoch_first` (varint), `first` (varint), `entries` (list of [`Entry`], tagged)   |
 //! | 3   | [`Accepted`]         | `epoch` (varint), `upto` (varint)                                                                    |
 //! | 4   | [`Rejected`]         | `promised` (varint)                                                                                  |
-//! | 5   | [`Commit`]           | `epoch` (varint), `first` (varint), `entries` (list of [`Assigned`], tagged)                         |
-//! | 6   | [`Heartbeat`]        | `epoch` (varint), `sequencer` (varint pid), `committed` (varint), `checkpoint` (optional checkpoint) |
+//! | 5   | [`Commit`]           | `epoch` (varint), `first` (varint), `entries` (list of [`Entry`], tagged)                            |
+//! | 6   | [`Heartbeat`]        | `epoch` (varint), `sequencer` (varint pid), `committed` (varint), `chain` (32 bytes), `checkpoint` (optional checkpoint), `signature` (a byte `0`, or `1` and 64 bytes) |
 //! | 7   | [`QueryEntries`]     | `ranges` (list of [`SeqRange`])                                                                      |
 //! | 8   | [`Entries`]          | `first` (varint), `slots` (list of [`Slot`], entries tagged)                                         |
 //! | 9   | [`Fetch`]            | `mids` (list of [`Mid`], tagged)                                                                     |
@@ -157,24 +157,25 @@
 //! | 20  | [`Pong`]             | `nonce` (varint), `committed` (varint), `alarms` (a byte: bit 0 storage full, 1 replay table full, 2 duplicate pid, 3 derivations throttled; others `0`) |
 //!
 //! A *checkpoint* ([`CheckpointInfo`]) is `seq` (varint), `size` (varint), `blocks` (u32 varint),
-//! `digest` (16 bytes); an *optional checkpoint* is a byte `0` (none) or `1` followed by one.
+//! `digest` (16 bytes), `chain` (32 bytes); an *optional checkpoint* is a byte `0` (none) or `1` followed by one.
 //!
 //! # Example
 //!
 //! A frame with one `Accepted { epoch: Epoch(65536), upto: Seq(5) }` (epoch round 1, rank 0):
 //!
 //! ```text
-//! 53 4D 01 00 06 00 00 00 35 25 E7 1E | 03 04 80 80 04 05
+//! 53 4D 03 00 06 00 00 00 55 8D 04 7C | 03 04 80 80 04 05
 //! magic ver fl body len=6 crc32c      | kind=3 len=4 epoch=65536 upto=5
 //! ```
 //!
 //! A `Commit { epoch: Epoch(65536), first: Seq(10), entries }` whose entries are the mid with
-//! pid 7, incarnation `0x0102030405060708` and counter 1, then the same source's counters 2,
-//! `Noop`, and 3 (which continues counter 2 across the `Noop`), has the body
+//! pid 7, incarnation `0x0102030405060708` and counter 1 with digest `D1` (16 bytes), then the
+//! same source's counter 2 with `D2`, `Noop`, and counter 3 with `D3` (which continues counter
+//! 2 across the `Noop`), has the body
 //!
 //! ```text
-//! 05 13 80 80 04 0A 04 01 07 08 07 06 05 04 03 02 01 01 02 00 02
-//! kind=5 len=19 epoch first count=4 [1 pid incarnation counter] [2] [0] [2]
+//! 05 43 80 80 04 0A 04 01 07 08 07 06 05 04 03 02 01 01 D1 02 D2 00 02 D3
+//! kind=5 len=67 epoch first count=4 [1 pid incarnation counter digest] [2 digest] [0] [2 digest]
 //! ```
 //!
 //! # Size and safety
@@ -187,18 +188,20 @@ use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::chain::{Chain, Signature};
 use crate::ids::{Digest, Epoch, Incarnation, Mid, Pid, Seq, SeqRange, Source};
 use crate::message::{
-    Accepted, Alarms, Assign, Assigned, Block, CheckpointInfo, Commit, Data, Entries, Entry, Fetch, FetchBlocks,
-    Forgotten, Heartbeat, Kind, Message, Order, OrderItem, Ping, Pong, PreVote, PreVoteGranted, Prepare, Promise,
-    PromisedSlot, QueryEntries, Rejected, Slot,
+    Accepted, Alarms, Assign, Block, CheckpointInfo, Commit, Data, Entries, Entry, Fetch, FetchBlocks, Forgotten,
+    Heartbeat, Kind, Message, Order, OrderItem, Ping, Pong, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot,
+    QueryEntries, Rejected, Slot,
 };
 
 /// The first two bytes of every frame.
 pub const MAGIC: [u8; 2] = *b"SM";
 
-/// The version of the wire format this module writes and reads.
-pub const VERSION: u8 = 1;
+/// The version of the wire format this module writes and reads: 3 since `Commit`s carry
+/// payload digests and heartbeats the commit chain (1 before; 2 is the sealed envelope's).
+pub const VERSION: u8 = 3;
 
 /// The length of a frame's header, before the body.
 pub const HEADER_LEN: usize = 12;
@@ -460,6 +463,15 @@ fn put_tagged_mid<S: Sink>(s: &mut S, prev: &mut Option<Mid>, mid: Mid) {
     *prev = Some(mid);
 }
 
+/// Writes a list of entries, as `Assign` and `Commit` carry them.
+fn put_entries<S: Sink>(s: &mut S, entries: &[Entry]) {
+    put_len(s, entries.len());
+    let mut prev = None;
+    for entry in entries {
+        put_entry(s, &mut prev, entry);
+    }
+}
+
 fn put_entry<S: Sink>(s: &mut S, prev: &mut Option<Mid>, entry: &Entry) {
     match *entry {
         Entry::Noop => s.byte(TAG_NOOP),
@@ -521,11 +533,7 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
             s.varint(a.epoch.0);
             s.varint(a.epoch_first.0);
             s.varint(a.first.0);
-            put_len(s, a.entries.len());
-            let mut prev = None;
-            for entry in &a.entries {
-                put_entry(s, &mut prev, entry);
-            }
+            put_entries(s, &a.entries);
         }
         Message::Accepted(a) => {
             s.varint(a.epoch.0);
@@ -535,20 +543,21 @@ fn put_body<S: Sink>(s: &mut S, msg: &Message) {
         Message::Commit(c) => {
             s.varint(c.epoch.0);
             s.varint(c.first.0);
-            put_len(s, c.entries.len());
-            let mut prev = None;
-            for assigned in &c.entries {
-                match *assigned {
-                    Assigned::Noop => s.byte(TAG_NOOP),
-                    Assigned::Mid(mid) => put_tagged_mid(s, &mut prev, mid),
-                }
-            }
+            put_entries(s, &c.entries);
         }
         Message::Heartbeat(h) => {
             s.varint(h.epoch.0);
             s.varint(h.sequencer.0);
             s.varint(h.committed.0);
+            s.put(&h.chain.0);
             put_checkpoint_opt(s, &h.checkpoint);
+            match &h.signature {
+                None => s.byte(0),
+                Some(sig) => {
+                    s.byte(1);
+                    s.put(&sig.0);
+                }
+            }
         }
         Message::QueryEntries(q) => {
             put_len(s, q.ranges.len());
@@ -615,6 +624,7 @@ fn put_checkpoint<S: Sink>(s: &mut S, c: &CheckpointInfo) {
     s.varint(c.size);
     s.varint(u64::from(c.blocks));
     put_digest(s, c.digest);
+    s.put(&c.chain.0);
 }
 
 fn put_checkpoint_opt<S: Sink>(s: &mut S, c: &Option<CheckpointInfo>) {
@@ -965,15 +975,47 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn assigned(&mut self, prev: &mut Option<Mid>) -> Result<Assigned, DecodeError> {
+    /// A list of entries, as [`put_entries`] writes it.
+    fn entries(&mut self) -> Result<Vec<Entry>, DecodeError> {
+        let mut prev = None;
+        self.list(1, |r| r.entry(&mut prev))
+    }
+
+    pub(crate) fn chain(&mut self) -> Result<Chain, DecodeError> {
+        self.array::<32>().map(Chain)
+    }
+
+    /// An optional checkpoint as written before checkpoints had a chain (old log records):
+    /// read past, since it cannot be used without one.
+    pub(crate) fn unchained_checkpoint_opt(&mut self) -> Result<(), DecodeError> {
         match self.u8()? {
-            TAG_NOOP => Ok(Assigned::Noop),
-            tag => self.tagged_mid(tag, prev).map(Assigned::Mid),
+            0 => Ok(()),
+            1 => {
+                self.seq()?;
+                self.varint()?;
+                self.u32()?;
+                self.digest().map(drop)
+            }
+            tag => Err(DecodeError::BadTag(tag)),
+        }
+    }
+
+    fn signature_opt(&mut self) -> Result<Option<Signature>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => self.array::<64>().map(|b| Some(Signature(b))),
+            tag => Err(DecodeError::BadTag(tag)),
         }
     }
 
     fn checkpoint(&mut self) -> Result<CheckpointInfo, DecodeError> {
-        Ok(CheckpointInfo { seq: self.seq()?, size: self.varint()?, blocks: self.u32()?, digest: self.digest()? })
+        Ok(CheckpointInfo {
+            seq: self.seq()?,
+            size: self.varint()?,
+            blocks: self.u32()?,
+            digest: self.digest()?,
+            chain: self.chain()?,
+        })
     }
 
     /// A byte of known alarm bits.
@@ -1045,24 +1087,21 @@ impl<'a> Reader<'a> {
                 let epoch = self.epoch()?;
                 let epoch_first = self.seq()?;
                 let first = self.seq()?;
-                let mut prev = None;
-                let entries = self.list(1, |r| r.entry(&mut prev))?;
-                Message::Assign(Assign { epoch, epoch_first, first, entries })
+                Message::Assign(Assign { epoch, epoch_first, first, entries: self.entries()? })
             }
             Kind::Accepted => Message::Accepted(Accepted { epoch: self.epoch()?, upto: self.seq()? }),
             Kind::Rejected => Message::Rejected(Rejected { promised: self.epoch()? }),
             Kind::Commit => {
                 let epoch = self.epoch()?;
-                let first = self.seq()?;
-                let mut prev = None;
-                let entries = self.list(1, |r| r.assigned(&mut prev))?;
-                Message::Commit(Commit { epoch, first, entries })
+                Message::Commit(Commit { epoch, first: self.seq()?, entries: self.entries()? })
             }
             Kind::Heartbeat => Message::Heartbeat(Heartbeat {
                 epoch: self.epoch()?,
                 sequencer: Pid(self.varint()?),
                 committed: self.seq()?,
+                chain: self.chain()?,
                 checkpoint: self.checkpoint_opt()?,
+                signature: self.signature_opt()?,
             }),
             Kind::QueryEntries => Message::QueryEntries(QueryEntries { ranges: self.list(2, Self::range)? }),
             Kind::Entries => {
@@ -1380,26 +1419,34 @@ pub(crate) mod arb {
 
     pub(crate) fn arb_commit() -> impl Strategy<Value = Message> {
         (arb_epoch(), arb_seq(), arb_choices()).prop_map(|(epoch, first, c)| {
-            let entries = fold_mids(c, true).into_iter().map(|m| m.map_or(Assigned::Noop, Assigned::Mid)).collect();
+            let entries = fold_mids(c, true)
+                .into_iter()
+                .map(|m| m.map_or(Entry::Noop, |mid| Entry::Msg { mid, digest: Digest(u128::from(mid.counter)) }))
+                .collect();
             Message::Commit(Commit { epoch, first, entries })
         })
     }
 
     pub(crate) fn arb_checkpoint() -> impl Strategy<Value = CheckpointInfo> {
-        (arb_seq(), arb_u64(), arb_u32(), arb_digest()).prop_map(|(seq, size, blocks, digest)| CheckpointInfo {
-            seq,
-            size,
-            blocks,
-            digest,
-        })
+        (arb_seq(), arb_u64(), arb_u32(), arb_digest(), any::<[u8; 32]>()).prop_map(
+            |(seq, size, blocks, digest, chain)| CheckpointInfo { seq, size, blocks, digest, chain: Chain(chain) },
+        )
     }
 
     pub(crate) fn arb_heartbeat() -> impl Strategy<Value = Message> {
-        (arb_epoch(), arb_pid(), arb_seq(), proptest::option::of(arb_checkpoint())).prop_map(
-            |(epoch, sequencer, committed, checkpoint)| {
-                Message::Heartbeat(Heartbeat { epoch, sequencer, committed, checkpoint })
-            },
-        )
+        let signature = proptest::option::of(proptest::collection::vec(any::<u8>(), 64));
+        (arb_epoch(), arb_pid(), arb_seq(), any::<[u8; 32]>(), proptest::option::of(arb_checkpoint()), signature)
+            .prop_map(|(epoch, sequencer, committed, chain, checkpoint, signature)| {
+                let signature = signature.map(|s| Signature(s.try_into().expect("64 bytes")));
+                Message::Heartbeat(Heartbeat {
+                    epoch,
+                    sequencer,
+                    committed,
+                    chain: Chain(chain),
+                    checkpoint,
+                    signature,
+                })
+            })
     }
 
     pub(crate) fn arb_checkpoint_msgs() -> impl Strategy<Value = Message> {
@@ -1870,7 +1917,7 @@ mod tests {
         let msg = Message::Accepted(Accepted { epoch: Epoch::initial(), upto: Seq(5) });
         let frame = encode_frame(std::slice::from_ref(&msg));
         let expected: &[u8] = &[
-            0x53, 0x4D, 0x01, 0x00, 0x06, 0x00, 0x00, 0x00, 0x35, 0x25, 0xE7, 0x1E, // header
+            0x53, 0x4D, 0x03, 0x00, 0x06, 0x00, 0x00, 0x00, 0x55, 0x8D, 0x04, 0x7C, // header
             0x03, 0x04, 0x80, 0x80, 0x04, 0x05, // Accepted
         ];
         assert_eq!(&frame[..], expected, "got {:02X?}", &frame[..]);
@@ -1883,14 +1930,25 @@ mod tests {
         let msg = Message::Commit(Commit {
             epoch: Epoch::initial(),
             first: Seq(10),
-            entries: vec![Assigned::Mid(m), Assigned::Mid(m.next()), Assigned::Noop, Assigned::Mid(m.next().next())],
+            entries: vec![
+                Entry::Msg { mid: m, digest: Digest(0xD1) },
+                Entry::Msg { mid: m.next(), digest: Digest(0xD2) },
+                Entry::Noop,
+                Entry::Msg { mid: m.next().next(), digest: Digest(0xD3) },
+            ],
         });
         let frame = encode_frame(std::slice::from_ref(&msg));
-        let expected: &[u8] = &[
-            0x05, 0x13, 0x80, 0x80, 0x04, 0x0A, 0x04, 0x01, 0x07, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0x01,
-            0x02, 0x00, 0x02,
-        ];
-        assert_eq!(&frame[HEADER_LEN..], expected, "got {:02X?}", &frame[HEADER_LEN..]);
+        let digest = |d: u8| std::iter::once(d).chain([0; 15]);
+        let expected: Vec<u8> = [0x05, 0x43, 0x80, 0x80, 0x04, 0x0A, 0x04, 0x01, 0x07, 0x08, 0x07, 0x06, 0x05, 0x04]
+            .into_iter()
+            .chain([0x03, 0x02, 0x01, 0x01])
+            .chain(digest(0xD1))
+            .chain([0x02])
+            .chain(digest(0xD2))
+            .chain([0x00, 0x02])
+            .chain(digest(0xD3))
+            .collect();
+        assert_eq!(&frame[HEADER_LEN..], &expected[..], "got {:02X?}", &frame[HEADER_LEN..]);
         assert_eq!(decode_frame(&frame), Ok(vec![msg]));
     }
 
@@ -1936,7 +1994,7 @@ mod tests {
         };
         assert_eq!(with(&|v| v.truncate(11)), Err(DecodeError::TooShort { len: 11 }));
         assert_eq!(with(&|v| v[0] = b'X'), Err(DecodeError::BadMagic(*b"XM")));
-        assert_eq!(with(&|v| v[2] = 2), Err(DecodeError::UnsupportedVersion(2)));
+        assert_eq!(with(&|v| v[2] = 1), Err(DecodeError::UnsupportedVersion(1)));
         assert_eq!(with(&|v| v[3] = 0x80), Err(DecodeError::UnknownFlags(0x80)));
         assert_eq!(with(&|v| v.push(0)), Err(DecodeError::LengthMismatch { declared: 3, actual: 4 }));
         assert_eq!(with(&|v| v[4] = 1), Err(DecodeError::LengthMismatch { declared: 1, actual: 3 }));

@@ -10,8 +10,8 @@ use sam_core::message::{
     OrderItem, Ping, Pong, PreVote, PreVoteGranted, Prepare, Promise, PromisedSlot, QueryEntries, Rejected,
 };
 use sam_core::{
-    Alarms, Assigned, Config, Digest, Entry, Epoch, Incarnation, Message, Mid, Pid, Process, Roles, Seq, SeqRange,
-    Slot, Source, Time,
+    Alarms, Chain, Config, Digest, Entry, Epoch, Incarnation, Message, Mid, Pid, Process, Roles, Seq, SeqRange, Slot,
+    Source, Time,
 };
 
 fn extreme() -> impl Strategy<Value = u64> {
@@ -40,8 +40,9 @@ fn entries() -> impl Strategy<Value = Vec<Entry>> {
 }
 
 fn checkpoint() -> impl Strategy<Value = CheckpointInfo> {
-    (seq(), prop_oneof![0u64..100_000, any::<u64>()], any::<u32>(), any::<u128>())
-        .prop_map(|(seq, size, blocks, d)| CheckpointInfo { seq, size, blocks, digest: Digest(d) })
+    (seq(), prop_oneof![0u64..100_000, any::<u64>()], any::<u32>(), any::<u128>(), any::<[u8; 32]>()).prop_map(
+        |(seq, size, blocks, d, chain)| CheckpointInfo { seq, size, blocks, digest: Digest(d), chain: Chain(chain) },
+    )
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -62,14 +63,24 @@ fn message() -> impl Strategy<Value = Message> {
         })),
         (epoch(), seq()).prop_map(|(epoch, upto)| Message::Accepted(Accepted { epoch, upto })),
         epoch().prop_map(|promised| Message::Rejected(Rejected { promised })),
-        (epoch(), seq(), entries()).prop_map(|(epoch, first, e)| Message::Commit(Commit {
+        (epoch(), seq(), entries()).prop_map(|(epoch, first, entries)| Message::Commit(Commit {
             epoch,
             first,
-            entries: e.iter().map(Entry::assigned).collect::<Vec<Assigned>>()
+            entries
         })),
-        (epoch(), seq(), prop::option::of(checkpoint())).prop_map(|(epoch, committed, checkpoint)| {
-            Message::Heartbeat(Heartbeat { epoch, sequencer: Pid(1), committed, checkpoint })
-        }),
+        (epoch(), seq(), any::<[u8; 32]>(), prop::option::of(checkpoint())).prop_map(
+            |(epoch, committed, chain, checkpoint)| {
+                let chain = Chain(chain);
+                Message::Heartbeat(Heartbeat {
+                    epoch,
+                    sequencer: Pid(1),
+                    committed,
+                    chain,
+                    checkpoint,
+                    signature: None,
+                })
+            }
+        ),
         checkpoint().prop_map(Message::CheckpointReport),
         (seq(), prop::option::of(checkpoint()))
             .prop_map(|(floor, checkpoint)| Message::Forgotten(Forgotten { floor, checkpoint })),

@@ -28,6 +28,7 @@ use crate::reader::{Reader, Unicast};
 use crate::relay::Registration;
 use crate::security::cookie::CookieJar;
 use crate::security::envelope::{RELAY_ENVELOPE_LEN, SEAL_OVERHEAD};
+use crate::security::signing::Signer;
 use crate::security::{SealFor, Sealer, SecurityError, SecurityPlan};
 use crate::socket::{self, Group};
 
@@ -162,6 +163,8 @@ pub struct NetStats {
     pub injected_drops: AtomicU64,
     /// Datagrams taken twice on purpose ([`InjectedFaults`]).
     pub injected_duplicates: AtomicU64,
+    /// Heartbeats a member dropped for a missing or wrong signature (signed frames).
+    pub unsigned: AtomicU64,
 }
 
 impl NetStats {
@@ -192,6 +195,8 @@ pub struct Net {
     series: u64,
     ready: Vec<(Dest, Bytes)>,
     sealer: Arc<Mutex<Sealer>>,
+    /// With signed frames, what signs the heartbeats this process sends.
+    signer: Option<Signer>,
     incoming: mpsc::Receiver<Incoming>,
     stats: Arc<NetStats>,
     readers: Vec<JoinHandle<()>>,
@@ -239,6 +244,7 @@ impl Net {
             pid: plan.pid,
             sealer: sealer.clone(),
             cookies: Arc::new(CookieJar::new().map_err(SecurityError::from)?),
+            verifier: plan.security.verifier().map(Arc::new),
         };
         let mut readers = Vec::new();
         let channels = match &plan.transport {
@@ -279,6 +285,7 @@ impl Net {
             series: first_series(),
             ready: Vec::new(),
             sealer,
+            signer: plan.security.signer(plan.pid),
             incoming,
             stats,
             readers,
@@ -304,6 +311,14 @@ impl Net {
             NetStats::add(&self.stats.unroutable);
             return Ok(());
         }
+        let signed;
+        let msg = match (msg, &self.signer) {
+            (Message::Heartbeat(hb), Some(signer)) => {
+                signed = Message::Heartbeat(signer.sign(hb));
+                &signed
+            }
+            _ => msg,
+        };
         // Sealing adds its header and tags; a global frame in unicast mode is relayed inside
         // an envelope: room is left for both.
         let (max, flags) = match (dest, &self.channels) {

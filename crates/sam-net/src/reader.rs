@@ -28,6 +28,7 @@ use crate::relay::{Members, Registration};
 use crate::security::cookie::{CookieJar, Echo};
 use crate::security::envelope::{relay_envelope, unwrap_relayed, Mode, RELAY_ENVELOPE_LEN, SEAL_OVERHEAD};
 use crate::security::replay::Refusal;
+use crate::security::signing::Verifier;
 use crate::security::{now_ms, Authority, Dropped, Opened, Opener, SealFor, Sealer, SecurityPlan};
 
 /// Datagrams one system call may read (each has a buffer of the largest UDP payload).
@@ -65,6 +66,8 @@ pub(crate) struct Reader {
     pub(crate) sealer: Arc<Mutex<Sealer>>,
     /// Grants and checks the cookies of requests.
     pub(crate) cookies: Arc<CookieJar>,
+    /// With signed frames, checks the heartbeats a member hears.
+    pub(crate) verifier: Option<Arc<Verifier>>,
 }
 
 /// The payload frame without the zero padding a frame without a cookie carries (see
@@ -248,10 +251,23 @@ impl Task {
         msgs.retain(|msg| opened.authority.permits(msg) && (to_me || !is_answered(msg)));
         let refused = (before - msgs.len()) as u64;
         self.reader.stats.refused.fetch_add(refused, Ordering::Relaxed);
+        self.drop_unsigned(&opened, &mut msgs);
         if msgs.iter().any(is_request) && !self.echoed(addr, &opened, sealed.len()).await {
             msgs.retain(|msg| !is_request(msg));
         }
         Ok((!msgs.is_empty()).then_some(Incoming { from, msgs }))
+    }
+
+    /// With signed frames, drops the heartbeats a member hears without a valid signature: the
+    /// group key vouches only that some member or server sealed them. Servers need no
+    /// signature: they believe a heartbeat only under the server key or its tag.
+    fn drop_unsigned(&self, opened: &Opened, msgs: &mut Vec<Message>) {
+        let Some(verifier) = self.reader.verifier.as_ref().filter(|_| opened.authority == Authority::Group) else {
+            return;
+        };
+        let before = msgs.len();
+        msgs.retain(|msg| !matches!(msg, Message::Heartbeat(hb) if !verifier.verify(hb)));
+        self.reader.stats.unsigned.fetch_add((before - msgs.len()) as u64, Ordering::Relaxed);
     }
 
     /// Whether a request from `addr` may be answered: it came from a server that vouched for

@@ -8,13 +8,25 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sam_core::message::{Data, Heartbeat};
-use sam_core::{Channel, Dest, Epoch, Incarnation, Message, Mid, Pid, Seq, Source};
+use sam_core::{Chain, Channel, Dest, Epoch, Incarnation, Message, Mid, Pid, Seq, Source};
 use sam_net::security::envelope::Mode;
 use sam_net::security::keys::{ClusterId, Keyring, Suite};
 use sam_net::security::{SecurityPlan, ServerKeys};
 use sam_net::{Incoming, Net, NetPlan, RelayRole, TransportPlan, UnicastPlan};
 
 const CLUSTER: ClusterId = ClusterId(0xBEEF);
+
+/// A heartbeat of epoch 1 from `sequencer`, committed through `committed`.
+fn heartbeat(sequencer: Pid, committed: Seq) -> Message {
+    Message::Heartbeat(Heartbeat {
+        epoch: Epoch(1),
+        sequencer,
+        committed,
+        chain: Chain::GENESIS,
+        checkpoint: None,
+        signature: None,
+    })
+}
 
 /// Keys made once for every test: the servers', and a member credential's.
 fn keyring(member: bool) -> std::sync::Arc<Keyring> {
@@ -116,7 +128,7 @@ async fn unicast_reaches_one_process_and_a_member_is_answered_at_its_address() {
     let mut server = Net::bind(&plan(2, 1, vec![])).expect("bind server");
     let stranger_plan = NetPlan { unicast: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), ..plan(2, 0, vec![]) };
     let mut stranger = Net::bind(&stranger_plan).expect("bind stranger");
-    let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(1), committed: Seq(7), checkpoint: None });
+    let hb = heartbeat(Pid(1), Seq(7));
     let ping = Message::Ping(sam_core::message::Ping { nonce: 5 });
     // A member's heartbeat is refused (a server-role message); its ping is not.
     stranger.queue(Dest::Pid(Pid(1)), &hb).expect("queue");
@@ -217,7 +229,7 @@ async fn unicast_mode_fans_channels_out_and_a_data_server_relays_the_global_chan
     let mut member = Net::bind(&plan(addr(0), RelayRole::Member(vec![(Pid(1), relay)]))).expect("bind member");
     // The member registers at once; wait for the grant to reach it.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(2), committed: Seq(7), checkpoint: None });
+    let hb = heartbeat(Pid(2), Seq(7));
     plain_net.queue(Dest::Channel(Channel::Global), &hb).expect("queue");
     plain_net.queue(Dest::Channel(Channel::Global), &data(1, 5_000)).expect("queue a fragmented message");
     plain_net.flush().await;
@@ -254,7 +266,7 @@ async fn a_member_whose_data_server_is_silent_registers_with_the_next() {
     let mut relay_net = Net::bind(&plan(relay, RelayRole::Relay)).expect("bind relay");
     let mut member =
         Net::bind(&plan(addr(46_114), RelayRole::Member(vec![(Pid(1), dead), (Pid(2), relay)]))).expect("bind member");
-    let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(2), committed: Seq(7), checkpoint: None });
+    let hb = heartbeat(Pid(2), Seq(7));
     let heard = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             relay_net.queue(Dest::Channel(Channel::Global), &hb).expect("queue");
@@ -284,7 +296,7 @@ async fn a_member_moves_off_a_data_server_that_answers_but_relays_nothing() {
     let mut source_net = Net::bind(&plan(source, RelayRole::None)).expect("bind source");
     let mut member =
         Net::bind(&plan(me, RelayRole::Member(vec![(Pid(1), mute), (Pid(2), relay)]))).expect("bind member");
-    let hb = Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(3), committed: Seq(8), checkpoint: None });
+    let hb = heartbeat(Pid(3), Seq(8));
     let relayed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             mute_net.queue(Dest::Pid(member_pid(me.port().into())), &hb).expect("queue");

@@ -27,6 +27,7 @@ use std::str::FromStr;
 use sam_core::config::{MAX_LIFETIME, MAX_SERVERS_PER_KIND, MAX_WINDOW};
 use sam_core::{Channel, Incarnation, Pid};
 use sam_net::security::keys::{member_pid, ClusterId, KeyKind, Keyring, Suite};
+use sam_net::security::signing::{self, PublicKey};
 use sam_store::Durability;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
@@ -87,6 +88,10 @@ pub const LOCAL_BASE_PORT: u16 = 17_400;
 pub const LOCAL_MEMBER: &str = "local";
 /// The directory, under a local cluster's, of its key files.
 pub const LOCAL_KEYS_DIR: &str = "keys";
+/// With signed frames, the least time between two heartbeats that vouch for new commits: a
+/// member waits at most this long, under load, to deliver what committed; a member verifies
+/// at most a thousand signatures a second (~55 µs each here).
+pub const SIGNED_HEARTBEAT_US: u64 = 1_000;
 
 /// The multicast groups of a local cluster, one per channel, in the site-local scope
 /// 239.255.0.0/16 (RFC 2365), which routers do not forward.
@@ -331,6 +336,23 @@ pub enum ConfigError {
         /// The key path.
         key: String,
     },
+    /// A signing key is not 64 hex digits.
+    #[error("{key}: {reason}")]
+    SigningKey {
+        /// The key path, e.g. `security.signing_keys[0]`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Signed frames with the mode off.
+    #[error("security.sign_server_frames: needs mode = \"encrypt\" or \"authenticate\" (signing keys come from the server key)")]
+    SigningOff,
+    /// Signed frames without public keys.
+    #[error(
+        "security.signing_keys: required with sign_server_frames = true: \
+         `sam keygen --dir DIR --signing-keys` prints the line"
+    )]
+    NoSigningKeys,
     /// A revoked name is no member name.
     #[error("{key}: {name:?} is not a member name (1 to {} of A-Z a-z 0-9 . _ -)", credential::MEMBER_NAME_MAX)]
     MemberName {
@@ -902,6 +924,15 @@ pub struct SecurityConfig {
     /// Member names whose credentials servers refuse.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked: Vec<String>,
+    /// Signed frames (DESIGN section 12): the sequencer signs its heartbeats, and members
+    /// deliver only what a signed commit chain covers, so that no member credential can make
+    /// another member deliver what was not committed. Needs a mode other than off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sign_server_frames: bool,
+    /// The public keys heartbeats are signed under, 64 hex digits each: one per server key in
+    /// use (`sam keygen --dir DIR --signing-keys` prints them). Required with signed frames.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<String>,
 }
 
 impl SecurityConfig {
@@ -913,7 +944,18 @@ impl SecurityConfig {
             checkpoint_key: None,
             member_key: None,
             revoked: Vec::new(),
+            sign_server_frames: false,
+            signing_keys: Vec::new(),
         }
+    }
+
+    /// With signed frames, the public keys heartbeats are signed under; empty otherwise (a
+    /// key that does not parse is refused by validation).
+    pub fn signing_keys(&self) -> Vec<PublicKey> {
+        if !self.sign_server_frames {
+            return Vec::new();
+        }
+        self.signing_keys.iter().filter_map(|k| k.parse().ok()).collect()
     }
 
     /// The credential pids of the revoked members.
@@ -1134,7 +1176,8 @@ impl ClusterConfig {
     /// Turns security on with new keys: writes `dir/keys/server.key`, `checkpoint.key` and the
     /// member credential `member-local.key` (shared by every member process of a local
     /// cluster), sets mode `"encrypt"` and names the three files by absolute path (so that the
-    /// configuration file may be written anywhere).
+    /// configuration file may be written anywhere). It lists the heartbeat signing key too, so
+    /// that signed frames are one switch away.
     pub fn with_local_keys(&mut self, dir: &Path) -> Result<(), ConfigError> {
         let keys = dir.join(LOCAL_KEYS_DIR);
         let failed = |source| ConfigError::KeyFile { key: "security", source };
@@ -1144,12 +1187,15 @@ impl ClusterConfig {
         let member_path = keys.join(credential::member_file(LOCAL_MEMBER));
         credential::save(&Keyring::member_from(&server, LOCAL_MEMBER), &member_path, Some(LOCAL_MEMBER))
             .map_err(failed)?;
+        let signing_keys = server.of_kind(KeyKind::Server).map(|k| signing::public_key(k, server.cluster).to_string());
         self.security = SecurityConfig {
             mode: SecurityMode::Encrypt,
             server_key: Some(keys.join(credential::SERVER_FILE)),
             checkpoint_key: Some(keys.join(credential::CHECKPOINT_FILE)),
             member_key: Some(member_path),
             revoked: Vec::new(),
+            sign_server_frames: false,
+            signing_keys: signing_keys.collect(),
         };
         Ok(())
     }
@@ -1209,6 +1255,7 @@ impl ClusterConfig {
         c.data_uncommitted_bytes_max = p.data_uncommitted_bytes_max;
         c.checkpoint_every = p.checkpoint_every;
         c.catch_up_after = p.catch_up_after;
+        c.signed_heartbeat_us = self.security.sign_server_frames.then_some(SIGNED_HEARTBEAT_US);
         #[cfg(feature = "mutations")]
         {
             // Validation refused an unknown name.
@@ -1430,6 +1477,7 @@ impl ClusterConfig {
         if let Some((i, name)) = s.revoked.iter().enumerate().find(|(_, n)| !credential::is_member_name(n)) {
             return Err(ConfigError::MemberName { key: format!("security.revoked[{i}]"), name: name.clone() });
         }
+        self.validate_signing()?;
         if s.mode == SecurityMode::Off {
             return Ok(());
         }
@@ -1443,6 +1491,26 @@ impl ClusterConfig {
             Some(who) => Err(ConfigError::MissingKey { key: who.key(), mode: s.mode, hint: who.hint() }),
             None => Ok(()),
         }
+    }
+
+    /// Signed frames need keys to seal with and the public keys to check against.
+    fn validate_signing(&self) -> Result<(), ConfigError> {
+        let s = &self.security;
+        for (i, key) in s.signing_keys.iter().enumerate() {
+            if let Err(reason) = key.parse::<PublicKey>() {
+                return Err(ConfigError::SigningKey { key: format!("security.signing_keys[{i}]"), reason });
+            }
+        }
+        if !s.sign_server_frames {
+            return Ok(());
+        }
+        if s.mode == SecurityMode::Off {
+            return Err(ConfigError::SigningOff);
+        }
+        if s.signing_keys.is_empty() {
+            return Err(ConfigError::NoSigningKeys);
+        }
+        Ok(())
     }
 
     fn validate_network(&self) -> Result<(), ConfigError> {
@@ -2047,6 +2115,47 @@ mode = "off"
             "security.revoked[1]",
         );
         assert!(matches!(e, ConfigError::MemberName { .. }), "{e:?}");
+    }
+
+    /// Signed frames need a mode that has keys, and the public keys to check heartbeats
+    /// against; they switch the core's delivery gate on. A local cluster lists its key, so
+    /// that they are one switch away, and a server whose key is not listed does not start.
+    #[test]
+    fn signed_frames_need_keys_and_switch_the_core_on() {
+        let key = "ab".repeat(32);
+        let e = refused_naming(
+            &with_security(Some("mode = \"off\"\nsign_server_frames = true")),
+            "security.sign_server_frames",
+        );
+        assert!(matches!(e, ConfigError::SigningOff), "{e:?}");
+        let encrypt = "mode = \"encrypt\"\nserver_key = \"s\"\ncheckpoint_key = \"c\"\nsign_server_frames = true";
+        let e = refused_naming(&with_security(Some(encrypt)), "security.signing_keys");
+        assert!(matches!(e, ConfigError::NoSigningKeys) && e.to_string().contains("--signing-keys"), "{e:?}");
+        let bad = format!("{encrypt}\nsigning_keys = [\"{key}\", \"xyz\"]");
+        refused_naming(&with_security(Some(&bad)), "security.signing_keys[1]");
+        let good =
+            ClusterConfig::from_toml_str(&with_security(Some(&format!("{encrypt}\nsigning_keys = [\"{key}\"]"))));
+        let good = good.unwrap();
+        assert_eq!(good.core().signed_heartbeat_us, Some(SIGNED_HEARTBEAT_US));
+        assert_eq!(good.security.signing_keys(), vec![key.parse::<PublicKey>().unwrap()]);
+        let unsigned = ClusterConfig::from_toml_str(&with_security(Some("mode = \"off\""))).unwrap();
+        assert_eq!((unsigned.core().signed_heartbeat_us, unsigned.security.signing_keys()), (None, vec![]));
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut local = ClusterConfig::local(3, 2, 17_400, dir.path());
+        local.with_local_keys(dir.path()).unwrap();
+        let server = local.keyring(KeyUser::server(local.servers[0].roles)).unwrap().unwrap();
+        let own = signing::public_key(server.sealing(KeyKind::Server).unwrap(), local.cluster_id);
+        assert_eq!(local.security.signing_keys, vec![own.to_string()], "listed, not yet switched on");
+        local.security.sign_server_frames = true;
+        local.validate().unwrap();
+        let start = crate::node::StorageStart::Fresh;
+        assert!(crate::launch::server_spec(&local, local.servers[0].id, start, 1).is_ok());
+        local.security.signing_keys = vec![key.clone()];
+        let Err(e) = crate::launch::server_spec(&local, local.servers[0].id, start, 1) else {
+            panic!("a server whose signing key is not listed started")
+        };
+        assert!(e.to_string().contains(&own.to_string()), "names the key to list: {e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sam_core::{Channel, DeliverFrom, Incarnation, KvTable, Pid, StateMachine};
 use sam_net::security::keys::{Keyring, MEMBER_INSTANCE_BITS, MEMBER_PIDS};
+use sam_net::security::signing::PublicKey;
 use sam_net::security::{SecurityPlan, ServerKeys, REPLAY_SENDERS_DEFAULT};
 use sam_net::{Group, NetPlan, RelayRole, TransportPlan, UnicastPlan};
 
@@ -26,6 +27,13 @@ pub enum LaunchError {
     /// The keys could not be read.
     #[error(transparent)]
     Keys(#[from] ConfigError),
+    /// With signed frames, this server's signing key is not among the configured ones:
+    /// members would drop its heartbeats.
+    #[error(
+        "security.signing_keys: this server signs under {0}, which is not listed \
+         (`sam keygen --dir DIR --signing-keys` prints the keys of the server key file)"
+    )]
+    SigningKeyNotListed(PublicKey),
 }
 
 /// Which process a plan is for.
@@ -76,6 +84,7 @@ fn security_plan(cluster: &ClusterConfig, keys: Option<Keyring>, session_file: O
         revoked: cluster.security.revoked_pids().collect(),
         session_file,
         replay_senders_max: REPLAY_SENDERS_DEFAULT,
+        signing_keys: cluster.security.signing_keys(),
     }
 }
 
@@ -159,6 +168,11 @@ pub fn server_spec(cluster: &ClusterConfig, id: Pid, start: StorageStart, seed: 
     let dir = cluster.server_dir(server);
     let keys = cluster.keyring(KeyUser::server(server.roles))?;
     let security = security_plan(cluster, keys, Some(dir.join(SESSION_FILE)));
+    if let Some(own) = security.signer(id).map(|s| s.public()) {
+        if !security.signing_keys.contains(&own) {
+            return Err(LaunchError::SigningKeyNotListed(own));
+        }
+    }
     let state_machine = checkpoint.then(|| Box::new(KvTable::new()) as Box<dyn StateMachine + Send>);
     Ok(NodeSpec {
         cfg: Arc::new(cluster.core()),

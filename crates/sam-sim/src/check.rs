@@ -11,7 +11,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use rustc_hash::{FxHashMap, FxHashSet};
-use sam_core::{Assigned, Digest, KvTable, Mid, Seq, Slot, StateMachine, Time};
+use sam_core::{Assigned, Chain, Digest, KvTable, Mid, Seq, Slot, StateMachine, Time};
 use serde::Serialize;
 
 /// Which promise a violation breaks.
@@ -97,6 +97,8 @@ pub struct Checker {
     restores: Vec<(Life, Seq, Digest)>,
     /// Member lives whose own checkpoint disagreed with the advertised one.
     diverged: FxHashSet<Life>,
+    /// The commit chain each heartbeat named, by number: every sequencer must name the same.
+    chains: FxHashMap<Seq, Chain>,
 }
 
 impl Checker {
@@ -231,6 +233,19 @@ impl Checker {
     pub fn check_bound(&mut self, at: Time, what: &str, peak: usize, bound: u64) {
         if peak as u64 >= bound {
             self.violate(Promise::BoundedResources, at, format!("{what} held {peak}, bound {bound}"));
+        }
+    }
+
+    /// A sequencer's heartbeat named `chain` after `committed`: the commit chain, like the
+    /// committed log it sums up, is one for the whole group.
+    pub fn on_heartbeat(&mut self, at: Time, committed: Seq, chain: Chain) {
+        match self.chains.insert(committed, chain) {
+            Some(before) if before != chain => self.violate(
+                Promise::TotalOrder,
+                at,
+                format!("the commit chain after {committed} was named {before:?} and {chain:?}"),
+            ),
+            _ => {}
         }
     }
 

@@ -74,6 +74,9 @@ pub struct SimConfig {
     /// Whether one member is cut off for a long time, so that it falls behind by more than the
     /// log kept and must catch up from a checkpoint.
     pub laggard: bool,
+    /// Frames are signed (DESIGN section 12): members deliver only what a heartbeat's commit
+    /// chain vouched for, and catch up only from a checkpoint a heartbeat advertised.
+    pub signed: bool,
     /// Test only: checkpoint servers run a state machine that is not deterministic.
     #[serde(skip)]
     pub nondeterministic: bool,
@@ -116,6 +119,7 @@ impl SimConfig {
             checkpoint_every: 50_000,
             late_joiners: 0,
             laggard: false,
+            signed: false,
             nondeterministic: false,
             mutation: None,
         }
@@ -225,6 +229,7 @@ impl SimConfig {
         );
         add(self.late_joiners > 0, format!("--late-joiners {}", self.late_joiners));
         add(self.laggard, "--laggard".into());
+        add(self.signed, "--signed".into());
         flags
     }
 }

@@ -14,8 +14,8 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rustc_hash::{FxHashMap, FxHashSet};
 use sam_core::wire::{decode_frame, FramePacker};
 use sam_core::{
-    Action, Assigned, Channel, CommitServer, Config, DataServer, Dest, Digest, Epoch, Incarnation, KvOp, KvTable,
-    Message, Mid, Pid, Process, Record, RestoreError, Roles, Seq, Sequencer, StateMachine, Time, WriteId,
+    Action, Assigned, Channel, CommitServer, Config, DataServer, Dest, Digest, Entry, Epoch, Incarnation, KvOp,
+    KvTable, Message, Mid, Pid, Process, Record, RestoreError, Roles, Seq, Sequencer, StateMachine, Time, WriteId,
 };
 
 use crate::check::{Checker, Life, Outcome};
@@ -656,13 +656,15 @@ impl Simulation {
                 Action::Send { to, msg } => {
                     match &msg {
                         Message::Commit(c) => {
-                            for (seq, mid) in self.checker.on_commit(self.now, c.first, &c.entries) {
+                            let assigned: Vec<Assigned> = c.entries.iter().map(Entry::assigned).collect();
+                            for (seq, mid) in self.checker.on_commit(self.now, c.first, &assigned) {
                                 self.check_durable(seq, mid);
                             }
                             self.on_announce(c.epoch, c.first, c.entries.len());
                         }
                         Message::Entries(e) => self.checker.on_entries_served(self.now, e.first, &e.slots),
                         Message::Heartbeat(hb) => {
+                            self.checker.on_heartbeat(self.now, hb.committed, hb.chain);
                             let cp = &mut self.checkpoints;
                             cp.advertised = cp.advertised.max(hb.checkpoint.map(|c| c.seq.0));
                         }
@@ -682,7 +684,7 @@ impl Simulation {
                 Action::Committed { mid, seq } => self.checker.on_outcome(self.now, mid, Outcome::Committed(seq)),
                 Action::Expired { mid } => self.checker.on_outcome(self.now, mid, Outcome::Expired),
                 Action::OutcomeUnknown { mid } => self.checker.on_outcome(self.now, mid, Outcome::Unknown),
-                Action::Restored { seq, snapshot } => self.on_restored(idx, seq, &snapshot),
+                Action::Restored { seq, snapshot, .. } => self.on_restored(idx, seq, &snapshot),
                 Action::CheckpointMismatch { server, .. } => {
                     self.checkpoints.mismatches += 1;
                     if server == self.procs[idx].pid {
@@ -1118,6 +1120,10 @@ impl Simulation {
     }
 }
 
+/// The least time between two heartbeats that vouch for commits, with signed frames (the
+/// node's default).
+const SIGNED_HEARTBEAT_US: u64 = 1_000;
+
 /// The core configuration of a simulated group.
 fn core_config(cfg: &SimConfig) -> Config {
     let commit = (1..=cfg.n_commit as u64).map(Pid).collect();
@@ -1128,6 +1134,7 @@ fn core_config(cfg: &SimConfig) -> Config {
     core.k_checkpoint = cfg.k_checkpoint.min(cfg.n_checkpoint).max(1);
     core.checkpoint_every = cfg.checkpoint_every;
     core.catch_up_after = 2 * cfg.checkpoint_every;
+    core.signed_heartbeat_us = cfg.signed.then_some(SIGNED_HEARTBEAT_US);
     core.k_commit = cfg.k_commit;
     core.k_data = cfg.k_data;
     core.max_lifetime = cfg.max_lifetime;

@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// security costs).
     #[arg(long, value_enum, default_value_t = SecurityArg::Encrypt)]
     security: SecurityArg,
+    /// The local cluster started without --config signs its heartbeats, and its members
+    /// deliver only what they vouch for (DESIGN section 12's signed frames; not with
+    /// `--security off`).
+    #[arg(long)]
+    sign_server_frames: bool,
 }
 
 /// `storage.durability` of the benchmark's own cluster.
@@ -148,6 +153,8 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
             let mut cluster = ClusterConfig::local(LOCAL_SERVERS, LOCAL_CHECKPOINT_SERVERS, args.base_port, dir);
             cluster.with_local_keys(dir).context("writing the cluster's keys")?;
             cluster.security.mode = args.security.mode();
+            cluster.security.sign_server_frames = args.sign_server_frames;
+            cluster.validate()?;
             cluster.storage.durability = args.durability.durability();
             let path = dir.join("sam.toml");
             std::fs::write(&path, cluster.to_toml_string()?)?;
@@ -193,6 +200,7 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
             "publishers": args.publishers,
             "rate": args.rate,
             "security": config.security.mode.name(),
+            "signed_frames": config.security.sign_server_frames,
             "durability": config.storage.durability.name(),
         });
         for ((_, name), value) in PERCENTILES.iter().zip(m.percentiles_us) {
@@ -202,7 +210,7 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
     } else {
         let rate = args.rate.map_or_else(|| "as fast as the window allows".to_string(), |r| format!("{r} msgs/s"));
         println!(
-            "{} messages of {} bytes, {} publisher{}, {} members, window {}, {rate}, security {}, durability {}",
+            "{} messages of {} bytes, {} publisher{}, {} members, window {}, {rate}, security {}{}, durability {}",
             args.messages,
             args.size,
             args.publishers,
@@ -210,6 +218,7 @@ pub fn execute(args: BenchArgs) -> Result<std::process::ExitCode> {
             args.members,
             args.window,
             config.security.mode,
+            if config.security.sign_server_frames { " with signed frames" } else { "" },
             config.storage.durability.name()
         );
         println!("  committed   {:>10.0} msgs/s", m.committed_per_s);

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use sam_net::security::keys::{member_pid, ClusterId, Key, KeyKind, Keyring, Secret, Suite};
+use sam_net::security::signing;
 use sam_node::credential::{self, CHECKPOINT_FILE, SERVER_FILE};
 
 /// What to write: a new cluster's keys by default, or a member credential, or a rotation step.
@@ -48,6 +49,11 @@ pub struct KeygenArgs {
     /// Rotation, step 3: remove the accept-only key ID of KIND (never the sealing key).
     #[arg(long, num_args = 2, value_names = ["KIND", "ID"])]
     retire: Option<Vec<String>>,
+    /// Print the `signing_keys` line of the configuration: the public keys heartbeats are
+    /// signed under with `sign_server_frames = true`, one per server key in DIR/server.key
+    /// (after a server key rotation, run it again and install the line everywhere).
+    #[arg(long, conflicts_with_all = ["member", "rotate", "promote", "retire", "suite", "cluster_id"])]
+    signing_keys: bool,
 }
 
 /// The AEAD of a new cluster.
@@ -101,6 +107,8 @@ impl KindArg {
 pub fn execute(args: KeygenArgs) -> Result<std::process::ExitCode> {
     if let Some(name) = &args.member {
         member(&args.dir, name, args.replace)?;
+    } else if args.signing_keys {
+        println!("{}", signing_keys_line(&load_server(&absolute(&args.dir)?)?));
     } else if let Some(kind) = args.rotate {
         rotate(&args.dir, kind)?;
     } else if let Some(words) = &args.promote {
@@ -150,7 +158,17 @@ fn new_cluster(args: &KeygenArgs) -> Result<()> {
     println!("server_key = {}", toml_path(&server)?);
     println!("checkpoint_key = {}", toml_path(&checkpoint)?);
     println!("# on members' hosts: member_key = {}", toml_path(&dir.join(credential::member_file("NAME")))?);
+    println!("# signed frames (members deliver only what the sequencer's signed heartbeats vouch for):");
+    println!("# sign_server_frames = true");
+    println!("# {}", signing_keys_line(&credential::load(&server)?));
     Ok(())
+}
+
+/// The configuration line that lists the heartbeat signing keys of `server`'s server keys.
+fn signing_keys_line(server: &Keyring) -> String {
+    let keys: Vec<String> =
+        server.of_kind(KeyKind::Server).map(|k| format!("\"{}\"", signing::public_key(k, server.cluster))).collect();
+    format!("signing_keys = [{}]", keys.join(", "))
 }
 
 fn member(dir: &Path, name: &str, replace: bool) -> Result<()> {

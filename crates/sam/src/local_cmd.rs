@@ -44,6 +44,10 @@ pub struct UpArgs {
     /// the data servers (for networks without multicast). A new cluster only.
     #[arg(long, value_enum)]
     transport: Option<TransportArg>,
+    /// Sign frames (a new cluster only): members deliver only what the sequencer's signed
+    /// heartbeats vouch for, so that no member can make another deliver a forgery.
+    #[arg(long)]
+    sign_server_frames: bool,
     /// Member processes to start besides the servers: each keeps the replicated table and
     /// writes every delivery to DIR/logs/member-I.jsonl.
     #[arg(long, default_value_t = 0)]
@@ -100,6 +104,7 @@ fn up(args: &UpArgs) -> Result<()> {
             cluster.transport = Transport::Unicast;
             cluster.channels = None;
         }
+        cluster.security.sign_server_frames = args.sign_server_frames;
         if let Some(every) = args.checkpoint_every {
             cluster.protocol.checkpoint_every = every;
             cluster.protocol.catch_up_after = every.saturating_mul(2);
@@ -142,6 +147,7 @@ fn refuse_new_cluster_options(args: &UpArgs, config: &Path) -> Result<()> {
         ("--base-port", args.base_port.is_some()),
         ("--checkpoint-every", args.checkpoint_every.is_some()),
         ("--transport", args.transport.is_some()),
+        ("--sign-server-frames", args.sign_server_frames),
     ];
     if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
         bail!(
@@ -296,7 +302,8 @@ fn print_help(dir: &Path, cluster: &ClusterConfig, args: &UpArgs) {
         Transport::Unicast => "unicast",
     };
     eprintln!("local cluster of {} servers running over {transport}; configuration in {c}", cluster.servers.len());
-    eprintln!("  security: {}, cluster id {}", cluster.security.mode, cluster.cluster_id);
+    let signed = if cluster.security.sign_server_frames { ", signed frames" } else { "" };
+    eprintln!("  security: {}{signed}, cluster id {}", cluster.security.mode, cluster.cluster_id);
     for server in &cluster.servers {
         let roles: Vec<&str> = server.roles.iter().map(|r| r.name()).collect();
         eprintln!("  server {} ({}) on {}", server.id.0, roles.join(", "), server.address);

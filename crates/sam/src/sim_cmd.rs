@@ -109,6 +109,10 @@ pub struct SimArgs {
     /// Cut one member off for a long time, so that it falls behind by more than the log kept.
     #[arg(long)]
     laggard: bool,
+    /// Sign frames: members deliver only what the sequencer's heartbeats vouched for (DESIGN
+    /// section 12); with --mixed or --checkpoints, add this to the drawn run.
+    #[arg(long)]
+    signed: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -137,12 +141,20 @@ fn parse_probability(s: &str) -> Result<f64, String> {
 
 impl SimArgs {
     fn config(&self, seed: u64) -> SimConfig {
-        if self.mixed {
-            return SimConfig { crash_sequencer: self.crash_sequencer, wipes: self.wipes, ..SimConfig::mixed(seed) };
-        }
-        if self.checkpoints {
-            let drawn = SimConfig::checkpoints(seed);
-            return SimConfig { crash_sequencer: self.crash_sequencer, wipes: self.wipes, ..drawn };
+        let drawn = if self.mixed {
+            Some(SimConfig::mixed(seed))
+        } else if self.checkpoints {
+            Some(SimConfig::checkpoints(seed))
+        } else {
+            None
+        };
+        if let Some(drawn) = drawn {
+            return SimConfig {
+                crash_sequencer: self.crash_sequencer,
+                wipes: self.wipes,
+                signed: self.signed,
+                ..drawn
+            };
         }
         SimConfig {
             members: self.members,
@@ -172,6 +184,7 @@ impl SimArgs {
             checkpoint_every: self.checkpoint_every,
             late_joiners: self.late_joiners,
             laggard: self.laggard,
+            signed: self.signed,
             ..SimConfig::new(seed)
         }
     }
@@ -219,7 +232,8 @@ impl SimArgs {
             let mode = if self.mixed { "--mixed" } else { "--checkpoints" };
             let flag = if self.crash_sequencer { " --crash-sequencer" } else { "" };
             let wipes = if self.wipes { " --wipes" } else { "" };
-            format!("sam sim {mode}{flag}{wipes} --seed {}", report.config.seed)
+            let signed = if self.signed { " --signed" } else { "" };
+            format!("sam sim {mode}{flag}{wipes}{signed} --seed {}", report.config.seed)
         } else {
             format!("sam sim {}", report.config.replay_flags())
         }

@@ -158,3 +158,23 @@ fn a_rotation_adds_promotes_and_retires_keys() {
     let err = keygen_refused(&dir, &["--promote", "grup", "1"]);
     assert!(err.contains("unknown kind"), "{err}");
 }
+
+/// `--signing-keys` prints the configuration line of the heartbeat signing keys, one per server
+/// key: after a rotation of the server key it lists the new one too. A new cluster's lines show
+/// it, commented out, beside `sign_server_frames`.
+#[test]
+fn signing_keys_lists_one_public_key_per_server_key() {
+    use sam_net::security::signing::public_key;
+    let (_temp, dir, out) = new_cluster(&[]);
+    let server = load(&dir, credential::SERVER_FILE);
+    let key = |id| public_key(server.key(KeyKind::Server, id).expect("a server key"), server.cluster);
+    let line = keygen_ok(&dir, &["--signing-keys"]);
+    assert_eq!(line.trim(), format!("signing_keys = [\"{}\"]", key(1)));
+    assert!(out.contains("# sign_server_frames = true") && out.contains(&format!("# {}", line.trim())), "{out}");
+    keygen_ok(&dir, &["--rotate", "server"]);
+    let server = load(&dir, credential::SERVER_FILE);
+    let rotated = |id| public_key(server.key(KeyKind::Server, id).expect("a server key"), server.cluster);
+    let line = keygen_ok(&dir, &["--signing-keys"]);
+    assert_eq!(line.trim(), format!("signing_keys = [\"{}\", \"{}\"]", rotated(1), rotated(2)));
+    assert!(keygen_refused(&dir, &["--signing-keys", "--member", "x"]).contains("cannot be used with"));
+}

@@ -10,6 +10,7 @@ pub mod cookie;
 pub mod envelope;
 pub mod keys;
 pub mod replay;
+pub mod signing;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -73,6 +74,9 @@ pub struct SecurityPlan {
     pub session_file: Option<PathBuf>,
     /// The most senders one replay table holds.
     pub replay_senders_max: usize,
+    /// With signed frames, the public keys heartbeats are signed under (empty: heartbeats go
+    /// unsigned).
+    pub signing_keys: Vec<signing::PublicKey>,
 }
 
 impl SecurityPlan {
@@ -86,11 +90,27 @@ impl SecurityPlan {
             revoked: Vec::new(),
             session_file: None,
             replay_senders_max: REPLAY_SENDERS_DEFAULT,
+            signing_keys: Vec::new(),
         }
     }
 
     fn server_keys(&self, pid: Pid) -> Option<ServerKeys> {
         self.servers.iter().find(|(p, _)| *p == pid).map(|(_, k)| *k)
+    }
+
+    /// With signed frames, what signs the heartbeats `pid` sends: a process holding the
+    /// server key signs under its sealing server key.
+    pub fn signer(&self, pid: Pid) -> Option<signing::Signer> {
+        if self.signing_keys.is_empty() || self.server_keys(pid) != Some(ServerKeys::Server) {
+            return None;
+        }
+        let ring = self.keys.as_ref()?;
+        ring.sealing(KeyKind::Server).map(|k| signing::Signer::new(k, ring.cluster))
+    }
+
+    /// With signed frames, what checks the heartbeats a member hears.
+    pub fn verifier(&self) -> Option<signing::Verifier> {
+        (!self.signing_keys.is_empty()).then(|| signing::Verifier::new(self.signing_keys.clone(), self.cluster))
     }
 }
 

@@ -306,9 +306,15 @@ fn sessions_grow_across_restarts_through_the_session_file() {
 #[test]
 fn members_and_checkpoint_servers_may_send_only_what_their_role_sends() {
     use sam_core::message::{Accepted, Fetch, Heartbeat, Ping};
-    use sam_core::{Epoch, Seq};
-    let heartbeat =
-        Message::Heartbeat(Heartbeat { epoch: Epoch(1), sequencer: Pid(1), committed: Seq(1), checkpoint: None });
+    use sam_core::{Chain, Epoch, Seq};
+    let heartbeat = Message::Heartbeat(Heartbeat {
+        epoch: Epoch(1),
+        sequencer: Pid(1),
+        committed: Seq(1),
+        chain: Chain::GENESIS,
+        checkpoint: None,
+        signature: None,
+    });
     let accepted = Message::Accepted(Accepted { epoch: Epoch(1), upto: Seq(1) });
     let fetch = Message::Fetch(Fetch { mids: vec![] });
     let ping = Message::Ping(Ping { nonce: 1 });

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
-use sam_core::message::{CheckpointInfo, Data};
+use sam_core::message::{CheckpointInfo, Data, Heartbeat};
 use sam_core::wire::{encode_frame, FramePacker};
-use sam_core::{Channel, Epoch, Incarnation, Message, Mid, Pid, Seq, Source};
+use sam_core::{Chain, Channel, Digest, Entry, Epoch, Incarnation, Message, Mid, Pid, Seq, Source};
 use sam_net::security::envelope::Mode;
 use sam_net::security::keys::MEMBER_PIDS;
 use sam_net::security::{Opener, SealFor, Sealer, SecurityPlan, ServerKeys};
@@ -845,9 +845,20 @@ pub fn forged_data(mid: Mid, ts: Seq, what: &str) -> Message {
     Message::Data(Data { mid, ts, payload: Bytes::from(payload) })
 }
 
+/// The entry that commits a data message, with its payload's true digest (a member checks it).
+pub fn entry_of(data: &Message) -> Entry {
+    let Message::Data(d) = data else { panic!("not a data message: {data:?}") };
+    Entry::Msg { mid: d.mid, digest: Digest::of(&d.payload) }
+}
+
+/// A heartbeat nobody signed: of `epoch`, naming `sequencer`, committed through `committed`.
+pub fn forged_heartbeat(epoch: Epoch, sequencer: Pid, committed: Seq, checkpoint: Option<CheckpointInfo>) -> Message {
+    Message::Heartbeat(Heartbeat { epoch, sequencer, committed, chain: Chain([0xF0; 32]), checkpoint, signature: None })
+}
+
 /// A checkpoint nobody made.
 pub fn forged_checkpoint(seq: u64) -> CheckpointInfo {
-    CheckpointInfo { seq: Seq(seq), size: 1, blocks: 1, digest: sam_core::Digest(0xF0F0) }
+    CheckpointInfo { seq: Seq(seq), size: 1, blocks: 1, digest: Digest(0xF0F0), chain: Chain([0xF0; 32]) }
 }
 
 // ---------------------------------------------------------------------------------------------
