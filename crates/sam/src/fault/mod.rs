@@ -110,6 +110,10 @@ pub struct RunArgs {
     /// committed, in seconds.
     #[arg(long, default_value_t = 60)]
     quiescence: u64,
+    /// Sign frames: tails deliver only what the sequencer's signed heartbeats vouch for
+    /// (DESIGN section 12).
+    #[arg(long)]
+    sign_server_frames: bool,
     /// Print one JSON object at the end instead of text.
     #[arg(long)]
     json: bool,
@@ -229,6 +233,7 @@ fn cluster_config(args: &RunArgs, dir: &Path, hosts: Option<&Hosts>) -> Result<C
     let base_port = 23_000 + u16::from(args.run) * 20;
     let mut cluster = ClusterConfig::local(SERVERS, CHECKPOINT_SERVERS, base_port, dir);
     cluster.with_local_keys(dir).context("writing the cluster's keys")?;
+    cluster.security.sign_server_frames = args.sign_server_frames;
     if let Some(h) = hosts {
         for (i, s) in cluster.servers.iter_mut().enumerate() {
             s.address = SocketAddrV4::new(h.address(Some(i + 1)), s.address.port());
