@@ -57,6 +57,11 @@ struct Rejoining {
     copied: Vec<Option<Epoch>>,
     /// When to ask the peers that have not answered again.
     next_ask: Time,
+    /// When to ask the sequencer again for a ballot above the copied promises.
+    next_nudge: Time,
+    /// The committed prefix of the first heartbeat of an epoch above every copied promise:
+    /// the entries this server copies again before it votes.
+    fence: Option<Seq>,
 }
 
 /// The epoch whose `Assign`s this server currently acknowledges.
@@ -234,7 +239,7 @@ impl CommitServer {
     fn start_rejoining(&mut self, now: Time) {
         self.heard_any = true;
         let n = self.cfg.commit_servers.len();
-        self.rejoining = Some(Rejoining { copied: vec![None; n], next_ask: now });
+        self.rejoining = Some(Rejoining { copied: vec![None; n], next_ask: now, next_nudge: now, fence: None });
     }
 
     /// Whether this server is still rejoining after losing its storage (it does not vote).
@@ -269,23 +274,36 @@ impl CommitServer {
 
     /// A rejoining server that copied `n_commit - k_commit + 1` promises and now hears the
     /// sequencer of a higher epoch — a ballot it took no part in has finished — and has copied
-    /// the committed entries up to that heartbeat's prefix again (refilled from its peers)
-    /// takes that epoch as its durable promise and votes again. Without the copies, losing
-    /// another server's storage could lose entries that only the two of them held.
-    fn rejoin(&mut self, epoch: Epoch, committed: Seq, out: &mut Outbox) {
-        if self.committed < committed {
-            return;
-        }
-        let Some(r) = &self.rejoining else { return };
-        let copied: Vec<Epoch> = r.copied.iter().flatten().copied().collect();
+    /// the committed entries up to the first such heartbeat's prefix again (refilled from its
+    /// peers) takes the epoch as its durable promise and votes again. Without the copies,
+    /// losing another server's storage could lose entries that only the two of them held; the
+    /// first heartbeat's prefix is enough (a new sequencer's heartbeats start once its
+    /// recovered range is committed), where a later one would run ahead under load for ever.
+    /// While the sequencer's epoch is not above the copies, it is asked for a ballot: in a
+    /// healthy group nothing else would start one.
+    fn rejoin(&mut self, now: Time, hb: &Heartbeat, out: &mut Outbox) {
         let needed = self.cfg.commit_servers.len() - self.cfg.k_commit + 1;
         let others = needed.min(self.cfg.commit_servers.len() - 1);
-        if copied.len() < others || copied.iter().any(|e| *e >= epoch) {
+        let Some(r) = &mut self.rejoining else { return };
+        let copied: Vec<Epoch> = r.copied.iter().flatten().copied().collect();
+        if copied.len() < others {
+            return;
+        }
+        if copied.iter().any(|e| *e >= hb.epoch) {
+            if now >= r.next_nudge {
+                r.next_nudge = now.plus_us(self.cfg.failure_timeout_us);
+                let ask = Message::Prepare(Prepare { epoch: Epoch::NONE, from_seq: Seq::ZERO });
+                out.send(Dest::Pid(hb.sequencer), ask);
+            }
+            return;
+        }
+        let fence = *r.fence.get_or_insert(hb.committed);
+        if self.committed < fence {
             return;
         }
         self.rejoining = None;
-        self.promised = epoch;
-        self.promise_write = out.persist(Record::Promise(epoch));
+        self.promised = hb.epoch;
+        self.promise_write = out.persist(Record::Promise(hb.epoch));
     }
 
     /// The answer to anything of an epoch this server will not serve: its promise.
@@ -498,7 +516,7 @@ impl CommitServer {
         }
         self.known_committed = self.known_committed.max(hb.committed);
         self.note_checkpoint(hb.checkpoint);
-        self.rejoin(hb.epoch, hb.committed, out);
+        self.rejoin(now, hb, out);
         self.sequencer = Some(hb.sequencer);
         self.quiet_since = now;
         self.heard_any = true;
@@ -510,6 +528,14 @@ impl CommitServer {
     /// never heard one): the pre-vote condition for granting a `Prepare`.
     fn misses_sequencer(&self, now: Time) -> bool {
         !self.heard_any || now.since_us(self.quiet_since) >= self.cfg.failure_timeout_us
+    }
+
+    /// Whether this server would help `candidate` take office: it misses the sequencer, or the
+    /// candidate is the sequencer it follows, standing again for a server that rejoins after
+    /// losing its storage. Granting is always safe; this rule only keeps a server that was cut
+    /// off from deposing a healthy sequencer.
+    fn may_elect(&self, now: Time, candidate: Pid) -> bool {
+        self.misses_sequencer(now) || self.sequencer == Some(candidate)
     }
 
     /// Grants a `Prepare` of an epoch above the promise when this server, too, misses the
@@ -529,7 +555,7 @@ impl CommitServer {
             }
             return;
         }
-        if prepare.epoch <= self.promised || !candidate || !self.misses_sequencer(now) {
+        if prepare.epoch <= self.promised || !candidate || !self.may_elect(now, from) {
             out.send(Dest::Pid(from), self.rejection());
             return;
         }
@@ -539,7 +565,7 @@ impl CommitServer {
     /// Promises this server's own candidate's epoch, first of all: the candidate's `Prepare`
     /// goes out only once this promise is durable ([`CommitServer::promised_durably`]).
     pub fn promise_own(&mut self, now: Time, me: Pid, prepare: &Prepare, out: &mut Outbox) {
-        if prepare.epoch > self.promised && self.misses_sequencer(now) && self.rejoining.is_none() {
+        if prepare.epoch > self.promised && self.may_elect(now, me) && self.rejoining.is_none() {
             self.grant(me, prepare, out);
         }
     }
@@ -557,7 +583,7 @@ impl CommitServer {
             return;
         }
         let candidate = self.cfg.commit_rank(from) == Some(usize::from(pre_vote.epoch.rank()));
-        let reply = if candidate && pre_vote.epoch > self.promised && self.misses_sequencer(now) {
+        let reply = if candidate && pre_vote.epoch > self.promised && self.may_elect(now, from) {
             Message::PreVoteGranted(PreVoteGranted { epoch: pre_vote.epoch })
         } else {
             self.rejection()
@@ -626,8 +652,13 @@ impl CommitServer {
         if now < self.candidacy_at() || self.rejoining.is_some() {
             return None;
         }
+        Some(self.next_epoch())
+    }
+
+    /// An epoch of this server's above every epoch it has seen.
+    pub fn next_epoch(&mut self) -> Epoch {
         self.round_seen = self.round_seen.max(self.promised.round()) + 1;
-        Some(Epoch::new(self.round_seen, self.rank as u16))
+        Epoch::new(self.round_seen, self.rank as u16)
     }
 
     /// Notes an epoch seen anywhere (a `Prepare`, an `Assign`, a `Rejected`), so that this
@@ -941,8 +972,10 @@ mod tests {
     }
 
     /// DESIGN section 6 (safety): a server whose storage is lost copies its peers' promises and
-    /// takes no part in ballots or acceptances until a ballot above all of them has finished;
-    /// a crash before that keeps it rejoining.
+    /// takes no part in ballots or acceptances until a ballot above all of them has finished,
+    /// asking the sequencer for one, and it has the committed entries up to that ballot's first
+    /// heartbeat again (not a later one's, which would run ahead under load); a crash before
+    /// that keeps it rejoining.
     #[test]
     fn a_server_that_lost_its_storage_votes_only_after_a_ballot_above_every_promise_it_copied() {
         let mut out = Outbox::new();
@@ -958,11 +991,18 @@ mod tests {
         s.handle_rejected(Pid(3), &Rejected { promised: old });
         s.handle_heartbeat(Time(2), &hb(old, 1), &mut out);
         assert!(s.is_rejoining(), "a ballot at a copied promise is not enough");
-        let ahead = Heartbeat { committed: Seq(5), ..hb(Epoch::new(2, 2), 3) };
-        s.handle_heartbeat(Time(3), &ahead, &mut out);
+        let asked = out.drain().any(
+            |a| matches!(a, Action::Send { to: Dest::Pid(Pid(1)), msg: Message::Prepare(p) } if p.epoch == Epoch::NONE),
+        );
+        assert!(asked, "the sequencer is asked for a ballot");
+        let fencing = Heartbeat { committed: Seq(5), ..hb(Epoch::new(2, 2), 3) };
+        s.handle_heartbeat(Time(3), &fencing, &mut out);
         assert!(s.is_rejoining(), "not before it copied the committed entries again");
-        s.handle_heartbeat(Time(3), &hb(Epoch::new(2, 2), 3), &mut out);
-        assert!(!s.is_rejoining());
+        let checkpoint =
+            CheckpointInfo { seq: Seq(5), size: 0, blocks: 0, digest: crate::ids::Digest(0), chain: Chain::GENESIS };
+        s.handle_forgotten(Pid(3), &Forgotten { floor: Seq(5), checkpoint: Some(checkpoint) }, &mut out);
+        s.handle_heartbeat(Time(4), &Heartbeat { committed: Seq(9), ..fencing }, &mut out);
+        assert!(!s.is_rejoining(), "the first fencing heartbeat's prefix is enough");
         assert_eq!(s.promised(), Epoch::new(2, 2));
         let lost = [Record::StorageLost];
         assert!(CommitServer::recover(cfg(), Pid(2), rng(), &lost, Time(4)).is_rejoining());

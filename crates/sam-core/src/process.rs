@@ -280,6 +280,11 @@ impl Process {
                 if let Some(c) = &mut self.commit {
                     c.handle_prepare(now, from, m, out);
                 }
+                // A Prepare of no epoch comes from a commit server rejoining after it lost its
+                // storage (DESIGN section 6): it needs a ballot.
+                if let Some(s) = self.sequencer.as_mut().filter(|_| m.epoch == Epoch::NONE) {
+                    s.note_rejoining_peer(now);
+                }
             }
             Message::PreVote(m) => {
                 if let Some(c) = &mut self.commit {
@@ -451,11 +456,13 @@ impl Process {
             }
             return;
         }
-        if self.sequencer.is_some() {
+        let stands_again = self.sequencer.as_mut().is_some_and(|s| s.stands_again(now));
+        if self.sequencer.is_some() && !stands_again {
             return;
         }
         let Some(c) = &mut self.commit else { return };
-        if let Some(epoch) = c.candidacy(now) {
+        let epoch = if stands_again { Some(c.next_epoch()) } else { c.candidacy(now) };
+        if let Some(epoch) = epoch {
             let ballot = Ballot::start(self.cfg.clone(), epoch, c.committed().next(), now);
             self.out.send(Dest::Channel(Channel::Commit), ballot.pre_vote());
             self.ballot = Some(ballot);

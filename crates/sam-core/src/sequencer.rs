@@ -110,6 +110,11 @@ pub struct Sequencer {
     next_vouch: Time,
     /// With signed frames: commits made since the last heartbeat.
     unvouched: bool,
+    /// When this sequencer took office.
+    office_since: Time,
+    /// A commit server that lost its storage asked for a ballot above the promises it copied
+    /// (DESIGN section 6): this sequencer stands again at this time.
+    stand_again_at: Option<Time>,
 }
 
 impl Sequencer {
@@ -161,6 +166,8 @@ impl Sequencer {
             chain: takeover.chain,
             next_vouch: now,
             unvouched: false,
+            office_since: now,
+            stand_again_at: None,
             cfg,
         }
         .with_chain_rolled()
@@ -500,6 +507,28 @@ impl Sequencer {
         self.pending.retain(|_, p| cfg.lifetime_end(p.ts) > max_assigned);
     }
 
+    /// A commit server rejoining after losing its storage asks for a ballot above the
+    /// promises it copied: in a healthy group nothing else would start one. This sequencer
+    /// stands again once the rejoining server has had time to copy them all, and at most once
+    /// per `failure_timeout` in office, so that rejoining servers cannot keep the group in
+    /// ballots.
+    pub fn note_rejoining_peer(&mut self, now: Time) {
+        if self.stand_again_at.is_none() {
+            let copied = now.plus_us(self.cfg.request_timeout_us);
+            self.stand_again_at = Some(copied.max(self.office_since.plus_us(self.cfg.failure_timeout_us)));
+        }
+    }
+
+    /// Whether this sequencer should stand again now (see [`Sequencer::note_rejoining_peer`]);
+    /// once told, it is not told again until another peer asks.
+    pub fn stands_again(&mut self, now: Time) -> bool {
+        let due = self.stand_again_at.is_some_and(|at| now >= at);
+        if due {
+            self.stand_again_at = None;
+        }
+        due
+    }
+
     /// When this sequencer next needs a tick.
     pub fn poll_timeout(&self) -> Time {
         let lagging = (0..self.acked.len())
@@ -507,6 +536,7 @@ impl Sequencer {
             .map(|r| self.progress_at[r].plus_us(self.cfg.assign_resend_us))
             .min();
         let next = if self.unvouched { self.next_heartbeat.min(self.next_vouch) } else { self.next_heartbeat };
+        let next = self.stand_again_at.map_or(next, |t| t.min(next));
         lagging.map_or(next, |t| t.min(next))
     }
 
@@ -700,5 +730,24 @@ mod tests {
         assert_eq!(s.poll_timeout(), Time(2_000), "the next tick is due when the interval ends");
         s.handle_tick(Time(2_000), &mut out);
         assert_eq!(heartbeats(&mut out), vec![(Seq(5), chain_at(5))]);
+    }
+
+    /// A peer rejoining after lost storage gets a ballot: the sequencer stands again once the
+    /// peer had time to copy the promises, not sooner than `failure_timeout` into its office,
+    /// and once per request.
+    #[test]
+    fn a_rejoining_peer_makes_the_sequencer_stand_again_once_and_not_at_once() {
+        let cfg = cfg();
+        let (office, timeout) = (Time(1_000), cfg.failure_timeout_us);
+        let mut s = Sequencer::new(cfg.clone(), Pid(1), Epoch::initial(), Seq(1), office);
+        assert!(!s.stands_again(office.plus_us(10 * timeout)), "nobody asked");
+        s.note_rejoining_peer(office);
+        assert_eq!(s.poll_timeout(), office, "the first heartbeat is due first");
+        assert!(!s.stands_again(office.plus_us(timeout - 1)), "not within failure_timeout of taking office");
+        assert!(s.stands_again(office.plus_us(timeout)));
+        assert!(!s.stands_again(office.plus_us(timeout + 1)), "once per request");
+        let late = office.plus_us(10 * timeout);
+        s.note_rejoining_peer(late);
+        assert!(!s.stands_again(late) && s.stands_again(late.plus_us(cfg.request_timeout_us)), "after the copies");
     }
 }

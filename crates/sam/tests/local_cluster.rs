@@ -444,3 +444,38 @@ fn bench_reports_throughput_latency_cpu_and_server_memory() {
 
 /// The latency percentiles `sam bench` reports.
 const PERCENTILES: [&str; 5] = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"];
+
+/// DESIGN section 6, lost storage, and issue 16's liveness finding: a commit server whose
+/// storage is wiped, restarted under a steady load, rejoins within a few failure timeouts (the
+/// sequencer runs a ballot above the promises it copied), so that when another commit server
+/// is then killed the group of three, two needed, still commits.
+#[test]
+fn a_wiped_commit_server_rejoins_under_load_and_counts_for_the_quorum() {
+    let mut cluster = Cluster::up(21_800, &[]);
+    let status = stdout(finish(spawn(cluster.sam(&["status", "--json"])), Duration::from_secs(10)));
+    let sequencer = serde_json::from_str::<serde_json::Value>(&status).expect("status JSON")["sequencer"]
+        .as_u64()
+        .expect("a sequencer");
+    let others: Vec<u64> = (1..=3).filter(|id| *id != sequencer).collect();
+    let (wiped, killed) = (others[0], others[1]);
+    // A steady load, open loop, for longer than the test.
+    let mut load = cluster.sam(&["bench", "--members", "1", "--messages", "200000", "--rate", "1000"]);
+    cluster.extra.push(load.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("the load"));
+    std::thread::sleep(Duration::from_secs(1));
+
+    kill_9(cluster.pids()[wiped as usize - 1]);
+    std::fs::remove_dir_all(cluster.dir.path().join("data").join(format!("server-{wiped}"))).expect("wipe");
+    let mut restarted = cluster.sam(&["server", "--id", &wiped.to_string()]);
+    cluster
+        .extra
+        .push(restarted.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("restart the wiped server"));
+    std::thread::sleep(Duration::from_secs(4));
+
+    kill_9(cluster.pids()[killed as usize - 1]);
+    let sent = finish(spawn(cluster.sam(&["send", "--count", "100", "--timeout", "10"])), Duration::from_secs(30));
+    let (status, out, err) = sent;
+    assert!(
+        status.success() && out.lines().count() == 100,
+        "with server {wiped} rejoined and server {killed} dead, the group commits: {err}"
+    );
+}
