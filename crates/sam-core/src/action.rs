@@ -76,9 +76,8 @@ pub enum Record {
     Checkpoint {
         /// The checkpoint's number.
         seq: Seq,
-        /// The commit chain after `seq`; `None` in a log written before checkpoints had one
-        /// (such a checkpoint is neither served nor restored).
-        chain: Option<Chain>,
+        /// The commit chain after `seq`.
+        chain: Chain,
         /// The snapshot.
         snapshot: Bytes,
     },

@@ -105,9 +105,7 @@ impl CheckpointServer {
         let mut server = CheckpointServer::new();
         for record in records {
             match record {
-                // A checkpoint written before checkpoints had a chain is not kept: nobody
-                // could go on from it.
-                Record::Checkpoint { seq, chain: Some(chain), snapshot } => {
+                Record::Checkpoint { seq, chain, snapshot } => {
                     // In order of number, whatever the order of the records (a log whose
                     // records were copied forward holds an old one after newer ones).
                     let at = server.kept.partition_point(|c| c.seq < *seq);
@@ -158,7 +156,7 @@ impl CheckpointServer {
     /// Stores the snapshot taken at `seq`, where the chain is `chain`, durably; it is kept and
     /// reported once durable.
     pub fn take(&mut self, seq: Seq, chain: Chain, snapshot: Bytes, out: &mut Outbox) {
-        let id = out.persist(Record::Checkpoint { seq, chain: Some(chain), snapshot: snapshot.clone() });
+        let id = out.persist(Record::Checkpoint { seq, chain, snapshot: snapshot.clone() });
         self.writing.push_back((id, Checkpoint::new(seq, chain, snapshot)));
     }
 

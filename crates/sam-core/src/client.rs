@@ -59,6 +59,12 @@ const MAX_COUNTERS_ABOVE: usize = 4096;
 const MAX_TRACKED_SOURCES: usize = 1 << 16;
 /// The most signed chain points waiting for the entries before them; the lowest are kept.
 const MAX_VOUCHES: usize = 64;
+/// With signed frames, the most numbers ahead of the delivered prefix the window grows to, to
+/// reach a signed chain point (some 90 bytes each: ~23 MB). Beyond the default window
+/// (`max_lifetime + sequencer_window`), a member this far behind catches up from a checkpoint
+/// (`catch_up_after`) unless the group has none; only then may it stall, and a signed point
+/// nearer would free it.
+const VOUCH_WINDOW_MAX: u64 = 1 << 18;
 
 /// The bytes a buffered payload is charged.
 fn charge(payload: &Bytes) -> usize {
@@ -393,7 +399,7 @@ impl Client {
     /// Learns the numbers a `Commit` announces.
     pub fn handle_commit(&mut self, now: Time, commit: &Commit, out: &mut Outbox) {
         let Some(range) = commit.range() else { return };
-        self.known_committed = self.known_committed.max(range.last);
+        self.note_committed(range.last);
         for (i, entry) in commit.entries.iter().enumerate() {
             self.learn(commit.first.plus(i as u64), *entry, out);
         }
@@ -410,7 +416,7 @@ impl Client {
         let mut news = false;
         for (i, slot) in entries.slots.iter().enumerate() {
             let seq = entries.first.plus(i as u64);
-            self.known_committed = self.known_committed.max(seq);
+            self.note_committed(seq);
             news |= self.learn(seq, slot.entry, out);
         }
         if news {
@@ -455,10 +461,8 @@ impl Client {
     /// Records what `seq` holds; returns whether it was news. Reports this client's own
     /// messages as committed.
     fn learn(&mut self, seq: Seq, entry: Entry, out: &mut Outbox) -> bool {
-        if let Entry::Msg { mid, .. } = entry {
-            if mid.source == self.source && self.outstanding.remove(&mid.counter).is_some() {
-                out.push(Action::Committed { mid, seq });
-            }
+        if !self.signed() {
+            self.report_committed(seq, &entry, out);
         }
         let Some(offset) = seq.0.checked_sub(self.delivered.0 + 1) else { return false };
         if offset >= self.window_limit() {
@@ -473,6 +477,30 @@ impl Client {
             empty => {
                 *empty = Some(Known { entry, chain: None });
                 true
+            }
+        }
+    }
+
+    /// Notes that a `Commit` or a commit server's answer says `seq` is committed. With signed
+    /// frames only a heartbeat says how far the group committed: a forged `Commit` naming a
+    /// far number would otherwise stamp this member's sends with a timestamp no data server
+    /// takes, and send it asking for numbers that do not exist.
+    fn note_committed(&mut self, seq: Seq) {
+        if !self.signed() {
+            self.known_committed = self.known_committed.max(seq);
+        }
+    }
+
+    /// Whether frames are signed: entries count only once a signed chain vouches for them.
+    fn signed(&self) -> bool {
+        self.cfg.signed_heartbeat_us.is_some()
+    }
+
+    /// Tells the application that its own message `entry` committed at `seq`.
+    fn report_committed(&mut self, seq: Seq, entry: &Entry, out: &mut Outbox) {
+        if let Entry::Msg { mid, .. } = *entry {
+            if mid.source == self.source && self.outstanding.remove(&mid.counter).is_some() {
+                out.push(Action::Committed { mid, seq });
             }
         }
     }
@@ -494,7 +522,7 @@ impl Client {
     /// With signed frames, notes a heartbeat's chain point (the network layer checked its
     /// signature), to be matched once the chain reaches it.
     fn note_vouch(&mut self, seq: Seq, chain: Chain) {
-        if self.cfg.signed_heartbeat_us.is_none() || seq <= self.vouched {
+        if !self.signed() || seq <= self.vouched {
             return;
         }
         if self.vouches.len() >= MAX_VOUCHES && self.vouches.last_key_value().is_some_and(|(last, _)| *last < seq) {
@@ -507,25 +535,35 @@ impl Client {
     }
 
     /// Matches the chain against the signed points it reached: a match vouches for every
-    /// entry up to it; a mismatch means some entry since the last match was forged, and they
-    /// are all forgotten and asked for again.
-    fn check_vouches(&mut self) {
+    /// entry up to it (and only then are this member's own messages among them reported
+    /// committed); a mismatch means some entry since the last match was forged, and they are
+    /// all forgotten and asked for again.
+    fn check_vouches(&mut self, out: &mut Outbox) {
         while let Some((&seq, &signed)) = self.vouches.first_key_value() {
             if seq <= self.vouched {
                 self.vouches.pop_first();
                 continue;
             }
-            let Some(offset) = (seq.0 - self.delivered.0).checked_sub(1) else { break };
-            let Some(ours) = self.window.get(offset as usize).and_then(|k| k.and_then(|k| k.chain)) else { break };
-            if ours == signed {
+            let offset = (seq.0 - self.delivered.0 - 1) as usize;
+            if offset >= self.chained {
+                break;
+            }
+            let from = (self.vouched.0 - self.delivered.0) as usize;
+            if self.window[offset].and_then(|k| k.chain) == Some(signed) {
+                for i in from..=offset {
+                    let entry = self.window[i].map(|k| k.entry).expect("chained entries are known");
+                    self.report_committed(self.delivered.plus(i as u64 + 1), &entry, out);
+                }
                 self.vouched = seq;
                 continue;
             }
-            let from = (self.vouched.0 - self.delivered.0) as usize;
-            for slot in self.window.range_mut(from..=offset as usize) {
+            for slot in self.window.range_mut(from..=offset) {
                 *slot = None;
             }
-            self.chained = self.chained.min(from);
+            for known in self.window.range_mut(offset..).flatten() {
+                known.chain = None;
+            }
+            self.chained = from;
             self.known_prefix = self.known_prefix.min(from);
             break;
         }
@@ -537,9 +575,9 @@ impl Client {
             return;
         }
         self.extend_chain();
-        let signed = self.cfg.signed_heartbeat_us.is_some();
+        let signed = self.signed();
         if signed {
-            self.check_vouches();
+            self.check_vouches(out);
         }
         while let Some(Some(known)) = self.window.front().copied() {
             let next = self.delivered.next();
@@ -605,14 +643,15 @@ impl Client {
         if floor.floor > self.known_committed {
             return;
         }
+        // With signed frames a floor comes unsigned: no honest server forgets above the
+        // checkpoint a signed heartbeat advertised, so nothing above it is believed gone.
+        let believed = if self.signed() { self.checkpoint.map_or(Seq::ZERO, |c| c.seq) } else { floor.floor };
         let known = match gone {
             Gone::Log => &mut self.forgotten,
             Gone::Data => &mut self.dropped,
         };
-        *known = (*known).max(floor.floor);
-        // With signed frames only a heartbeat's checkpoint is believed: a server's floor
-        // comes unsigned.
-        if self.cfg.signed_heartbeat_us.is_none() {
+        *known = (*known).max(floor.floor.min(believed));
+        if !self.signed() {
             self.note_checkpoint(floor.checkpoint);
         }
         self.maybe_catch_up(now);
@@ -682,8 +721,8 @@ impl Client {
             self.catch_up = None;
             return;
         }
-        let (Some(snapshot), checkpoint) = (c.ready().cloned(), c.checkpoint()) else { return };
-        let skipped_known = self.entries_known_through(checkpoint.seq);
+        let (Some(snapshot), checkpoint, fetched) = (c.ready().cloned(), c.checkpoint(), c.fetched()) else { return };
+        let skipped_known = self.skipped_entries_known(&checkpoint, out);
         let log_gone = self.forgotten > self.delivered
             || checkpoint.seq.0 - self.delivered.0.min(checkpoint.seq.0) > self.window_limit();
         if !skipped_known && !log_gone && self.sends_before(checkpoint.seq).next().is_some() {
@@ -695,13 +734,29 @@ impl Client {
                 return;
             }
         }
-        self.caught_up = (self.caught_up.0 + c.fetched(), self.caught_up.1 + 1);
+        self.caught_up = (self.caught_up.0 + fetched, self.caught_up.1 + 1);
         self.catch_up = None;
         self.rewind = false;
         if !skipped_known {
             self.report_unknown(checkpoint.seq, out);
         }
         self.jump(now, checkpoint.seq, checkpoint.chain, snapshot, out);
+    }
+
+    /// Whether the entries of every number a restore of `checkpoint` skips are known. With
+    /// signed frames they must also be vouched for, by the checkpoint's signed chain (which
+    /// reports this member's own messages among them committed).
+    fn skipped_entries_known(&mut self, checkpoint: &CheckpointInfo, out: &mut Outbox) -> bool {
+        if !self.entries_known_through(checkpoint.seq) {
+            return false;
+        }
+        if !self.signed() {
+            return true;
+        }
+        self.note_vouch(checkpoint.seq, checkpoint.chain);
+        self.extend_chain();
+        self.check_vouches(out);
+        self.vouched >= checkpoint.seq
     }
 
     /// Whether the entries of every number from the next to deliver through `seq` are known.
@@ -711,12 +766,13 @@ impl Client {
     }
 
     /// The most numbers ahead of the delivered prefix whose entries this client keeps. With
-    /// signed frames, at least through the lowest signed chain point waiting: nothing before
-    /// it can be delivered until the chain reaches it (a member that restarted behind a quiet
-    /// group hears only the chain at the committed head).
+    /// signed frames, at least through the lowest signed chain point waiting, up to
+    /// [`VOUCH_WINDOW_MAX`]: nothing before the point can be delivered until the chain
+    /// reaches it, and a member that restarted behind a quiet group hears only the chain at
+    /// the committed head.
     fn window_limit(&self) -> u64 {
         let vouch = self.vouches.first_key_value().map_or(0, |(seq, _)| seq.0.saturating_sub(self.delivered.0));
-        (self.cfg.max_lifetime + self.cfg.sequencer_window as u64).max(vouch)
+        (self.cfg.max_lifetime + self.cfg.sequencer_window as u64).max(vouch.min(VOUCH_WINDOW_MAX))
     }
 
     /// The counters of this client's sends in flight that may have been numbered at or below
@@ -1288,5 +1344,38 @@ mod tests {
             })
             .collect();
         assert_eq!(delivered, vec![(1, Bytes::from_static(b"x")), (2, Bytes::from_static(b"x"))]);
+    }
+
+    /// With signed frames a forged `Commit` of this member's own message neither tells the
+    /// application it committed nor moves how far the member believes the group committed;
+    /// the entry a signed chain vouches for does.
+    #[test]
+    fn with_signed_frames_only_a_vouched_entry_reports_a_send_committed() {
+        let mut cfg = Config::new(vec![Pid(1)], vec![Pid(11), Pid(12)], vec![Pid(21)]);
+        cfg.signed_heartbeat_us = Some(1_000);
+        let source = Source { pid: Pid(50), incarnation: Incarnation(1) };
+        let mut c = Client::new(Arc::new(cfg), source, Xoshiro256PlusPlus::seed_from_u64(3));
+        let mut out = Outbox::new();
+        c.handle_heartbeat(Time(0), &heartbeat(0, None), &mut out);
+        let payload = Bytes::from_static(b"mine");
+        let mid = c.send(Time(1), payload.clone(), &mut out).expect("room to send");
+        let own = Entry::Msg { mid, digest: Digest::of(&payload) };
+        let committed = |out: &mut Outbox| -> Vec<(Mid, Seq)> {
+            out.drain()
+                .filter_map(|a| match a {
+                    Action::Committed { mid, seq } => Some((mid, seq)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let forged = Commit { epoch: Epoch::initial(), first: Seq(1 << 40), entries: vec![own] };
+        c.handle_commit(Time(2), &forged, &mut out);
+        assert!(committed(&mut out).is_empty(), "a forged Commit reports nothing");
+        assert_eq!(c.known_committed(), Seq::ZERO, "nor does it move the committed head");
+        c.handle_commit(Time(3), &Commit { epoch: Epoch::initial(), first: Seq(1), entries: vec![own] }, &mut out);
+        assert!(committed(&mut out).is_empty(), "not before a signed chain vouches for it");
+        let chain = Chain::GENESIS.then(Seq(1), &own);
+        c.handle_heartbeat(Time(4), &Heartbeat { chain, ..heartbeat(1, None) }, &mut out);
+        assert_eq!(committed(&mut out), vec![(mid, Seq(1))]);
     }
 }

@@ -31,16 +31,20 @@
 //! | 2   | [`Record::Slots`]       | `first` (varint), `slots` (list of [`Slot`](crate::Slot), entries tagged) | `Entries`     |
 //! | 3   | [`Record::StorageLost`] | none                                                                      |               |
 //! | 4   | [`Record::Committed`]   | the number (varint)                                                       |               |
-//! | 5   | (old) [`Record::Floor`] | `floor` (varint), `checkpoint` (optional checkpoint without `chain`): read, never written; its checkpoint is dropped, having no chain (the next heartbeat tells it again) | |
+//! | 5   | obsolete                | `Floor` before checkpoints had a chain: refused, see below                |               |
 //! | 6   | [`Record::Diverged`]    | the number (varint)                                                       |               |
-//! | 7   | [`Record::Checkpoint`] without chain | `seq` (varint), `snapshot` (bytes): written before checkpoints had a chain; such a checkpoint is neither served nor restored | |
+//! | 7   | obsolete                | `Checkpoint` before checkpoints had a chain: refused, see below           |               |
 //! | 8   | [`Record::Floor`]       | `floor` (varint), `checkpoint` (optional checkpoint)                      | `Forgotten`   |
-//! | 9   | [`Record::Checkpoint`] with chain | `seq` (varint), `chain` (32 bytes), `snapshot` (bytes)       |               |
+//! | 9   | [`Record::Checkpoint`]  | `seq` (varint), `chain` (32 bytes), `snapshot` (bytes)                    |               |
 //!
 //! Where a record has the fields of a message (last column), the same code writes and reads
 //! both, so the two layouts cannot drift apart. A tag is never reused: a variant whose layout
-//! changes must take a new tag (and keep reading the old one), so that a log written by an
-//! older version still replays.
+//! changes takes a new tag and keeps reading the old one, so that a log written by an older
+//! version still replays — unless what the old layout lacks cannot be made up. Tags 5 and 7
+//! are such: a checkpoint without its commit chain is one nobody can go on from, and a commit
+//! server whose log is garbage-collected below it could not tell its sequencer where the
+//! chain stands. They are refused ([`DecodeError::ObsoleteRecord`]) with the way back: start
+//! the server empty, and it rejoins by the lost-storage rule of DESIGN section 6.
 //!
 //! # Example
 //!
@@ -68,11 +72,11 @@ const TAG_SLOTS: u8 = 2;
 const TAG_STORAGE_LOST: u8 = 3;
 /// Tag of [`Record::Committed`].
 const TAG_COMMITTED: u8 = 4;
-/// Tag of [`Record::Floor`] as written before checkpoints had a chain.
+/// Tag of a `Floor` written before checkpoints had a chain (refused).
 const TAG_FLOOR_UNCHAINED: u8 = 5;
 /// Tag of [`Record::Diverged`].
 const TAG_DIVERGED: u8 = 6;
-/// Tag of [`Record::Checkpoint`] without a chain.
+/// Tag of a `Checkpoint` written before checkpoints had a chain (refused).
 const TAG_CHECKPOINT_UNCHAINED: u8 = 7;
 /// Tag of [`Record::Floor`].
 const TAG_FLOOR: u8 = 8;
@@ -90,8 +94,7 @@ fn tag(record: &Record) -> u8 {
         Record::Committed(_) => TAG_COMMITTED,
         Record::Floor { .. } => TAG_FLOOR,
         Record::Diverged(_) => TAG_DIVERGED,
-        Record::Checkpoint { chain: None, .. } => TAG_CHECKPOINT_UNCHAINED,
-        Record::Checkpoint { chain: Some(_), .. } => TAG_CHECKPOINT,
+        Record::Checkpoint { .. } => TAG_CHECKPOINT,
     }
 }
 
@@ -108,9 +111,7 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
         Record::Floor { floor, checkpoint } => put_floor(out, *floor, checkpoint),
         Record::Checkpoint { seq, chain, snapshot } => {
             out.varint(seq.0);
-            if let Some(chain) = chain {
-                out.put(&chain.0);
-            }
+            out.put(&chain.0);
             put_bytes(out, snapshot);
         }
     }
@@ -147,14 +148,11 @@ fn read_record(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
             let f = r.forgotten()?;
             Record::Floor { floor: f.floor, checkpoint: f.checkpoint }
         }
-        TAG_FLOOR_UNCHAINED => {
-            let floor = r.seq()?;
-            r.unchained_checkpoint_opt()?;
-            Record::Floor { floor, checkpoint: None }
-        }
         TAG_DIVERGED => Record::Diverged(r.seq()?),
-        TAG_CHECKPOINT_UNCHAINED => Record::Checkpoint { seq: r.seq()?, chain: None, snapshot: r.bytes()? },
-        TAG_CHECKPOINT => Record::Checkpoint { seq: r.seq()?, chain: Some(r.chain()?), snapshot: r.bytes()? },
+        TAG_CHECKPOINT => Record::Checkpoint { seq: r.seq()?, chain: r.chain()?, snapshot: r.bytes()? },
+        obsolete @ (TAG_FLOOR_UNCHAINED | TAG_CHECKPOINT_UNCHAINED) => {
+            return Err(DecodeError::ObsoleteRecord(obsolete))
+        }
         other => return Err(DecodeError::UnknownRecord(other)),
     })
 }
@@ -185,9 +183,8 @@ mod tests {
                     Record::StorageLost,
                     Record::Committed(c),
                     Record::Diverged(d),
-                    Record::Checkpoint { seq, chain: None, snapshot: snapshot.clone() },
                     floor,
-                    Record::Checkpoint { seq, chain: Some(Chain(chain)), snapshot },
+                    Record::Checkpoint { seq, chain: Chain(chain), snapshot },
                 ]
             },
         )
@@ -206,9 +203,10 @@ mod tests {
     proptest! {
         #[test]
         fn every_variant_round_trips(records in arb_every_variant()) {
-            // The strategy's variants, in tag order, are every tag written (5 is only read).
+            // The strategy's variants, in tag order, are every tag written (5 and 7 are obsolete).
             let tags: Vec<u8> = records.iter().map(tag).collect();
-            prop_assert_eq!(tags, (0..=TAG_CHECKPOINT).filter(|t| *t != TAG_FLOOR_UNCHAINED).collect::<Vec<u8>>());
+            let obsolete = [TAG_FLOOR_UNCHAINED, TAG_CHECKPOINT_UNCHAINED];
+            prop_assert_eq!(tags, (0..=TAG_CHECKPOINT).filter(|t| !obsolete.contains(t)).collect::<Vec<u8>>());
             for record in records {
                 prop_assert_eq!(decode_record(&encode(&record)), Ok(record));
             }
@@ -280,7 +278,10 @@ mod tests {
         bytes.extend([0x01; 6]);
         assert_eq!(decode_record(&bytes), Err(DecodeError::BadCount { count: u64::MAX, remaining: 6 }));
         // A snapshot length past the end.
-        assert_eq!(decode_record(&[TAG_CHECKPOINT_UNCHAINED, 5, 3, 0x61, 0x62]), Err(DecodeError::Truncated));
+        let mut short = vec![TAG_CHECKPOINT, 5];
+        short.extend([0; 32]);
+        short.extend([3, 0x61, 0x62]);
+        assert_eq!(decode_record(&short), Err(DecodeError::Truncated));
         // An optional checkpoint whose presence byte is neither 0 nor 1.
         assert_eq!(decode_record(&[TAG_FLOOR, 7, 2]), Err(DecodeError::BadTag(2)));
     }
@@ -336,11 +337,7 @@ mod tests {
             ),
             (Record::Diverged(Seq(0)), vec![0x06, 0x00]),
             (
-                Record::Checkpoint { seq: Seq(5), chain: None, snapshot: Bytes::from_static(b"ab") },
-                vec![0x07, 0x05, 0x02, 0x61, 0x62],
-            ),
-            (
-                Record::Checkpoint { seq: Seq(5), chain: Some(Chain([0xcc; 32])), snapshot: Bytes::from_static(b"ab") },
+                Record::Checkpoint { seq: Seq(5), chain: Chain([0xcc; 32]), snapshot: Bytes::from_static(b"ab") },
                 [&[0x09, 0x05][..], &[0xcc; 32], &[0x02, 0x61, 0x62]].concat(),
             ),
         ];
@@ -351,16 +348,16 @@ mod tests {
         }
     }
 
-    /// A `Floor` written before checkpoints had a chain still replays, without its checkpoint.
+    /// A `Floor` or `Checkpoint` written before checkpoints had a chain is refused by name,
+    /// with the way back.
     #[test]
-    fn an_unchained_floor_replays_without_its_checkpoint() {
-        let mut old = vec![TAG_FLOOR_UNCHAINED, 0x07, 0x01, 0x07, 0x02, 0x01];
-        old.extend([0xff; 16]);
-        assert_eq!(decode_record(&old), Ok(Record::Floor { floor: Seq(7), checkpoint: None }));
-        assert_eq!(
-            decode_record(&[TAG_FLOOR_UNCHAINED, 0x07, 0x00]),
-            Ok(Record::Floor { floor: Seq(7), checkpoint: None })
-        );
+    fn records_from_before_the_chain_are_refused_with_the_way_back() {
+        let floor = [TAG_FLOOR_UNCHAINED, 0x07, 0x00];
+        let checkpoint = [TAG_CHECKPOINT_UNCHAINED, 0x05, 0x02, 0x61, 0x62];
+        assert_eq!(decode_record(&floor), Err(DecodeError::ObsoleteRecord(5)));
+        assert_eq!(decode_record(&checkpoint), Err(DecodeError::ObsoleteRecord(7)));
+        let message = DecodeError::ObsoleteRecord(5).to_string();
+        assert!(message.contains("start it empty") && message.contains("rejoins"), "{message}");
     }
 
     #[test]

@@ -327,6 +327,13 @@ pub enum DecodeError {
     /// A stored record's tag byte names no [`crate::Record`] variant.
     #[error("unknown record tag {0}")]
     UnknownRecord(u8),
+    /// A record of a layout this version no longer reads (see `record_format`).
+    #[error(
+        "record tag {0} was written before commits were chained (an older version): move this \
+         server's data directory aside and start it empty; it rejoins as a server that lost its \
+         storage (DESIGN section 6)"
+    )]
+    ObsoleteRecord(u8),
     /// A stored record's fields did not use all of its bytes.
     #[error("{unread} unread bytes at the end of a record")]
     RecordTrailing {
@@ -983,21 +990,6 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn chain(&mut self) -> Result<Chain, DecodeError> {
         self.array::<32>().map(Chain)
-    }
-
-    /// An optional checkpoint as written before checkpoints had a chain (old log records):
-    /// read past, since it cannot be used without one.
-    pub(crate) fn unchained_checkpoint_opt(&mut self) -> Result<(), DecodeError> {
-        match self.u8()? {
-            0 => Ok(()),
-            1 => {
-                self.seq()?;
-                self.varint()?;
-                self.u32()?;
-                self.digest().map(drop)
-            }
-            tag => Err(DecodeError::BadTag(tag)),
-        }
     }
 
     fn signature_opt(&mut self) -> Result<Option<Signature>, DecodeError> {
