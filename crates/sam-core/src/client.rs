@@ -1106,7 +1106,13 @@ mod tests {
     use crate::message::Slot;
 
     fn client() -> Client {
-        let cfg = Config::new(vec![Pid(1)], vec![Pid(11), Pid(12)], vec![Pid(21)]);
+        client_with(|_| {})
+    }
+
+    /// A client of a group whose configuration `tune` changed.
+    fn client_with(tune: impl FnOnce(&mut Config)) -> Client {
+        let mut cfg = Config::new(vec![Pid(1)], vec![Pid(11), Pid(12)], vec![Pid(21)]);
+        tune(&mut cfg);
         let source = Source { pid: Pid(50), incarnation: Incarnation(1) };
         Client::new(Arc::new(cfg), source, Xoshiro256PlusPlus::seed_from_u64(3))
     }
@@ -1300,10 +1306,7 @@ mod tests {
     /// real entry are learned first, are not delivered, and give way to the real ones.
     #[test]
     fn with_signed_frames_only_what_the_chain_vouches_for_is_delivered() {
-        let mut cfg = Config::new(vec![Pid(1)], vec![Pid(11), Pid(12)], vec![Pid(21)]);
-        cfg.signed_heartbeat_us = Some(1_000);
-        let source = Source { pid: Pid(50), incarnation: Incarnation(1) };
-        let mut c = Client::new(Arc::new(cfg), source, Xoshiro256PlusPlus::seed_from_u64(3));
+        let mut c = client_with(|cfg| cfg.signed_heartbeat_us = Some(1_000));
         let mut out = Outbox::new();
         let entry = |m: Mid, payload: &[u8]| Entry::Msg { mid: m, digest: Digest::of(payload) };
         let real = [entry(mid(1), b"x"), entry(mid(2), b"x")];
@@ -1351,10 +1354,7 @@ mod tests {
     /// the entry a signed chain vouches for does.
     #[test]
     fn with_signed_frames_only_a_vouched_entry_reports_a_send_committed() {
-        let mut cfg = Config::new(vec![Pid(1)], vec![Pid(11), Pid(12)], vec![Pid(21)]);
-        cfg.signed_heartbeat_us = Some(1_000);
-        let source = Source { pid: Pid(50), incarnation: Incarnation(1) };
-        let mut c = Client::new(Arc::new(cfg), source, Xoshiro256PlusPlus::seed_from_u64(3));
+        let mut c = client_with(|cfg| cfg.signed_heartbeat_us = Some(1_000));
         let mut out = Outbox::new();
         c.handle_heartbeat(Time(0), &heartbeat(0, None), &mut out);
         let payload = Bytes::from_static(b"mine");
