@@ -313,7 +313,7 @@ mod tests {
 
     fn msg(counter: u64) -> Entry {
         let mid = Mid { source: Source { pid: Pid(9), incarnation: Incarnation(1) }, counter };
-        Entry::Msg { mid, digest: Digest(u128::from(counter)) }
+        Entry::Msg { mid, digest: Digest::of(&counter.to_le_bytes()) }
     }
 
     fn promise(epoch: Epoch, highest: u64, slots: &[(u64, u64, Entry)]) -> Promise {

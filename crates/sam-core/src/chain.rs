@@ -35,7 +35,7 @@ impl Chain {
                 h.update(mid.source.pid.0.to_le_bytes());
                 h.update(mid.source.incarnation.0.to_le_bytes());
                 h.update(mid.counter.to_le_bytes());
-                h.update(digest.0.to_le_bytes());
+                h.update(digest.0);
             }
             Entry::Noop => h.update([0]),
         }
@@ -87,7 +87,7 @@ mod tests {
 
     fn msg(counter: u64) -> Entry {
         let source = Source { pid: Pid(7), incarnation: Incarnation(1) };
-        Entry::Msg { mid: Mid { source, counter }, digest: Digest(u128::from(counter)) }
+        Entry::Msg { mid: Mid { source, counter }, digest: Digest::of(&counter.to_le_bytes()) }
     }
 
     #[test]

@@ -998,8 +998,13 @@ mod tests {
         let fencing = Heartbeat { committed: Seq(5), ..hb(Epoch::new(2, 2), 3) };
         s.handle_heartbeat(Time(3), &fencing, &mut out);
         assert!(s.is_rejoining(), "not before it copied the committed entries again");
-        let checkpoint =
-            CheckpointInfo { seq: Seq(5), size: 0, blocks: 0, digest: crate::ids::Digest(0), chain: Chain::GENESIS };
+        let checkpoint = CheckpointInfo {
+            seq: Seq(5),
+            size: 0,
+            blocks: 0,
+            digest: crate::ids::Digest([0; 32]),
+            chain: Chain::GENESIS,
+        };
         s.handle_forgotten(Pid(3), &Forgotten { floor: Seq(5), checkpoint: Some(checkpoint) }, &mut out);
         s.handle_heartbeat(Time(4), &Heartbeat { committed: Seq(9), ..fencing }, &mut out);
         assert!(!s.is_rejoining(), "the first fencing heartbeat's prefix is enough");
@@ -1023,8 +1028,13 @@ mod tests {
         let entries = vec![Entry::Noop; 10];
         s.handle_assign(Pid(1), &Assign { epoch: e, epoch_first: Seq(1), first: Seq(1), entries }, &mut out);
         s.handle_commit(Time(1), &Commit { epoch: e, first: Seq(1), entries: vec![Entry::Noop; 10] });
-        let checkpoint =
-            CheckpointInfo { seq: Seq(8), size: 0, blocks: 0, digest: crate::ids::Digest(0), chain: Chain::GENESIS };
+        let checkpoint = CheckpointInfo {
+            seq: Seq(8),
+            size: 0,
+            blocks: 0,
+            digest: crate::ids::Digest([0; 32]),
+            chain: Chain::GENESIS,
+        };
         s.handle_heartbeat(Time(2), &Heartbeat { checkpoint: Some(checkpoint), ..hb(e, 1) }, &mut out);
         s.handle_tick(Time(3), &mut out);
         assert_eq!(s.floor(), Seq(6), "the last max_lifetime entries stay: 10 - 4");
@@ -1078,7 +1088,7 @@ mod tests {
         let e2 = Epoch::new(2, 0);
         let mid = |c| Entry::Msg {
             mid: crate::ids::Mid { source: crate::ids::Source::default(), counter: c },
-            digest: crate::ids::Digest(0),
+            digest: crate::ids::Digest([0; 32]),
         };
         s.handle_assign(
             Pid(1),

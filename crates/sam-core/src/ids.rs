@@ -133,21 +133,31 @@ impl fmt::Display for Epoch {
     }
 }
 
-/// A 128-bit digest of a payload, a block or a snapshot: the first 128 bits of its SHA-256.
-/// Equal payloads have equal digests, and a payload fetched from a data server is checked
-/// against the digest its commit entry carries; being collision-resistant (DESIGN section 12:
-/// not XXH3), it also keeps a sender from making two payloads that pass for one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Digest(pub u128);
+/// The SHA-256 digest of a payload, a block or a snapshot. Equal payloads have equal
+/// digests, and a payload is checked against the digest its commit entry carries; being
+/// collision-resistant in full (DESIGN section 12: SHA-256, not XXH3 nor a part of SHA-256),
+/// it keeps a sender from making two payloads that pass for one, which signed frames rely on.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Digest(pub [u8; 32]);
 
 impl Digest {
     /// The digest of `payload`.
     pub fn of(payload: &[u8]) -> Digest {
         use sha2::Digest as _;
-        let full = sha2::Sha256::digest(payload);
-        let mut head = [0u8; 16];
-        head.copy_from_slice(&full[..16]);
-        Digest(u128::from_be_bytes(head))
+        Digest(sha2::Sha256::digest(payload).into())
+    }
+}
+
+impl fmt::Display for Digest {
+    /// The 64 hex digits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
     }
 }
 
@@ -209,8 +219,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_digest_is_the_head_of_sha_256() {
+    fn a_digest_is_sha_256() {
         // FIPS 180-2's example: SHA-256("abc") = ba7816bf 8f01cfea 414140de 5dae2223 b00361a3...
-        assert_eq!(Digest::of(b"abc"), Digest(0xba78_16bf_8f01_cfea_4141_40de_5dae_2223));
+        assert_eq!(Digest::of(b"abc").to_string(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

@@ -28,7 +28,7 @@
 //! |-----|-------------------------|---------------------------------------------------------------------------|---------------|
 //! | 0   | [`Record::Data`]        | `mid` (mid, untagged), `ts` (varint), `payload` (bytes)                   | `Data`        |
 //! | 1   | [`Record::Promise`]     | the epoch (varint)                                                        |               |
-//! | 2   | [`Record::Slots`]       | `first` (varint), `slots` (list of [`Slot`](crate::Slot), entries tagged) | `Entries`     |
+//! | 2   | obsolete                | `Slots` with 128-bit digests: refused, see below                          |               |
 //! | 3   | [`Record::StorageLost`] | none                                                                      |               |
 //! | 4   | [`Record::Committed`]   | the number (varint)                                                       |               |
 //! | 5   | obsolete                | `Floor` before checkpoints had a chain: refused, see below                |               |
@@ -36,14 +36,15 @@
 //! | 7   | obsolete                | `Checkpoint` before checkpoints had a chain: refused, see below           |               |
 //! | 8   | [`Record::Floor`]       | `floor` (varint), `checkpoint` (optional checkpoint)                      | `Forgotten`   |
 //! | 9   | [`Record::Checkpoint`]  | `seq` (varint), `chain` (32 bytes), `snapshot` (bytes)                    |               |
+//! | 10  | [`Record::Slots`]       | `first` (varint), `slots` (list of [`Slot`](crate::Slot), entries tagged) | `Entries`     |
 //!
 //! Where a record has the fields of a message (last column), the same code writes and reads
 //! both, so the two layouts cannot drift apart. A tag is never reused: a variant whose layout
 //! changes takes a new tag and keeps reading the old one, so that a log written by an older
-//! version still replays — unless what the old layout lacks cannot be made up. Tags 5 and 7
-//! are such: a checkpoint without its commit chain is one nobody can go on from, and a commit
-//! server whose log is garbage-collected below it could not tell its sequencer where the
-//! chain stands. They are refused ([`DecodeError::ObsoleteRecord`]) with the way back: start
+//! version still replays — unless what the old layout lacks cannot be made up. Tags 2, 5 and 7
+//! are such: slots whose digests are 128 bits cannot be chained as their peers chain them, a
+//! checkpoint without its commit chain is one nobody can go on from, and a commit server whose
+//! log is garbage-collected below it could not tell its sequencer where the chain stands. They are refused ([`DecodeError::ObsoleteRecord`]) with the way back: start
 //! the server empty, and it rejoins by the lost-storage rule of DESIGN section 6.
 //!
 //! # Example
@@ -66,8 +67,8 @@ use crate::wire::{put_bytes, put_data, put_floor, put_slots, DecodeError, Reader
 const TAG_DATA: u8 = 0;
 /// Tag of [`Record::Promise`].
 const TAG_PROMISE: u8 = 1;
-/// Tag of [`Record::Slots`].
-const TAG_SLOTS: u8 = 2;
+/// Tag of `Slots` with 128-bit digests (refused).
+const TAG_SLOTS_SHORT_DIGESTS: u8 = 2;
 /// Tag of [`Record::StorageLost`].
 const TAG_STORAGE_LOST: u8 = 3;
 /// Tag of [`Record::Committed`].
@@ -82,6 +83,12 @@ const TAG_CHECKPOINT_UNCHAINED: u8 = 7;
 const TAG_FLOOR: u8 = 8;
 /// Tag of [`Record::Checkpoint`] with its chain.
 const TAG_CHECKPOINT: u8 = 9;
+/// Tag of [`Record::Slots`].
+const TAG_SLOTS: u8 = 10;
+/// The tags written, in order.
+#[cfg(test)]
+const WRITTEN: [u8; 8] =
+    [TAG_DATA, TAG_PROMISE, TAG_STORAGE_LOST, TAG_COMMITTED, TAG_DIVERGED, TAG_FLOOR, TAG_CHECKPOINT, TAG_SLOTS];
 
 /// The tag of a record's variant. The match is exhaustive so that a new variant cannot be
 /// written without being given a tag.
@@ -150,7 +157,7 @@ fn read_record(r: &mut Reader<'_>) -> Result<Record, DecodeError> {
         }
         TAG_DIVERGED => Record::Diverged(r.seq()?),
         TAG_CHECKPOINT => Record::Checkpoint { seq: r.seq()?, chain: r.chain()?, snapshot: r.bytes()? },
-        obsolete @ (TAG_FLOOR_UNCHAINED | TAG_CHECKPOINT_UNCHAINED) => {
+        obsolete @ (TAG_SLOTS_SHORT_DIGESTS | TAG_FLOOR_UNCHAINED | TAG_CHECKPOINT_UNCHAINED) => {
             return Err(DecodeError::ObsoleteRecord(obsolete))
         }
         other => return Err(DecodeError::UnknownRecord(other)),
@@ -203,10 +210,10 @@ mod tests {
     proptest! {
         #[test]
         fn every_variant_round_trips(records in arb_every_variant()) {
-            // The strategy's variants, in tag order, are every tag written (5 and 7 are obsolete).
-            let tags: Vec<u8> = records.iter().map(tag).collect();
-            let obsolete = [TAG_FLOOR_UNCHAINED, TAG_CHECKPOINT_UNCHAINED];
-            prop_assert_eq!(tags, (0..=TAG_CHECKPOINT).filter(|t| !obsolete.contains(t)).collect::<Vec<u8>>());
+            // The strategy's variants are every tag written (2, 5 and 7 are obsolete).
+            let mut tags: Vec<u8> = records.iter().map(tag).collect();
+            tags.sort_unstable();
+            prop_assert_eq!(tags, WRITTEN.to_vec());
             for record in records {
                 prop_assert_eq!(decode_record(&encode(&record)), Ok(record));
             }
@@ -269,7 +276,7 @@ mod tests {
     #[test]
     fn bad_tags_and_counts_are_errors() {
         assert_eq!(decode_record(&[]), Err(DecodeError::Truncated));
-        assert_eq!(decode_record(&[TAG_CHECKPOINT + 1]), Err(DecodeError::UnknownRecord(TAG_CHECKPOINT + 1)));
+        assert_eq!(decode_record(&[TAG_SLOTS + 1]), Err(DecodeError::UnknownRecord(TAG_SLOTS + 1)));
         assert_eq!(decode_record(&[0xff, 0]), Err(DecodeError::UnknownRecord(0xff)));
         // A slot count of u64::MAX is rejected before anything is allocated for it.
         let mut bytes = vec![TAG_SLOTS, 0x0a];
@@ -291,8 +298,7 @@ mod tests {
     fn golden_records() {
         let mid = Mid { source: Source { pid: Pid(7), incarnation: Incarnation(0x0102_0304_0506_0708) }, counter: 1 };
         let mid_bytes = [0x07, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, 0x01];
-        let mut digest_ff = [0u8; 16];
-        digest_ff[0] = 0xff;
+        let digest_ff = [0xffu8; 32];
         let cases: Vec<(Record, Vec<u8>)> = vec![
             (
                 Record::Data(Data { mid, ts: Seq(3), payload: Bytes::from_static(b"hi") }),
@@ -303,18 +309,18 @@ mod tests {
                 Record::Slots {
                     first: Seq(10),
                     slots: vec![
-                        Slot { epoch: Epoch(65536), entry: Entry::Msg { mid, digest: Digest(0xff) } },
-                        Slot { epoch: Epoch(65536), entry: Entry::Msg { mid: mid.next(), digest: Digest(0) } },
+                        Slot { epoch: Epoch(65536), entry: Entry::Msg { mid, digest: Digest([0xff; 32]) } },
+                        Slot { epoch: Epoch(65536), entry: Entry::Msg { mid: mid.next(), digest: Digest([0; 32]) } },
                         Slot { epoch: Epoch(65537), entry: Entry::Noop },
                     ],
                 },
                 [
-                    &[0x02, 0x0a, 0x03][..],
+                    &[0x0a, 0x0a, 0x03][..],
                     &[0x80, 0x80, 0x04, 0x01],
                     &mid_bytes,
                     &digest_ff,
                     &[0x80, 0x80, 0x04, 0x02],
-                    &[0; 16],
+                    &[0; 32],
                     &[0x81, 0x80, 0x04, 0x00],
                 ]
                 .concat(),
@@ -329,7 +335,7 @@ mod tests {
                         seq: Seq(7),
                         size: 2,
                         blocks: 1,
-                        digest: Digest(0xff),
+                        digest: Digest([0xff; 32]),
                         chain: Chain([0xcc; 32]),
                     }),
                 },
@@ -348,10 +354,11 @@ mod tests {
         }
     }
 
-    /// A `Floor` or `Checkpoint` written before checkpoints had a chain is refused by name,
-    /// with the way back.
+    /// `Slots` with 128-bit digests, and a `Floor` or `Checkpoint` written before checkpoints
+    /// had a chain, are refused by name, with the way back.
     #[test]
     fn records_from_before_the_chain_are_refused_with_the_way_back() {
+        assert_eq!(decode_record(&[TAG_SLOTS_SHORT_DIGESTS, 0x0a, 0x00]), Err(DecodeError::ObsoleteRecord(2)));
         let floor = [TAG_FLOOR_UNCHAINED, 0x07, 0x00];
         let checkpoint = [TAG_CHECKPOINT_UNCHAINED, 0x05, 0x02, 0x61, 0x62];
         assert_eq!(decode_record(&floor), Err(DecodeError::ObsoleteRecord(5)));

@@ -585,7 +585,9 @@ mod tests {
 
     fn order(counters: std::ops::Range<u64>) -> Order {
         Order {
-            items: counters.map(|c| OrderItem { mid: mid(c), ts: Seq(0), digest: Digest(u128::from(c)) }).collect(),
+            items: counters
+                .map(|c| OrderItem { mid: mid(c), ts: Seq(0), digest: Digest::of(&c.to_le_bytes()) })
+                .collect(),
         }
     }
 
@@ -671,7 +673,8 @@ mod tests {
         s.handle_order(Pid(11), &order(1..3), &mut out);
         s.handle_accepted(Time(1), Pid(1), &Accepted { epoch: Epoch::initial(), upto: Seq(2) }, &mut out);
         out.drain().count();
-        let info = |d| CheckpointInfo { seq: Seq(2), size: 10, blocks: 1, digest: Digest(d), chain: Chain::GENESIS };
+        let info =
+            |d| CheckpointInfo { seq: Seq(2), size: 10, blocks: 1, digest: Digest([d; 32]), chain: Chain::GENESIS };
         s.handle_checkpoint_report(Pid(21), &info(7), &mut out);
         s.handle_checkpoint_report(Pid(21), &info(7), &mut out);
         assert_eq!(s.checkpoint(), None, "one server, however often, is not enough");

@@ -88,7 +88,7 @@
 //! * [`Seq`], [`Epoch`], [`Pid`], message counters, list counts and byte-string lengths:
 //!   varint of the inner `u64`.
 //! * [`Incarnation`]: 8 bytes, `u64` little-endian.
-//! * [`Digest`]: 16 bytes, `u128` little-endian.
+//! * [`Digest`]: 32 bytes (SHA-256) as they are.
 //! * [`Chain`]: 32 bytes as they are; [`Signature`]: 64 bytes as they are.
 //! * **bytes**: varint length, then that many raw bytes.
 //! * [`SeqRange`]: `first` as a varint, then `last - first` as a varint. A decoder rejects a
@@ -119,8 +119,8 @@
 //!
 //! * [`Entry`] \[1\]: tag `0` (`Noop`), or tag `1` + mid + digest, or tag `2` + digest.
 //! * [`Mid`] in [`Fetch`] \[1\]: tag `1` + mid, or tag `2` (tag `0` is an error).
-//! * [`OrderItem`] \[18\]: tag `1` + mid, or tag `2` (tag `0` is an error); then `ts` (varint)
-//!   and `digest` (16 bytes).
+//! * [`OrderItem`] \[34\]: tag `1` + mid, or tag `2` (tag `0` is an error); then `ts` (varint)
+//!   and `digest` (32 bytes).
 //! * [`Slot`] \[2\]: `epoch` (varint), then the entry, tagged as for [`Entry`].
 //! * [`PromisedSlot`] \[3\]: the distance of `seq` from the previous element's `seq` (from
 //!   `first` for the first element) as a varint, then the [`Slot`]. A decoder rejects a `seq`
@@ -145,7 +145,7 @@
 //! | 8   | [`Entries`]          | `first` (varint), `slots` (list of [`Slot`], entries tagged)                                         |
 //! | 9   | [`Fetch`]            | `mids` (list of [`Mid`], tagged)                                                                     |
 //! | 10  | [`FetchBlocks`]      | `seq` (varint), `blocks` (list of u32 varints)                                                       |
-//! | 11  | [`Block`]            | `seq` (varint), `index` (u32 varint), `digest` (16 bytes), `bytes` (bytes)                           |
+//! | 11  | [`Block`]            | `seq` (varint), `index` (u32 varint), `digest` (32 bytes), `bytes` (bytes)                           |
 //! | 12  | [`Prepare`]          | `epoch` (varint), `from_seq` (varint)                                                                |
 //! | 13  | [`Promise`]          | `epoch` (varint), `first`..`last` (as a [`SeqRange`]), `highest` (varint), `floor` (varint), `checkpoint` (optional checkpoint), `slots` (list of [`PromisedSlot`]) |
 //! | 14  | [`PreVote`]          | `epoch` (varint)                                                                                     |
@@ -157,7 +157,7 @@
 //! | 20  | [`Pong`]             | `nonce` (varint), `committed` (varint), `alarms` (a byte: bit 0 storage full, 1 replay table full, 2 duplicate pid, 3 derivations throttled; others `0`) |
 //!
 //! A *checkpoint* ([`CheckpointInfo`]) is `seq` (varint), `size` (varint), `blocks` (u32 varint),
-//! `digest` (16 bytes), `chain` (32 bytes); an *optional checkpoint* is a byte `0` (none) or `1` followed by one.
+//! `digest` (32 bytes), `chain` (32 bytes); an *optional checkpoint* is a byte `0` (none) or `1` followed by one.
 //!
 //! # Example
 //!
@@ -169,13 +169,13 @@
 //! ```
 //!
 //! A `Commit { epoch: Epoch(65536), first: Seq(10), entries }` whose entries are the mid with
-//! pid 7, incarnation `0x0102030405060708` and counter 1 with digest `D1` (16 bytes), then the
+//! pid 7, incarnation `0x0102030405060708` and counter 1 with digest `D1` (32 bytes), then the
 //! same source's counter 2 with `D2`, `Noop`, and counter 3 with `D3` (which continues counter
 //! 2 across the `Noop`), has the body
 //!
 //! ```text
-//! 05 43 80 80 04 0A 04 01 07 08 07 06 05 04 03 02 01 01 D1 02 D2 00 02 D3
-//! kind=5 len=67 epoch first count=4 [1 pid incarnation counter digest] [2 digest] [0] [2 digest]
+//! 05 73 80 80 04 0A 04 01 07 08 07 06 05 04 03 02 01 01 D1 02 D2 00 02 D3
+//! kind=5 len=115 epoch first count=4 [1 pid incarnation counter digest] [2 digest] [0] [2 digest]
 //! ```
 //!
 //! # Size and safety
@@ -448,7 +448,7 @@ pub(crate) fn put_bytes<S: Sink>(s: &mut S, bytes: &[u8]) {
 }
 
 fn put_digest<S: Sink>(s: &mut S, d: Digest) {
-    s.put(&d.0.to_le_bytes());
+    s.put(&d.0);
 }
 
 fn put_mid<S: Sink>(s: &mut S, mid: Mid) {
@@ -943,7 +943,7 @@ impl<'a> Reader<'a> {
     }
 
     fn digest(&mut self) -> Result<Digest, DecodeError> {
-        self.array::<16>().map(|b| Digest(u128::from_le_bytes(b)))
+        self.array::<32>().map(Digest)
     }
 
     fn mid(&mut self) -> Result<Mid, DecodeError> {
@@ -1070,7 +1070,7 @@ impl<'a> Reader<'a> {
             Kind::Order => {
                 let mut prev = None;
                 Message::Order(Order {
-                    items: self.list(18, |r| {
+                    items: self.list(34, |r| {
                         Ok(OrderItem { mid: r.list_mid(&mut prev)?, ts: r.seq()?, digest: r.digest()? })
                     })?,
                 })
@@ -1318,7 +1318,7 @@ pub(crate) mod arb {
     }
 
     pub(crate) fn arb_digest() -> impl Strategy<Value = Digest> {
-        any::<u128>().prop_map(Digest)
+        any::<[u8; 32]>().prop_map(Digest)
     }
 
     pub(crate) fn arb_mid() -> impl Strategy<Value = Mid> {
@@ -1413,7 +1413,9 @@ pub(crate) mod arb {
         (arb_epoch(), arb_seq(), arb_choices()).prop_map(|(epoch, first, c)| {
             let entries = fold_mids(c, true)
                 .into_iter()
-                .map(|m| m.map_or(Entry::Noop, |mid| Entry::Msg { mid, digest: Digest(u128::from(mid.counter)) }))
+                .map(|m| {
+                    m.map_or(Entry::Noop, |mid| Entry::Msg { mid, digest: Digest::of(&mid.counter.to_le_bytes()) })
+                })
                 .collect();
             Message::Commit(Commit { epoch, first, entries })
         })
@@ -1923,15 +1925,15 @@ mod tests {
             epoch: Epoch::initial(),
             first: Seq(10),
             entries: vec![
-                Entry::Msg { mid: m, digest: Digest(0xD1) },
-                Entry::Msg { mid: m.next(), digest: Digest(0xD2) },
+                Entry::Msg { mid: m, digest: Digest([0xD1; 32]) },
+                Entry::Msg { mid: m.next(), digest: Digest([0xD2; 32]) },
                 Entry::Noop,
-                Entry::Msg { mid: m.next().next(), digest: Digest(0xD3) },
+                Entry::Msg { mid: m.next().next(), digest: Digest([0xD3; 32]) },
             ],
         });
         let frame = encode_frame(std::slice::from_ref(&msg));
-        let digest = |d: u8| std::iter::once(d).chain([0; 15]);
-        let expected: Vec<u8> = [0x05, 0x43, 0x80, 0x80, 0x04, 0x0A, 0x04, 0x01, 0x07, 0x08, 0x07, 0x06, 0x05, 0x04]
+        let digest = |d: u8| [d; 32];
+        let expected: Vec<u8> = [0x05, 0x73, 0x80, 0x80, 0x04, 0x0A, 0x04, 0x01, 0x07, 0x08, 0x07, 0x06, 0x05, 0x04]
             .into_iter()
             .chain([0x03, 0x02, 0x01, 0x01])
             .chain(digest(0xD1))

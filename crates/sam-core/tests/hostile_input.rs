@@ -32,7 +32,10 @@ fn mid() -> impl Strategy<Value = Mid> {
 }
 
 fn entry() -> impl Strategy<Value = Entry> {
-    prop_oneof![Just(Entry::Noop), (mid(), any::<u128>()).prop_map(|(mid, d)| Entry::Msg { mid, digest: Digest(d) })]
+    prop_oneof![
+        Just(Entry::Noop),
+        (mid(), any::<[u8; 32]>()).prop_map(|(mid, d)| Entry::Msg { mid, digest: Digest(d) })
+    ]
 }
 
 fn entries() -> impl Strategy<Value = Vec<Entry>> {
@@ -40,7 +43,7 @@ fn entries() -> impl Strategy<Value = Vec<Entry>> {
 }
 
 fn checkpoint() -> impl Strategy<Value = CheckpointInfo> {
-    (seq(), prop_oneof![0u64..100_000, any::<u64>()], any::<u32>(), any::<u128>(), any::<[u8; 32]>()).prop_map(
+    (seq(), prop_oneof![0u64..100_000, any::<u64>()], any::<u32>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
         |(seq, size, blocks, d, chain)| CheckpointInfo { seq, size, blocks, digest: Digest(d), chain: Chain(chain) },
     )
 }
@@ -52,7 +55,7 @@ fn message() -> impl Strategy<Value = Message> {
             ts,
             payload: Bytes::from(p)
         })),
-        prop::collection::vec((mid(), seq(), any::<u128>()), 0..20).prop_map(|items| Message::Order(Order {
+        prop::collection::vec((mid(), seq(), any::<[u8; 32]>()), 0..20).prop_map(|items| Message::Order(Order {
             items: items.into_iter().map(|(mid, ts, d)| OrderItem { mid, ts, digest: Digest(d) }).collect()
         })),
         (epoch(), seq(), seq(), entries()).prop_map(|(epoch, epoch_first, first, entries)| Message::Assign(Assign {
@@ -99,7 +102,7 @@ fn message() -> impl Strategy<Value = Message> {
         (seq(), any::<u32>()).prop_map(|(seq, index)| Message::Block(Block {
             seq,
             index,
-            digest: Digest(0),
+            digest: Digest([0; 32]),
             bytes: Bytes::new()
         })),
         (epoch(), seq()).prop_map(|(epoch, from_seq)| Message::Prepare(Prepare { epoch, from_seq })),

@@ -85,7 +85,7 @@ fn signed_bytes(cluster: ClusterId, hb: &Heartbeat) -> Vec<u8> {
             out.extend_from_slice(&seq.0.to_le_bytes());
             out.extend_from_slice(&size.to_le_bytes());
             out.extend_from_slice(&blocks.to_le_bytes());
-            out.extend_from_slice(&digest.0.to_le_bytes());
+            out.extend_from_slice(&digest.0);
             out.extend_from_slice(&chain.0);
         }
     }
@@ -157,7 +157,8 @@ mod tests {
     }
 
     fn heartbeat() -> Heartbeat {
-        let checkpoint = CheckpointInfo { seq: Seq(4), size: 9, blocks: 1, digest: Digest(5), chain: Chain([6; 32]) };
+        let checkpoint =
+            CheckpointInfo { seq: Seq(4), size: 9, blocks: 1, digest: Digest([5; 32]), chain: Chain([6; 32]) };
         Heartbeat {
             epoch: Epoch::initial(),
             sequencer: Pid(1),

@@ -70,12 +70,18 @@ pub enum Record {
 
 /// The digest as written.
 pub fn hex(d: Digest) -> String {
-    format!("{:032x}", d.0)
+    d.to_string()
 }
 
 fn unhex(s: &str) -> Digest {
     // A digest that does not parse cannot match any sent one: the replay reports it.
-    Digest(u128::from_str_radix(s, 16).unwrap_or(u128::MAX))
+    let mut digest = [0xff; 32];
+    let pairs =
+        s.as_bytes().chunks(2).map(|p| std::str::from_utf8(p).ok().and_then(|p| u8::from_str_radix(p, 16).ok()));
+    if let Some(bytes) = pairs.collect::<Option<Vec<u8>>>().filter(|b| b.len() == digest.len()) {
+        digest.copy_from_slice(&bytes);
+    }
+    Digest(digest)
 }
 
 /// What a check of a history found.

@@ -858,7 +858,7 @@ pub fn forged_heartbeat(epoch: Epoch, sequencer: Pid, committed: Seq, checkpoint
 
 /// A checkpoint nobody made.
 pub fn forged_checkpoint(seq: u64) -> CheckpointInfo {
-    CheckpointInfo { seq: Seq(seq), size: 1, blocks: 1, digest: Digest(0xF0F0), chain: Chain([0xF0; 32]) }
+    CheckpointInfo { seq: Seq(seq), size: 1, blocks: 1, digest: Digest([0xF0; 32]), chain: Chain([0xF0; 32]) }
 }
 
 // ---------------------------------------------------------------------------------------------
