@@ -998,13 +998,7 @@ mod tests {
         let fencing = Heartbeat { committed: Seq(5), ..hb(Epoch::new(2, 2), 3) };
         s.handle_heartbeat(Time(3), &fencing, &mut out);
         assert!(s.is_rejoining(), "not before it copied the committed entries again");
-        let checkpoint = CheckpointInfo {
-            seq: Seq(5),
-            size: 0,
-            blocks: 0,
-            digest: crate::ids::Digest([0; 32]),
-            chain: Chain::GENESIS,
-        };
+        let checkpoint = CheckpointInfo::at(Seq(5));
         s.handle_forgotten(Pid(3), &Forgotten { floor: Seq(5), checkpoint: Some(checkpoint) }, &mut out);
         s.handle_heartbeat(Time(4), &Heartbeat { committed: Seq(9), ..fencing }, &mut out);
         assert!(!s.is_rejoining(), "the first fencing heartbeat's prefix is enough");
@@ -1028,13 +1022,7 @@ mod tests {
         let entries = vec![Entry::Noop; 10];
         s.handle_assign(Pid(1), &Assign { epoch: e, epoch_first: Seq(1), first: Seq(1), entries }, &mut out);
         s.handle_commit(Time(1), &Commit { epoch: e, first: Seq(1), entries: vec![Entry::Noop; 10] });
-        let checkpoint = CheckpointInfo {
-            seq: Seq(8),
-            size: 0,
-            blocks: 0,
-            digest: crate::ids::Digest([0; 32]),
-            chain: Chain::GENESIS,
-        };
+        let checkpoint = CheckpointInfo::at(Seq(8));
         s.handle_heartbeat(Time(2), &Heartbeat { checkpoint: Some(checkpoint), ..hb(e, 1) }, &mut out);
         s.handle_tick(Time(3), &mut out);
         assert_eq!(s.floor(), Seq(6), "the last max_lifetime entries stay: 10 - 4");

@@ -172,6 +172,14 @@ pub struct CheckpointInfo {
     pub chain: Chain,
 }
 
+#[cfg(test)]
+impl CheckpointInfo {
+    /// A checkpoint at `seq` of nothing in particular, for tests that only need its number.
+    pub(crate) fn at(seq: Seq) -> CheckpointInfo {
+        CheckpointInfo { seq, size: 0, blocks: 0, digest: Digest::default(), chain: Chain::GENESIS }
+    }
+}
+
 /// Commit server → asker: "every number up to `floor` is committed and no longer kept here";
 /// a member behind it catches up from `checkpoint`, a commit server skips to it. A data server
 /// says the same of messages as [`Message::Dropped`].

@@ -259,13 +259,7 @@ mod tests {
         );
         let near = Epoch::new(5 + EPOCH_ROUNDS_AHEAD_MAX, 0);
         assert_eq!(s.believes(&cfg, Time(0), Pid(1), &heartbeat(near, Pid(1))), Ok(()));
-        let checkpoint = CheckpointInfo {
-            seq: Seq(11),
-            size: 1,
-            blocks: 1,
-            digest: crate::ids::Digest([0; 32]),
-            chain: Chain::GENESIS,
-        };
+        let checkpoint = CheckpointInfo::at(Seq(11));
         let ahead = Message::Heartbeat(Heartbeat {
             epoch: near,
             sequencer: Pid(1),
