@@ -11,6 +11,7 @@ use bytes::Bytes;
 use crate::chain::Chain;
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq};
 use crate::message::{CheckpointInfo, Data, Message, Slot};
+use crate::notice::Notice;
 
 /// A multicast channel of DESIGN section 7.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,6 +140,8 @@ pub enum Action {
         /// The snapshot restored.
         snapshot: Bytes,
     },
+    /// A state change an operator should know of (see [`Notice`]).
+    Notice(Notice),
     /// A process answered a ping (see [`crate::message::Ping`]).
     Pong {
         /// Who answered.

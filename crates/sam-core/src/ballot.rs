@@ -68,6 +68,7 @@ pub struct Ballot {
     cfg: Arc<Config>,
     epoch: Epoch,
     from_seq: Seq,
+    started: Time,
     deadline: Time,
     next_prepare: Time,
     /// Per commit-server rank.
@@ -98,6 +99,7 @@ impl Ballot {
         Ballot {
             epoch,
             from_seq,
+            started: now,
             deadline: now.plus_us(cfg.failure_timeout_us),
             next_prepare: now.plus_us(cfg.request_timeout_us),
             promises: vec![None; n],
@@ -150,6 +152,11 @@ impl Ballot {
     /// The epoch this ballot is for.
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// When the ballot started.
+    pub fn started(&self) -> Time {
+        self.started
     }
 
     /// The highest advertised checkpoint the promises reported.

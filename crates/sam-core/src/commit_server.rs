@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use crate::action::{Dest, Outbox, Record, WriteId};
+use crate::action::{Action, Dest, Outbox, Record, WriteId};
 use crate::asker::Asker;
 use crate::chain::ChainPoint;
 use crate::config::{Config, Mutation};
@@ -32,6 +32,7 @@ use crate::message::{
     Accepted, Assign, CheckpointInfo, Commit, Entries, Entry, Forgotten, Heartbeat, Message, PreVote, PreVoteGranted,
     Prepare, Promise, PromisedSlot, QueryEntries, Rejected, Slot,
 };
+use crate::notice::Notice;
 
 /// The most `Accepted` replies waiting for their writes; the oldest is dropped beyond it (the
 /// sequencer asks again).
@@ -304,6 +305,7 @@ impl CommitServer {
         self.rejoining = None;
         self.promised = hb.epoch;
         self.promise_write = out.persist(Record::Promise(hb.epoch));
+        out.push(Action::Notice(Notice::Rejoined { epoch: hb.epoch }));
     }
 
     /// The answer to anything of an epoch this server will not serve: its promise.

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::data_server::DataServer;
 use crate::ids::{Epoch, Incarnation, Mid, Pid, Seq, Source, Time};
 use crate::message::{Alarms, Data, Entry, Heartbeat, Message, Pong, PreVoteGranted};
+use crate::notice::Notice;
 use crate::senders::Senders;
 use crate::sequencer::{Sequencer, Takeover};
 use crate::state_machine::{KvTable, StateMachine};
@@ -449,6 +450,7 @@ impl Process {
     fn run_ballot(&mut self, now: Time) {
         if let Some(b) = &mut self.ballot {
             if b.handle_tick(now, &mut self.out) == Verdict::Lost {
+                self.out.push(Action::Notice(Notice::BallotLost { epoch: b.epoch() }));
                 self.ballot = None;
                 if let Some(c) = &mut self.commit {
                     c.ballot_lost(now);
@@ -463,7 +465,9 @@ impl Process {
         let Some(c) = &mut self.commit else { return };
         let epoch = if stands_again { Some(c.next_epoch()) } else { c.candidacy(now) };
         if let Some(epoch) = epoch {
-            let ballot = Ballot::start(self.cfg.clone(), epoch, c.committed().next(), now);
+            let from_seq = c.committed().next();
+            self.out.push(Action::Notice(Notice::BallotStarted { epoch, from_seq, again: stands_again }));
+            let ballot = Ballot::start(self.cfg.clone(), epoch, from_seq, now);
             self.out.send(Dest::Channel(Channel::Commit), ballot.pre_vote());
             self.ballot = Some(ballot);
         }
@@ -515,9 +519,12 @@ impl Process {
             .collect();
         let Some(recovered) = b.recovered(own_rank, &committed_below) else { return };
         let checkpoint = [c.checkpoint(), b.checkpoint()].into_iter().flatten().max_by_key(|c| c.seq);
+        let (recovered_len, took_us) = (recovered.len() as u64, now.since_us(b.started()));
         let takeover = Takeover { from_seq, history_first, history, recovered, checkpoint, chain: c.chain() };
         let mut sequencer = Sequencer::take_office(self.cfg.clone(), self.pid, b.epoch(), takeover, now);
         sequencer.flush(&mut self.out);
+        let took = Notice::TookOffice { epoch: sequencer.epoch(), from_seq, recovered: recovered_len, took_us };
+        self.out.push(Action::Notice(took));
         self.sequencer = Some(sequencer);
         self.ballot = None;
     }
@@ -528,6 +535,7 @@ impl Process {
         let Some(s) = &self.sequencer else { return };
         let promised = self.commit.as_ref().map_or(Epoch::NONE, CommitServer::promised);
         if s.deposed().is_some() || promised > s.epoch() {
+            self.out.push(Action::Notice(Notice::SteppedDown { epoch: s.epoch() }));
             self.sequencer = None;
         }
     }

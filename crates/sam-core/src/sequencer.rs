@@ -29,6 +29,7 @@ use crate::chain::{Chain, ChainPoint};
 use crate::config::{Config, Mutation, MAX_SERVERS_PER_KIND};
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq, Time};
 use crate::message::{Accepted, Assign, CheckpointInfo, Commit, Entry, Heartbeat, Message, Order, OrderItem, Rejected};
+use crate::notice::Notice;
 
 /// The most messages waiting for enough `Order`s or for room in the window; beyond it new
 /// ones are ignored until data servers ask again (their senders retransmit).
@@ -429,6 +430,7 @@ impl Sequencer {
         reports.push((rank, *info));
         let agreeing = reports.iter().filter(|(_, i)| i == info).count();
         if agreeing >= self.cfg.k_checkpoint {
+            out.push(Action::Notice(Notice::CheckpointAdvertised { seq: info.seq }));
             self.checkpoint = Some(*info);
             self.reports = self.reports.split_off(&info.seq.next());
             self.roll_chain();

@@ -812,6 +812,10 @@ impl Host {
             }
             Action::Restored { seq, .. } => self.for_application(seq, Event::Restored { seq }),
             Action::CheckpointMismatch { seq, server, .. } => Some(Event::CheckpointMismatch { seq, server }),
+            Action::Notice(notice) => {
+                tracing::info!(pid = self.process.pid().0, "{notice}");
+                None
+            }
             Action::Pong { from, pong } => {
                 Some(Event::Pong { from, nonce: pong.nonce, committed: pong.committed, alarms: pong.alarms })
             }

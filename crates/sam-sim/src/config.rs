@@ -77,6 +77,10 @@ pub struct SimConfig {
     /// Frames are signed (DESIGN section 12): members deliver only what a heartbeat's commit
     /// chain vouched for, and catch up only from a checkpoint a heartbeat advertised.
     pub signed: bool,
+    /// Keep what each process noticed (elections, step-downs, rejoins, checkpoints) in the
+    /// report's trace.
+    #[serde(skip)]
+    pub trace: bool,
     /// Test only: checkpoint servers run a state machine that is not deterministic.
     #[serde(skip)]
     pub nondeterministic: bool,
@@ -120,6 +124,7 @@ impl SimConfig {
             late_joiners: 0,
             laggard: false,
             signed: false,
+            trace: false,
             nondeterministic: false,
             mutation: None,
         }

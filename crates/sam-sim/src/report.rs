@@ -125,6 +125,10 @@ pub struct Report {
     pub failovers_us: Vec<u64>,
     /// Checkpoints, catch-ups and garbage collection.
     pub checkpoints: CheckpointStats,
+    /// With `--trace`: what each process noticed (elections, step-downs, rejoins, checkpoints),
+    /// in order, each with its time and pid.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<String>,
 }
 
 impl Report {

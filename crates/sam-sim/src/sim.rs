@@ -243,6 +243,8 @@ pub struct Simulation {
     failover_from: Option<(Time, Epoch)>,
     /// Failover times: fault to first commit of a new epoch.
     failovers_us: Vec<u64>,
+    /// With `trace`: each process's notices, with when and who.
+    trace: Vec<String>,
     /// When set, the next sequencer to take office crashes within an fsync or two, for this
     /// long: a crash in the middle of recovery.
     crash_next_office: Option<u64>,
@@ -283,6 +285,7 @@ impl Simulation {
             offices: Vec::new(),
             failover_from: None,
             failovers_us: Vec::new(),
+            trace: Vec::new(),
             crash_next_office: None,
             checkpoints: CheckpointStats::default(),
             in_flight: 0,
@@ -684,6 +687,10 @@ impl Simulation {
                 Action::Committed { mid, seq } => self.checker.on_outcome(self.now, mid, Outcome::Committed(seq)),
                 Action::Expired { mid } => self.checker.on_outcome(self.now, mid, Outcome::Expired),
                 Action::OutcomeUnknown { mid } => self.checker.on_outcome(self.now, mid, Outcome::Unknown),
+                Action::Notice(notice) if self.cfg.trace => {
+                    self.trace.push(format!("{} pid {}: {notice}", self.now, self.procs[idx].pid.0));
+                }
+                Action::Notice(_) => {}
                 Action::Restored { seq, snapshot, .. } => self.on_restored(idx, seq, &snapshot),
                 Action::CheckpointMismatch { server, .. } => {
                     self.checkpoints.mismatches += 1;
@@ -1060,6 +1067,7 @@ impl Simulation {
             wall_ms,
             violations: self.checker.violations().to_vec(),
             failovers_us: self.failovers_us,
+            trace: self.trace,
             checkpoints: self.checkpoints,
             config: self.cfg,
         }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{broken, run_seeds};
 use sam_core::Mutation;
-use sam_sim::{Promise, SimConfig};
+use sam_sim::{run, Promise, SimConfig};
 
 /// A longer run than the mixed default, so that several sequencer faults fall inside it.
 fn long_failover(seed: u64) -> SimConfig {
@@ -40,4 +40,18 @@ fn fencing_catches_commit_servers_that_accept_a_deposed_epoch() {
 fn total_order_catches_a_candidate_that_takes_office_with_one_promise_too_few() {
     let promises = broken(Mutation::PromiseTooFew, long_failover, &[Promise::TotalOrder, Promise::Integrity]);
     assert!(promises.iter().any(|p| matches!(p, Promise::TotalOrder | Promise::Integrity)), "{promises:?}");
+}
+
+/// `sam sim --trace`: what each process noticed comes out as data from the core, in order —
+/// candidacies, the sequencer taking office with the range it recovered, step-downs.
+#[test]
+fn a_traced_failover_shows_the_election_and_the_new_sequencer() {
+    let traced = (0..20)
+        .map(|seed| run(SimConfig { trace: true, ..SimConfig::failover(seed) }))
+        .find(|r| !r.failovers_us.is_empty())
+        .expect("a seed with failovers");
+    let said = |what: &str| traced.trace.iter().filter(|l| l.contains(what)).count();
+    assert!(said("standing for election") >= 2, "{:#?}", traced.trace);
+    assert!(said("re-proposing") >= 2, "{:#?}", traced.trace);
+    assert!(run(SimConfig::failover(traced.config.seed)).trace.is_empty(), "nothing is kept without --trace");
 }

@@ -14,7 +14,11 @@ mod status_cmd;
 mod table_cmd;
 mod tail_cmd;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use std::io::IsTerminal;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::EnvFilter;
 
 /// SAM: an open group in which every member delivers every message in one agreed total order.
 #[derive(Parser, Debug)]
@@ -22,6 +26,32 @@ use clap::{CommandFactory, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The least severe log lines written to stderr: off, error, warn, info, debug or trace
+    /// (`RUST_LOG`, when set, says it per module instead).
+    #[arg(long, global = true, value_name = "LEVEL", default_value = "info")]
+    log_level: LevelFilter,
+    /// How log lines are written: text for people, json (one object a line) for collectors.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// A line of text each, colored on a terminal.
+    Text,
+    /// A JSON object each.
+    Json,
+}
+
+/// Logs go to stderr (stdout carries results), filtered by `RUST_LOG` or else `level`.
+fn init_logs(level: LevelFilter, format: LogFormat) {
+    let filter = EnvFilter::builder().with_default_directive(level.into()).from_env_lossy();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,6 +102,7 @@ impl Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    init_logs(cli.log_level, cli.log_format);
     if cli.command.prints_for_a_pipe() {
         // A reader that stopped reading (`sam tail | head`) ends this process quietly, as it
         // ends any Unix filter, rather than making each print panic or fail.

@@ -33,14 +33,15 @@ pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
         let mut node = Node::start(spec).await.with_context(|| format!("server {} in {}", args.id, dir.display()))?;
         let (addr, recovered) = (node.local_addr(), node.recovered());
         let mode = cluster.security.mode;
-        eprintln!(
-            "server {} running on {addr}, storage in {} ({recovered} records recovered), security {mode}, cluster {}",
+        let roles = spec_roles(&cluster, args.id);
+        tracing::info!(
+            "server {} ({roles}) running on {addr}, storage in {} ({recovered} records recovered), security {mode}, cluster {}",
             args.id,
             dir.display(),
             cluster.cluster_id
         );
         if let Some(torn) = node.torn_tail() {
-            eprintln!(
+            tracing::warn!(
                 "recovery dropped a torn tail: {} bytes at byte {} of {} (a write a crash cut short, never acknowledged)",
                 torn.bytes,
                 torn.offset,
@@ -48,19 +49,19 @@ pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
             );
         }
         if mode == SecurityMode::Off {
-            eprintln!("warning: security.mode is \"off\": anyone who can reach this network can forge, replay and read the group's traffic");
+            tracing::warn!("security.mode is \"off\": anyone who can reach this network can forge, replay and read the group's traffic");
         }
         loop {
             tokio::select! {
                 event = node.next_event() => match event {
                     Some(Event::StorageFull { full: true }) => {
-                        eprintln!("alarm: storage in {} is full: writes wait, nothing new is accepted until there is room", dir.display());
+                        tracing::error!("alarm: storage in {} is full: writes wait, nothing new is accepted until there is room", dir.display());
                     }
                     Some(Event::StorageFull { full: false }) => {
-                        eprintln!("storage in {} has room again: accepting", dir.display());
+                        tracing::info!("storage in {} has room again: accepting", dir.display());
                     }
                     Some(Event::CheckpointMismatch { seq, server }) => {
-                        eprintln!("error: checkpoint {seq}: server {} has a snapshot that differs from the agreed one", server.0);
+                        tracing::error!("checkpoint {seq}: server {} has a snapshot that differs from the agreed one", server.0);
                     }
                     Some(_) => {}
                     None => break,
@@ -71,4 +72,10 @@ pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
         node.stop().await.context("stopping")?;
         Ok(std::process::ExitCode::SUCCESS)
     })
+}
+
+/// The roles of server `id`, as the configuration names them.
+fn spec_roles(cluster: &ClusterConfig, id: u64) -> String {
+    let roles = cluster.server(Pid(id)).map(|s| s.roles.iter().map(|r| r.name()).collect::<Vec<_>>());
+    roles.unwrap_or_default().join(", ")
 }

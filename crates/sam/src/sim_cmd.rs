@@ -113,6 +113,10 @@ pub struct SimArgs {
     /// section 12); with --mixed or --checkpoints, add this to the drawn run.
     #[arg(long)]
     signed: bool,
+    /// Print what each process noticed (elections, step-downs, rejoins, checkpoints), in order,
+    /// before the report (in JSON, as its `trace`).
+    #[arg(long, conflicts_with = "seeds")]
+    trace: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -153,6 +157,7 @@ impl SimArgs {
                 crash_sequencer: self.crash_sequencer,
                 wipes: self.wipes,
                 signed: self.signed,
+                trace: self.trace,
                 ..drawn
             };
         }
@@ -185,6 +190,7 @@ impl SimArgs {
             late_joiners: self.late_joiners,
             laggard: self.laggard,
             signed: self.signed,
+            trace: self.trace,
             ..SimConfig::new(seed)
         }
     }
@@ -254,6 +260,9 @@ fn run_one(args: &SimArgs, seed: u64) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).context("encoding the report")?);
     } else {
+        for line in &report.trace {
+            println!("{line}");
+        }
         println!("{report}");
     }
     if report.passed() {
