@@ -90,17 +90,14 @@ struct Disk {
 }
 
 impl Disk {
-    /// Makes the pending writes up to `upto` durable; returns the slots that became durable
-    /// (the acceptances the fencing checker counts).
-    fn sync(&mut self, upto: WriteId) -> Vec<(Epoch, Seq)> {
+    /// Makes the pending writes up to `upto` durable.
+    fn sync(&mut self, upto: WriteId) {
         let n = self.pending.iter().take_while(|(id, _)| *id <= upto).count();
-        let mut accepted = Vec::new();
         for (_, record) in self.pending.drain(..n) {
             match &record {
                 Record::Slots { first, slots } => {
                     for (i, slot) in slots.iter().enumerate() {
                         self.entries.insert(first.plus(i as u64), slot.entry.assigned());
-                        accepted.push((slot.epoch, first.plus(i as u64)));
                     }
                 }
                 Record::Data(data) => {
@@ -119,7 +116,6 @@ impl Disk {
             self.durable.drain(..count);
             self.retiring = None;
         }
-        accepted
     }
 
     /// Forgets the writes a crash loses, and the compaction that waited for them.
@@ -235,8 +231,9 @@ pub struct Simulation {
     sent: u64,
     actions: Vec<Action>,
     done: bool,
-    /// When each server durably accepted each `(epoch, number)`.
-    acceptances: FxHashMap<(Epoch, Seq), Vec<(usize, Time)>>,
+    /// Per epoch and commit server, the `Accepted{upto}` it sent, in order, and when: the votes
+    /// the fencing checker counts (a slot refilled from a peer is stored, not voted for).
+    acceptances: FxHashMap<(Epoch, usize), Vec<(Seq, Time)>>,
     /// Ballots won: the epoch and when its sequencer took office.
     offices: Vec<(Epoch, Time)>,
     /// The sequencer fault being recovered from: when, and the epoch then.
@@ -507,15 +504,8 @@ impl Simulation {
         if p.life != life {
             return;
         }
-        let accepted = p.disk.sync(upto);
+        p.disk.sync(upto);
         p.disk.syncing = false;
-        for key in accepted {
-            let times = self.acceptances.entry(key).or_default();
-            if !times.iter().any(|(server, _)| *server == proc) {
-                times.push((proc, self.now));
-            }
-        }
-        let p = &mut self.procs[proc];
         if let Some(state) = p.state.as_mut() {
             state.handle_durable(self.now, upto);
         }
@@ -658,6 +648,12 @@ impl Simulation {
             match action {
                 Action::Send { to, msg } => {
                     match &msg {
+                        Message::Accepted(a) => {
+                            let votes = self.acceptances.entry((a.epoch, idx)).or_default();
+                            if votes.last().is_none_or(|(upto, _)| a.upto > *upto) {
+                                votes.push((a.upto, self.now));
+                            }
+                        }
                         Message::Commit(c) => {
                             let assigned: Vec<Assigned> = c.entries.iter().map(Entry::assigned).collect();
                             for (seq, mid) in self.checker.on_commit(self.now, c.first, &assigned) {
@@ -931,8 +927,11 @@ impl Simulation {
             return;
         };
         for seq in (0..n as u64).map(|i| first.plus(i)) {
-            let late =
-                self.acceptances.get(&(epoch, seq)).map_or(0, |t| t.iter().filter(|(_, at)| *at > deposed_at).count());
+            let voted_at = |votes: &Vec<(Seq, Time)>| votes.iter().find(|(upto, _)| *upto >= seq).map(|(_, at)| *at);
+            let late = (0..self.procs.len())
+                .filter_map(|i| self.acceptances.get(&(epoch, i)).and_then(voted_at))
+                .filter(|at| *at > deposed_at)
+                .count();
             if late >= self.cfg.k_commit {
                 let detail = format!("epoch {epoch} committed {seq} with {late} acceptances after it was deposed");
                 self.checker.fencing(self.now, detail);
