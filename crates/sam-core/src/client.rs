@@ -452,7 +452,7 @@ impl Client {
                 self.transmit_first(now, counter, out);
             }
         }
-        if self.cfg.signed_heartbeat_us.is_some() {
+        if self.signed() {
             self.deliver(out);
         }
         self.note_gap(now);
@@ -493,7 +493,7 @@ impl Client {
 
     /// Whether frames are signed: entries count only once a signed chain vouches for them.
     fn signed(&self) -> bool {
-        self.cfg.signed_heartbeat_us.is_some()
+        self.cfg.signs_frames()
     }
 
     /// Tells the application that its own message `entry` committed at `seq`.

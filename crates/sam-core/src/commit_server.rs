@@ -256,7 +256,7 @@ impl CommitServer {
             return;
         }
         r.next_ask = now.plus_us(self.cfg.request_timeout_us);
-        let ask = Message::Prepare(Prepare { epoch: Epoch::NONE, from_seq: Seq::ZERO });
+        let ask = rejoin_ask();
         for (rank, pid) in self.cfg.commit_servers.iter().enumerate() {
             if rank != self.rank && r.copied[rank].is_none() {
                 out.send(Dest::Pid(*pid), ask.clone());
@@ -293,8 +293,7 @@ impl CommitServer {
         if copied.iter().any(|e| *e >= hb.epoch) {
             if now >= r.next_nudge {
                 r.next_nudge = now.plus_us(self.cfg.failure_timeout_us);
-                let ask = Message::Prepare(Prepare { epoch: Epoch::NONE, from_seq: Seq::ZERO });
-                out.send(Dest::Pid(hb.sequencer), ask);
+                out.send(Dest::Pid(hb.sequencer), rejoin_ask());
             }
             return;
         }
@@ -706,7 +705,7 @@ impl CommitServer {
             self.checkpoint = checkpoint;
         }
         if let Some(c) = checkpoint.filter(|c| c.seq > self.chain.seq) {
-            self.chain = ChainPoint { seq: c.seq, chain: c.chain };
+            self.chain = c.chain_point();
             self.roll_chain();
         }
     }
@@ -939,6 +938,13 @@ impl CommitServer {
             debug_assert!(acc.epoch <= self.promised);
         }
     }
+}
+
+/// What a rejoining server sends: a `Prepare` of no epoch, which changes nothing, is answered
+/// `Rejected{promised}` by every commit server (a promise to copy), and tells a sequencer a
+/// peer needs a ballot.
+fn rejoin_ask() -> Message {
+    Message::Prepare(Prepare { epoch: Epoch::NONE, from_seq: Seq::ZERO })
 }
 
 #[cfg(test)]

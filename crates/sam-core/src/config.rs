@@ -212,6 +212,11 @@ impl Config {
         }
     }
 
+    /// Whether frames are signed (see `signed_heartbeat_us`).
+    pub fn signs_frames(&self) -> bool {
+        self.signed_heartbeat_us.is_some()
+    }
+
     /// Checks every rule a usable configuration follows.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let kinds = [

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::chain::{Chain, Signature};
+use crate::chain::{Chain, ChainPoint, Signature};
 use crate::ids::{Digest, Epoch, Mid, Pid, Seq, SeqRange};
 
 /// What a number is assigned to: a message, or nothing (a `Noop` filled in by recovery).
@@ -170,6 +170,13 @@ pub struct CheckpointInfo {
     pub digest: Digest,
     /// The commit chain after `seq`, from which a member that restores the snapshot goes on.
     pub chain: Chain,
+}
+
+impl CheckpointInfo {
+    /// The point of the commit chain it restores to.
+    pub fn chain_point(&self) -> ChainPoint {
+        ChainPoint { seq: self.seq, chain: self.chain }
+    }
 }
 
 #[cfg(test)]

@@ -185,7 +185,7 @@ impl Sequencer {
     fn roll_chain(&mut self) {
         let behind_log = self.chain.seq.next() < self.log_base;
         if let Some(c) = self.checkpoint.filter(|c| behind_log && c.seq > self.chain.seq) {
-            self.chain = ChainPoint { seq: c.seq, chain: c.chain };
+            self.chain = c.chain_point();
         }
         while self.chain.seq < self.committed && self.chain.seq.next() >= self.log_base {
             let entry = self.log[(self.chain.seq.next().0 - self.log_base.0) as usize];
@@ -353,7 +353,7 @@ impl Sequencer {
         self.committed = quorum;
         self.announce(first, quorum, out);
         self.roll_chain();
-        self.unvouched = self.cfg.signed_heartbeat_us.is_some();
+        self.unvouched = self.cfg.signs_frames();
         self.trim_log();
         self.assign_ready(out);
     }

@@ -33,7 +33,7 @@ pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
         let mut node = Node::start(spec).await.with_context(|| format!("server {} in {}", args.id, dir.display()))?;
         let (addr, recovered) = (node.local_addr(), node.recovered());
         let mode = cluster.security.mode;
-        let roles = spec_roles(&cluster, args.id);
+        let roles = roles_of(&cluster, args.id);
         tracing::info!(
             "server {} ({roles}) running on {addr}, storage in {} ({recovered} records recovered), security {mode}, cluster {}",
             args.id,
@@ -75,7 +75,7 @@ pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
 }
 
 /// The roles of server `id`, as the configuration names them.
-fn spec_roles(cluster: &ClusterConfig, id: u64) -> String {
+fn roles_of(cluster: &ClusterConfig, id: u64) -> String {
     let roles = cluster.server(Pid(id)).map(|s| s.roles.iter().map(|r| r.name()).collect::<Vec<_>>());
     roles.unwrap_or_default().join(", ")
 }
