@@ -85,6 +85,11 @@ struct State {
     file: Arc<File>,
     failure: Option<Arc<io::Error>>,
     stopping: bool,
+    /// Whether the sync thread sleeps on `work`: only then does a write wake it (a wake is a
+    /// system call, and a busy thread looks again before it sleeps).
+    sync_idle: bool,
+    /// Threads sleeping on `progress`: only with some does progress wake anyone.
+    waiters: usize,
 }
 
 impl GroupCommit {
@@ -127,7 +132,9 @@ impl GroupCommit {
             let mut state = self.shared.lock();
             assert!(upto >= state.written, "written positions only grow");
             state.written = upto;
-            self.shared.work.notify_one();
+            if state.sync_idle {
+                self.shared.work.notify_one();
+            }
         } else {
             self.shared.publish(upto);
         }
@@ -185,7 +192,15 @@ impl Drop for GroupCommit {
 impl Shared {
     fn new(durable: Position, file: Arc<File>, on_durable: Option<OnDurable>) -> Arc<Shared> {
         Arc::new(Shared {
-            state: Mutex::new(State { written: durable, durable, file, failure: None, stopping: false }),
+            state: Mutex::new(State {
+                written: durable,
+                durable,
+                file,
+                failure: None,
+                stopping: false,
+                sync_idle: false,
+                waiters: 0,
+            }),
             work: Condvar::new(),
             progress: Condvar::new(),
             durable: AtomicU64::new(durable.0),
@@ -224,7 +239,9 @@ impl Shared {
             if state.written > state.durable {
                 return Some((state.written, Arc::clone(&state.file)));
             }
+            state.sync_idle = true;
             state = self.work.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state.sync_idle = false;
         }
     }
 
@@ -244,7 +261,9 @@ impl Shared {
         let mut state = self.lock();
         state.durable = state.durable.max(upto);
         self.durable.store(state.durable.0, Ordering::Release);
-        self.progress.notify_all();
+        if state.waiters > 0 {
+            self.progress.notify_all();
+        }
     }
 
     fn fail(&self, error: io::Error) {
@@ -263,14 +282,19 @@ impl Shared {
             if state.durable >= target {
                 return Ok(state.durable);
             }
-            let Some(deadline) = deadline else {
-                state = self.progress.wait(state).unwrap_or_else(PoisonError::into_inner);
-                continue;
+            let left = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(state.durable),
+                },
             };
-            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|left| !left.is_zero()) else {
-                return Ok(state.durable);
+            state.waiters += 1;
+            state = match left {
+                None => self.progress.wait(state).unwrap_or_else(PoisonError::into_inner),
+                Some(left) => self.progress.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0,
             };
-            state = self.progress.wait_timeout(state, left).unwrap_or_else(PoisonError::into_inner).0;
+            state.waiters -= 1;
         }
     }
 }
