@@ -1,6 +1,6 @@
 //! Batched system calls (DESIGN section 7): on Linux one `sendmmsg(2)` sends every datagram
 //! of a flush and one `recvmmsg(2)` takes every datagram waiting, up to a batch; elsewhere one
-//! call per datagram.
+//! call per datagram. Reads never wait: the caller waits for readiness.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -51,20 +51,6 @@ pub async fn send_all(socket: &UdpSocket, datagrams: &[(SocketAddrV4, &[u8])]) -
     outcome
 }
 
-/// Waits for datagrams and reads as many as are waiting, up to one per buffer; returns each
-/// one's length and source.
-pub async fn recv_some(socket: &UdpSocket, bufs: &mut [Vec<u8>], got: &mut Vec<(usize, SocketAddr)>) -> io::Result<()> {
-    got.clear();
-    loop {
-        socket.readable().await?;
-        match socket.try_io(Interest::READABLE, || recv_batch(socket, bufs, got)) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 #[cfg(target_os = "linux")]
 fn send_batch(socket: &UdpSocket, batch: &[(SocketAddrV4, &[u8])]) -> io::Result<usize> {
     use std::io::IoSlice;
@@ -80,7 +66,11 @@ fn send_batch(socket: &UdpSocket, batch: &[(SocketAddrV4, &[u8])]) -> io::Result
 }
 
 #[cfg(target_os = "linux")]
-fn recv_batch(socket: &UdpSocket, bufs: &mut [Vec<u8>], got: &mut Vec<(usize, SocketAddr)>) -> io::Result<()> {
+pub(crate) fn recv_batch(
+    socket: &UdpSocket,
+    bufs: &mut [Vec<u8>],
+    got: &mut Vec<(usize, SocketAddr)>,
+) -> io::Result<()> {
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
 
@@ -106,7 +96,11 @@ fn send_batch(socket: &UdpSocket, batch: &[(SocketAddrV4, &[u8])]) -> io::Result
 }
 
 #[cfg(not(target_os = "linux"))]
-fn recv_batch(socket: &UdpSocket, bufs: &mut [Vec<u8>], got: &mut Vec<(usize, SocketAddr)>) -> io::Result<()> {
+pub(crate) fn recv_batch(
+    socket: &UdpSocket,
+    bufs: &mut [Vec<u8>],
+    got: &mut Vec<(usize, SocketAddr)>,
+) -> io::Result<()> {
     let (len, addr) = socket.try_recv_from(&mut bufs[0])?;
     got.push((len, addr));
     Ok(())

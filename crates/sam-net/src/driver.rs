@@ -4,7 +4,8 @@
 //! (`max_datagram_bytes`), and leave when the node flushes after handling a batch of inputs,
 //! so a burst of actions costs a few system calls. A channel is a multicast group, or in
 //! unicast mode the list of servers that hear it: the same frames go to each. Incoming
-//! datagrams are read by one task per socket ([`crate::reader`]).
+//! datagrams are read, a system call's batch at a time, when the node asks for input
+//! ([`crate::reader`]): on the node's own task, with nothing between socket and core.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,13 +19,12 @@ use sam_core::wire::{encode_fragments, EncodeError, FramePacker, FLAG_GLOBAL};
 use sam_core::{Channel, Dest, Message, Pid};
 use thiserror::Error;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::batch;
 use crate::injected::InjectedFaults;
 use crate::peer::Peers;
-use crate::reader::{Reader, Unicast};
+use crate::reader::{Reader, Receiver, RecvBuffers, Taken, Unicast};
 use crate::relay::Registration;
 use crate::security::cookie::CookieJar;
 use crate::security::envelope::{RELAY_ENVELOPE_LEN, SEAL_OVERHEAD};
@@ -34,8 +34,6 @@ use crate::socket::{self, Group};
 
 /// The largest datagram UDP carries over IPv4.
 pub const MAX_UDP_PAYLOAD_BYTES: usize = 65_507;
-/// Datagrams decoded and waiting for the node, per driver.
-pub const INCOMING_QUEUE_DATAGRAMS: usize = 4_096;
 
 /// What a process's network looks like.
 #[derive(Clone, Debug)]
@@ -197,9 +195,26 @@ pub struct Net {
     sealer: Arc<Mutex<Sealer>>,
     /// With signed frames, what signs the heartbeats this process sends.
     signer: Option<Signer>,
-    incoming: mpsc::Receiver<Incoming>,
+    /// One receiver per socket: the unicast one first.
+    receivers: Vec<Receiver>,
+    buffers: RecvBuffers,
+    /// What the receivers read and the node has not taken, and what they send.
+    taken: Taken,
     stats: Arc<NetStats>,
-    readers: Vec<JoinHandle<()>>,
+    /// A member's registration in unicast mode, renewed in the background.
+    registration: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Receiver")
+    }
+}
+
+impl std::fmt::Debug for RecvBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecvBuffers")
+    }
 }
 
 /// Where a channel's frames go.
@@ -231,12 +246,10 @@ impl Net {
         let peers = Arc::new(Peers::new(plan.servers.iter().copied()));
         let sealer = Arc::new(Mutex::new(Sealer::new(plan.security.clone(), plan.pid)?));
         let stats = Arc::new(NetStats::default());
-        let (tx, incoming) = mpsc::channel(INCOMING_QUEUE_DATAGRAMS);
         let max_datagram = plan.max_datagram_bytes.clamp(64, MAX_UDP_PAYLOAD_BYTES);
         let reader = Reader {
             peers: peers.clone(),
             stats: stats.clone(),
-            tx,
             max_message: plan.max_message_bytes,
             max_datagram,
             faults: plan.faults,
@@ -246,10 +259,11 @@ impl Net {
             cookies: Arc::new(CookieJar::new().map_err(SecurityError::from)?),
             verifier: plan.security.verifier().map(Arc::new),
         };
-        let mut readers = Vec::new();
+        let mut receivers = Vec::new();
+        let mut registration = None;
         let channels = match &plan.transport {
             TransportPlan::Multicast { groups, listen } => {
-                readers.push(reader.spawn(socket.clone(), Unicast::Plain, Some(vec![None])));
+                receivers.push(reader.receiver(socket.clone(), Unicast::Plain, Some(vec![None])));
                 for channel in listen {
                     let group = groups.get(channel).ok_or(NetError::NoGroup(*channel))?;
                     let listener = socket::listener(group).map_err(|source| NetError::Socket {
@@ -257,7 +271,7 @@ impl Net {
                         addr: group.addr,
                         source,
                     })?;
-                    readers.push(reader.spawn(Arc::new(listener), Unicast::Plain, Some(vec![Some(*channel)])));
+                    receivers.push(reader.receiver(Arc::new(listener), Unicast::Plain, Some(vec![Some(*channel)])));
                 }
                 Routes::Multicast(groups.clone())
             }
@@ -266,12 +280,12 @@ impl Net {
                     RelayRole::None => Unicast::Plain,
                     RelayRole::Relay => Unicast::Relay,
                     RelayRole::Member(relays) => {
-                        let registration = Arc::new(Registration::new(local, relays.clone(), unicast.lease));
-                        readers.push(tokio::spawn(registration.clone().run(socket.clone(), sealer.clone())));
-                        Unicast::Member(registration)
+                        let member = Arc::new(Registration::new(local, relays.clone(), unicast.lease));
+                        registration = Some(tokio::spawn(member.clone().run(socket.clone(), sealer.clone())));
+                        Unicast::Member(member)
                     }
                 };
-                readers.push(reader.spawn(socket.clone(), role, None));
+                receivers.push(reader.receiver(socket.clone(), role, None));
                 Routes::Unicast(unicast.listeners.clone())
             }
         };
@@ -286,9 +300,11 @@ impl Net {
             ready: Vec::new(),
             sealer,
             signer: plan.security.signer(plan.pid),
-            incoming,
+            receivers,
+            buffers: RecvBuffers::new(),
+            taken: Taken::default(),
             stats,
-            readers,
+            registration,
         })
     }
 
@@ -358,8 +374,9 @@ impl Net {
         })
     }
 
-    /// Sends every queued datagram. A datagram the system refuses (a peer's port closed, a
-    /// full buffer) is counted: UDP promises nothing and the protocol recovers.
+    /// Sends every queued datagram, and what reading called for (challenges, grants, relayed
+    /// frames). A datagram the system refuses (a peer's port closed, a full buffer) is
+    /// counted: UDP promises nothing and the protocol recovers.
     pub async fn flush(&mut self) {
         for (dest, packer) in &mut self.packers {
             if let Some(frame) = packer.finish() {
@@ -385,27 +402,55 @@ impl Net {
                 }
             }
         }
+        datagrams.extend(self.taken.direct.iter().map(|(addr, datagram)| (*addr, &datagram[..])));
         let outcome = batch::send_all(&self.socket, &datagrams).await;
+        drop(datagrams);
+        self.taken.direct.clear();
         self.stats.datagrams_out.fetch_add(outcome.sent, Ordering::Relaxed);
         self.stats.send_calls.fetch_add(outcome.calls, Ordering::Relaxed);
         self.stats.send_errors.fetch_add(outcome.refused, Ordering::Relaxed);
     }
 
-    /// The next datagram's messages (waits for one).
-    pub async fn recv(&mut self) -> Option<Incoming> {
-        self.incoming.recv().await
+    /// The next datagram's messages: waits until one arrives (what reading calls for sending
+    /// leaves first, so that a driver that only reads still answers).
+    pub async fn recv(&mut self) -> Incoming {
+        loop {
+            if let Some(incoming) = self.taken.incoming.pop_front() {
+                return incoming;
+            }
+            if !self.taken.direct.is_empty() {
+                self.flush().await;
+            }
+            let receivers = &self.receivers;
+            std::future::poll_fn(|cx| match receivers.iter().any(|r| r.poll_ready(cx).is_ready()) {
+                true => std::task::Poll::Ready(()),
+                false => std::task::Poll::Pending,
+            })
+            .await;
+            self.read_ready();
+        }
     }
 
-    /// The next datagram's messages, if one is waiting.
+    /// The next datagram's messages, if one is waiting (read without waiting).
     pub fn try_recv(&mut self) -> Option<Incoming> {
-        self.incoming.try_recv().ok()
+        if self.taken.incoming.is_empty() {
+            self.read_ready();
+        }
+        self.taken.incoming.pop_front()
+    }
+
+    /// Reads a system call's batch from every socket that may have datagrams waiting.
+    fn read_ready(&mut self) {
+        for receiver in &mut self.receivers {
+            receiver.read(&mut self.buffers, &mut self.taken);
+        }
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for reader in &self.readers {
-            reader.abort();
+        if let Some(registration) = &self.registration {
+            registration.abort();
         }
     }
 }

@@ -1,23 +1,28 @@
-//! Reading one socket: datagrams in, decoded messages out to the node.
+//! Reading the sockets: datagrams in, decoded messages out, on the node's own task.
 //!
-//! Each socket has a task of its own that opens what arrives (security, DESIGN section 12: a
-//! datagram that does not open or decode is counted and dropped, never answered nor fatal),
-//! reassembles fragments, and hands the messages to the node through a bounded queue: when the node falls behind, the task waits and the
-//! kernel's socket buffer drops, so memory stays bounded. In unicast mode the unicast socket's
-//! task also serves registrations and relays global frames (a data server), or notes that its
-//! relay still relays (a member).
+//! The driver reads its sockets itself when the node asks for input: no task and no queue
+//! stand between a socket and the protocol core, so a datagram costs no hand-off between
+//! threads (issue 13: the hand-offs, not the protocol, were most of a server's CPU). Each
+//! socket has a [`Receiver`] that opens what arrives (security, DESIGN section 12: a datagram
+//! that does not open or decode is counted and dropped, never answered nor fatal) and
+//! reassembles fragments. When the node falls behind it stops asking, and the kernel's socket
+//! buffer drops: memory stays bounded. In unicast mode the unicast socket's receiver also
+//! serves registrations and relays global frames (a data server), or notes that its relay still
+//! relays (a member); what it sends that way waits in [`Taken::direct`] for the driver's next
+//! flush.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sam_core::wire::{decode_body, decode_datagram, register_frame, Body, Datagram, FRAGMENT_HEADER_MAX, HEADER_LEN};
 use sam_core::{Channel, Message, Pid};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::batch;
 use crate::driver::{Incoming, NetStats, MAX_UDP_PAYLOAD_BYTES};
@@ -32,9 +37,9 @@ use crate::security::signing::Verifier;
 use crate::security::{now_ms, Authority, Dropped, Opened, Opener, SealFor, Sealer, SecurityPlan};
 
 /// Datagrams one system call may read (each has a buffer of the largest UDP payload).
-const RECV_BATCH: usize = 8;
+const RECV_BATCH: usize = 16;
 
-/// What this socket's task does besides decoding, in unicast mode.
+/// What a socket's receiver does besides decoding, in unicast mode.
 #[derive(Clone, Debug, Default)]
 pub(crate) enum Unicast {
     /// Nothing: multicast mode, or a server that is not a data server.
@@ -47,12 +52,11 @@ pub(crate) enum Unicast {
     Member(Arc<Registration>),
 }
 
-/// What every socket's reading task shares.
+/// What every socket's receiver shares.
 #[derive(Clone)]
 pub(crate) struct Reader {
     pub(crate) peers: Arc<Peers>,
     pub(crate) stats: Arc<NetStats>,
-    pub(crate) tx: mpsc::Sender<Incoming>,
     pub(crate) max_message: usize,
     /// The group's datagram size (fragments are at most this long).
     pub(crate) max_datagram: usize,
@@ -62,12 +66,38 @@ pub(crate) struct Reader {
     pub(crate) security: SecurityPlan,
     /// This process (frames to one process must name it).
     pub(crate) pid: Pid,
-    /// Seals what this task sends (grants, challenges).
+    /// Seals what a receiver sends (grants, challenges).
     pub(crate) sealer: Arc<Mutex<Sealer>>,
     /// Grants and checks the cookies of requests.
     pub(crate) cookies: Arc<CookieJar>,
     /// With signed frames, checks the heartbeats a member hears.
     pub(crate) verifier: Option<Arc<Verifier>>,
+}
+
+/// What reading produced and the driver has not passed on yet.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    /// Each datagram's messages for the node, in arrival order.
+    pub(crate) incoming: VecDeque<Incoming>,
+    /// Sealed datagrams to send from the unicast socket at the next flush: challenges,
+    /// grants, registrations sent again, frames relayed to members.
+    pub(crate) direct: Vec<(SocketAddrV4, Bytes)>,
+}
+
+/// The buffers one `recvmmsg` fills, shared by every socket of a driver.
+pub(crate) struct RecvBuffers {
+    bufs: Vec<Vec<u8>>,
+    got: Vec<(usize, SocketAddr)>,
+}
+
+impl RecvBuffers {
+    pub(crate) fn new() -> RecvBuffers {
+        // One byte more than UDP carries: a datagram that fills its buffer was cut short.
+        RecvBuffers {
+            bufs: vec![vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1]; RECV_BATCH],
+            got: Vec::with_capacity(RECV_BATCH),
+        }
+    }
 }
 
 /// The payload frame without the zero padding a frame without a cookie carries (see
@@ -97,8 +127,8 @@ fn is_answered(msg: &Message) -> bool {
     is_request(msg) || matches!(msg, Message::Ping(_))
 }
 
-/// One task's state.
-struct Task {
+/// One socket and what reading it needs.
+pub(crate) struct Receiver {
     reader: Reader,
     socket: Arc<UdpSocket>,
     unicast: Unicast,
@@ -111,21 +141,21 @@ struct Task {
 }
 
 impl Reader {
-    /// Reads `socket`, whose frames may name `channels` (`None`: any).
-    pub(crate) fn spawn(
+    /// A receiver for `socket`, whose frames may name `channels` (`None`: any).
+    pub(crate) fn receiver(
         &self,
         socket: Arc<UdpSocket>,
         unicast: Unicast,
         channels: Option<Vec<Option<Channel>>>,
-    ) -> JoinHandle<()> {
+    ) -> Receiver {
         let min_chunk =
             self.max_datagram.saturating_sub(SEAL_OVERHEAD + RELAY_ENVELOPE_LEN + HEADER_LEN + FRAGMENT_HEADER_MAX);
         let reassembly = Reassembly::new(self.max_message, 2 * self.max_message, min_chunk);
-        // Each socket's task makes its own choices: seeded by the port it reads.
+        // Each socket's receiver makes its own choices: seeded by the port it reads.
         let seed = socket.local_addr().map_or(0, |a| u64::from(a.port())) ^ u64::from(std::process::id());
         let injector = Injector::new(self.faults, seed);
         let opener = Opener::new(self.security.clone(), self.pid, channels);
-        let task = Task {
+        Receiver {
             reader: self.clone(),
             socket,
             unicast,
@@ -134,58 +164,62 @@ impl Reader {
             injector,
             opener,
             duplicate_pids: 0,
-        };
-        tokio::spawn(task.run())
+        }
     }
 }
 
-impl Task {
-    async fn run(mut self) {
-        // One byte more than UDP carries: a datagram that fills its buffer was cut short.
-        let mut bufs = vec![vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1]; RECV_BATCH];
-        let mut got = Vec::with_capacity(RECV_BATCH);
-        loop {
-            if batch::recv_some(&self.socket, &mut bufs, &mut got).await.is_err() {
+impl Receiver {
+    /// Ready once the socket may have datagrams waiting. A socket the runtime can no longer
+    /// watch (it is shutting down) never is.
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.socket.poll_recv_ready(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Reads what is waiting, up to one system call's worth, into `out`; returns how many
+    /// datagrams it read (none when none waits: a socket not known to be ready costs no call).
+    pub(crate) fn read(&mut self, bufs: &mut RecvBuffers, out: &mut Taken) -> usize {
+        bufs.got.clear();
+        let socket = &self.socket;
+        let read = socket.try_io(Interest::READABLE, || batch::recv_batch(socket, &mut bufs.bufs, &mut bufs.got));
+        if read.is_err() {
+            return 0;
+        }
+        for (i, (len, from)) in bufs.got.iter().enumerate() {
+            let copies = self.injector.copies();
+            match copies {
+                0 => NetStats::add(&self.reader.stats.injected_drops),
+                2 => NetStats::add(&self.reader.stats.injected_duplicates),
+                _ => {}
+            }
+            if copies == 0 {
                 continue;
             }
-            for (i, (len, from)) in got.iter().enumerate() {
-                let copies = self.injector.copies();
-                match copies {
-                    0 => NetStats::add(&self.reader.stats.injected_drops),
-                    2 => NetStats::add(&self.reader.stats.injected_duplicates),
-                    _ => {}
-                }
-                if copies == 0 {
-                    continue;
-                }
-                let datagram =
-                    bufs[i].get(..*len).filter(|_| *len <= MAX_UDP_PAYLOAD_BYTES).map(Bytes::copy_from_slice);
-                if !self.handle(datagram, *from, copies).await {
-                    return;
-                }
-            }
+            let datagram =
+                bufs.bufs[i].get(..*len).filter(|_| *len <= MAX_UDP_PAYLOAD_BYTES).map(Bytes::copy_from_slice);
+            self.handle(datagram, *from, copies, out);
         }
+        bufs.got.len()
     }
 
     /// Opens one datagram and hands what it holds to the node, `copies` times (a duplicate is
     /// injected after the frame opened: a replayed frame would be refused, and the point is to
-    /// test the protocol's own de-duplication); `false` once the node is gone.
-    async fn handle(&mut self, datagram: Option<Bytes>, from: SocketAddr, copies: usize) -> bool {
+    /// test the protocol's own de-duplication).
+    fn handle(&mut self, datagram: Option<Bytes>, from: SocketAddr, copies: usize, out: &mut Taken) {
         let stats = self.reader.stats.clone();
         let outcome = match (datagram, from) {
-            (Some(datagram), SocketAddr::V4(addr)) => self.take(addr, datagram).await,
+            (Some(datagram), SocketAddr::V4(addr)) => self.take(addr, datagram, &mut out.direct),
             _ => Err(Dropped::Malformed),
         };
         match outcome {
             Ok(Some(incoming)) => {
                 NetStats::add(&stats.datagrams_in);
                 if copies > 1 {
-                    let again = Incoming { from: incoming.from, msgs: incoming.msgs.clone() };
-                    if self.reader.tx.send(again).await.is_err() {
-                        return false;
-                    }
+                    out.incoming.push_back(Incoming { from: incoming.from, msgs: incoming.msgs.clone() });
                 }
-                return self.reader.tx.send(incoming).await.is_ok();
+                out.incoming.push_back(incoming);
             }
             Ok(None) => NetStats::add(&stats.datagrams_in),
             Err(dropped) => NetStats::add(match dropped {
@@ -199,12 +233,17 @@ impl Task {
                 Dropped::Throttled => &stats.throttled,
             }),
         }
-        true
     }
 
     /// What a datagram from `addr` gives the node, if anything, or why it was dropped: the
-    /// sealed frame is opened (inside a relay envelope only at a member), then decoded.
-    async fn take(&mut self, addr: SocketAddrV4, datagram: Bytes) -> Result<Option<Incoming>, Dropped> {
+    /// sealed frame is opened (inside a relay envelope only at a member), then decoded; what
+    /// it calls for sending goes to `direct`.
+    fn take(
+        &mut self,
+        addr: SocketAddrV4,
+        datagram: Bytes,
+        direct: &mut Vec<(SocketAddrV4, Bytes)>,
+    ) -> Result<Option<Incoming>, Dropped> {
         let (sealed, relayed) = match unwrap_relayed(&datagram) {
             Some(inner) if matches!(self.unicast, Unicast::Member(_)) => (inner, true),
             Some(_) => return Err(Dropped::Malformed),
@@ -218,14 +257,14 @@ impl Task {
         }
         let opened = opened?;
         if opened.header.challenge {
-            self.note_challenge(addr, &opened, relayed)?;
+            self.note_challenge(addr, &opened, relayed, direct)?;
             return Ok(None);
         }
         let decoded = decode_datagram(&unpadded(&opened.payload)?).map_err(|_| Dropped::Malformed)?;
         let from = opened.header.pid;
         self.note_sender(addr, &opened, relayed, &decoded)?;
         if decoded.global && !relayed && matches!(self.unicast, Unicast::Relay) {
-            self.relay(&sealed).await;
+            self.relay(&sealed, direct);
         }
         let mut msgs = match decoded.body {
             Body::Messages(msgs) => msgs,
@@ -238,8 +277,8 @@ impl Task {
             // multicast frame would multiply it (a member's grant needs no answer either).
             Body::Register { lease_ms } => {
                 let to_relay = matches!(self.unicast, Unicast::Relay) && opened.header.channel.is_none();
-                if to_relay && self.echoed(addr, &opened, sealed.len()).await {
-                    self.register(from, addr, lease_ms).await;
+                if to_relay && self.echoed(addr, &opened, sealed.len(), direct) {
+                    self.register(from, addr, lease_ms, direct);
                 }
                 return Ok(None);
             }
@@ -252,7 +291,7 @@ impl Task {
         let refused = (before - msgs.len()) as u64;
         self.reader.stats.refused.fetch_add(refused, Ordering::Relaxed);
         self.drop_unsigned(&opened, &mut msgs);
-        if msgs.iter().any(is_request) && !self.echoed(addr, &opened, sealed.len()).await {
+        if msgs.iter().any(is_request) && !self.echoed(addr, &opened, sealed.len(), direct) {
             msgs.retain(|msg| !is_request(msg));
         }
         Ok((!msgs.is_empty()).then_some(Incoming { from, msgs }))
@@ -274,7 +313,13 @@ impl Task {
     /// itself with the server key, or echoed its cookie. A request without one is answered
     /// with a challenge, when that is no larger than the request, and not served; one with
     /// last bucket's cookie is served and given the current one (DESIGN section 12).
-    async fn echoed(&mut self, addr: SocketAddrV4, opened: &Opened, request_len: usize) -> bool {
+    fn echoed(
+        &mut self,
+        addr: SocketAddrV4,
+        opened: &Opened,
+        request_len: usize,
+        direct: &mut Vec<(SocketAddrV4, Bytes)>,
+    ) -> bool {
         if opened.authority == Authority::Server {
             return true;
         }
@@ -289,7 +334,7 @@ impl Task {
             let challenge = self.reader.sealer.lock().unwrap_or_else(|e| e.into_inner()).seal_challenge(pid, cookie);
             if challenge.len() <= request_len {
                 NetStats::add(&self.reader.stats.challenges);
-                let _ = self.socket.send_to(&challenge, addr).await;
+                direct.push((addr, challenge));
             }
         }
         echo != Echo::Missing
@@ -297,7 +342,13 @@ impl Task {
 
     /// Takes the cookie a server granted: frames to it carry it from now on, and a waiting
     /// registration is sent again at once.
-    fn note_challenge(&self, addr: SocketAddrV4, opened: &Opened, relayed: bool) -> Result<(), Dropped> {
+    fn note_challenge(
+        &self,
+        addr: SocketAddrV4,
+        opened: &Opened,
+        relayed: bool,
+        direct: &mut Vec<(SocketAddrV4, Bytes)>,
+    ) -> Result<(), Dropped> {
         let (pid, cookie) = (opened.header.pid, opened.header.cookie);
         let from_server = self.reader.peers.server(pid).is_some();
         // Without keys a challenge is believed only from the server's own address.
@@ -308,8 +359,7 @@ impl Task {
         let again = self.reader.sealer.lock().unwrap_or_else(|e| e.into_inner()).set_cookie(pid, cookie);
         if let (Some(frame), Some(server)) = (again, self.reader.peers.server(pid)) {
             // Fire and forget: a lost one is asked again by the protocol's own timeout.
-            let socket = self.socket.clone();
-            tokio::spawn(async move { socket.send_to(&frame, server).await });
+            direct.push((server, frame));
         }
         if let Unicast::Member(registration) = &self.unicast {
             registration.renew_now();
@@ -350,27 +400,23 @@ impl Task {
     }
 
     /// Passes a global frame on to every registered member, byte for byte inside a relay
-    /// envelope, in as few system calls as the platform allows.
-    async fn relay(&mut self, sealed: &Bytes) {
+    /// envelope (one buffer for all of them), with the driver's next flush.
+    fn relay(&mut self, sealed: &Bytes, direct: &mut Vec<(SocketAddrV4, Bytes)>) {
         let frame = relay_envelope(sealed);
-        let datagrams: Vec<(SocketAddrV4, &[u8])> =
-            self.members.live(Instant::now()).map(|m| (m, &frame[..])).collect();
-        let outcome = batch::send_all(&self.socket, &datagrams).await;
-        let stats = &self.reader.stats;
-        stats.relayed.fetch_add(outcome.sent, Ordering::Relaxed);
-        stats.send_calls.fetch_add(outcome.calls, Ordering::Relaxed);
-        stats.send_errors.fetch_add(outcome.refused, Ordering::Relaxed);
+        let before = direct.len();
+        direct.extend(self.members.live(Instant::now()).map(|m| (m, frame.clone())));
+        self.reader.stats.relayed.fetch_add((direct.len() - before) as u64, Ordering::Relaxed);
     }
 
     /// Grants a member's registration (a data server), or notes the grant (a member).
-    async fn register(&mut self, pid: Pid, addr: SocketAddrV4, lease_ms: u64) {
+    fn register(&mut self, pid: Pid, addr: SocketAddrV4, lease_ms: u64, direct: &mut Vec<(SocketAddrV4, Bytes)>) {
         if !matches!(self.unicast, Unicast::Relay) || !pid.is_member() {
             return;
         }
         if let Some(lease) = self.members.register(Instant::now(), pid, addr, Duration::from_millis(lease_ms)) {
             let grant = register_frame(lease.as_millis() as u64);
             let sealed = self.reader.sealer.lock().unwrap_or_else(|e| e.into_inner()).seal(SealFor::Pid(pid), &grant);
-            let _ = self.socket.send_to(&sealed, addr).await;
+            direct.push((addr, sealed));
         }
     }
 }

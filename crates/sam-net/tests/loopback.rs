@@ -98,7 +98,31 @@ fn data(counter: u64, len: usize) -> Message {
 }
 
 async fn next(net: &mut Net) -> Incoming {
-    tokio::time::timeout(Duration::from_secs(5), net.recv()).await.expect("a datagram within 5 s").expect("open")
+    tokio::time::timeout(Duration::from_secs(5), net.recv()).await.expect("a datagram within 5 s")
+}
+
+/// The next datagram's messages at `net` while `other` reads too: a driver answers (grants,
+/// challenges, relays, requests sent again) only when its owner reads it.
+async fn next_driving(net: &mut Net, other: &mut Net) -> Incoming {
+    let both = async {
+        loop {
+            tokio::select! {
+                incoming = net.recv() => return incoming,
+                _ = other.recv() => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), both).await.expect("a datagram within 5 s")
+}
+
+/// Reads `net` for `time`, answering what asks for an answer.
+async fn drive(net: &mut Net, time: Duration) {
+    let _ = tokio::time::timeout(time, async {
+        loop {
+            net.recv().await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -227,8 +251,9 @@ async fn unicast_mode_fans_channels_out_and_a_data_server_relays_the_global_chan
     let mut relay_net = Net::bind(&plan(relay, RelayRole::Relay)).expect("bind relay");
     let mut plain_net = Net::bind(&plan(plain, RelayRole::None)).expect("bind plain");
     let mut member = Net::bind(&plan(addr(0), RelayRole::Member(vec![(Pid(1), relay)]))).expect("bind member");
-    // The member registers at once; wait for the grant to reach it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The member registers at once; the relay challenges it, then grants it.
+    let wait = Duration::from_millis(100);
+    tokio::join!(drive(&mut relay_net, wait), drive(&mut member, wait));
     let hb = heartbeat(Pid(2), Seq(7));
     plain_net.queue(Dest::Channel(Channel::Global), &hb).expect("queue");
     plain_net.queue(Dest::Channel(Channel::Global), &data(1, 5_000)).expect("queue a fragmented message");
@@ -241,6 +266,8 @@ async fn unicast_mode_fans_channels_out_and_a_data_server_relays_the_global_chan
             got.extend(incoming.msgs);
         }
         assert_eq!(got, vec![hb.clone(), data(1, 5_000)]);
+        // The relay passes them on with its next flush.
+        net.flush().await;
     }
     assert!(relay_net.stats().relayed.load(Ordering::Relaxed) >= 2);
     member.queue(Dest::Channel(Channel::Data), &data(2, 10)).expect("queue");
@@ -250,7 +277,7 @@ async fn unicast_mode_fans_channels_out_and_a_data_server_relays_the_global_chan
     forged.extend_from_slice(&sam_core::wire::encode_frame(&[data(3, 10)]));
     let stranger = std::net::UdpSocket::bind("127.0.0.1:0").expect("raw socket");
     stranger.send_to(&forged, member.local_addr()).expect("send");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    drive(&mut member, Duration::from_millis(50)).await;
     assert_eq!(member.stats().malformed.load(Ordering::Relaxed), 1, "a relay envelope around no sealed frame");
 }
 
@@ -271,7 +298,8 @@ async fn a_member_whose_data_server_is_silent_registers_with_the_next() {
         loop {
             relay_net.queue(Dest::Channel(Channel::Global), &hb).expect("queue");
             relay_net.flush().await;
-            if let Ok(Some(incoming)) = tokio::time::timeout(Duration::from_millis(20), member.recv()).await {
+            drive(&mut relay_net, Duration::from_millis(1)).await;
+            if let Ok(incoming) = tokio::time::timeout(Duration::from_millis(20), member.recv()).await {
                 return incoming;
             }
         }
@@ -303,8 +331,9 @@ async fn a_member_moves_off_a_data_server_that_answers_but_relays_nothing() {
             mute_net.flush().await;
             source_net.queue(Dest::Channel(Channel::Global), &hb).expect("queue");
             source_net.flush().await;
-            while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), relay_net.recv()).await {}
-            while let Ok(Some(incoming)) = tokio::time::timeout(Duration::from_millis(20), member.recv()).await {
+            drive(&mut mute_net, Duration::from_millis(1)).await;
+            drive(&mut relay_net, Duration::from_millis(1)).await;
+            while let Ok(incoming) = tokio::time::timeout(Duration::from_millis(20), member.recv()).await {
                 if incoming.from == Pid(3) {
                     return incoming;
                 }
@@ -334,7 +363,7 @@ async fn a_fetch_is_served_only_after_its_sender_echoed_the_servers_cookie() {
     member.queue(Dest::Pid(Pid(1)), &fetch).expect("queue");
     member.flush().await;
     // Challenged, not served; the member's driver sends it again with the cookie.
-    assert_eq!(next(&mut server).await.msgs, vec![fetch.clone()], "served once echoed");
+    assert_eq!(next_driving(&mut server, &mut member).await.msgs, vec![fetch.clone()], "served once echoed");
     assert_eq!(server.stats().challenges.load(Ordering::Relaxed), 1);
     member.queue(Dest::Pid(Pid(1)), &fetch).expect("queue");
     member.flush().await;

@@ -478,8 +478,7 @@ impl Host {
             // An application that dropped its handle takes nothing: nothing to wait for.
             let behind = self.backlog.full() && !self.events.is_closed();
             tokio::select! {
-                incoming = self.net.recv(), if self.serves || !behind => {
-                    let Some(first) = incoming else { return Ok(()) };
+                first = self.net.recv(), if self.serves || !behind => {
                     self.take(first);
                     for _ in 1..INPUTS_PER_TURN {
                         let Some(more) = self.net.try_recv() else { break };
