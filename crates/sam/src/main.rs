@@ -154,8 +154,8 @@ fn said_once(e: &anyhow::Error) -> String {
     out
 }
 
-/// The runtime of the commands that run nodes: two worker threads (the node's loop, and the
-/// network's readers beside it).
+/// The runtime of the commands that run nodes beside an application (clients, the benchmark's
+/// many members): two worker threads. A server runs on one (see `server_cmd`).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }

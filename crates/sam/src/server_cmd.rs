@@ -28,7 +28,9 @@ pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
     let start = if args.init { StorageStart::Fresh } else { StorageStart::Recover };
     let spec = server_spec(&cluster, Pid(args.id), start, rand::random())?;
     let dir = spec.dir.clone().unwrap_or_default();
-    let runtime = crate::runtime()?;
+    // One thread runs the node: the network is read on its task, and a wake that crossed
+    // to a second worker thread would cost a futex call and a context switch per datagram.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let mut node = Node::start(spec).await.with_context(|| format!("server {} in {}", args.id, dir.display()))?;
         let (addr, recovered) = (node.local_addr(), node.recovered());
