@@ -183,6 +183,8 @@ pub struct Incoming {
 /// A process's sockets and its outgoing datagrams.
 #[derive(Debug)]
 pub struct Net {
+    /// This process: what it sends itself never touches a socket.
+    pid: Pid,
     socket: Arc<UdpSocket>,
     local: SocketAddrV4,
     channels: Routes,
@@ -290,6 +292,7 @@ impl Net {
             }
         };
         Ok(Net {
+            pid: plan.pid,
             socket,
             local,
             channels,
@@ -321,8 +324,13 @@ impl Net {
     /// Queues `msg` for `dest`; it leaves at the next [`Net::flush`] (or earlier, when its
     /// datagram is full). A message too long for a datagram leaves as fragments, after what
     /// was queued for `dest` before it. A destination with no known address is counted and
-    /// dropped.
+    /// dropped. A message to this process itself (one role to another: a data server's
+    /// `Order` to its own sequencer, say) is handed back by the next [`Net::recv`] at once.
     pub fn queue(&mut self, dest: Dest, msg: &Message) -> Result<(), NetError> {
+        if dest == Dest::Pid(self.pid) {
+            self.taken.incoming.push_back(Incoming { from: self.pid, msgs: vec![msg.clone()] });
+            return Ok(());
+        }
         if !self.routable(dest)? {
             NetStats::add(&self.stats.unroutable);
             return Ok(());

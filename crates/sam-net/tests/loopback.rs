@@ -167,6 +167,18 @@ async fn unicast_reaches_one_process_and_a_member_is_answered_at_its_address() {
     assert_eq!(next(&mut stranger).await.msgs, vec![hb]);
 }
 
+/// What a process sends itself (one of its roles to another) comes back at once, without a
+/// datagram.
+#[tokio::test]
+async fn a_message_to_this_process_itself_comes_back_without_a_datagram() {
+    let mut server = Net::bind(&plan(7, 1, vec![])).expect("bind");
+    server.queue(Dest::Pid(Pid(1)), &data(1, 10)).expect("queue");
+    server.flush().await;
+    let incoming = next(&mut server).await;
+    assert_eq!((incoming.from, incoming.msgs), (Pid(1), vec![data(1, 10)]));
+    assert_eq!(server.stats().datagrams_out.load(Ordering::Relaxed), 0);
+}
+
 #[tokio::test]
 async fn garbage_is_counted_and_dropped_and_the_driver_goes_on() {
     let mut server = Net::bind(&plan(3, 1, vec![])).expect("bind");
