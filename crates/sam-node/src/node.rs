@@ -471,10 +471,17 @@ impl Host {
         mut commands: mpsc::Receiver<Command>,
         mut durable: mpsc::UnboundedReceiver<Position>,
     ) -> Result<(), NodeError> {
+        // One timer, moved only when the process's deadline moves: a timer set afresh each
+        // turn would cost the busy loop a timer-wheel entry per turn.
+        let mut sleep = Box::pin(tokio::time::sleep_until(far_future()));
+        let mut sleep_set_for = None;
         loop {
             self.watch_alarms();
             let wake = self.process.poll_timeout().map(|t| self.clock + std::time::Duration::from_micros(t.0));
-            let sleep = tokio::time::sleep_until(wake.map_or_else(far_future, tokio::time::Instant::from_std));
+            if wake != sleep_set_for {
+                sleep.as_mut().reset(wake.map_or_else(far_future, tokio::time::Instant::from_std));
+                sleep_set_for = wake;
+            }
             // An application that dropped its handle takes nothing: nothing to wait for.
             let behind = self.backlog.full() && !self.events.is_closed();
             tokio::select! {
@@ -485,7 +492,9 @@ impl Host {
                         self.take(more);
                     }
                 }
-                () = sleep => {
+                () = &mut sleep => {
+                    // Set again next turn, even to the same deadline.
+                    sleep_set_for = None;
                     let now = self.now();
                     self.process.handle_tick(now);
                 }
