@@ -468,6 +468,11 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind's index in [`Kind::ALL`], which is its wire tag.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Every kind, in wire-tag order.
     pub const ALL: [Kind; 21] = [
         Kind::Data,

@@ -201,6 +201,11 @@ impl Process {
         self.alarms = self.alarms.with(alarm, on);
     }
 
+    /// The alarms raised.
+    pub fn alarms(&self) -> Alarms {
+        self.alarms
+    }
+
     /// Messages not believed: from a sender whose role does not send them, out of bounds, or
     /// `Entries` no role here asked that server for (DESIGN section 12). Each is dropped.
     pub fn unbelieved(&self) -> u64 {

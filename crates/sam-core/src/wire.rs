@@ -434,8 +434,7 @@ fn varint_len(v: u64) -> usize {
 
 /// The wire tag of a kind: its index in [`Kind::ALL`].
 fn kind_tag(kind: Kind) -> u8 {
-    // `Kind::ALL` lists every kind, so the search always succeeds.
-    Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0) as u8
+    kind.index() as u8
 }
 
 fn put_len<S: Sink>(s: &mut S, len: usize) {

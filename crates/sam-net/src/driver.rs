@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use sam_core::message::Kind;
 use sam_core::wire::{encode_fragments, EncodeError, FramePacker, FLAG_GLOBAL};
 use sam_core::{Channel, Dest, Message, Pid};
 use thiserror::Error;
@@ -124,6 +125,16 @@ pub struct NetStats {
     pub datagrams_in: AtomicU64,
     /// Datagrams sent.
     pub datagrams_out: AtomicU64,
+    /// Bytes of every datagram read, whatever became of it.
+    pub bytes_in: AtomicU64,
+    /// Bytes of the datagrams sent.
+    pub bytes_out: AtomicU64,
+    /// Messages handed to the node, by kind (indexed by `Kind::index`).
+    pub messages_in: [AtomicU64; Kind::ALL.len()],
+    /// Messages queued for sending, by kind; a message to a channel in unicast mode counts once.
+    pub messages_out: [AtomicU64; Kind::ALL.len()],
+    /// Members registered with this data server for relaying (unicast mode; a gauge).
+    pub relay_members: AtomicU64,
     /// System calls that sent them (many datagrams per call where the platform allows).
     pub send_calls: AtomicU64,
     /// Datagrams dropped because they did not decode (garbage, truncated, wrong version).
@@ -165,9 +176,34 @@ pub struct NetStats {
     pub unsigned: AtomicU64,
 }
 
+/// How many reasons [`NetStats::drops`] names.
+pub const DROP_REASONS: usize = 15;
+
 impl NetStats {
     pub(crate) fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every count of something dropped, with its reason's short name (a metric's label).
+    pub fn drops(&self) -> [(&'static str, u64); DROP_REASONS] {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("malformed", read(&self.malformed)),
+            ("foreign", read(&self.foreign)),
+            ("unkeyed", read(&self.unkeyed)),
+            ("unauthenticated", read(&self.unauthenticated)),
+            ("replayed", read(&self.replayed)),
+            ("stale_session", read(&self.stale_sessions)),
+            ("replay_table_full", read(&self.replay_table_full)),
+            ("throttled", read(&self.throttled)),
+            ("duplicate_pid", read(&self.duplicate_pids)),
+            ("refused", read(&self.refused)),
+            ("unsigned", read(&self.unsigned)),
+            ("unroutable", read(&self.unroutable)),
+            ("send_error", read(&self.send_errors)),
+            ("member_table_full", read(&self.members_unlearned)),
+            ("injected", read(&self.injected_drops)),
+        ]
     }
 }
 
@@ -321,6 +357,11 @@ impl Net {
         &self.stats
     }
 
+    /// The driver's counters, to read from another thread (a metrics endpoint).
+    pub fn shared_stats(&self) -> Arc<NetStats> {
+        self.stats.clone()
+    }
+
     /// Queues `msg` for `dest`; it leaves at the next [`Net::flush`] (or earlier, when its
     /// datagram is full). A message too long for a datagram leaves as fragments, after what
     /// was queued for `dest` before it. A destination with no known address is counted and
@@ -335,6 +376,7 @@ impl Net {
             NetStats::add(&self.stats.unroutable);
             return Ok(());
         }
+        NetStats::add(&self.stats.messages_out[msg.kind().index()]);
         let signed;
         let msg = match (msg, &self.signer) {
             (Message::Heartbeat(hb), Some(signer)) => {
@@ -411,8 +453,10 @@ impl Net {
             }
         }
         datagrams.extend(self.taken.direct.iter().map(|(addr, datagram)| (*addr, &datagram[..])));
+        let bytes: usize = datagrams.iter().map(|(_, datagram)| datagram.len()).sum();
         let outcome = batch::send_all(&self.socket, &datagrams).await;
         drop(datagrams);
+        self.stats.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
         self.taken.direct.clear();
         self.stats.datagrams_out.fetch_add(outcome.sent, Ordering::Relaxed);
         self.stats.send_calls.fetch_add(outcome.calls, Ordering::Relaxed);

@@ -26,7 +26,8 @@ pub mod security;
 pub mod socket;
 
 pub use driver::{
-    Incoming, Net, NetError, NetPlan, NetStats, RelayRole, TransportPlan, UnicastPlan, MAX_UDP_PAYLOAD_BYTES,
+    Incoming, Net, NetError, NetPlan, NetStats, RelayRole, TransportPlan, UnicastPlan, DROP_REASONS,
+    MAX_UDP_PAYLOAD_BYTES,
 };
 pub use injected::InjectedFaults;
 pub use peer::Peers;

@@ -188,6 +188,7 @@ impl Receiver {
             return 0;
         }
         for (i, (len, from)) in bufs.got.iter().enumerate() {
+            self.reader.stats.bytes_in.fetch_add((*len).min(MAX_UDP_PAYLOAD_BYTES + 1) as u64, Ordering::Relaxed);
             let copies = self.injector.copies();
             match copies {
                 0 => NetStats::add(&self.reader.stats.injected_drops),
@@ -216,6 +217,9 @@ impl Receiver {
         match outcome {
             Ok(Some(incoming)) => {
                 NetStats::add(&stats.datagrams_in);
+                for msg in &incoming.msgs {
+                    NetStats::add(&stats.messages_in[msg.kind().index()]);
+                }
                 if copies > 1 {
                     out.incoming.push_back(Incoming { from: incoming.from, msgs: incoming.msgs.clone() });
                 }
@@ -405,7 +409,9 @@ impl Receiver {
         let frame = relay_envelope(sealed);
         let before = direct.len();
         direct.extend(self.members.live(Instant::now()).map(|m| (m, frame.clone())));
-        self.reader.stats.relayed.fetch_add((direct.len() - before) as u64, Ordering::Relaxed);
+        let stats = &self.reader.stats;
+        stats.relayed.fetch_add((direct.len() - before) as u64, Ordering::Relaxed);
+        stats.relay_members.store(self.members.len() as u64, Ordering::Relaxed);
     }
 
     /// Grants a member's registration (a data server), or notes the grant (a member).
@@ -413,7 +419,9 @@ impl Receiver {
         if !matches!(self.unicast, Unicast::Relay) || !pid.is_member() {
             return;
         }
-        if let Some(lease) = self.members.register(Instant::now(), pid, addr, Duration::from_millis(lease_ms)) {
+        let granted = self.members.register(Instant::now(), pid, addr, Duration::from_millis(lease_ms));
+        self.reader.stats.relay_members.store(self.members.len() as u64, Ordering::Relaxed);
+        if let Some(lease) = granted {
             let grant = register_frame(lease.as_millis() as u64);
             let sealed = self.reader.sealer.lock().unwrap_or_else(|e| e.into_inner()).seal(SealFor::Pid(pid), &grant);
             direct.push((addr, sealed));

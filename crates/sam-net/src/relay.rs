@@ -69,6 +69,11 @@ impl Members {
         self.leases.values().map(|(addr, _)| *addr)
     }
 
+    /// The leases held, some perhaps run out and not pruned yet.
+    pub(crate) fn len(&self) -> usize {
+        self.leases.len()
+    }
+
     fn remove(&mut self, pid: Pid) {
         if let Some((addr, _)) = self.leases.remove(&pid) {
             self.unindex(pid, addr);

@@ -22,6 +22,11 @@ impl Backlog {
         self.events.load(Ordering::Acquire) >= EVENTS_HELD
     }
 
+    /// The events handed over and not taken.
+    pub(crate) fn held(&self) -> usize {
+        self.events.load(Ordering::Acquire)
+    }
+
     /// Counts `n` events handed over.
     pub(crate) fn handed(&self, n: usize) {
         self.events.fetch_add(n, Ordering::AcqRel);

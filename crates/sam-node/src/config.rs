@@ -676,6 +676,9 @@ pub struct ServerConfig {
     /// Its storage directory; `storage.dir/server-ID` when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// Where it serves its Prometheus metrics over HTTP (`GET /metrics`); none when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddrV4>,
 }
 
 /// The protocol's tunables (DESIGN section 10 gives the defaults, taken from
@@ -1118,8 +1121,8 @@ impl ClusterConfig {
 
     /// A cluster on loopback: `servers` processes each holding a commit and a data server,
     /// then `checkpoint_servers` processes holding a checkpoint server, with pids from 1. The
-    /// channels take ports `base_port..base_port + 4` and the servers the ports after; storage
-    /// goes under `dir/data`. Redundancy factors are the defaults, lowered to the number of
+    /// channels take ports `base_port..base_port + 4`, the servers the UDP ports after and
+    /// their metrics endpoints the TCP ports after those; storage goes under `dir/data`. Redundancy factors are the defaults, lowered to the number of
     /// servers when there are fewer. The cluster id is fresh; security is off
     /// ([`ClusterConfig::with_local_keys`] turns it on).
     ///
@@ -1146,12 +1149,15 @@ impl ClusterConfig {
                 [Role::Checkpoint].into_iter().collect()
             }
         };
-        let servers_list = (0..servers + checkpoint_servers)
+        let count = servers + checkpoint_servers;
+        let servers_list = (0..count)
             .map(|i| ServerConfig {
                 id: Pid(i as u64 + 1),
                 roles: roles_of(i),
                 address: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(LOCAL_GROUPS.len() + i)),
                 dir: None,
+                // TCP ports after the servers' UDP ones.
+                metrics: Some(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port(LOCAL_GROUPS.len() + count + i))),
             })
             .collect();
         let mut protocol = ProtocolConfig::default();

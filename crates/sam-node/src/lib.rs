@@ -8,4 +8,5 @@ mod compaction;
 pub mod config;
 pub mod credential;
 pub mod launch;
+pub mod metrics;
 pub mod node;

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backlog::Backlog;
 use crate::client::{Client, SendFailure};
 use crate::compaction::{self, Compaction};
+use crate::metrics::{FsyncTimes, NodeMetrics, POSITIONS_EVERY};
 
 /// How often writes a full storage refused are tried again.
 const STALLED_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -252,6 +253,7 @@ pub struct Node {
     local: std::net::SocketAddrV4,
     recovered: usize,
     torn_tail: Option<TornTail>,
+    metrics: NodeMetrics,
 }
 
 impl Node {
@@ -261,9 +263,12 @@ impl Node {
         let on_durable: OnDurable = Arc::new(move |position: Position| {
             let _ = durable_tx.send(position);
         });
+        let fsyncs = FsyncTimes::new();
+        let timed = fsyncs.clone();
         let options = LogOptions {
             durability: spec.durability,
             on_durable: Some(on_durable),
+            on_fsync: Some(Arc::new(move |took| timed.observe(took))),
             segment_size_bytes: spec.segment_bytes,
             ..LogOptions::default()
         };
@@ -278,6 +283,7 @@ impl Node {
         // The process seals as the pid it runs as.
         let net = Net::bind(&sam_net::NetPlan { pid: spec.pid, ..spec.net.clone() })?;
         let local = net.local_addr();
+        let metrics = NodeMetrics::new(net.shared_stats(), spec.roles, fsyncs);
         let clock = Instant::now();
         let now = Time(0);
         let mut process = if records.is_empty() && spec.start == StorageStart::Recover {
@@ -317,9 +323,11 @@ impl Node {
             deliveries: spec.deliveries,
             serves,
             alarms: crate::alarms::AlarmWatch::default(),
+            metrics: metrics.clone(),
+            positions_due: std::time::Instant::now(),
         };
         let task = tokio::spawn(host.run(command_rx, durable_rx));
-        Ok(Node { commands, events, backlog, ready: VecDeque::new(), task, local, recovered, torn_tail })
+        Ok(Node { commands, events, backlog, ready: VecDeque::new(), task, local, recovered, torn_tail, metrics })
     }
 
     /// How many records the node recovered from its log at start.
@@ -336,6 +344,11 @@ impl Node {
     /// The address the node sends from.
     pub fn local_addr(&self) -> std::net::SocketAddrV4 {
         self.local
+    }
+
+    /// The node's metrics, to encode or serve (see [`crate::metrics::MetricsServer`]).
+    pub fn metrics(&self) -> NodeMetrics {
+        self.metrics.clone()
     }
 
     /// Sends `payload` to the group; returns its mid at once (its fate comes as an [`Event`]).
@@ -459,6 +472,9 @@ struct Host {
     serves: bool,
     /// The alarms its network counters raise.
     alarms: crate::alarms::AlarmWatch,
+    metrics: NodeMetrics,
+    /// When the positions are next copied for the metrics.
+    positions_due: std::time::Instant,
 }
 
 impl Host {
@@ -476,7 +492,9 @@ impl Host {
         let mut sleep = Box::pin(tokio::time::sleep_until(far_future()));
         let mut sleep_set_for = None;
         loop {
-            self.watch_alarms();
+            let now = std::time::Instant::now();
+            self.watch_alarms(now);
+            self.copy_positions(now);
             let wake = self.process.poll_timeout().map(|t| self.clock + std::time::Duration::from_micros(t.0));
             if wake != sleep_set_for {
                 sleep.as_mut().reset(wake.map_or_else(far_future, tokio::time::Instant::from_std));
@@ -487,10 +505,13 @@ impl Host {
             tokio::select! {
                 first = self.net.recv(), if self.serves || !behind => {
                     self.take(first);
-                    for _ in 1..INPUTS_PER_TURN {
+                    let mut inputs = 1;
+                    while inputs < INPUTS_PER_TURN {
                         let Some(more) = self.net.try_recv() else { break };
                         self.take(more);
+                        inputs += 1;
                     }
+                    self.metrics.observe_turn(inputs);
                 }
                 () = &mut sleep => {
                     // Set again next turn, even to the same deadline.
@@ -736,13 +757,21 @@ impl Host {
 
     /// Raises or clears the alarms the network counters call for, at most every
     /// [`crate::alarms::ALARM_CHECK`] (a ping between two turns may see them that late).
-    fn watch_alarms(&mut self) {
-        let now = std::time::Instant::now();
+    fn watch_alarms(&mut self, now: std::time::Instant) {
         if let Some(alarms) = self.alarms.due(now, self.net.stats()) {
             for (alarm, up) in alarms {
                 self.process.set_alarm(alarm, up);
             }
         }
+    }
+
+    /// Copies the protocol's positions for the metrics, at most every [`POSITIONS_EVERY`].
+    fn copy_positions(&mut self, now: std::time::Instant) {
+        if now < self.positions_due {
+            return;
+        }
+        self.positions_due = now + POSITIONS_EVERY;
+        self.metrics.copy_positions(&self.process, self.log.as_ref(), self.backlog.held());
     }
 
     /// Tells the process and the application that the storage filled up or has room again.

@@ -27,6 +27,10 @@ use crate::Position;
 /// panic: wake the event loop, send on a channel, and return.
 pub type OnDurable = Arc<dyn Fn(Position) + Send + Sync>;
 
+/// A callback the sync thread calls with how long each fsync took (for a metric); like
+/// [`OnDurable`], it must be quick and must not panic.
+pub type OnFsync = Arc<dyn Fn(Duration) + Send + Sync>;
+
 /// A handle that reads and waits for the durable position of a log, from any thread. It stays
 /// valid after the log is dropped (the position then stops growing).
 #[derive(Clone)]
@@ -94,15 +98,24 @@ struct State {
 
 impl GroupCommit {
     /// Starts group commit for a log whose records before `durable` are durable and which appends
-    /// to `file`.
+    /// to `file`; `on_fsync` hears how long each fsync took.
     pub fn start(
         durability: Durability,
         durable: Position,
         file: Arc<File>,
         on_durable: Option<OnDurable>,
+        on_fsync: Option<OnFsync>,
     ) -> io::Result<GroupCommit> {
+        let timed_sync = move |file: &File| {
+            let began = Instant::now();
+            let synced = file.sync_data();
+            if let Some(on_fsync) = &on_fsync {
+                on_fsync(began.elapsed());
+            }
+            synced
+        };
         match durability {
-            Durability::Fsync => GroupCommit::spawn(durable, file, on_durable, |file: &File| file.sync_data()),
+            Durability::Fsync => GroupCommit::spawn(durable, file, on_durable, timed_sync),
             Durability::Os => Ok(GroupCommit { shared: Shared::new(durable, file, on_durable), thread: None }),
         }
     }
@@ -373,10 +386,23 @@ mod tests {
     }
 
     #[test]
+    fn each_fsync_is_timed_for_whoever_asked() {
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&times);
+        let on_fsync: OnFsync = Arc::new(move |took| sink.lock().expect("no panic").push(took));
+        let file = Arc::new(tempfile::tempfile().expect("temporary file"));
+        let commit = GroupCommit::start(Durability::Fsync, Position::ZERO, file, None, Some(on_fsync)).expect("start");
+        commit.written(Position(1));
+        commit.watch().wait_for(Position(1), None).expect("no failure");
+        assert_eq!(times.lock().expect("no panic").len() as u64, commit.fsyncs());
+        assert!(commit.fsyncs() >= 1);
+    }
+
+    #[test]
     fn os_durability_publishes_on_write() {
         let (on_durable, reported) = recorder();
         let file = Arc::new(tempfile::tempfile().expect("temporary file"));
-        let commit = GroupCommit::start(Durability::Os, Position(2), file, Some(on_durable)).expect("start");
+        let commit = GroupCommit::start(Durability::Os, Position(2), file, Some(on_durable), None).expect("start");
         commit.written(Position(4));
         assert_eq!(commit.durable(), Position(4));
         assert_eq!(commit.fsyncs(), 0);

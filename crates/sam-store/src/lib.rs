@@ -78,7 +78,7 @@ mod segment;
 use std::fmt;
 
 pub use crate::error::{Corruption, RecordFault, StoreError};
-pub use crate::group_commit::{DurableWatch, OnDurable};
+pub use crate::group_commit::{DurableWatch, OnDurable, OnFsync};
 pub use crate::log::{
     read_sealed, Durability, Log, LogOptions, SealedInfo, SEGMENT_SIZE_BYTES_DEFAULT, SEGMENT_SIZE_BYTES_MAX,
     SEGMENT_SIZE_BYTES_MIN,

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::disk::{self, DirLock};
 use crate::error::StoreError;
 use crate::format::{self, RECORD_LEN_MAX, SEGMENT_HEADER_LEN};
-use crate::group_commit::{DurableWatch, GroupCommit, OnDurable};
+use crate::group_commit::{DurableWatch, GroupCommit, OnDurable, OnFsync};
 use crate::recovery::{self, Recovered};
 use crate::segment::{SealedSegment, Segment, SegmentPlan};
 use crate::Position;
@@ -81,6 +81,8 @@ pub struct LogOptions {
     pub preallocate: bool,
     /// Called with the new durable position each time it grows. Default: none.
     pub on_durable: Option<OnDurable>,
+    /// Called with how long each fsync took. Default: none.
+    pub on_fsync: Option<OnFsync>,
 }
 
 impl Default for LogOptions {
@@ -90,6 +92,7 @@ impl Default for LogOptions {
             segment_size_bytes: SEGMENT_SIZE_BYTES_DEFAULT,
             preallocate: true,
             on_durable: None,
+            on_fsync: None,
         }
     }
 }
@@ -172,8 +175,9 @@ impl Log {
         let recovery = recovery::recover(&dir, options.segment_plan())?;
         let next = recovery.active.end();
         let file = recovery.active.file.clone();
-        let commit = GroupCommit::start(options.durability, next, file, options.on_durable.clone())
-            .map_err(|source| StoreError::io("start the sync thread for", &dir, source))?;
+        let commit =
+            GroupCommit::start(options.durability, next, file, options.on_durable.clone(), options.on_fsync.clone())
+                .map_err(|source| StoreError::io("start the sync thread for", &dir, source))?;
         let log = Log {
             dir,
             options,
@@ -251,6 +255,11 @@ impl Log {
     /// The position the next appended record gets.
     pub fn end(&self) -> Position {
         self.next
+    }
+
+    /// The number of segment files: the sealed ones and the one appended to.
+    pub fn segments(&self) -> usize {
+        self.sealed.len() + 1
     }
 
     /// The number of fsyncs the group-commit thread has run (not counting the few made when a

@@ -20,7 +20,7 @@ proptest! {
     fn random_records_survive_reopen(runs in runs(), segment_size_bytes in 64u64..4096, preallocate: bool) {
         let dir = tempfile::tempdir().expect("tempdir");
         // Page-cache durability keeps the test fast; the format and recovery are the same.
-        let options = LogOptions { durability: Durability::Os, segment_size_bytes, preallocate, on_durable: None };
+        let options = LogOptions { durability: Durability::Os, segment_size_bytes, preallocate, ..LogOptions::default() };
         let mut expected: Vec<Vec<u8>> = Vec::new();
         for run in runs {
             let (mut log, recovered) = Log::open(dir.path(), options.clone()).expect("open");

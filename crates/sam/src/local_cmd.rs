@@ -306,7 +306,8 @@ fn print_help(dir: &Path, cluster: &ClusterConfig, args: &UpArgs) {
     eprintln!("  security: {}{signed}, cluster id {}", cluster.security.mode, cluster.cluster_id);
     for server in &cluster.servers {
         let roles: Vec<&str> = server.roles.iter().map(|r| r.name()).collect();
-        eprintln!("  server {} ({}) on {}", server.id.0, roles.join(", "), server.address);
+        let metrics = server.metrics.map_or_else(String::new, |m| format!(", metrics http://{m}/metrics"));
+        eprintln!("  server {} ({}) on {}{metrics}", server.id.0, roles.join(", "), server.address);
     }
     if args.members > 0 {
         eprintln!("  {} members write their deliveries to {}", args.members, dir.join("logs/member-I.jsonl").display());

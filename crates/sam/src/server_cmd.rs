@@ -5,6 +5,7 @@ use clap::Args;
 use sam_core::Pid;
 use sam_node::config::{ClusterConfig, SecurityMode};
 use sam_node::launch::server_spec;
+use sam_node::metrics::MetricsServer;
 use sam_node::node::{Event, Node, StorageStart};
 
 /// Run one server process of the cluster a configuration file describes.
@@ -33,6 +34,16 @@ pub fn execute(args: ServerArgs) -> Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let mut node = Node::start(spec).await.with_context(|| format!("server {} in {}", args.id, dir.display()))?;
+        let metrics_at = cluster.server(Pid(args.id)).and_then(|s| s.metrics);
+        // Stops serving when dropped, after the node stopped.
+        let _metrics = match metrics_at {
+            Some(at) => {
+                let server = MetricsServer::start(at.into(), node.metrics())?;
+                tracing::info!("metrics at http://{}/metrics", server.addr());
+                Some(server)
+            }
+            None => None,
+        };
         let (addr, recovered) = (node.local_addr(), node.recovered());
         let mode = cluster.security.mode;
         let roles = roles_of(&cluster, args.id);

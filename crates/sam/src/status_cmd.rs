@@ -13,7 +13,8 @@ use sam_node::node::{Event, Node, Progress};
 use serde_json::json;
 
 /// Print the epoch, the sequencer, the highest committed number, the advertised checkpoint,
-/// and for each server its roles, address, reachability, lag and (for a local cluster) pid.
+/// and for each server its roles, address, reachability, lag, (for a local cluster) pid and
+/// where it serves metrics.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     #[command(flatten)]
@@ -114,6 +115,7 @@ fn report(
                 "storage_full": answer.map(|(_, alarms)| alarms.contains(Alarms::STORAGE_FULL)),
                 "alarms": answer.map(|(_, alarms)| alarms.names().collect::<Vec<_>>()),
                 "pid": pids.get(i).copied().flatten(),
+                "metrics": s.metrics.map(|m| format!("http://{m}/metrics")),
             })
         })
         .collect();
@@ -136,19 +138,23 @@ fn print_text(report: &serde_json::Value) {
         field(&report["committed"]),
         field(&report["checkpoint"]["seq"]),
     );
-    println!("{:>4}  {:<28} {:<21} {:<9} {:>6} {:>8}  alarms", "id", "roles", "address", "reachable", "lag", "pid");
+    println!(
+        "{:>4}  {:<28} {:<21} {:<9} {:>6} {:>8}  {:<37} alarms",
+        "id", "roles", "address", "reachable", "lag", "pid", "metrics"
+    );
     for s in report["servers"].as_array().into_iter().flatten() {
         let roles: Vec<String> = s["roles"].as_array().into_iter().flatten().map(field).collect();
         let alarms: Vec<String> = s["alarms"].as_array().into_iter().flatten().map(field).collect();
         let alarms = alarms.join("; ");
         println!(
-            "{:>4}  {:<28} {:<21} {:<9} {:>6} {:>8}  {alarms}",
+            "{:>4}  {:<28} {:<21} {:<9} {:>6} {:>8}  {:<37} {alarms}",
             field(&s["id"]),
             roles.join(","),
             field(&s["address"]),
             if s["reachable"].as_bool() == Some(true) { "yes" } else { "no" },
             field(&s["lag"]),
             field(&s["pid"]),
+            field(&s["metrics"]),
         );
     }
 }

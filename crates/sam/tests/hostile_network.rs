@@ -465,6 +465,7 @@ fn clusters_sharing_groups_and_ports_hear_only_their_own_messages() {
         config.security = SecurityConfig::off();
         for server in &mut config.servers {
             server.address = SocketAddrV4::new(host, server.address.port());
+            server.metrics = server.metrics.map(|m| SocketAddrV4::new(host, m.port()));
         }
         let path = dir.path().join("sam.toml");
         std::fs::write(&path, config.to_toml_string().expect("a configuration")).expect("write sam.toml");

@@ -392,6 +392,8 @@ fn status_shows_the_sequencer_and_which_servers_answer() {
         assert_eq!(s["pid"].as_u64(), Some(u64::from(pids[i])), "{s}");
         assert_eq!(s["reachable"].as_bool(), Some(i != 2), "{s}");
         assert!(s["address"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{s}");
+        let metrics = format!("http://127.0.0.1:{}/metrics", 21_700 + 4 + 5 + i);
+        assert_eq!(s["metrics"].as_str(), Some(metrics.as_str()), "{s}");
     }
     let roles = |i: usize| {
         servers[i]["roles"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect::<Vec<_>>()
@@ -488,4 +490,154 @@ fn a_wiped_commit_server_rejoins_under_load_and_counts_for_the_quorum() {
     let sequencer_log = cluster.dir.path().join("logs").join(format!("server-{sequencer}.log"));
     let sequencer_log = std::fs::read_to_string(sequencer_log).expect("the sequencer's log");
     assert!(sequencer_log.contains("standing again"), "the sequencer says it stands again: {sequencer_log}");
+}
+
+/// A program the test needs, by name on the PATH; `None` (with a note) when it is missing
+/// outside CI, where the developer may not have installed it; a failure under CI, whose
+/// `.ci/run` installs it.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "{name} is not installed: .ci/run installs it");
+        eprintln!("skipped: {name} is not installed (apt-get install prometheus)");
+    }
+    found
+}
+
+/// `GET path` from an HTTP server on loopback: the body of a 200 answer.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.split(' ').nth(1).filter(|code| *code == "200").map(|_| body.to_string())
+}
+
+/// A process killed by its pid when the test ends, also when it fails.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Prometheus's answer to an instant query (`None` until it answers).
+fn prometheus_query(prometheus: std::net::SocketAddr, query: &str) -> Option<serde_json::Value> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let body = http_get(prometheus, &format!("/api/v1/query?query={encoded}"))?;
+    serde_json::from_str(&body).ok()
+}
+
+/// The value of an instant query's one sample, once Prometheus has one.
+fn prometheus_value(prometheus: std::net::SocketAddr, query: &str) -> Option<f64> {
+    prometheus_query(prometheus, query)?["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Waits until `query`'s value satisfies `enough`; returns it.
+fn wait_for_value(prometheus: std::net::SocketAddr, query: &str, enough: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let value = prometheus_value(prometheus, query);
+        if let Some(value) = value.filter(|v| enough(*v)) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{query} stayed at {value:?} for 60 s");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Operations (issue 15): every server of a local cluster serves metrics that `promtool
+/// check metrics` accepts, and a real Prometheus scraping them shows, through its HTTP API,
+/// the committed number moving with traffic and the epoch moving when the sequencer is killed.
+#[test]
+fn prometheus_scrapes_every_server_and_sees_commits_and_a_failover() {
+    let (Some(prometheus), Some(promtool)) = (tool("prometheus"), tool("promtool")) else { return };
+    let cluster = Cluster::up(22_800, &[]);
+    let config = sam_node::config::ClusterConfig::load(&cluster.config()).expect("the cluster's configuration");
+    let endpoints: Vec<std::net::SocketAddr> =
+        config.servers.iter().map(|s| s.metrics.expect("a local cluster serves metrics").into()).collect();
+    for endpoint in &endpoints {
+        let text = http_get(*endpoint, "/metrics").unwrap_or_else(|| panic!("no metrics at {endpoint}"));
+        let mut check = Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        std::io::Write::write_all(&mut check.stdin.take().expect("stdin"), text.as_bytes()).expect("feed promtool");
+        let checked = check.wait_with_output().expect("promtool");
+        let said = String::from_utf8_lossy(&checked.stdout).to_string() + &String::from_utf8_lossy(&checked.stderr);
+        assert!(checked.status.success() && said.trim().is_empty(), "promtool on {endpoint}: {said}");
+    }
+    let targets: Vec<String> = endpoints.iter().map(|e| format!("'{e}'")).collect();
+    let scrape = format!(
+        "global:\n  scrape_interval: 500ms\nscrape_configs:\n  - job_name: sam\n    static_configs:\n      - targets: [{}]\n",
+        targets.join(", ")
+    );
+    let dir = cluster.dir.path();
+    std::fs::write(dir.join("prometheus.yml"), scrape).expect("write prometheus.yml");
+    let web: std::net::SocketAddr = "127.0.0.1:22890".parse().expect("address");
+    let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
+    let _prometheus = KillOnDrop(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("prometheus").display()))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let up = wait_for_value(web, "sum(up)", |v| v == endpoints.len() as f64);
+    assert_eq!(up, 5.0, "every server is scraped");
+    let sent = stdout(finish(spawn(cluster.sam(&["send", "--count", "200"])), Duration::from_secs(60)));
+    assert_eq!(sent.lines().count(), 200);
+    wait_for_value(web, "max(sam_committed_seq)", |v| v >= 200.0);
+    let epoch = wait_for_value(web, "max(sam_epoch)", |v| v > 0.0);
+    kill_9(cluster.pids()[0]);
+    let more = stdout(finish(spawn(cluster.sam(&["send", "--count", "50"])), Duration::from_secs(60)));
+    assert_eq!(more.lines().count(), 50, "the group commits under a new sequencer");
+    wait_for_value(web, "max(sam_epoch)", |v| v > epoch);
+    wait_for_value(web, "max(sam_committed_seq)", |v| v >= 250.0);
+    wait_for_value(web, "sum(sam_sequencer)", |v| v == 1.0);
+    let new_sequencer = prometheus_query(web, "sam_sequencer == 1").expect("an answer")["data"]["result"][0]["metric"]
+        ["instance"]
+        .as_str()
+        .expect("the sequencer's instance")
+        .to_string();
+    let id = endpoints.iter().position(|e| e.to_string() == new_sequencer).expect("a server's endpoint") + 1;
+    let log = std::fs::read_to_string(dir.join("logs").join(format!("server-{id}.log"))).expect("its log");
+    assert!(log.contains("sequencer of epoch"), "server {id} logs its election: {log}");
+    // Every query of the Grafana dashboard is PromQL that Prometheus runs on these metrics.
+    let dashboard = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/grafana-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard).expect("the dashboard")).expect("JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let queries: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().expect("targets"))
+        .map(|t| t["expr"].as_str().expect("expr"))
+        .collect();
+    assert!(queries.len() >= panels.len());
+    for query in queries {
+        let answer = prometheus_query(web, &query.replace("$__rate_interval", "5s"));
+        let status = answer.as_ref().and_then(|a| a["status"].as_str());
+        assert_eq!(status, Some("success"), "{query}: {answer:?}");
+    }
 }
