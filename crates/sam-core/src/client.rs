@@ -46,6 +46,7 @@ use crate::ids::{Digest, Epoch, Mid, Pid, Seq, SeqRange, Source, Time};
 use crate::message::{
     Block, CheckpointInfo, Commit, Data, Entries, Entry, Fetch, Forgotten, Heartbeat, Message, QueryEntries,
 };
+use crate::notice::Notice;
 use crate::state_machine::StateMachine;
 
 /// The buffer size below which expired data is never swept.
@@ -445,7 +446,7 @@ impl Client {
             }
         }
         self.note_vouch(hb.committed, hb.chain);
-        self.maybe_catch_up(now);
+        self.maybe_catch_up(now, out);
         if first {
             let held: Vec<u64> = self.outstanding.iter().filter(|(_, o)| o.ts.is_none()).map(|(c, _)| *c).collect();
             for counter in held {
@@ -618,15 +619,15 @@ impl Client {
 
     /// A commit server forgot numbers this client asked for: the log there is gone, and the
     /// client catches up from the checkpoint that covers it.
-    pub fn handle_forgotten(&mut self, now: Time, from: Pid, forgotten: &Forgotten) {
+    pub fn handle_forgotten(&mut self, now: Time, from: Pid, forgotten: &Forgotten, out: &mut Outbox) {
         if self.cfg.commit_rank(from).is_some() {
-            self.note_floor(now, forgotten, Gone::Log);
+            self.note_floor(now, forgotten, Gone::Log, out);
         }
     }
 
     /// A data server lacks the data delivery waits for: ask the next one at once; and if the
     /// server dropped it under a checkpoint, catch up from that checkpoint.
-    pub fn handle_dropped(&mut self, now: Time, from: Pid, dropped: &Forgotten) {
+    pub fn handle_dropped(&mut self, now: Time, from: Pid, dropped: &Forgotten, out: &mut Outbox) {
         if self.cfg.data_rank(from).is_none() {
             return;
         }
@@ -634,12 +635,12 @@ impl Client {
             self.fetching.forget(mid);
         }
         self.data_asker.refused(now);
-        self.note_floor(now, dropped, Gone::Data);
+        self.note_floor(now, dropped, Gone::Data, out);
     }
 
     /// Notes a server's floor (what the log or the data no longer holds up to) and the
     /// checkpoint that covers it; a floor above what is known committed is bogus.
-    fn note_floor(&mut self, now: Time, floor: &Forgotten, gone: Gone) {
+    fn note_floor(&mut self, now: Time, floor: &Forgotten, gone: Gone, out: &mut Outbox) {
         if floor.floor > self.known_committed {
             return;
         }
@@ -654,12 +655,12 @@ impl Client {
         if !self.signed() {
             self.note_checkpoint(floor.checkpoint);
         }
-        self.maybe_catch_up(now);
+        self.maybe_catch_up(now, out);
     }
 
     /// Starts catching up from the advertised checkpoint when this client is more than
     /// `catch_up_after` numbers behind, or the log it needs is gone.
-    fn maybe_catch_up(&mut self, now: Time) {
+    fn maybe_catch_up(&mut self, now: Time, out: &mut Outbox) {
         let Some(c) = self.checkpoint.filter(|c| c.seq > self.delivered) else { return };
         if let Some(fetch) = &self.catch_up {
             // Servers keep two checkpoints: a fetch that stalls while a newer one is
@@ -672,21 +673,24 @@ impl Client {
         let behind = self.known_committed.0.saturating_sub(self.delivered.0);
         let asked = self.deliver_from == DeliverFrom::Checkpoint;
         if asked || behind > self.cfg.catch_up_after || self.forgotten.max(self.dropped) > self.delivered {
-            self.start_catch_up(now, c);
+            self.start_catch_up(now, c, out);
         }
     }
 
-    fn start_catch_up(&mut self, now: Time, checkpoint: CheckpointInfo) {
+    fn start_catch_up(&mut self, now: Time, checkpoint: CheckpointInfo, out: &mut Outbox) {
         let servers = self.cfg.checkpoint_servers.clone();
         self.catch_up = CatchUp::start(checkpoint, servers, now, self.cfg.request_timeout_us);
+        if self.catch_up.is_some() {
+            out.push(Action::Notice(Notice::CatchingUp { checkpoint: checkpoint.seq, delivered: self.delivered }));
+        }
     }
 
     /// Restores the state from `checkpoint` whatever this client delivered (its own state
     /// diverged from the agreed one): deliveries start again after it.
-    pub fn restore_from(&mut self, now: Time, checkpoint: CheckpointInfo) {
+    pub fn restore_from(&mut self, now: Time, checkpoint: CheckpointInfo, out: &mut Outbox) {
         self.note_checkpoint(Some(checkpoint));
         self.rewind = true;
-        self.start_catch_up(now, checkpoint);
+        self.start_catch_up(now, checkpoint, out);
     }
 
     /// Restores a snapshot this process holds itself (a checkpoint server's own checkpoint,
@@ -740,6 +744,7 @@ impl Client {
         if !skipped_known {
             self.report_unknown(checkpoint.seq, out);
         }
+        out.push(Action::Notice(Notice::CaughtUp { checkpoint: checkpoint.seq, bytes: fetched }));
         self.jump(now, checkpoint.seq, checkpoint.chain, snapshot, out);
     }
 
@@ -866,7 +871,7 @@ impl Client {
     pub fn handle_tick(&mut self, now: Time, out: &mut Outbox) {
         if let Some(c) = &mut self.catch_up {
             c.handle_tick(now, out);
-            self.maybe_catch_up(now);
+            self.maybe_catch_up(now, out);
             self.finish_catch_up(now, out);
         }
         if self.deliver_from == DeliverFrom::Checkpoint {
@@ -1186,14 +1191,14 @@ mod tests {
     #[test]
     fn a_data_server_that_lacks_the_front_sends_the_client_to_the_next_at_once() {
         let (mut c, server, mut out) = asked();
-        c.handle_dropped(Time(10_100), server, &Forgotten { floor: Seq::ZERO, checkpoint: None });
+        c.handle_dropped(Time(10_100), server, &Forgotten { floor: Seq::ZERO, checkpoint: None }, &mut out);
         c.handle_tick(Time(10_100), &mut out);
         let next = fetches(&mut out);
         assert_eq!(next.len(), 1);
         assert_ne!(next[0].0, server);
         assert_eq!(next[0].1, vec![mid(1)], "only the front: the rest may be on its way");
         let stranger = Forgotten { floor: Seq(1), checkpoint: None };
-        c.handle_forgotten(Time(10_200), Pid(11), &stranger);
+        c.handle_forgotten(Time(10_200), Pid(11), &stranger, &mut out);
         assert_eq!(c.forgotten, Seq::ZERO, "Forgotten is heeded from commit servers only");
     }
 

@@ -50,6 +50,21 @@ pub enum Notice {
         /// Its number.
         seq: Seq,
     },
+    /// This member fetches a checkpoint to catch up from (it fell far behind, the log it
+    /// needs is gone, or its own state diverged).
+    CatchingUp {
+        /// The checkpoint's number.
+        checkpoint: Seq,
+        /// Where its delivered prefix stands.
+        delivered: Seq,
+    },
+    /// This member restored a checkpoint and delivers on from the number after it.
+    CaughtUp {
+        /// The checkpoint's number.
+        checkpoint: Seq,
+        /// The snapshot bytes fetched for it.
+        bytes: u64,
+    },
 }
 
 impl fmt::Display for Notice {
@@ -73,6 +88,12 @@ impl fmt::Display for Notice {
                 write!(f, "rejoined after losing storage: voting again from epoch {epoch}")
             }
             Notice::CheckpointAdvertised { seq } => write!(f, "advertising the checkpoint at {seq}"),
+            Notice::CatchingUp { checkpoint, delivered } => {
+                write!(f, "catching up from the checkpoint at {checkpoint} (delivered through {delivered})")
+            }
+            Notice::CaughtUp { checkpoint, bytes } => {
+                write!(f, "caught up: restored the checkpoint at {checkpoint} ({bytes} bytes fetched)")
+            }
         }
     }
 }

@@ -366,7 +366,7 @@ impl Process {
                     c.handle_forgotten(from, m, out);
                 }
                 if let Some(c) = &mut self.client {
-                    c.handle_forgotten(now, from, m);
+                    c.handle_forgotten(now, from, m, out);
                 }
             }
             Message::Ping(ping) => {
@@ -378,7 +378,7 @@ impl Process {
             Message::Pong(pong) => out.push(Action::Pong { from, pong: *pong }),
             Message::Dropped(m) => {
                 if let Some(c) = &mut self.client {
-                    c.handle_dropped(now, from, m);
+                    c.handle_dropped(now, from, m, out);
                 }
             }
         }
@@ -390,7 +390,7 @@ impl Process {
         let Some(cp) = &mut self.checkpoint else { return };
         if let CheckpointVerdict::Diverged(agreed) = cp.handle_heartbeat(now, self.pid, hb, &mut self.out) {
             if let Some(c) = &mut self.client {
-                c.restore_from(now, agreed);
+                c.restore_from(now, agreed, &mut self.out);
             }
         }
     }

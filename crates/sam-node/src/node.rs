@@ -23,6 +23,7 @@ use sam_store::{Durability, Log, LogOptions, OnDurable, Position, StoreError, To
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::alarms::{DropReport, DROPS_REPORT_EVERY};
 use crate::backlog::Backlog;
 use crate::client::{Client, SendFailure};
 use crate::compaction::{self, Compaction};
@@ -323,6 +324,7 @@ impl Node {
             deliveries: spec.deliveries,
             serves,
             alarms: crate::alarms::AlarmWatch::default(),
+            drops: DropReport::default(),
             metrics: metrics.clone(),
             positions_due: std::time::Instant::now(),
         };
@@ -472,6 +474,8 @@ struct Host {
     serves: bool,
     /// The alarms its network counters raise.
     alarms: crate::alarms::AlarmWatch,
+    /// What it dropped, summed up in the log.
+    drops: DropReport,
     metrics: NodeMetrics,
     /// When the positions are next copied for the metrics.
     positions_due: std::time::Instant,
@@ -688,7 +692,8 @@ impl Host {
             .map(|(_, bytes)| bytes)
             .filter(|b| decode_record(b).map_or(true, |r| process.needs(&r)))
             .collect();
-        if !compaction::worth_compacting(needed.len(), records.len()) {
+        let (kept, of) = (needed.len(), records.len());
+        if !compaction::worth_compacting(kept, of) {
             self.compaction = Compaction::Idle { next: std::time::Instant::now() + compaction::COMPACT_RETRY };
             return Ok(());
         }
@@ -704,6 +709,10 @@ impl Host {
             }
         }
         log.flush()?;
+        tracing::info!(
+            pid = self.process.pid().0,
+            "compaction: {kept} of the oldest segment's {of} records still needed, copied forward"
+        );
         self.compaction = Compaction::Retiring { end: segment.end, after: log.end() };
         let durable = log.durable();
         self.retire(durable)
@@ -712,7 +721,12 @@ impl Host {
     /// Retires the segment being compacted once its copies are durable.
     fn retire(&mut self, durable: Position) -> Result<(), NodeError> {
         let (Some(log), Some(end)) = (self.log.as_mut(), self.compaction.retirable(durable)) else { return Ok(()) };
-        log.retire_before(end)?;
+        let retired = log.retire_before(end)?;
+        tracing::info!(
+            pid = self.process.pid().0,
+            "compaction retired {retired} segment(s); the log keeps {}",
+            log.segments()
+        );
         // The next segment may be garbage too: look at once.
         self.compaction = Compaction::Idle { next: std::time::Instant::now() };
         Ok(())
@@ -758,6 +772,13 @@ impl Host {
     /// Raises or clears the alarms the network counters call for, at most every
     /// [`crate::alarms::ALARM_CHECK`] (a ping between two turns may see them that late).
     fn watch_alarms(&mut self, now: std::time::Instant) {
+        if let Some(dropped) = self.drops.due(now, self.net.stats()) {
+            tracing::warn!(
+                pid = self.process.pid().0,
+                "dropped in the last {} s: {dropped}",
+                DROPS_REPORT_EVERY.as_secs()
+            );
+        }
         if let Some(alarms) = self.alarms.due(now, self.net.stats()) {
             for (alarm, up) in alarms {
                 self.process.set_alarm(alarm, up);

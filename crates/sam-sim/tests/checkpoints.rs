@@ -31,7 +31,7 @@ fn checkpoints_survive_sequencer_failover_over_1000_seeds() {
 
 /// A run of 20 checkpoint intervals without faults that pause garbage collection: the peak
 /// held by any data or commit server stays below the bound (checked inside the run), and a
-/// member joining near the end catches up from a checkpoint.
+/// member joining near the end catches up from a checkpoint, saying so in the trace.
 #[test]
 fn server_state_stays_bounded_over_twenty_checkpoint_intervals() {
     let cfg = SimConfig {
@@ -44,6 +44,7 @@ fn server_state_stays_bounded_over_twenty_checkpoint_intervals() {
         rate_per_s: 40_000,
         loss: 0.01,
         late_joiners: 1,
+        trace: true,
         ..SimConfig::new(7)
     };
     let r = run(cfg);
@@ -52,6 +53,12 @@ fn server_state_stays_bounded_over_twenty_checkpoint_intervals() {
     assert!(r.checkpoints.peak_commit_held < bound && r.checkpoints.peak_data_held < bound, "{r}");
     assert!(r.checkpoints.advertised >= Some(9_000), "{r}");
     assert_eq!(r.checkpoints.join_catch_up_us.len(), 1, "the late joiner caught up from a checkpoint: {r}");
+    let said = |what: &str| r.trace.iter().any(|l| l.contains(what));
+    assert!(
+        said("catching up from the checkpoint at") && said("caught up: restored the checkpoint at"),
+        "{:#?}",
+        r.trace
+    );
 }
 
 /// DESIGN section 5: a checkpoint is advertised only when `k_checkpoint` servers report the
