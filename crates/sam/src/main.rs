@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod bench_plot;
 mod config_arg;
+mod config_cmd;
 mod fault;
 mod keygen_cmd;
 mod local_cmd;
@@ -76,6 +77,9 @@ enum Command {
     Status(status_cmd::StatusArgs),
     /// Write a cluster's key files, member credentials, and rotate keys.
     Keygen(keygen_cmd::KeygenArgs),
+    /// Write a cluster's configuration for real hosts.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Measure throughput and latency: one publisher, many members, real processes and disks.
     Bench(bench_cmd::BenchArgs),
     /// Fault tests of the real program: a cluster of processes under kills, pauses,
@@ -121,6 +125,7 @@ fn main() -> std::process::ExitCode {
         Command::Table(args) => table_cmd::execute(args),
         Command::Status(args) => status_cmd::execute(args),
         Command::Keygen(args) => keygen_cmd::execute(args),
+        Command::Config(command) => config_cmd::execute(command),
         Command::Bench(args) => bench_cmd::execute(args),
         Command::Fault(command) => fault::execute(command),
         Command::Completions { shell } => {

@@ -417,10 +417,12 @@ fn bench_reports_throughput_latency_cpu_and_server_memory() {
         .expect("run sam bench");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let keys = ["committed_per_s", "delivered_per_s", "server_rss_bytes", "server_cpu_us_per_msg"];
+    let keys = ["committed_per_s", "delivered_per_s", "server_rss_bytes"];
     for key in keys.into_iter().chain(["member_cpu_us_per_delivery"]).chain(PERCENTILES) {
         assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
     }
+    // Measured in the kernel's 10 ms ticks: 500 messages may cost the servers less than one.
+    assert!(report["server_cpu_us_per_msg"].as_f64().is_some_and(|v| v >= 0.0), "{report}");
     let by_percentile: Vec<u64> = PERCENTILES.iter().map(|k| report[k].as_u64().expect("a latency")).collect();
     assert!(by_percentile.windows(2).all(|w| w[0] <= w[1]), "latency percentiles in order: {report}");
     assert_eq!(report["expired"].as_u64(), Some(0), "{report}");
@@ -640,4 +642,50 @@ fn prometheus_scrapes_every_server_and_sees_commits_and_a_failover() {
         let status = answer.as_ref().and_then(|a| a["status"].as_str());
         assert_eq!(status, Some("success"), "{query}: {answer:?}");
     }
+}
+
+/// Real hosts (issue 15): the configuration `sam config init` writes for a cluster given by
+/// addresses loads and runs as written. Servers on four loopback addresses, started by hand
+/// from it as an operator would on each host, commit and deliver, and serve metrics on their
+/// own addresses; a second init into the same directory is refused, and so is an address
+/// without a port.
+#[test]
+fn a_cluster_laid_out_by_config_init_runs_from_its_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etc = dir.path().join("etc");
+    let init = |extra: &[&str]| {
+        let mut command = Command::new(SAM);
+        command.args(["config", "init", "--dir"]).arg(&etc).arg("--storage").arg(dir.path().join("data"));
+        command.args(["--channel-port", "24100", "--interface", "127.0.0.1", "--metrics-port", "24190"]);
+        command.args(extra);
+        finish(spawn(command), Duration::from_secs(10))
+    };
+    let hosts =
+        ["--servers", "127.0.0.2:24104,127.0.0.3:24104,127.0.0.4:24104", "--checkpoint-servers", "127.0.0.5:24104"];
+    let written = stdout(init(&hosts));
+    let config = etc.join("sam.toml");
+    assert_eq!(written.trim(), config.display().to_string());
+    let mut servers = Vec::new();
+    for id in 1..=4 {
+        let mut server = Command::new(SAM);
+        server.args(["server", "--init", "--id", &id.to_string(), "--config"]).arg(&config);
+        let log = std::fs::File::create(dir.path().join(format!("server-{id}.log"))).expect("log file");
+        servers.push(KillOnDrop(server.stdout(Stdio::null()).stderr(log).spawn().expect("start a server")));
+    }
+    let sam = |args: &[&str]| {
+        let mut command = Command::new(SAM);
+        command.args(&args[..1]).arg("--config").arg(&config).args(&args[1..]);
+        stdout(finish(spawn(command), Duration::from_secs(60)))
+    };
+    assert_eq!(sam(&["send", "--count", "20"]).lines().count(), 20);
+    assert_eq!(sam(&["tail", "--count", "20"]).lines().count(), 20);
+    let metrics = http_get("127.0.0.3:24190".parse().expect("address"), "/metrics").expect("server 2's metrics");
+    assert!(metrics.contains("sam_committed_seq"), "{metrics}");
+
+    let (status, _, err) = init(&hosts);
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("exists already"), "{err}");
+    let (status, _, err) = init(&["--servers", "10.0.0.1"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("10.0.0.1"), "{err}");
 }
