@@ -40,13 +40,13 @@ pub fn execute(args: SendArgs) -> Result<std::process::ExitCode> {
     spec.deliveries = false;
     crate::runtime()?.block_on(async move {
         let mut node = Node::start(spec).await.context("starting a member")?;
-        let (committed, expired) = send_all(&mut node, payloads, Duration::from_secs(args.timeout)).await?;
+        let sent = send_all(&mut node, payloads, Duration::from_secs(args.timeout)).await?;
         node.stop().await?;
-        if expired > 0 {
-            eprintln!("{expired} of {} messages expired", committed + expired);
-            return Ok(std::process::ExitCode::from(1));
+        sent.report_interruption();
+        if sent.interrupted.is_none() && sent.expired > 0 {
+            eprintln!("{} of {} messages expired", sent.expired, sent.committed + sent.expired);
         }
-        Ok(std::process::ExitCode::SUCCESS)
+        Ok(std::process::ExitCode::from(sent.exit_code()))
     })
 }
 
@@ -69,37 +69,90 @@ fn generated(i: usize, size: usize) -> Bytes {
     Bytes::from(text)
 }
 
-/// Sends every payload, printing each commit; returns how many were committed and expired.
-pub async fn send_all(node: &mut Node, payloads: Vec<Bytes>, quiet: Duration) -> Result<(usize, usize)> {
+/// What became of a run of sends.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Messages committed (each printed).
+    pub committed: usize,
+    /// Messages that expired, or whose fate lay in numbers skipped by a catch-up.
+    pub expired: usize,
+    /// When Ctrl-C (or SIGTERM) stopped the wait: the messages sent and not known to be
+    /// committed (they may still be), and how many were never sent.
+    pub interrupted: Option<(Vec<Mid>, usize)>,
+}
+
+impl Sent {
+    /// The exit code: 130 when interrupted, as shells report Ctrl-C; 1 when some expired.
+    pub fn exit_code(&self) -> u8 {
+        match (&self.interrupted, self.expired) {
+            (Some(_), _) => 130,
+            (None, 0) => 0,
+            (None, _) => 1,
+        }
+    }
+
+    /// This run, stopped with `pending` sent and undecided and `unsent` never sent.
+    fn stopped(mut self, pending: std::collections::HashSet<Mid>, unsent: usize) -> Sent {
+        self.interrupted = Some((pending.into_iter().collect(), unsent));
+        self
+    }
+
+    /// Says on stderr what an interruption left undecided.
+    pub fn report_interruption(&self) {
+        let Some((unknown, unsent)) = &self.interrupted else { return };
+        eprintln!(
+            "interrupted: {} committed (printed), {} expired, {} sent and not known to be committed (they may still be), {unsent} not sent",
+            self.committed,
+            self.expired,
+            unknown.len()
+        );
+        for mid in unknown {
+            eprintln!("unknown {mid}");
+        }
+    }
+}
+
+/// Sends every payload, printing each commit, until every fate is known or a stop signal.
+pub async fn send_all(node: &mut Node, payloads: Vec<Bytes>, quiet: Duration) -> Result<Sent> {
     let total = payloads.len();
     let mut pending = std::collections::HashSet::<Mid>::new();
-    let (mut committed, mut expired) = (0, 0);
+    let mut sent = Sent::default();
     let mut payloads = payloads.into_iter();
-    while committed + expired < total {
+    let mut stop = std::pin::pin!(crate::stop_signal());
+    while sent.committed + sent.expired < total {
         // Keep one window's worth queued: the node holds the rest back itself.
         let batch: Vec<Bytes> = payloads.by_ref().take(1_024usize.saturating_sub(pending.len())).collect();
-        if !batch.is_empty() {
-            pending.extend(node.send_batch(batch).await?);
+        let unsent = batch.len();
+        if unsent > 0 {
+            tokio::select! {
+                () = &mut stop => return Ok(sent.stopped(pending, unsent + payloads.len())),
+                mids = node.send_batch(batch) => pending.extend(mids?),
+            }
+            continue;
         }
-        let Ok(event) = tokio::time::timeout(quiet, node.next_event()).await else {
+        let event = tokio::select! {
+            () = &mut stop => return Ok(sent.stopped(pending, payloads.len())),
+            event = tokio::time::timeout(quiet, node.next_event()) => event,
+        };
+        let Ok(event) = event else {
             bail!(
                 "nothing was committed for {} s: is the cluster running? ({} of {total} committed)",
                 quiet.as_secs(),
-                committed
+                sent.committed
             );
         };
         match event {
             Some(Event::Committed { mid, seq }) if pending.remove(&mid) => {
-                committed += 1;
+                sent.committed += 1;
                 println!("{seq} {mid}");
             }
             Some(Event::Expired { mid } | Event::OutcomeUnknown { mid }) if pending.remove(&mid) => {
-                expired += 1;
+                sent.expired += 1;
                 eprintln!("expired {mid}");
             }
             Some(_) => {}
             None => bail!("the member stopped"),
         }
     }
-    Ok((committed, expired))
+    Ok(sent)
 }

@@ -96,8 +96,9 @@ pub fn execute(args: TableArgs) -> Result<std::process::ExitCode> {
     })
 }
 
-fn written((_, expired): (usize, usize)) -> u8 {
-    u8::from(expired > 0)
+fn written(sent: crate::send_cmd::Sent) -> u8 {
+    sent.report_interruption();
+    sent.exit_code()
 }
 
 /// The member's replica once it delivered everything committed when it first heard the

@@ -689,3 +689,29 @@ fn a_cluster_laid_out_by_config_init_runs_from_its_file() {
     assert_eq!(status.code(), Some(2));
     assert!(err.contains("10.0.0.1"), "{err}");
 }
+
+/// Ctrl-C during `sam send` (issue 15): it stops waiting and says what it leaves undecided —
+/// each message sent and not known to be committed, by mid, and how many were never sent —
+/// and exits 130, as shells report an interrupted command. No cluster runs here, so nothing
+/// commits and every message sent is undecided.
+#[test]
+fn an_interrupted_send_says_what_it_leaves_undecided() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sam.toml");
+    let cluster = sam_node::config::ClusterConfig::local(3, 2, 24_300, dir.path());
+    std::fs::write(&config, cluster.to_toml_string().expect("a configuration")).expect("write sam.toml");
+    let mut send = Command::new(SAM);
+    send.args(["send", "--count", "1500", "--timeout", "60", "--config"]).arg(&config);
+    let running = spawn(send);
+    std::thread::sleep(Duration::from_secs(1));
+    let interrupt = Command::new("kill").args(["-INT", &running.child.id().to_string()]).status().expect("kill");
+    assert!(interrupt.success());
+    let (status, out, err) = finish(running, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(out.is_empty(), "nothing committed: {out}");
+    assert!(
+        err.contains("interrupted: 0 committed (printed), 0 expired, 1024 sent and not known to be committed (they may still be), 476 not sent"),
+        "{err}"
+    );
+    assert_eq!(err.lines().filter(|l| l.starts_with("unknown ")).count(), 1024, "{err}");
+}
