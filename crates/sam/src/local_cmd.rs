@@ -132,7 +132,7 @@ fn up(args: &UpArgs) -> Result<()> {
         servers.detach();
         return Ok(());
     }
-    crate::runtime()?.block_on(crate::stop_signal());
+    servers.supervise(&config_path)?;
     servers.stop();
     eprintln!("stopped {} servers", cluster.servers.len());
     Ok(())
@@ -158,10 +158,16 @@ fn refuse_new_cluster_options(args: &UpArgs, config: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How many times `local up` starts again a server that died before it gives up on it.
+const RESTARTS_MAX: u32 = 3;
+/// How often `local up` looks for servers that died.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(500);
+
 /// The server processes of a local cluster, with their pids in `DIR/pids`, and its member
 /// processes, with theirs in `DIR/member-pids`.
 pub struct Servers {
-    children: Vec<Child>,
+    /// Each running server's id and process.
+    children: Vec<(u64, Child)>,
     members: Vec<Child>,
     dir: PathBuf,
     /// The servers that exited at start.
@@ -179,10 +185,15 @@ pub struct Exited {
     pub log: PathBuf,
 }
 
+/// The last line a server's log holds.
+fn last_line(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(its log is empty)").to_string()
+}
+
 impl std::fmt::Display for Exited {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(its log is empty)");
+        let last = last_line(&self.log);
         write!(f, "server {} exited at start ({}): {last} (log: {})", self.id, self.status, self.log.display())?;
         if last.contains("in use") {
             write!(
@@ -202,18 +213,17 @@ impl Servers {
     pub fn start(config: &Path, cluster: &ClusterConfig, init: bool, dir: &Path) -> Result<Servers> {
         let mut servers =
             Servers { children: Vec::new(), members: Vec::new(), dir: dir.to_path_buf(), exited: Vec::new() };
-        let mut ids = Vec::new();
         for server in &cluster.servers {
             // An error here drops `servers`, which stops those already started.
-            servers.children.push(spawn_server(config, server.id.0, init, dir)?);
-            ids.push(server.id.0);
+            let id = server.id.0;
+            servers.children.push((id, spawn_server(config, id, init, dir, Log::Truncate)?));
         }
         std::thread::sleep(Duration::from_millis(300));
         let mut running = Vec::new();
-        for (mut child, id) in std::mem::take(&mut servers.children).into_iter().zip(ids) {
+        for (id, mut child) in std::mem::take(&mut servers.children) {
             match child.try_wait()? {
                 Some(status) => servers.exited.push(Exited { id, status, log: server_log(dir, id) }),
-                None => running.push(child),
+                None => running.push((id, child)),
             }
         }
         servers.children = running;
@@ -229,8 +239,55 @@ impl Servers {
                 bail!("too few servers are left to commit, so none is left running; {first}");
             }
         }
-        fs::write(pids_file(dir), servers.pids().iter().map(|p| format!("{p}\n")).collect::<String>())?;
+        servers.write_pids()?;
         Ok(servers)
+    }
+
+    fn write_pids(&self) -> Result<()> {
+        fs::write(pids_file(&self.dir), self.pids().iter().map(|p| format!("{p}\n")).collect::<String>())?;
+        Ok(())
+    }
+
+    /// Watches the servers until a stop signal: one that dies is reported and started again
+    /// (on the storage it left), at most [`RESTARTS_MAX`] times each.
+    fn supervise(&mut self, config: &Path) -> Result<()> {
+        let mut restarts = std::collections::HashMap::new();
+        crate::runtime()?.block_on(async {
+            let mut stop = std::pin::pin!(crate::stop_signal());
+            loop {
+                tokio::select! {
+                    () = &mut stop => return Ok(()),
+                    () = tokio::time::sleep(SUPERVISE_EVERY) => self.restart_the_dead(config, &mut restarts)?,
+                }
+            }
+        })
+    }
+
+    /// Starts again each server that died, unless it was restarted [`RESTARTS_MAX`] times.
+    fn restart_the_dead(&mut self, config: &Path, restarts: &mut std::collections::HashMap<u64, u32>) -> Result<()> {
+        let mut died = Vec::new();
+        for (i, (id, child)) in self.children.iter_mut().enumerate() {
+            if let Some(status) = child.try_wait()? {
+                died.push((i, *id, status));
+            }
+        }
+        for (i, id, status) in died.iter().rev().copied() {
+            let count = restarts.entry(id).or_insert(0u32);
+            let last = last_line(&server_log(&self.dir, id));
+            if *count == RESTARTS_MAX {
+                eprintln!("server {id} died ({status}): {last}; restarted {RESTARTS_MAX} times already, so not again");
+                eprintln!("  once it is fixed, start it with: sam server --config {} --id {id}", config.display());
+                self.children.remove(i);
+                continue;
+            }
+            *count += 1;
+            eprintln!("server {id} died ({status}): {last}; restarting it ({count} of {RESTARTS_MAX})");
+            self.children[i].1 = spawn_server(config, id, false, &self.dir, Log::Append)?;
+        }
+        if !died.is_empty() {
+            self.write_pids()?;
+        }
+        Ok(())
     }
 
     /// Starts `count` members (`sam tail --format jsonl`, each into DIR/logs/member-I.jsonl).
@@ -250,13 +307,13 @@ impl Servers {
 
     /// The servers' process ids, in the order of the configuration.
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
+        self.children.iter().map(|(_, child)| child.id()).collect()
     }
 
     /// Stops every member and server and forgets the pids files.
     pub fn stop(&mut self) {
-        stop_all(&mut self.members);
-        stop_all(&mut self.children);
+        stop_all(self.members.iter_mut());
+        stop_all(self.children.iter_mut().map(|(_, child)| child));
         self.members.clear();
         self.children.clear();
         let _ = fs::remove_file(pids_file(&self.dir));
@@ -282,9 +339,21 @@ fn server_log(dir: &Path, id: u64) -> PathBuf {
     dir.join("logs").join(format!("server-{id}.log"))
 }
 
-fn spawn_server(config: &Path, id: u64, init: bool, dir: &Path) -> Result<Child> {
+/// Whether a server's log starts afresh or goes on after what a previous run wrote.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Log {
+    Truncate,
+    Append,
+}
+
+fn spawn_server(config: &Path, id: u64, init: bool, dir: &Path, log: Log) -> Result<Child> {
     fs::create_dir_all(dir.join("logs"))?;
-    let log = fs::File::create(server_log(dir, id))?;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(log == Log::Append)
+        .truncate(log == Log::Truncate)
+        .open(server_log(dir, id))?;
     let mut command = Command::new(std::env::current_exe()?);
     command.arg("server").arg("--config").arg(config).arg("--id").arg(id.to_string());
     if init {
@@ -330,12 +399,13 @@ fn member_pids_file(dir: &Path) -> PathBuf {
     dir.join("member-pids")
 }
 
-/// Stops every server with SIGTERM (each syncs its log and exits), then waits for them.
-fn stop_all(children: &mut [Child]) {
-    for child in children.iter() {
+/// Stops every process with SIGTERM (a server syncs its log and exits), then waits for them.
+fn stop_all<'a>(children: impl Iterator<Item = &'a mut Child>) {
+    let children: Vec<&mut Child> = children.collect();
+    for child in &children {
         terminate(child.id());
     }
-    for child in children.iter_mut() {
+    for child in children {
         let _ = child.wait();
     }
 }

@@ -715,3 +715,63 @@ fn an_interrupted_send_says_what_it_leaves_undecided() {
     );
     assert_eq!(err.lines().filter(|l| l.starts_with("unknown ")).count(), 1024, "{err}");
 }
+
+/// `sam local up` in the foreground (issue 15) watches its servers: one killed is reported and
+/// started again on the storage it left, its log going on after the old one's lines, and the
+/// group commits with it; Ctrl-C (here SIGTERM) stops them all.
+#[test]
+fn local_up_in_the_foreground_restarts_a_server_that_dies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut up = Command::new(SAM);
+    up.args(["local", "up", "--base-port", "24400", "--dir"]).arg(dir.path());
+    let up = spawn(up);
+    // Stops local up, and so its servers, also when the test fails.
+    let _stop = TermOnDrop(up.child.id());
+    let pids_file = dir.path().join("pids");
+    let pids = || {
+        let text = std::fs::read_to_string(&pids_file).unwrap_or_default();
+        text.lines().filter_map(|l| l.parse().ok()).collect::<Vec<u32>>()
+    };
+    wait_until("the pids of five servers", || pids().len() == 5);
+    let before = pids();
+    let server_2_log = dir.path().join("logs/server-2.log");
+    let running = || std::fs::read_to_string(&server_2_log).unwrap_or_default().matches("running on").count();
+    wait_until("server 2 says it runs", || running() == 1);
+    kill_9(before[1]);
+    wait_until("server 2 restarted", || pids().len() == 5 && pids()[1] != before[1]);
+    let after = pids();
+    assert!(std::path::Path::new(&format!("/proc/{}", after[1])).exists(), "the new server 2 runs");
+    let mut send = Command::new(SAM);
+    send.args(["send", "--count", "20", "--config"]).arg(dir.path().join("sam.toml"));
+    assert_eq!(stdout(finish(spawn(send), Duration::from_secs(60))).lines().count(), 20);
+    wait_until("server 2's log holds both runs", || running() == 2);
+    terminate(up.child.id());
+    let (_, _, err) = finish(up, Duration::from_secs(20));
+    assert!(err.contains("server 2 died") && err.contains("restarting it (1 of 3)"), "{err}");
+    for pid in after {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "server {pid} stopped with local up");
+    }
+}
+
+fn terminate(pid: u32) {
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(status.success());
+}
+
+/// Waits up to 10 s for `done`; fails naming `what` after that.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 10 s for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM to a process when the test ends (a `local up` stops its servers on it).
+struct TermOnDrop(u32);
+
+impl Drop for TermOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).stderr(Stdio::null()).status();
+    }
+}
