@@ -22,6 +22,9 @@ use crate::local_cmd::Servers;
 
 /// Measure committed and delivered messages per second and the latency from send to delivery.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  sam bench --members 10 --messages 200000 --plot bench.svg\n  sam bench --rate 2000 --messages 10000 --durability os   # unloaded latency\n  sam bench --config sam-local/sam.toml --json             # against a running cluster"
+)]
 pub struct BenchArgs {
     /// A running cluster's configuration file; without it, a local cluster is started.
     #[arg(long)]

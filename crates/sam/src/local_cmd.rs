@@ -21,6 +21,9 @@ pub enum LocalCommand {
 
 /// Where and how big.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  sam local up                                            # 3+2 servers in ./sam-local, until Ctrl-C\n  sam local up --dir /tmp/c --base-port 17500 --detach    # another one, in the background\n  sam local up --transport unicast --members 2            # no multicast; two tail processes"
+)]
 pub struct UpArgs {
     /// The cluster's directory: its sam.toml, its servers' storage and logs.
     #[arg(long, default_value = "sam-local")]

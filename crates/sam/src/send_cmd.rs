@@ -15,6 +15,9 @@ use sam_node::node::{Event, Node};
 /// `--count` generated ones. Prints `seq mid` for each committed message; exits non-zero if
 /// any expired or no cluster answered in time.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  sam send hello world                      # two messages; prints 'seq mid' for each\n  seq 1 1000 | sam send                     # one message per stdin line\n  sam send --count 10000 --size 64          # generated messages\n  sam send --config /etc/sam/sam.toml hi    # another cluster (or SAM_CONFIG=...)"
+)]
 pub struct SendArgs {
     #[command(flatten)]
     config: crate::config_arg::ConfigArg,

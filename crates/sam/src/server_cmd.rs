@@ -10,6 +10,9 @@ use sam_node::node::{Event, Node, StorageStart};
 
 /// Run one server process of the cluster a configuration file describes.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  sam server --config /etc/sam/sam.toml --id 1 --init   # a new server's first start\n  sam server --config /etc/sam/sam.toml --id 1          # every later start"
+)]
 pub struct ServerArgs {
     #[command(flatten)]
     config: crate::config_arg::ConfigArg,

@@ -16,6 +16,9 @@ use serde_json::json;
 /// and for each server its roles, address, reachability, lag, (for a local cluster) pid and
 /// where it serves metrics.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  sam status                                # epoch, sequencer, and each server's lag, alarms, metrics\n  sam status --json | jq .servers"
+)]
 pub struct StatusArgs {
     #[command(flatten)]
     config: crate::config_arg::ConfigArg,

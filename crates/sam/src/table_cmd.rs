@@ -17,6 +17,9 @@ use sam_node::node::Node;
 
 /// Read or write the replicated key-value table.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  sam table put color blue\n  sam table get color                       # 'blue (at N)': the number it reflects\n  sam table dump"
+)]
 pub struct TableArgs {
     #[command(flatten)]
     config: crate::config_arg::ConfigArg,

@@ -48,6 +48,9 @@ impl StartAt {
 
 /// Join the group as a member and print every delivery in order.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  sam tail --count 5                        # the first five deliveries, then exit\n  sam tail --from-now --format jsonl        # what commits from now on, one JSON object a line\n  sam tail --from-checkpoint                # the table restored from the checkpoint, then what follows"
+)]
 pub struct TailArgs {
     #[command(flatten)]
     config: crate::config_arg::ConfigArg,

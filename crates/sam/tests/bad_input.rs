@@ -12,6 +12,20 @@ fn sam(args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
 }
 
+/// Every command a newcomer types first shows examples under its `--help`, each a command
+/// line of `sam` itself.
+#[test]
+fn the_everyday_commands_show_examples_in_their_help() {
+    let commands: [&[&str]; 8] =
+        [&["send"], &["tail"], &["table"], &["status"], &["server"], &["bench"], &["local", "up"], &["config", "init"]];
+    for command in commands {
+        let (code, out, _) = sam(&[command, &["--help"]].concat());
+        assert_eq!(code, 0, "{command:?}");
+        let examples = out.split_once("Example").map(|(_, e)| e).unwrap_or_else(|| panic!("{command:?}: {out}"));
+        assert!(examples.contains(&format!("sam {}", command.join(" "))), "{command:?}: {examples}");
+    }
+}
+
 #[test]
 fn an_unknown_flag_is_refused_with_usage() {
     let (code, _, err) = sam(&["send", "--no-such-flag"]);
