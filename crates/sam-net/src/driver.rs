@@ -243,18 +243,6 @@ pub struct Net {
     registration: Option<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for Receiver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Receiver")
-    }
-}
-
-impl std::fmt::Debug for RecvBuffers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RecvBuffers")
-    }
-}
-
 /// Where a channel's frames go.
 #[derive(Clone, Debug)]
 enum Routes {

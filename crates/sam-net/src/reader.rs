@@ -90,6 +90,18 @@ pub(crate) struct RecvBuffers {
     got: Vec<(usize, SocketAddr)>,
 }
 
+impl std::fmt::Debug for RecvBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecvBuffers")
+    }
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver").field("socket", &self.socket.local_addr().ok()).finish_non_exhaustive()
+    }
+}
+
 impl RecvBuffers {
     pub(crate) fn new() -> RecvBuffers {
         // One byte more than UDP carries: a datagram that fills its buffer was cut short.
