@@ -195,10 +195,17 @@ impl Receiver {
     pub(crate) fn read(&mut self, bufs: &mut RecvBuffers, out: &mut Taken) -> usize {
         bufs.got.clear();
         let socket = &self.socket;
-        let read = socket.try_io(Interest::READABLE, || batch::recv_batch(socket, &mut bufs.bufs, &mut bufs.got));
-        if read.is_err() {
-            return 0;
-        }
+        // A batch that came back short emptied the socket: saying "would block" clears its
+        // readiness now, instead of with one more call that finds nothing (tokio clears only if
+        // no new event came meanwhile, and a datagram that arrives later raises one). What was
+        // read is kept either way.
+        let _ = socket.try_io(Interest::READABLE, || {
+            batch::recv_batch(socket, &mut bufs.bufs, &mut bufs.got)?;
+            match bufs.got.len() < bufs.bufs.len() {
+                true => Err(std::io::ErrorKind::WouldBlock.into()),
+                false => Ok(()),
+            }
+        });
         for (i, (len, from)) in bufs.got.iter().enumerate() {
             self.reader.stats.bytes_in.fetch_add((*len).min(MAX_UDP_PAYLOAD_BYTES + 1) as u64, Ordering::Relaxed);
             let copies = self.injector.copies();
