@@ -20,6 +20,10 @@ pub enum SendFailure {
     /// and no server remembers them.
     #[error("the fate of message {0} is unknown: the log that holds it is gone")]
     OutcomeUnknown(Mid),
+    /// [`Client::send_within`] gave up waiting: the message may still be committed, or not
+    /// (no cluster answered, say).
+    #[error("no fate within {0:?}: the message may still be committed")]
+    TimedOut(std::time::Duration),
     /// The node stopped (or has no member role).
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -43,5 +47,11 @@ impl Client {
         let batch = SendBatch { payloads: VecDeque::from([payload]), mids: Vec::new(), reply: Reply::Fate(reply) };
         self.commands.send(Command::Send(batch)).await.map_err(|_| NodeError::Stopped)?;
         fate.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Like [`Client::send`], but gives up waiting after `limit` (with no cluster running, a
+    /// send waits for one to commit it): the message may still be committed afterwards.
+    pub async fn send_within(&self, payload: Bytes, limit: std::time::Duration) -> Result<Seq, SendFailure> {
+        tokio::time::timeout(limit, self.send(payload)).await.unwrap_or(Err(SendFailure::TimedOut(limit)))
     }
 }

@@ -326,3 +326,21 @@ async fn send_each(client: &Client, payloads: impl Iterator<Item = Bytes>) -> Se
     }
     last
 }
+
+/// With no cluster running a send waits for one to commit it; `send_within` gives up after
+/// its limit and says the message may still be committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_within_a_limit_gives_up_when_no_cluster_answers() {
+    const SITE: Site = Site(3);
+    let pids: Vec<Pid> = SERVERS.iter().map(|p| Pid(*p)).collect();
+    let cfg = Arc::new(Config::new(pids.clone(), pids, vec![]));
+    let roles = Roles { client: Some(Incarnation(7)), ..Roles::default() };
+    let net = plan(SITE, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
+    let member = Node::start(spec(&cfg, member_pid(3_000), roles, net, None)).await.expect("member starts");
+    let limit = Duration::from_millis(200);
+    let started = std::time::Instant::now();
+    let sent = member.client().send_within(Bytes::from_static(b"anyone?"), limit).await;
+    assert!(matches!(sent, Err(SendFailure::TimedOut(l)) if l == limit), "{sent:?}");
+    assert!(started.elapsed() >= limit);
+    member.stop().await.expect("stops");
+}
