@@ -234,7 +234,7 @@ impl Sources {
         let p = &self.positions;
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let (committed, delivered) = (read(&p.committed), read(&p.delivered));
-        gauge(encoder, "sam_epoch", "The highest epoch this process knows of", read(&p.epoch))?;
+        gauge(encoder, "sam_epoch", "The highest epoch this process knows of, as one number: its round times 65536 plus the candidate's rank (sam status prints round.rank)", read(&p.epoch))?;
         gauge(encoder, "sam_committed_seq", "The highest number this process knows committed", committed)?;
         if self.roles.client.is_some() {
             gauge(encoder, "sam_delivered_seq", "Every number up to this one is delivered", delivered)?;
