@@ -40,9 +40,11 @@ pub const MAX_WAITING_SENDS: usize = 1_024;
 /// Events handed to the application and not taken yet (each turn's events travel as one
 /// batch) beyond which it is behind. Then a member-only node stops reading the network (so
 /// deliveries wait in the socket buffer and are fetched again if dropped) but goes on
-/// serving the application's requests, which it may be waiting on; a node with server roles,
-/// which the group waits for, goes on and counts the deliveries its application misses in
-/// an [`Event::Lagged`].
+/// serving the application's requests. Two kinds of node go on reading, and count the
+/// deliveries their application misses in an [`Event::Lagged`]: one with server roles, which
+/// the group waits for, and one whose application waits on its sends (for room in the window
+/// or for a fate), which only the network can end: otherwise an application blocked in a send
+/// and a node waiting for it to read would wait for each other forever.
 pub const EVENTS_HELD: usize = 65_536;
 
 /// How a node's storage starts.
@@ -323,6 +325,7 @@ impl Node {
             segments: mpsc::channel(1),
             deliveries: spec.deliveries,
             serves,
+            reads_behind: serves,
             alarms: crate::alarms::AlarmWatch::default(),
             drops: DropReport::default(),
             metrics: metrics.clone(),
@@ -472,6 +475,9 @@ struct Host {
     deliveries: bool,
     /// Whether the node holds a server role: then it never stops reading the network.
     serves: bool,
+    /// Whether this turn reads the network even if the application is behind (see
+    /// [`EVENTS_HELD`]): then deliveries it cannot hand over are reported as missed.
+    reads_behind: bool,
     /// The alarms its network counters raise.
     alarms: crate::alarms::AlarmWatch,
     /// What it dropped, summed up in the log.
@@ -506,8 +512,10 @@ impl Host {
             }
             // An application that dropped its handle takes nothing: nothing to wait for.
             let behind = self.backlog.full() && !self.events.is_closed();
+            // Decided before the turn: the sends it reads for may be gone after it.
+            self.reads_behind = self.reads_when_behind();
             tokio::select! {
-                first = self.net.recv(), if self.serves || !behind => {
+                first = self.net.recv(), if !behind || self.reads_behind => {
                     self.take(first);
                     let mut inputs = 1;
                     while inputs < INPUTS_PER_TURN {
@@ -888,12 +896,18 @@ impl Host {
         if !self.deliveries {
             return None;
         }
-        if !self.serves || !self.backlog.full() {
+        if !self.backlog.full() || !self.reads_behind {
             self.tell_lagged();
             return Some(event);
         }
         self.lagged.get_or_insert((seq, seq)).1 = seq;
         None
+    }
+
+    /// Whether the node reads the network while its application is [`EVENTS_HELD`] behind
+    /// (see there): it holds a server role, or the application waits on its sends.
+    fn reads_when_behind(&self) -> bool {
+        self.serves || !self.waiting.is_empty() || !self.fates.is_empty()
     }
 
     /// Tells a send's fate to the [`Client`] waiting for it; `event` tells it otherwise.

@@ -344,3 +344,53 @@ async fn a_send_within_a_limit_gives_up_when_no_cluster_answers() {
     assert!(started.elapsed() >= limit);
     member.stop().await.expect("stops");
 }
+
+/// Issue 16's deadlock: a member-only node whose application sends in batches and reads no
+/// event until every batch is sent. Once it is `EVENTS_HELD` behind, the node used to stop
+/// reading the network, so no commit freed the window the blocked `send_batch` waited on.
+/// Now a node whose application waits on its sends reads on, and the deliveries the
+/// application could not take are reported as missed, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_blocked_in_a_send_while_behind_is_not_deadlocked() {
+    const SITE: Site = Site(4);
+    const MESSAGES: usize = sam_node::node::EVENTS_HELD + 4_464;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pids: Vec<Pid> = SERVERS.iter().map(|p| Pid(*p)).collect();
+    let cfg = Arc::new(Config::new(pids.clone(), pids.clone(), vec![]));
+    let mut servers = Vec::new();
+    for pid in &pids {
+        let roles = Roles { commit: true, data: true, ..Roles::default() };
+        let net = plan(SITE, SITE.server_addr(pid.0), vec![Channel::Global, Channel::Data, Channel::Commit]);
+        servers.push(Node::start(spec(&cfg, *pid, roles, net, Some(dir.path()))).await.expect("server starts"));
+    }
+    let roles = Roles { client: Some(Incarnation(200)), ..Roles::default() };
+    let net = plan(SITE, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
+    // Deliveries on, and read only at the end.
+    let mut member = Node::start(spec(&cfg, member_pid(2_000), roles, net, None)).await.expect("member starts");
+    let payloads: Vec<Bytes> = (0..MESSAGES).map(|i| Bytes::from(format!("message {i}"))).collect();
+    let all_sent = async {
+        for batch in payloads.chunks(1_000) {
+            member.send_batch(batch.iter().cloned()).await.expect("sent");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), all_sent).await.expect("no deadlock: every batch is sent");
+    let (mut delivered, mut missed, mut last) = (0u64, 0u64, Seq::ZERO);
+    while delivered + missed < MESSAGES as u64 {
+        let event = tokio::time::timeout(Duration::from_secs(20), member.next_event()).await.expect("event in time");
+        match event.expect("running") {
+            Event::Deliver { seq, .. } => {
+                assert!(seq > last, "in order after what was missed");
+                (delivered, last) = (delivered + 1, seq);
+            }
+            Event::Lagged { first, last: to } => {
+                assert!(first > last && to >= first, "the missed numbers follow the last delivered");
+                (missed, last) = (missed + to.0 - first.0 + 1, to);
+            }
+            _ => {}
+        }
+    }
+    assert!(missed > 0, "the application was behind while it sent");
+    for node in [member].into_iter().chain(servers) {
+        node.stop().await.expect("clean stop");
+    }
+}
