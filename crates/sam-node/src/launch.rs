@@ -132,7 +132,7 @@ fn unicast_plan(cluster: &ClusterConfig, who: &Who) -> UnicastPlan {
         cluster
             .servers
             .iter()
-            .filter(|s| role.map_or(true, |r| s.roles.contains(r)))
+            .filter(|s| role.is_none_or(|r| s.roles.contains(r)))
             .map(|s| (s.id, s.address))
             .collect()
     };
