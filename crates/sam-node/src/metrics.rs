@@ -271,8 +271,33 @@ impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         self.traffic(&mut encoder)?;
         self.drops(&mut encoder)?;
-        self.positions(&mut encoder)
+        self.positions(&mut encoder)?;
+        process(&mut encoder)
     }
+}
+
+/// The process's CPU time, memory and open files, under the names Prometheus's client
+/// libraries give them, read from `/proc/self` at each scrape (nothing where there is none).
+fn process(encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return Ok(()) };
+    // Fields after the command name (which may hold spaces) start at its closing parenthesis:
+    // utime and stime are the 14th and 15th fields, rss the 24th.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf reads constants of the system.
+    let (ticks_per_s, page) =
+        unsafe { (nix::libc::sysconf(nix::libc::_SC_CLK_TCK), nix::libc::sysconf(nix::libc::_SC_PAGESIZE)) };
+    let cpu = ConstCounter::new((field(11) + field(12)) as f64 / ticks_per_s.max(1) as f64);
+    cpu.encode(encoder.encode_descriptor(
+        "process_cpu_seconds",
+        "User and system CPU time spent",
+        None,
+        cpu.metric_type(),
+    )?)?;
+    let rss = field(21).saturating_mul(page.max(0) as u64);
+    gauge(encoder, "process_resident_memory_bytes", "Resident memory size in bytes", rss)?;
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64);
+    gauge(encoder, "process_open_fds", "Open file descriptors", fds)
 }
 
 /// Why the metrics endpoint could not start.
@@ -361,6 +386,8 @@ mod tests {
         metrics.positions.delivered.store(4, Ordering::Relaxed);
         metrics.positions.alarms.store(u64::from(Alarms::STORAGE_FULL.bits()), Ordering::Relaxed);
         let text = metrics.encode();
+        let rss = text.lines().find_map(|l| l.strip_prefix("process_resident_memory_bytes "));
+        assert!(rss.and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v > 1 << 20), "{text}");
         for line in [
             "# TYPE sam_datagrams_received_total counter",
             "sam_datagrams_received_total 7",
@@ -372,6 +399,7 @@ mod tests {
             "# TYPE sam_fsync_seconds histogram",
             "sam_fsync_seconds_count 1",
             "sam_turn_inputs_bucket{le=\"8\"} 1",
+            "# TYPE process_cpu_seconds_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{text}");
         }
