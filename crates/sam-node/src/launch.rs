@@ -129,12 +129,7 @@ fn multicast(cluster: &ClusterConfig, listen: Vec<Channel>) -> Result<TransportP
 /// the data servers relay the global channel to the members.
 fn unicast_plan(cluster: &ClusterConfig, who: &Who) -> UnicastPlan {
     let holding = |role: Option<Role>| -> Vec<(Pid, SocketAddrV4)> {
-        cluster
-            .servers
-            .iter()
-            .filter(|s| role.is_none_or(|r| s.roles.contains(r)))
-            .map(|s| (s.id, s.address))
-            .collect()
+        cluster.servers.iter().filter(|s| role.is_none_or(|r| s.roles.contains(r))).map(|s| (s.id, s.address)).collect()
     };
     let addresses = |role| holding(role).into_iter().map(|(_, a)| a).collect::<Vec<_>>();
     let listeners = CHANNELS
