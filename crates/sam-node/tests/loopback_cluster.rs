@@ -97,6 +97,23 @@ fn spec(cfg: &Arc<Config>, pid: Pid, roles: Roles, net: NetPlan, dir: Option<&st
     }
 }
 
+/// Starts the commit and data servers of `SERVERS` on `site`, each with the member `client`
+/// gives it, if any.
+async fn start_servers(
+    site: Site,
+    cfg: &Arc<Config>,
+    dir: &std::path::Path,
+    client: impl Fn(Pid) -> Option<Incarnation>,
+) -> Vec<Node> {
+    let mut servers = Vec::new();
+    for pid in SERVERS.map(Pid) {
+        let roles = Roles { commit: true, data: true, client: client(pid), ..Roles::default() };
+        let net = plan(site, site.server_addr(pid.0), vec![Channel::Global, Channel::Data, Channel::Commit]);
+        servers.push(Node::start(spec(cfg, pid, roles, net, Some(dir))).await.expect("server starts"));
+    }
+    servers
+}
+
 async fn deliveries(node: &mut Node, count: usize) -> Vec<(Seq, Bytes)> {
     let mut got = Vec::new();
     while got.len() < count {
@@ -116,12 +133,7 @@ async fn three_servers_and_three_members_deliver_one_order_over_loopback_multica
     let mut cfg = Config::new(pids.clone(), pids.clone(), vec![]);
     cfg.k_checkpoint = 1;
     let cfg = Arc::new(cfg);
-    let mut servers = Vec::new();
-    for pid in &pids {
-        let roles = Roles { commit: true, data: true, ..Roles::default() };
-        let net = plan(SITE, SITE.server_addr(pid.0), vec![Channel::Global, Channel::Data, Channel::Commit]);
-        servers.push(Node::start(spec(&cfg, *pid, roles, net, Some(dir.path()))).await.expect("server starts"));
-    }
+    let servers = start_servers(SITE, &cfg, dir.path(), |_| None).await;
     let member = |i: u64| {
         let roles = Roles { client: Some(Incarnation(100 + i)), ..Roles::default() };
         let net = plan(SITE, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
@@ -178,14 +190,8 @@ async fn applications_that_never_read_events_stall_neither_their_sends_nor_the_g
     let dir = tempfile::tempdir().expect("tempdir");
     let pids: Vec<Pid> = SERVERS.iter().map(|p| Pid(*p)).collect();
     let cfg = Arc::new(Config::new(pids.clone(), pids.clone(), vec![]));
-    let mut servers = Vec::new();
-    for pid in &pids {
-        // Server 1 also delivers, to an application that reads nothing until the end.
-        let client = (pid.0 == 1).then_some(Incarnation(7));
-        let roles = Roles { commit: true, data: true, client, ..Roles::default() };
-        let net = plan(SITE, SITE.server_addr(pid.0), vec![Channel::Global, Channel::Data, Channel::Commit]);
-        servers.push(Node::start(spec(&cfg, *pid, roles, net, Some(dir.path()))).await.expect("server starts"));
-    }
+    // Server 1 also delivers, to an application that reads nothing until the end.
+    let mut servers = start_servers(SITE, &cfg, dir.path(), |pid| (pid.0 == 1).then_some(Incarnation(7))).await;
     let roles = Roles { client: Some(Incarnation(100)), ..Roles::default() };
     let net = plan(SITE, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
     let mut sender_spec = spec(&cfg, member_pid(1_000), roles, net, None);
@@ -195,11 +201,21 @@ async fn applications_that_never_read_events_stall_neither_their_sends_nor_the_g
     let all_sent = send_each(&client, (0..MESSAGES).map(|i| Bytes::from(format!("message {i}"))));
     tokio::time::timeout(Duration::from_secs(120), all_sent).await.expect("every send resolves");
 
-    let lazy = &mut servers[0];
-    let (mut delivered, mut missed, mut last) = (0, 0, Seq::ZERO);
     // No message expires and no number is a no-op here: numbers and deliveries agree.
-    while delivered + missed < MESSAGES as u64 {
-        let event = tokio::time::timeout(Duration::from_secs(20), lazy.next_event()).await.expect("event in time");
+    let (delivered, missed) = delivered_and_missed(&mut servers[0], MESSAGES as u64).await;
+    assert!(missed > 0, "the application was behind");
+    assert!(delivered >= sam_node::node::EVENTS_HELD as u64, "what it held, it was given");
+    for node in [sender].into_iter().chain(servers) {
+        node.stop().await.expect("clean stop");
+    }
+}
+
+/// Reads events until `total` numbers were delivered or reported missed (`Event::Lagged`),
+/// checking they come in order; returns how many of each.
+async fn delivered_and_missed(node: &mut Node, total: u64) -> (u64, u64) {
+    let (mut delivered, mut missed, mut last) = (0, 0, Seq::ZERO);
+    while delivered + missed < total {
+        let event = tokio::time::timeout(Duration::from_secs(20), node.next_event()).await.expect("event in time");
         match event.expect("running") {
             Event::Deliver { seq, .. } => {
                 assert!(seq > last, "in order after what was missed");
@@ -212,11 +228,7 @@ async fn applications_that_never_read_events_stall_neither_their_sends_nor_the_g
             _ => {}
         }
     }
-    assert!(missed > 0, "the application was behind");
-    assert!(delivered >= sam_node::node::EVENTS_HELD as u64, "what it held, it was given");
-    for node in [sender].into_iter().chain(servers) {
-        node.stop().await.expect("clean stop");
-    }
+    (delivered, missed)
 }
 
 /// The bytes of the segment files in `dir`, and whether the first segment is still there.
@@ -357,12 +369,7 @@ async fn an_application_blocked_in_a_send_while_behind_is_not_deadlocked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pids: Vec<Pid> = SERVERS.iter().map(|p| Pid(*p)).collect();
     let cfg = Arc::new(Config::new(pids.clone(), pids.clone(), vec![]));
-    let mut servers = Vec::new();
-    for pid in &pids {
-        let roles = Roles { commit: true, data: true, ..Roles::default() };
-        let net = plan(SITE, SITE.server_addr(pid.0), vec![Channel::Global, Channel::Data, Channel::Commit]);
-        servers.push(Node::start(spec(&cfg, *pid, roles, net, Some(dir.path()))).await.expect("server starts"));
-    }
+    let servers = start_servers(SITE, &cfg, dir.path(), |_| None).await;
     let roles = Roles { client: Some(Incarnation(200)), ..Roles::default() };
     let net = plan(SITE, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), vec![Channel::Global]);
     // Deliveries on, and read only at the end.
@@ -374,21 +381,7 @@ async fn an_application_blocked_in_a_send_while_behind_is_not_deadlocked() {
         }
     };
     tokio::time::timeout(Duration::from_secs(120), all_sent).await.expect("no deadlock: every batch is sent");
-    let (mut delivered, mut missed, mut last) = (0u64, 0u64, Seq::ZERO);
-    while delivered + missed < MESSAGES as u64 {
-        let event = tokio::time::timeout(Duration::from_secs(20), member.next_event()).await.expect("event in time");
-        match event.expect("running") {
-            Event::Deliver { seq, .. } => {
-                assert!(seq > last, "in order after what was missed");
-                (delivered, last) = (delivered + 1, seq);
-            }
-            Event::Lagged { first, last: to } => {
-                assert!(first > last && to >= first, "the missed numbers follow the last delivered");
-                (missed, last) = (missed + to.0 - first.0 + 1, to);
-            }
-            _ => {}
-        }
-    }
+    let (_, missed) = delivered_and_missed(&mut member, MESSAGES as u64).await;
     assert!(missed > 0, "the application was behind while it sent");
     for node in [member].into_iter().chain(servers) {
         node.stop().await.expect("clean stop");
