@@ -25,8 +25,9 @@ use sam_core::{Alarms, Process, Roles};
 use sam_net::NetStats;
 use thiserror::Error;
 
-/// How often the node copies the protocol's positions for a scrape to read.
-pub const POSITIONS_EVERY: Duration = Duration::from_millis(100);
+/// How often the node copies the protocol's positions for a scrape to read: at each look at
+/// its alarms.
+pub const POSITIONS_EVERY: Duration = crate::alarms::ALARM_CHECK;
 
 /// Each alarm's label value.
 const ALARM_LABELS: [(Alarms, &str); 4] = [

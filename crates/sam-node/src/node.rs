@@ -27,7 +27,7 @@ use crate::alarms::{DropReport, DROPS_REPORT_EVERY};
 use crate::backlog::Backlog;
 use crate::client::{Client, SendFailure};
 use crate::compaction::{self, Compaction};
-use crate::metrics::{FsyncTimes, NodeMetrics, POSITIONS_EVERY};
+use crate::metrics::{FsyncTimes, NodeMetrics};
 
 /// How often writes a full storage refused are tried again.
 const STALLED_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -329,7 +329,6 @@ impl Node {
             alarms: crate::alarms::AlarmWatch::default(),
             drops: DropReport::default(),
             metrics: metrics.clone(),
-            positions_due: std::time::Instant::now(),
         };
         let task = tokio::spawn(host.run(command_rx, durable_rx));
         Ok(Node { commands, events, backlog, ready: VecDeque::new(), task, local, recovered, torn_tail, metrics })
@@ -483,8 +482,6 @@ struct Host {
     /// What it dropped, summed up in the log.
     drops: DropReport,
     metrics: NodeMetrics,
-    /// When the positions are next copied for the metrics.
-    positions_due: std::time::Instant,
 }
 
 impl Host {
@@ -504,7 +501,6 @@ impl Host {
         loop {
             let now = std::time::Instant::now();
             self.watch_alarms(now);
-            self.copy_positions(now);
             let wake = self.process.poll_timeout().map(|t| self.clock + std::time::Duration::from_micros(t.0));
             if wake != sleep_set_for {
                 sleep.as_mut().reset(wake.map_or_else(far_future, tokio::time::Instant::from_std));
@@ -777,8 +773,9 @@ impl Host {
         Ok(())
     }
 
-    /// Raises or clears the alarms the network counters call for, at most every
-    /// [`crate::alarms::ALARM_CHECK`] (a ping between two turns may see them that late).
+    /// Raises or clears the alarms the network counters call for and copies the positions
+    /// for the metrics, at most every [`crate::alarms::ALARM_CHECK`] (a ping between two turns
+    /// may see them that late); logs what was dropped every [`DROPS_REPORT_EVERY`].
     fn watch_alarms(&mut self, now: std::time::Instant) {
         if let Some(dropped) = self.drops.due(now, self.net.stats()) {
             tracing::warn!(
@@ -791,16 +788,9 @@ impl Host {
             for (alarm, up) in alarms {
                 self.process.set_alarm(alarm, up);
             }
+            // The metrics' copy of the positions follows the same beat.
+            self.metrics.copy_positions(&self.process, self.log.as_ref(), self.backlog.held());
         }
-    }
-
-    /// Copies the protocol's positions for the metrics, at most every [`POSITIONS_EVERY`].
-    fn copy_positions(&mut self, now: std::time::Instant) {
-        if now < self.positions_due {
-            return;
-        }
-        self.positions_due = now + POSITIONS_EVERY;
-        self.metrics.copy_positions(&self.process, self.log.as_ref(), self.backlog.held());
     }
 
     /// Tells the process and the application that the storage filled up or has room again.
