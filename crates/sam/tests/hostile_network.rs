@@ -330,7 +330,11 @@ fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_afte
         Message::Rejected(Rejected { promised: next_round }),
     ];
     let to_sequencer = [To::Server(seq_pid), To::Channel(Channel::Commit)];
-    let sender = spawn(sam_with(&s.slow_config(), &["send", "--count", "1000", "--size", &SIZE.to_string()]));
+    // One message at a time, enough of them to outlast the 2 s of rejections (a round trip
+    // takes about a millisecond on loopback).
+    const SENT: usize = 4_000;
+    let count = SENT.to_string();
+    let sender = spawn(sam_with(&s.slow_config(), &["send", "--count", &count, "--size", &SIZE.to_string()]));
     let start = Instant::now();
     let mut delivered = Vec::new();
     while start.elapsed() < Duration::from_secs(2) {
@@ -345,7 +349,7 @@ fn forged_epochs_heartbeats_rejections_and_entries_depose_no_sequencer_even_afte
     let (first, middle, last) = (delivered[0], delivered[half], delivered[delivered.len() - 1]);
     assert!(first < middle && middle < last, "deliveries went on during the rejections: {delivered:?}");
     let printed = stdout_of(sender.finish(Duration::from_secs(60)));
-    assert_eq!(s.ledger.add_sent(&printed).len(), 1000, "the sender's messages committed during the rejections");
+    assert_eq!(s.ledger.add_sent(&printed).len(), SENT, "the sender's messages committed during the rejections");
     s.assert_unharmed("forged Rejected every 100 ms");
 
     // 6: unrequested Entries to every commit server; heartbeats advertising checkpoint 10^12.
