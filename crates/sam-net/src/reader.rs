@@ -190,9 +190,9 @@ impl Receiver {
         }
     }
 
-    /// Reads what is waiting, up to one system call's worth, into `out`; returns how many
-    /// datagrams it read (none when none waits: a socket not known to be ready costs no call).
-    pub(crate) fn read(&mut self, bufs: &mut RecvBuffers, out: &mut Taken) -> usize {
+    /// Reads what is waiting, up to one system call's worth, into `out` (a socket not known to
+    /// be ready costs no call).
+    pub(crate) fn read(&mut self, bufs: &mut RecvBuffers, out: &mut Taken) {
         bufs.got.clear();
         let socket = &self.socket;
         // A batch that came back short emptied the socket: saying "would block" clears its
@@ -221,7 +221,6 @@ impl Receiver {
                 bufs.bufs[i].get(..*len).filter(|_| *len <= MAX_UDP_PAYLOAD_BYTES).map(Bytes::copy_from_slice);
             self.handle(datagram, *from, copies, out);
         }
-        bufs.got.len()
     }
 
     /// Opens one datagram and hands what it holds to the node, `copies` times (a duplicate is
